@@ -1,0 +1,17 @@
+"""Errors a user can cause. Each message is one line naming the input and what to do about it."""
+
+
+class MarlinError(Exception):
+    """Base class for user-facing errors; the CLI prints `str(error)` and no traceback."""
+
+
+class CheckpointError(MarlinError):
+    """A checkpoint file or folder that cannot be read or converted."""
+
+
+class VideoError(MarlinError):
+    """A video that cannot be opened or decoded (missing, empty, not a video, truncated...)."""
+
+
+class NoFaceError(VideoError):
+    """No face was detected anywhere in a video."""
