@@ -1,0 +1,230 @@
+"""Downstream metrics as a local `evaluate` module: accuracy, ROC AUC (the paper's and per-label), MSE/MAE/Pearson.
+
+`evaluate.load("accuracy")` fetches a script from the Hub; `DownstreamMetric` is defined here instead, so it works
+offline (`HF_HUB_OFFLINE=1`) and in every process of a distributed run.
+
+The paper (arXiv 2211.06627, code `ControlNet/MARLIN` `model/classifier.py`) evaluates CelebV-HQ as a multi-label task
+with *one* binary AUROC over all (video x attribute) pairs flattened together, and an accuracy over the same pairs
+with the sigmoid thresholded at 0.5. That flattened AUC is `roc_auc` here. `roc_auc_macro` is the usual per-label AUC
+averaged over labels; the two differ (a label that is easy and frequent weighs more in the flattened one), so compare
+against the paper with `roc_auc`.
+
+Keys returned, by problem type (the names `transformers` uses in `config.problem_type`):
+
+- `single_label_classification`: `accuracy` (argmax), `roc_auc` (one-vs-rest pairs flattened, i.e. micro-averaged,
+  on softmax probabilities), `roc_auc_macro` (one-vs-rest per class, averaged). With two classes both AUCs are the
+  plain binary AUROC of the positive class.
+- `multi_label_classification`: `accuracy` (over all pairs, score > 0.5 after sigmoid), `roc_auc` (all pairs
+  flattened, the paper's), `roc_auc_macro` (per label, averaged), `subset_accuracy` (every label of a video right).
+- `regression`: `mse`, `mae`, `pearson` (averaged over outputs when there are several).
+
+A per-label AUC is undefined when the evaluated split holds only one class for that label; such labels are left out
+of `roc_auc_macro` (NaN when none is defined).
+"""
+
+from collections.abc import Callable
+
+import datasets
+import evaluate
+import numpy as np
+
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+_CITATION = """\
+@inproceedings{cai2023marlin,
+  title = {MARLIN: Masked Autoencoder for facial video Representation LearnINg},
+  author = {Cai, Zhixi and Ghosh, Shreya and Stefanov, Kalin and Dhall, Abhinav and Cai, Jianfei and
+            Rezatofighi, Hamid and Haffari, Reza and Hayat, Munawar},
+  booktitle = {CVPR},
+  year = {2023},
+}
+"""
+
+_INPUTS_DESCRIPTION = """
+Args:
+    predictions: model outputs. Classification: logits (num_videos, num_labels), or (num_videos,) for a binary
+        single-label task with one logit. Regression: (num_videos,) or (num_videos, num_outputs).
+    references: single-label: class indices (num_videos,); multi-label: 0/1 (num_videos, num_labels);
+        regression: targets shaped like the predictions.
+    from_logits: classification only; True (default) when predictions are logits, False when they are already
+        probabilities (the accuracy threshold becomes 0.5 instead of 0).
+"""
+
+
+def binary_auroc(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Area under the ROC curve of one binary problem, from ranks (Mann-Whitney U), ties counted half.
+
+    Args:
+        scores: any shape; higher means more likely positive. Only the order matters.
+        targets: same number of elements, 0/1 or bool.
+
+    Returns:
+        The AUC in [0, 1], or NaN when `targets` holds only one class.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    targets = np.asarray(targets).ravel().astype(bool)
+    if scores.shape != targets.shape:
+        raise ValueError(f"scores ({scores.size} values) and targets ({targets.size} values) differ in size")
+    num_pos = int(targets.sum())
+    num_neg = targets.size - num_pos
+    if num_pos == 0 or num_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    # 1-based rank of each distinct score, averaged over its ties
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    ranks = average_rank[inverse.ravel()]
+    u_statistic = ranks[targets].sum() - num_pos * (num_pos + 1) / 2.0
+    return float(u_statistic / (num_pos * num_neg))
+
+
+def _macro_auroc(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over columns of the per-column AUROC, skipping undefined columns. Both (num_videos, num_labels)."""
+    per_label = np.array([binary_auroc(scores[:, j], targets[:, j]) for j in range(scores.shape[1])])
+    if np.isnan(per_label).all():
+        return float("nan")
+    return float(np.nanmean(per_label))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def single_label_metrics(predictions: np.ndarray, references: np.ndarray, from_logits: bool = True) -> dict:
+    """Metrics of a single-label task; see the module docstring. predictions (N, C) or (N,), references (N,)."""
+    predictions = np.asarray(predictions, dtype=np.float64)
+    references = np.asarray(references).astype(np.int64).ravel()
+    if predictions.ndim == 2 and predictions.shape[1] == 1:
+        predictions = predictions[:, 0]
+    if predictions.ndim == 1:  # one score for a binary task
+        threshold = 0.0 if from_logits else 0.5
+        auc = binary_auroc(predictions, references == 1)
+        return {
+            "accuracy": float(((predictions > threshold) == (references == 1)).mean()),
+            "roc_auc": auc,
+            "roc_auc_macro": auc,
+        }
+    num_classes = predictions.shape[1]
+    if references.min() < 0 or references.max() >= num_classes:
+        raise ValueError(f"class indices must lie in [0, {num_classes}), got [{references.min()}, {references.max()}]")
+    probabilities = _softmax(predictions) if from_logits else predictions
+    accuracy = float((predictions.argmax(axis=1) == references).mean())
+    one_hot = np.eye(num_classes, dtype=bool)[references]  # (N, C)
+    if num_classes == 2:
+        auc = binary_auroc(probabilities[:, 1], one_hot[:, 1])
+        return {"accuracy": accuracy, "roc_auc": auc, "roc_auc_macro": auc}
+    return {
+        "accuracy": accuracy,
+        "roc_auc": binary_auroc(probabilities, one_hot),
+        "roc_auc_macro": _macro_auroc(probabilities, one_hot),
+    }
+
+
+def multi_label_metrics(predictions: np.ndarray, references: np.ndarray, from_logits: bool = True) -> dict:
+    """Metrics of a multi-label task; see the module docstring. Both (num_videos, num_labels)."""
+    predictions = np.asarray(predictions, dtype=np.float64)
+    references = np.asarray(references).astype(bool)
+    if predictions.ndim != 2 or predictions.shape != references.shape:
+        raise ValueError(
+            f"multi-label predictions and references must both be (num_videos, num_labels), "
+            f"got {predictions.shape} and {references.shape}"
+        )
+    # AUROC needs only the order, and logits keep it where a float sigmoid would saturate to ties at 1.0
+    threshold = 0.0 if from_logits else 0.5
+    predicted = predictions > threshold
+    return {
+        "accuracy": float((predicted == references).mean()),
+        "roc_auc": binary_auroc(predictions, references),
+        "roc_auc_macro": _macro_auroc(predictions, references),
+        "subset_accuracy": float((predicted == references).all(axis=1).mean()),
+    }
+
+
+def regression_metrics(predictions: np.ndarray, references: np.ndarray) -> dict:
+    """MSE, MAE and Pearson correlation (mean over outputs). predictions and references (N,) or (N, K)."""
+    predictions = np.asarray(predictions, dtype=np.float64)
+    references = np.asarray(references, dtype=np.float64)
+    if predictions.size != references.size:
+        raise ValueError(f"predictions ({predictions.shape}) and references ({references.shape}) differ in size")
+    predictions = predictions.reshape(len(predictions), -1)  # (N, K)
+    references = references.reshape(predictions.shape)
+    error = predictions - references
+    pearsons = []
+    for k in range(predictions.shape[1]):
+        if predictions[:, k].std() == 0 or references[:, k].std() == 0:
+            pearsons.append(float("nan"))
+        else:
+            pearsons.append(float(np.corrcoef(predictions[:, k], references[:, k])[0, 1]))
+    return {
+        "mse": float((error**2).mean()),
+        "mae": float(np.abs(error).mean()),
+        "pearson": float("nan") if np.isnan(pearsons).all() else float(np.nanmean(pearsons)),
+    }
+
+
+class DownstreamMetric(evaluate.Metric):
+    """The metrics above as an `evaluate.Metric`; `config_name` is the problem type.
+
+    Example:
+        >>> metric = DownstreamMetric("multi_label_classification", keep_in_memory=True)
+        >>> metric.add_batch(predictions=logits, references=labels)  # (N, 40) and (N, 40)
+        >>> metric.compute()  # {"accuracy": ..., "roc_auc": ..., "roc_auc_macro": ..., "subset_accuracy": ...}
+    """
+
+    def _info(self) -> evaluate.MetricInfo:
+        if self.config_name not in PROBLEM_TYPES:
+            raise ValueError(f"unknown problem type {self.config_name!r}; use one of {', '.join(PROBLEM_TYPES)}")
+        scores = datasets.Sequence(datasets.Value("float64"))
+        if self.config_name == "single_label_classification":
+            features = [
+                datasets.Features({"predictions": scores, "references": datasets.Value("int64")}),
+                datasets.Features({"predictions": datasets.Value("float64"), "references": datasets.Value("int64")}),
+            ]
+        elif self.config_name == "multi_label_classification":
+            features = datasets.Features(
+                {"predictions": scores, "references": datasets.Sequence(datasets.Value("int64"))}
+            )
+        else:
+            features = [
+                datasets.Features({"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}),
+                datasets.Features({"predictions": scores, "references": datasets.Sequence(datasets.Value("float64"))}),
+            ]
+        return evaluate.MetricInfo(
+            description=__doc__.split("\n")[0],
+            citation=_CITATION,
+            inputs_description=_INPUTS_DESCRIPTION,
+            features=features,
+        )
+
+    def _compute(self, predictions, references, from_logits: bool = True) -> dict:
+        predictions, references = np.asarray(predictions), np.asarray(references)  # lists from the arrow table
+        if self.config_name == "single_label_classification":
+            return single_label_metrics(predictions, references, from_logits)
+        if self.config_name == "multi_label_classification":
+            return multi_label_metrics(predictions, references, from_logits)
+        return regression_metrics(predictions, references)
+
+
+def load_downstream_metric(problem_type: str) -> DownstreamMetric:
+    """A `DownstreamMetric` held in memory (nothing written to the evaluate cache, nothing fetched)."""
+    if problem_type not in PROBLEM_TYPES:
+        raise ValueError(f"unknown problem type {problem_type!r}; use one of {', '.join(PROBLEM_TYPES)}")
+    return DownstreamMetric(config_name=problem_type, keep_in_memory=True)
+
+
+def build_compute_metrics(problem_type: str) -> Callable:
+    """A `compute_metrics` for `transformers.Trainer`: takes an `EvalPrediction`, returns {name: float}.
+
+    Trainer prefixes the keys with `eval_`, so `--metric-for-best-model roc_auc` selects on `eval_roc_auc`.
+    Logits come from the model (the first element when it returns a tuple); labels are as in the dataset.
+    """
+    metric = load_downstream_metric(problem_type)
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        logits = eval_prediction.predictions
+        if isinstance(logits, tuple | list):
+            logits = logits[0]
+        return metric.compute(predictions=np.asarray(logits), references=np.asarray(eval_prediction.label_ids))
+
+    return compute_metrics
