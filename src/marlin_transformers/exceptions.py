@@ -15,3 +15,7 @@ class VideoError(MarlinError):
 
 class NoFaceError(VideoError):
     """No face was detected anywhere in a video."""
+
+
+class DatasetError(MarlinError):
+    """A dataset folder, info file, labels file or feature folder that does not have the expected layout."""
