@@ -1,0 +1,192 @@
+import numpy as np
+import pytest
+
+from marlin_transformers import video_io
+from marlin_transformers.exceptions import VideoError
+from marlin_transformers.video_io import iter_windows, plan_windows, read_video
+from video_factory import encode_video, indexed_frames, read_frame_index, write_audio_only
+
+# Start frames of the windows marlin-pytorch 0.3.4's `Marlin._load_video(path, sample_rate=2, stride=16)` yields,
+# measured by running it (with `ffmpeg.probe` answering the true frame count) on `indexed_frames` videos.
+# Each window is its start + 0, 2, ..., 30. It drops the last window when (frames - 32) divides by 32 (64, 96).
+REFERENCE_STARTS = {40: [0], 64: [0], 96: [0, 32], 143: [0, 32, 64, 96], 200: [0, 32, 64, 96, 128, 160]}
+
+
+def decoded_indices(window) -> list[int]:
+    return [read_frame_index(frame) for frame in window.frames]
+
+
+@pytest.mark.parametrize("num_decoded", sorted(REFERENCE_STARTS))
+def test_first_windows_equal_reference(num_decoded):
+    windows = plan_windows([0.0] * num_decoded)
+    reference = [list(range(start, start + 31, 2)) for start in REFERENCE_STARTS[num_decoded]]
+    assert [indices for indices, _ in windows[: len(reference)]] == reference
+
+
+def test_143_frames_streamed_like_reference_then_tail(tmp_path):
+    path = encode_video(tmp_path / "v143.mp4", indexed_frames(143))
+    windows = list(iter_windows(path))
+    assert [w.frame_indices for w in windows] == [list(range(s, s + 31, 2)) for s in (0, 32, 64, 96, 112)]
+    # The frames really are the decoded frames those indices name.
+    assert all(decoded_indices(w) == w.frame_indices for w in windows)
+    assert [w.index for w in windows] == [0, 1, 2, 3, 4]
+    assert all(w.num_padded == 0 and w.frames.shape == (16, 48, 64, 3) for w in windows)
+    assert windows[1].start_time == pytest.approx(32 / 30)
+    assert windows[1].end_time == pytest.approx(63 / 30)  # frame 62 is shown until 63 / 30 s
+    assert windows[-1].end_time == pytest.approx(143 / 30)
+
+
+@pytest.mark.parametrize("num_decoded", [31, 33, 62, 63, 64, 94, 95, 96, 97, 143, 300])
+def test_windows_cover_the_tail_once(num_decoded):
+    windows = [indices for indices, _ in plan_windows([0.0] * num_decoded)]
+    assert windows[-1][-1] == num_decoded - 1
+    assert all(len(w) == 16 and np.all(np.diff(w) == 2) for w in windows)
+    assert len({tuple(w) for w in windows}) == len(windows)
+    # Only the last window may break the regular spacing of starts.
+    assert [w[0] for w in windows[:-1]] == list(range(0, 32 * (len(windows) - 1), 32))
+
+
+@pytest.mark.parametrize(
+    ("num_decoded", "expected"),
+    [(1, [0] * 16), (15, [0, 2, 4, 6, 8, 10, 12, 14] + [14] * 8), (27, list(range(0, 27, 2)) + [26, 26])],
+)
+def test_short_video_gives_one_padded_window(tmp_path, num_decoded, expected):
+    path = encode_video(tmp_path / f"short{num_decoded}.mkv", indexed_frames(num_decoded))
+    (window,) = list(iter_windows(path))
+    assert window.frame_indices == expected
+    assert decoded_indices(window) == expected
+    assert window.num_padded == expected.count(expected[-1]) - 1
+    assert window.frames.shape == (16, 48, 64, 3)
+    assert window.start_time == 0.0
+    assert window.end_time == pytest.approx((expected[-1] + 1) / 30, abs=1e-3)  # Matroska counts in ms
+
+
+def test_overlapping_windows_with_smaller_stride():
+    windows = [indices for indices, _ in plan_windows([0.0] * 50, stride=8)]
+    assert [w[0] for w in windows] == [0, 16, 19]
+
+
+def test_stride_in_seconds_follows_time_not_frames():
+    # 10 fps for 3 s, then 40 fps for 3 s: a 1 s stride is 10 frames, then 40 frames.
+    times = [i / 10 for i in range(30)] + [3 + i / 40 for i in range(120)]
+    windows = [indices for indices, _ in plan_windows(times, stride_seconds=1.0)]
+    starts = [w[0] for w in windows]
+    assert starts == [0, 10, 20, 30, 70, 110, 119]  # 119..149 is the tail window
+    assert [times[s] for s in starts[:-1]] == pytest.approx([0, 1, 2, 3, 4, 5])
+
+
+def test_variable_frame_rate_timestamps(tmp_path):
+    gaps = [0.02, 0.05] * 20
+    times = np.concatenate([[0.0], np.cumsum(gaps)])[:40]
+    path = encode_video(tmp_path / "vfr.mkv", indexed_frames(40), timestamps=times)
+    frames, decoded_times = read_video(path)
+    assert len(frames) == 40
+    np.testing.assert_allclose(decoded_times, times, atol=1e-3)
+    (first, tail) = list(iter_windows(path))
+    np.testing.assert_allclose(first.timestamps, times[0:31:2], atol=1e-3)
+    assert tail.frame_indices[-1] == 39
+    assert tail.start_time == pytest.approx(times[9], abs=1e-3)
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotation_metadata_is_applied(tmp_path, rotation):
+    stored = indexed_frames(20, 48, 64)
+    path = encode_video(tmp_path / f"rot{rotation}.mp4", stored, rotation=rotation)
+    frames, _ = read_video(path)
+    assert frames.shape == ((20, 64, 48, 3) if rotation % 180 else (20, 48, 64, 3))
+    # Turning the frames back (clockwise by `rotation`) gives the stored pictures.
+    upright = np.rot90(frames, k=-rotation // 90, axes=(1, 2))
+    assert [read_frame_index(f) for f in upright] == list(range(20))
+
+
+@pytest.mark.parametrize("name", ["v.mkv", "v.webm", "v.avi", "v.mov"])
+def test_containers(tmp_path, name):
+    path = encode_video(tmp_path / name, indexed_frames(35))
+    windows = list(iter_windows(path))
+    assert [w.frame_indices[0] for w in windows] == [0, 4]
+    assert all(decoded_indices(w) == w.frame_indices for w in windows)
+
+
+def test_audio_track_is_ignored(tmp_path):
+    path = encode_video(tmp_path / "av.mp4", indexed_frames(33), with_audio=True)
+    assert [w.frame_indices[0] for w in iter_windows(path)] == [0, 2]
+
+
+@pytest.mark.parametrize(("height", "width"), [(49, 67), (9, 64), (301, 65)])
+def test_odd_sizes(tmp_path, height, width):
+    frames = indexed_frames(5, height, width)
+    path = encode_video(tmp_path / "odd.mkv", frames, pix_fmt="yuv444p")
+    (window,) = list(iter_windows(path))
+    assert window.frames.shape == (16, height, width, 3)
+    assert decoded_indices(window) == window.frame_indices
+
+
+def test_streaming_decodes_lazily_and_converts_only_used_frames(tmp_path, monkeypatch):
+    path = encode_video(tmp_path / "long.mp4", indexed_frames(143))
+    decoded, converted = [], []
+    real_iter_frames, real_to_rgb = video_io._iter_frames, video_io._to_rgb
+
+    def counting_iter_frames(*args):
+        for item in real_iter_frames(*args):
+            decoded.append(item[0])
+            yield item
+
+    def counting_to_rgb(frame):
+        converted.append(frame.pts)
+        return real_to_rgb(frame)
+
+    monkeypatch.setattr(video_io, "_iter_frames", counting_iter_frames)
+    monkeypatch.setattr(video_io, "_to_rgb", counting_to_rgb)
+    windows = iter_windows(path)
+    next(windows)
+    assert len(decoded) == 31  # the first window is out before frame 31 is decoded
+    list(windows)
+    assert len(decoded) == 143
+    # 4 regular windows use 64 frames; the tail (112..142) adds only 128..142 (8 frames): never all 143.
+    assert len(converted) == 72 == len(set(converted))
+
+
+def test_truncated_matroska_raises_unless_not_strict(tmp_path):
+    path = encode_video(tmp_path / "full.mkv", indexed_frames(60))
+    data = open(path, "rb").read()
+    truncated = tmp_path / "truncated.mkv"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoError, match="truncated"):
+        list(iter_windows(truncated))
+    windows = list(iter_windows(truncated, strict=False))
+    assert windows and windows[-1].frame_indices[-1] < 59
+
+
+def _bad_inputs(tmp_path):
+    mp4 = open(encode_video(tmp_path / "good.mp4", indexed_frames(60)), "rb").read()
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "notes.mp4").write_text("not a video\n" * 20)
+    (tmp_path / "noise.mkv").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    (tmp_path / "truncated.mp4").write_bytes(mp4[: len(mp4) // 2])
+    write_audio_only(tmp_path / "audio.mp4")
+    (tmp_path / "folder.mp4").mkdir()
+    return {
+        "missing.mp4": "not found",
+        "empty.mp4": "empty",
+        "notes.mp4": "cannot be opened",
+        "noise.mkv": "cannot be opened",
+        "truncated.mp4": "truncated",
+        "audio.mp4": "no video stream",
+        "folder.mp4": "folder",
+    }
+
+
+def test_bad_inputs_raise_one_line_video_errors(tmp_path):
+    for name, words in _bad_inputs(tmp_path).items():
+        with pytest.raises(VideoError) as info:
+            list(iter_windows(tmp_path / name))
+        message = str(info.value)
+        assert "\n" not in message
+        assert str(tmp_path / name) in message and words in message, message
+
+
+def test_invalid_window_arguments():
+    with pytest.raises(ValueError):
+        plan_windows([0.0], sample_rate=0)
+    with pytest.raises(ValueError):
+        plan_windows([0.0], stride_seconds=0)
