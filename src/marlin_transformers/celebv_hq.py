@@ -1,0 +1,526 @@
+"""CelebV-HQ for MARLIN's facial attribute tasks: labels, a deterministic split, 224-pixel face clips, datasets.
+
+CelebV-HQ (Zhu et al., ECCV 2022) labels 35,666 clips with 40 appearance and 35 action attributes (0/1 each). The
+MARLIN paper (arXiv 2211.06627) trains one multi-label classifier per task and reports accuracy and one AUROC over
+all (clip x attribute) pairs (`marlin_transformers.metrics`).
+
+Release layout read here::
+
+    ROOT/celebvhq_info.json       {"mete_info": {"appearance_mapping": [40 names], "action_mapping": [35 names]},
+                                   "clips": {"<clip id>": {"ytb_id", "duration": {"start_sec", "end_sec"},
+                                             "bbox": {"top", "bottom", "left", "right"} (fractions of the frame),
+                                             "attributes": {"appearance": [40 x 0/1], "action": [35 x 0/1],
+                                                            "emotion": {...}}}}}
+    ROOT/downloaded/<clip id>.mp4
+
+(`"mete_info"` is the release's spelling; `"meta_info"` is accepted too.)
+
+Prepared layout written by `prepare_celebvhq(root, out_dir)`::
+
+    OUT/split.json                seed, fractions, the clip ids of each split, clips left out and why
+    OUT/cropped/<clip id>.mp4     224 x 224 face clips (unless `crop=None`)
+    OUT/appearance/{train,val,test}.csv
+    OUT/action/{train,val,test}.csv
+
+**Split.** All clip ids of the info file are sorted, shuffled with `numpy.random.default_rng(seed)` (seed 0 by
+default) and cut 80/10/10: the first `int(0.8 * n)` are train, the next `int(0.1 * n)` val, the rest test. Only then
+are the clips whose video is missing dropped, so a clip lands in the same split on every machine whatever else
+that machine could download (the reference split follows `os.listdir` order and shifts with every missing video).
+
+**Labels CSV** (also read by `examples/linear_probe.py` and meant for `examples/finetune.py`): a header, then one
+row per video. Column `path` is the video, relative to the CSV's folder or absolute (`input` is accepted as its
+name too). The other columns are the labels:
+
+- multi-label: one 0/1 column per label, named after it (CelebV-HQ: `path,blurry,male,young,...`);
+- single-label: one column `label` holding a class name or a class index;
+- regression: one numeric column per target.
+
+**Crops.** The paper's preprocessing (`preprocess/celebvhq_preprocess.py` of ControlNet/MARLIN) runs a face
+detector (FaceX-Zoo RetinaFace) on every frame of the `downloaded` clips and crops a square of side max(w, h)
+around the detection, zero-padded, resized to 224. Here the crop is a choice (`crop=`):
+
+- `"bbox"` (default): the clip's `bbox` from the info file, as the CelebV-HQ release script applies it (box grown by
+  0.02 of the frame on each side, then the centred square of its shorter side), resized to 224. For videos
+  holding the whole YouTube frame.
+- `"resize"`: the centred square of each frame resized to 224. For clips the CelebV-HQ script already cropped
+  (they are square); refusing `"bbox"` on square videos guards against cropping twice.
+- a callable `(frames, clip) -> frames` (see `FrameCropper`), e.g. wrapping `face_detection.FaceTracker`, to crop
+  as the paper did.
+- `None`: no new videos; the CSVs point at `downloaded/` (crop on the fly in the fine-tuning script instead).
+"""
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .exceptions import DatasetError, VideoError
+
+TASKS = ("appearance", "action")
+SPLITS = ("train", "val", "test")
+DEFAULT_SPLIT_SEED = 0
+DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+# The CelebV-HQ release script grows each box by this fraction of the frame on every side before squaring it.
+BBOX_EXPAND = 0.02
+
+FrameCropper = Callable[[Iterator[np.ndarray], "CelebvHqClip"], Iterable[np.ndarray]]
+"""Takes the clip's frames, each (height, width, 3) uint8 RGB, in order, and the clip's annotation; yields one
+(size, size, 3) uint8 RGB face crop per frame."""
+
+
+@dataclass(frozen=True)
+class CelebvHqClip:
+    """One annotated clip of `celebvhq_info.json`.
+
+    Attributes:
+        clip_id: e.g. `"M2Ohb0FAaJU_1"`; the video is `downloaded/<clip_id>.mp4`.
+        ytb_id: the YouTube video the clip was cut from.
+        start_sec, end_sec: the clip's span in that video, seconds.
+        bbox: (top, bottom, left, right) of the face region, fractions of the frame height/width in [0, 1].
+        appearance: 40 0/1 labels, in the order of `CelebvHqInfo.appearance_names`.
+        action: 35 0/1 labels, in the order of `CelebvHqInfo.action_names`.
+    """
+
+    clip_id: str
+    ytb_id: str
+    start_sec: float
+    end_sec: float
+    bbox: tuple[float, float, float, float]
+    appearance: tuple[int, ...]
+    action: tuple[int, ...]
+
+    def labels(self, task: str) -> tuple[int, ...]:
+        """The 0/1 labels of `task` ("appearance" or "action")."""
+        return self.appearance if task == "appearance" else self.action
+
+
+@dataclass(frozen=True)
+class CelebvHqInfo:
+    """The label names and clips of `celebvhq_info.json`."""
+
+    appearance_names: tuple[str, ...]
+    action_names: tuple[str, ...]
+    clips: dict[str, CelebvHqClip]
+
+    def label_names(self, task: str) -> tuple[str, ...]:
+        _check_task(task)
+        return self.appearance_names if task == "appearance" else self.action_names
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise DatasetError(f"unknown CelebV-HQ task {task!r}: use one of {', '.join(TASKS)}")
+
+
+def read_celebvhq_info(path: str | os.PathLike) -> CelebvHqInfo:
+    """Read `celebvhq_info.json` (release layout, see the module docstring)."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{path}: no CelebV-HQ info file here; pass the folder holding celebvhq_info.json"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path}: not valid JSON ({error}); download celebvhq_info.json again") from None
+    meta = raw.get("mete_info", raw.get("meta_info"))
+    if not isinstance(meta, dict) or "clips" not in raw:
+        raise DatasetError(f"{path}: expected top-level 'mete_info' and 'clips' as in the CelebV-HQ release")
+    appearance_names = tuple(meta["appearance_mapping"])
+    action_names = tuple(meta["action_mapping"])
+    clips = {}
+    for clip_id, entry in raw["clips"].items():
+        try:
+            attributes = entry["attributes"]
+            bbox = entry["bbox"]
+            clip = CelebvHqClip(
+                clip_id=clip_id,
+                ytb_id=entry["ytb_id"],
+                start_sec=float(entry["duration"]["start_sec"]),
+                end_sec=float(entry["duration"]["end_sec"]),
+                bbox=(float(bbox["top"]), float(bbox["bottom"]), float(bbox["left"]), float(bbox["right"])),
+                appearance=tuple(int(v) for v in attributes["appearance"]),
+                action=tuple(int(v) for v in attributes["action"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise DatasetError(
+                f"{path}: clip {clip_id!r} lacks or mangles {error}; expected the release layout"
+            ) from None
+        if len(clip.appearance) != len(appearance_names) or len(clip.action) != len(action_names):
+            raise DatasetError(
+                f"{path}: clip {clip_id!r} has {len(clip.appearance)} appearance and {len(clip.action)} action "
+                f"labels, the mappings name {len(appearance_names)} and {len(action_names)}"
+            )
+        clips[clip_id] = clip
+    return CelebvHqInfo(appearance_names, action_names, clips)
+
+
+def split_clip_ids(
+    clip_ids: Iterable[str],
+    seed: int = DEFAULT_SPLIT_SEED,
+    fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+) -> dict[str, list[str]]:
+    """Deterministic train/val/test split: sort, shuffle with `default_rng(seed)`, cut by `fractions`.
+
+    Train gets the first `int(fractions[0] * n)` shuffled ids, val the next `int(fractions[1] * n)`, test the rest.
+    The result depends only on the set of ids and the seed (not on their order or on the machine). Each split's
+    list is returned sorted.
+    """
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) < 0:
+        raise DatasetError(f"split fractions {tuple(fractions)} must be three non-negative numbers summing to 1")
+    ordered = sorted(set(clip_ids))
+    shuffled = [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
+    num_train = int(fractions[0] * len(ordered))
+    num_val = int(fractions[1] * len(ordered))
+    parts = (shuffled[:num_train], shuffled[num_train : num_train + num_val], shuffled[num_train + num_val :])
+    return {split: sorted(part) for split, part in zip(SPLITS, parts)}
+
+
+def celebvhq_split(
+    info: CelebvHqInfo,
+    video_dir: str | os.PathLike,
+    seed: int = DEFAULT_SPLIT_SEED,
+    fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Split every clip of `info`, then keep those whose `video_dir/<clip id>.mp4` exists.
+
+    Returns:
+        ({split: clip ids}, the clip ids left out because their video is missing, sorted).
+    """
+    video_dir = Path(video_dir)
+    if not video_dir.is_dir():
+        raise DatasetError(f"{video_dir}: no such folder; CelebV-HQ videos are expected in ROOT/downloaded/")
+    present = {p.stem for p in video_dir.glob("*.mp4")}
+    full = split_clip_ids(info.clips, seed, fractions)
+    split = {name: [c for c in ids if c in present] for name, ids in full.items()}
+    missing = sorted(c for c in info.clips if c not in present)
+    return split, missing
+
+
+def bbox_crop_box(bbox: Sequence[float], height: int, width: int) -> tuple[int, int, int]:
+    """Pixel square of a CelebV-HQ `bbox` in a `height` x `width` frame, as the release script computes it.
+
+    The box (top, bottom, left, right; fractions) grows by `BBOX_EXPAND` on each side (clamped to the frame), is
+    turned into pixels, and shrinks to the square of its shorter side around its centre.
+
+    Returns:
+        (top, left, side) in pixels; the square lies inside the frame.
+    """
+    top, bottom, left, right = bbox
+    top, bottom = max(top - BBOX_EXPAND, 0.0), min(bottom + BBOX_EXPAND, 1.0)
+    left, right = max(left - BBOX_EXPAND, 0.0), min(right + BBOX_EXPAND, 1.0)
+    top, bottom = round(top * height), round(bottom * height)
+    left, right = round(left * width), round(right * width)
+    half = min(bottom - top, right - left) // 2
+    if half <= 0:
+        raise DatasetError(f"bbox {tuple(bbox)} is empty in a {width}x{height} frame")
+    centre_y, centre_x = (top + bottom) / 2, (left + right) / 2
+    side = 2 * half
+    crop_top = min(max(int(round(centre_y - half)), 0), height - side)
+    crop_left = min(max(int(round(centre_x - half)), 0), width - side)
+    return crop_top, crop_left, side
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def bbox_cropper(size: int = 224) -> FrameCropper:
+    """A `FrameCropper` cutting each frame to the clip's `bbox` square (`bbox_crop_box`), resized to `size`."""
+
+    def crop(frames: Iterator[np.ndarray], clip: CelebvHqClip) -> Iterator[np.ndarray]:
+        box = None
+        for frame in frames:  # (H, W, 3)
+            if box is None:
+                height, width = frame.shape[:2]
+                if abs(height - width) <= 2:
+                    raise DatasetError(
+                        f"{clip.clip_id}: the video is square ({width}x{height}), so the CelebV-HQ script already "
+                        "cropped it; prepare with crop='resize' (--crop resize) instead of 'bbox'"
+                    )
+                box = bbox_crop_box(clip.bbox, height, width)
+            top, left, side = box
+            yield _resize(np.ascontiguousarray(frame[top : top + side, left : left + side]), size)
+
+    return crop
+
+
+def resize_cropper(size: int = 224) -> FrameCropper:
+    """A `FrameCropper` taking the centred square of each frame, resized to `size` (for already cropped clips)."""
+
+    def crop(frames: Iterator[np.ndarray], clip: CelebvHqClip) -> Iterator[np.ndarray]:
+        for frame in frames:  # (H, W, 3)
+            height, width = frame.shape[:2]
+            side = min(height, width)
+            top, left = (height - side) // 2, (width - side) // 2
+            yield _resize(np.ascontiguousarray(frame[top : top + side, left : left + side]), size)
+
+    return crop
+
+
+def crop_video(
+    source: str | os.PathLike, target: str | os.PathLike, cropper: FrameCropper, clip: CelebvHqClip, size: int = 224
+) -> int:
+    """Decode `source` with PyAV, crop every frame with `cropper`, encode `target` (H.264, source frame rate).
+
+    The target appears only once complete (written beside it, then renamed). Frames are streamed: memory holds
+    what the cropper buffers, not the video. Timestamps are re-made at the average frame rate.
+
+    Returns:
+        The number of frames written.
+    """
+    import av
+
+    source, target = Path(source), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.stem}.partial{target.suffix}")
+    try:
+        container = av.open(str(source))
+    except (av.error.FFmpegError, OSError) as error:
+        raise VideoError(f"{source}: cannot be opened as a video ({error}); re-download it or leave it out") from None
+    num_frames = 0
+    try:
+        with container, av.open(str(partial), mode="w") as output:
+            if not container.streams.video:
+                raise VideoError(f"{source}: has no video stream; re-download it or leave it out")
+            in_stream = container.streams.video[0]
+            rate = in_stream.average_rate or in_stream.guessed_rate or 25
+            codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+            out_stream = output.add_stream(codec, rate=rate)
+            out_stream.width = out_stream.height = size
+            out_stream.pix_fmt = "yuv420p"
+            if codec == "libx264":
+                out_stream.options = {"crf": "18"}
+
+            def frames() -> Iterator[np.ndarray]:
+                for frame in container.decode(in_stream):
+                    yield frame.to_ndarray(format="rgb24")
+
+            for face in cropper(frames(), clip):
+                if face.shape != (size, size, 3):
+                    raise DatasetError(
+                        f"{clip.clip_id}: the cropper returned a {face.shape} frame, not {size}x{size}x3"
+                    )
+                output.mux(out_stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(face), format="rgb24")))
+                num_frames += 1
+            output.mux(out_stream.encode(None))
+        if num_frames == 0:
+            raise VideoError(f"{source}: no frame could be decoded; re-download it or leave it out")
+    except av.error.FFmpegError as error:
+        partial.unlink(missing_ok=True)
+        raise VideoError(f"{source}: decoding failed ({error}); re-download it or leave it out") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, target)
+    return num_frames
+
+
+def write_labels_csv(
+    path: str | os.PathLike, video_paths: Sequence[str | os.PathLike], labels: np.ndarray, label_names: Sequence[str]
+) -> None:
+    """Write a multi-label labels CSV: `path` (relative to the CSV's folder) and one 0/1 column per label.
+
+    Args:
+        video_paths: num_videos paths.
+        labels: (num_videos, num_labels) 0/1.
+        label_names: num_labels column names.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = np.asarray(labels, dtype=np.int64).reshape(len(video_paths), len(label_names))
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", *label_names])
+        for video, row in zip(video_paths, labels):
+            writer.writerow([os.path.relpath(Path(video).absolute(), path.parent.absolute()), *row.tolist()])
+    os.replace(partial, path)
+
+
+@dataclass(frozen=True)
+class LabelsTable:
+    """A labels CSV read into memory.
+
+    Attributes:
+        paths: num_videos absolute video paths (relative ones resolved against the CSV's folder).
+        labels: single-label (num_videos,) int64 class indices; multi-label (num_videos, num_labels) int64 0/1;
+            regression (num_videos, num_targets) float32.
+        label_names: class names (single-label) or column names (multi-label, regression).
+    """
+
+    paths: list[str]
+    labels: np.ndarray
+    label_names: list[str]
+
+
+def read_labels_csv(path: str | os.PathLike, problem_type: str) -> LabelsTable:
+    """Read a labels CSV (layout in the module docstring) for `problem_type` (transformers' names)."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such labels file") from None
+    if not rows or not rows[0]:
+        raise DatasetError(f"{path}: empty labels file; expected a header 'path,<label columns>'")
+    header, body = [name.strip() for name in rows[0]], [row for row in rows[1:] if row]
+    key = "path" if "path" in header else "input" if "input" in header else None
+    if key is None:
+        raise DatasetError(f"{path}: no 'path' (or 'input') column in the header {header}")
+    if not body:
+        raise DatasetError(f"{path}: has a header but no rows")
+    key_index = header.index(key)
+    label_columns = [i for i in range(len(header)) if i != key_index]
+    label_names = [header[i] for i in label_columns]
+    for line_number, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DatasetError(f"{path}:{line_number}: {len(row)} fields, the header has {len(header)}")
+    paths = [os.path.normpath(os.path.abspath(path.parent / row[key_index])) for row in body]
+    values = [[row[i].strip() for i in label_columns] for row in body]
+
+    if problem_type == "single_label_classification":
+        if label_names != ["label"]:
+            raise DatasetError(f"{path}: a single-label CSV has columns 'path,label', found {header}")
+        column = [v[0] for v in values]
+        if all(v.lstrip("-").isdigit() for v in column):
+            labels = np.array([int(v) for v in column], dtype=np.int64)
+            if labels.min() < 0:
+                raise DatasetError(f"{path}: class indices must be >= 0, found {labels.min()}")
+            return LabelsTable(paths, labels, [str(i) for i in range(int(labels.max()) + 1)])
+        names = sorted(set(column))
+        index = {name: i for i, name in enumerate(names)}
+        return LabelsTable(paths, np.array([index[v] for v in column], dtype=np.int64), names)
+
+    if problem_type not in ("multi_label_classification", "regression"):
+        raise DatasetError(f"unknown problem type {problem_type!r} for {path}")
+    if not label_names:
+        raise DatasetError(f"{path}: no label columns besides {key!r}")
+    try:
+        matrix = np.array([[float(v) for v in row] for row in values], dtype=np.float64)
+    except ValueError as error:
+        raise DatasetError(f"{path}: a label is not a number ({error})") from None
+    if problem_type == "regression":
+        return LabelsTable(paths, matrix.astype(np.float32), label_names)
+    if not np.isin(matrix, (0.0, 1.0)).all():
+        raise DatasetError(f"{path}: multi-label columns must hold 0 or 1 only")
+    return LabelsTable(paths, matrix.astype(np.int64), label_names)
+
+
+def labels_dataset(path: str | os.PathLike, problem_type: str):
+    """A `datasets.Dataset` from a labels CSV: columns `path` (str) and `labels`.
+
+    `labels` is a class index (`ClassLabel` with the class names) for single-label, a list of float32 0/1 (ready for
+    `BCEWithLogitsLoss`) for multi-label, a list of float32 targets for regression.
+    """
+    import datasets
+
+    table = read_labels_csv(path, problem_type)
+    if problem_type == "single_label_classification":
+        label_feature = datasets.ClassLabel(names=table.label_names)
+    else:
+        label_feature = datasets.Sequence(datasets.Value("float32"), length=len(table.label_names))
+    features = datasets.Features({"path": datasets.Value("string"), "labels": label_feature})
+    return datasets.Dataset.from_dict({"path": table.paths, "labels": table.labels.tolist()}, features=features)
+
+
+def prepare_celebvhq(
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    crop: str | FrameCropper | None = "bbox",
+    size: int = 224,
+    seed: int = DEFAULT_SPLIT_SEED,
+    fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    progress: bool = True,
+) -> dict[str, list[str]]:
+    """Split CelebV-HQ, crop its clips to `size` and write the labels CSVs (prepared layout in the module docstring).
+
+    Crops already in `out_dir/cropped` are kept (re-running resumes). A clip whose video cannot be decoded is left
+    out of the CSVs and listed in `split.json` under `"failed"` with its error.
+
+    Args:
+        root: the CelebV-HQ folder (`celebvhq_info.json`, `downloaded/`).
+        out_dir: where the prepared layout goes (may be `root`).
+        crop: `"bbox"`, `"resize"`, a `FrameCropper`, or None (see the module docstring).
+        size: side of the crops, pixels.
+
+    Returns:
+        {split: clip ids written to that split's CSVs}.
+    """
+    from tqdm.auto import tqdm
+
+    root, out_dir = Path(root), Path(out_dir)
+    info = read_celebvhq_info(root / "celebvhq_info.json")
+    split, missing = celebvhq_split(info, root / "downloaded", seed, fractions)
+    if not any(split.values()):
+        raise DatasetError(f"{root / 'downloaded'}: none of the {len(info.clips)} clips of the info file has a video")
+    if crop == "bbox":
+        cropper = bbox_cropper(size)
+    elif crop == "resize":
+        cropper = resize_cropper(size)
+    elif crop is None or callable(crop):
+        cropper = crop
+    else:
+        raise DatasetError(f"unknown crop {crop!r}: use 'bbox', 'resize', None or a function (frames, clip) -> frames")
+
+    failed: dict[str, str] = {}
+    videos: dict[str, Path] = {}
+    ordered = [clip_id for name in SPLITS for clip_id in split[name]]
+    for clip_id in tqdm(ordered, desc="CelebV-HQ clips", disable=not progress or cropper is None):
+        source = root / "downloaded" / f"{clip_id}.mp4"
+        if cropper is None:
+            videos[clip_id] = source
+            continue
+        target = out_dir / "cropped" / f"{clip_id}.mp4"
+        if not target.exists():
+            try:
+                crop_video(source, target, cropper, info.clips[clip_id], size)
+            except VideoError as error:
+                failed[clip_id] = str(error)
+                continue
+        videos[clip_id] = target
+
+    kept = {name: [c for c in split[name] if c in videos] for name in SPLITS}
+    for task in TASKS:
+        for name in SPLITS:
+            ids = kept[name]
+            labels = np.array([info.clips[c].labels(task) for c in ids], dtype=np.int64)
+            write_labels_csv(out_dir / task / f"{name}.csv", [videos[c] for c in ids], labels, info.label_names(task))
+    record = {
+        "seed": seed,
+        "fractions": list(fractions),
+        "crop": crop if isinstance(crop, str) or crop is None else getattr(crop, "__name__", "custom"),
+        "size": size,
+        **kept,
+        "missing_video": missing,
+        "failed": failed,
+    }
+    with open(out_dir / "split.json", "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+    return kept
+
+
+def load_celebvhq(prepared_dir: str | os.PathLike, task: str):
+    """The prepared CelebV-HQ `task` as a `datasets.DatasetDict` with splits train/val/test.
+
+    Each row: `path` (absolute video path), `labels` (list of 40 or 35 float32 0/1, in the order of the CSV
+    header, i.e. the release's mapping). Build it from `prepare_celebvhq`'s output; no loading script is run.
+    """
+    import datasets
+
+    _check_task(task)
+    prepared_dir = Path(prepared_dir)
+    if not (prepared_dir / task).is_dir():
+        raise DatasetError(
+            f"{prepared_dir}: no {task}/ folder; run prepare_celebvhq (or the preparation command) first"
+        )
+    return datasets.DatasetDict(
+        {name: labels_dataset(prepared_dir / task / f"{name}.csv", "multi_label_classification") for name in SPLITS}
+    )
