@@ -1,0 +1,263 @@
+"""Convert the released MARLIN checkpoints to Transformers folders.
+
+Formats read (the variant is inferred from tensor shapes):
+
+- `marlin_vit_*_ytf.encoder.pt`: marlin-pytorch's encoder-only state dict (`encoder.*`) -> `MarlinModel`;
+- `marlin_vit_*_ytf.full.pt`: encoder + decoder (`encoder.*`, `decoder.*`, `enc_dec_proj.*`) -> `MarlinForPreTraining`;
+- the training script's Lightning `.ckpt` (`state_dict`, with the critic under `discriminator.*`, kept so
+  pretraining can resume) -> `MarlinForPreTraining`;
+- the authors' Hub layout (`config.json` with `img_size`/`encoder_embed_dim`..., `model.safetensors` with keys
+  `marlin.encoder.*`), as a local folder or a Hub id -> `MarlinModel`.
+"""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
+from .exceptions import CheckpointError
+from .modeling_marlin import (
+    MARLIN_FIXED_REFERENCE_KEYS,
+    REFERENCE_KEY_MAPPING,
+    MarlinForPreTraining,
+    MarlinModel,
+    get_sinusoid_encoding_table,
+)
+
+HUB_CHECKPOINTS = {f"marlin_vit_{v}_ytf": f"ControlNet/marlin_vit_{v}_ytf" for v in MARLIN_VARIANTS}
+RELEASE_URL = "https://github.com/ControlNet/MARLIN/releases/download/model_v1/{name}.{kind}.pt"
+
+
+def load_reference_state_dict(source: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Read a checkpoint in any released format.
+
+    Returns:
+        The state dict with the reference's key names (`encoder.*`, `decoder.*`, `enc_dec_proj.*`,
+        `discriminator.*`; the Hub's `marlin.` prefix removed) and the format's name.
+    """
+    path = Path(source)
+    if path.is_dir():
+        return _load_hub_folder(path), "hub"
+    if not path.exists():
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
+            from huggingface_hub import snapshot_download
+
+            try:
+                folder = snapshot_download(str(source), allow_patterns=["config.json", "*.safetensors", "*.bin"])
+            except Exception as error:  # offline, unknown repo, gated...
+                raise CheckpointError(
+                    f"{source}: cannot download from the Hub ({type(error).__name__}); pass a local checkpoint file, "
+                    "e.g. marlin_vit_base_ytf.encoder.pt."
+                ) from None
+            return _load_hub_folder(Path(folder)), "hub"
+        raise CheckpointError(f"{source}: no such checkpoint file or folder.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:100]}"
+        raise CheckpointError(f"{source}: not a readable PyTorch checkpoint ({reason}).") from None
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        return dict(checkpoint["state_dict"]), "lightning"
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise CheckpointError(f"{source}: expected a state dict of tensors (a MARLIN .pt or .ckpt file).")
+    kind = "full" if any(k.startswith("decoder.") for k in checkpoint) else "encoder"
+    return dict(checkpoint), kind
+
+
+def _load_hub_folder(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        bins = sorted(folder.glob("*.bin"))
+        if not bins:
+            raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin in this folder.")
+        state_dict = {}
+        for file in bins:
+            state_dict.update(torch.load(file, map_location="cpu", weights_only=True))
+    else:
+        state_dict = {}
+        for file in files:
+            state_dict.update(load_file(str(file)))
+    return {re.sub(r"^marlin\.", "", k): v for k, v in state_dict.items()}
+
+
+def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> MarlinConfig:
+    """Build the config from tensor shapes (reference key names). Heads are width / 64 in every release."""
+    try:
+        projection = state_dict["encoder.patch_embedding.projection.weight"]  # (hidden, 3, pt, ph, pw)
+    except KeyError:
+        raise CheckpointError(
+            "not a MARLIN checkpoint: missing key encoder.patch_embedding.projection.weight "
+            f"(found e.g. {sorted(state_dict)[:3]})."
+        ) from None
+    hidden_size, num_channels, tubelet_size, patch_size, _ = projection.shape
+    fields = dict(
+        hidden_size=hidden_size,
+        num_channels=num_channels,
+        tubelet_size=tubelet_size,
+        patch_size=patch_size,
+        num_hidden_layers=_count_blocks(state_dict, "encoder"),
+        num_attention_heads=max(1, hidden_size // 64),
+        intermediate_size=state_dict["encoder.blocks.0.mlp.layers.0.linear.weight"].shape[0],
+        qkv_bias="encoder.blocks.0.attn.q_bias" in state_dict,
+    )
+    if "decoder.head.weight" in state_dict:
+        decoder_hidden = state_dict["decoder.head.weight"].shape[1]
+        fields.update(
+            decoder_hidden_size=decoder_hidden,
+            decoder_num_hidden_layers=_count_blocks(state_dict, "decoder"),
+            decoder_num_attention_heads=max(1, decoder_hidden // 64),
+            decoder_intermediate_size=state_dict["decoder.blocks.0.mlp.layers.0.linear.weight"].shape[0],
+        )
+    else:  # encoder only: keep the released decoder that goes with this encoder width
+        for variant in MARLIN_VARIANTS.values():
+            if variant["hidden_size"] == hidden_size:
+                fields.update({k: v for k, v in variant.items() if k.startswith("decoder_")})
+    if "discriminator.layers.0.linear.weight" in state_dict:
+        fields["discriminator_hidden_size"] = state_dict["discriminator.layers.0.linear.weight"].shape[0]
+    if "encoder.pos_embedding.emb" in state_dict:
+        # num_patches = (frames / tubelet) * (image / patch)**2: every release has 16 frames, so solve for the size.
+        num_patches = state_dict["encoder.pos_embedding.emb"].shape[1]
+        num_frames = overrides.get("num_frames", 16)
+        side = round((num_patches / (num_frames // tubelet_size)) ** 0.5)
+        if (num_frames // tubelet_size) * side**2 == num_patches:
+            fields.update(num_frames=num_frames, image_size=side * patch_size)
+    fields.update(overrides)
+    return MarlinConfig(**fields)
+
+
+def _count_blocks(state_dict: dict[str, torch.Tensor], part: str) -> int:
+    indices = {int(m.group(1)) for k in state_dict if (m := re.match(rf"{part}\.blocks\.(\d+)\.", k))}
+    return max(indices) + 1 if indices else 0
+
+
+def rename_reference_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Reference key names -> `MarlinForPreTraining`'s (encoder keys under `marlin.`)."""
+    renamed = {}
+    for key, tensor in state_dict.items():
+        if key in MARLIN_FIXED_REFERENCE_KEYS:
+            continue
+        for pattern, replacement in REFERENCE_KEY_MAPPING:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = tensor
+    return renamed
+
+
+def check_position_tables(state_dict: dict[str, torch.Tensor]) -> None:
+    """The stored sin-cos tables are fixed, not learned: they must equal the ones the model recomputes."""
+    for key in MARLIN_FIXED_REFERENCE_KEYS:
+        if key in state_dict:
+            stored = state_dict[key].float()
+            expected = get_sinusoid_encoding_table(stored.shape[1], stored.shape[2])
+            if not torch.allclose(stored, expected, atol=1e-5):
+                raise CheckpointError(f"{key} is not the fixed sin-cos table this model uses; cannot convert it.")
+
+
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor], config: MarlinConfig | None = None
+) -> MarlinModel | MarlinForPreTraining:
+    """Reference state dict -> a loaded `MarlinModel` (encoder only) or `MarlinForPreTraining` (with decoder).
+
+    Raises `CheckpointError` naming missing or unexpected keys. A checkpoint without a critic (the released
+    `.full.pt`) gets a freshly initialized one.
+    """
+    config = config or infer_config(state_dict)
+    check_position_tables(state_dict)
+    renamed = rename_reference_keys(state_dict)
+    has_decoder = any(k.startswith("decoder.") for k in renamed)
+    if has_decoder:
+        model = MarlinForPreTraining(config)
+    else:
+        model = MarlinModel(config)
+        renamed = {re.sub(r"^marlin\.", "", k): v for k, v in renamed.items()}
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(renamed))
+    unexpected = sorted(set(renamed) - expected)
+    if has_decoder:  # the released .full.pt has no critic: keep it freshly initialized
+        missing = [k for k in missing if not k.startswith("discriminator.")]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint does not match a MARLIN {config.hidden_size}-wide model: "
+            f"missing keys {_abbreviate(missing)}, unexpected keys {_abbreviate(unexpected)}."
+        )
+    mismatched = [k for k, v in renamed.items() if v.shape != model.state_dict()[k].shape]
+    if mismatched:
+        raise CheckpointError(f"checkpoint tensors with unexpected shapes: {_abbreviate(mismatched)}.")
+    model.load_state_dict(renamed, strict=False)
+    return model.eval()
+
+
+def _abbreviate(keys: list[str], limit: int = 6) -> str:
+    if not keys:
+        return "none"
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}{f', ... ({len(keys)} in all)' if len(keys) > limit else ''}]"
+
+
+def load_reference_checkpoint(source: str | Path, config: MarlinConfig | None = None):
+    """Any released checkpoint (file, folder or Hub id) -> loaded `MarlinModel` or `MarlinForPreTraining`."""
+    state_dict, _ = load_reference_state_dict(source)
+    return convert_state_dict(state_dict, config)
+
+
+def convert_checkpoint(source: str | Path, output_dir: str | Path, config: MarlinConfig | None = None) -> Path:
+    """Convert a released checkpoint into a Transformers folder.
+
+    Writes `model.safetensors`, `config.json` (with `auto_map` and the model code, so it also loads with
+    `trust_remote_code=True` where this package is not installed), the video processor's config and a model card.
+    The folder is written next to `output_dir` and renamed into place, so an interrupted run leaves nothing behind.
+    """
+    import tempfile
+
+    state_dict, kind = load_reference_state_dict(source)
+    model = convert_state_dict(state_dict, config)
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise CheckpointError(f"{output_dir}: output folder exists and is not empty; choose another or remove it.")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        save_marlin_folder(model, staging)
+        write_model_card(staging, model.config, source=str(source), kind=kind, architecture=type(model).__name__)
+        if output_dir.exists():
+            output_dir.rmdir()
+        staging.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def save_marlin_folder(model, folder: str | Path) -> None:
+    """`save_pretrained` plus the processor config; `auto_map` names every MARLIN class for remote code."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {
+        "AutoConfig": "configuration_marlin.MarlinConfig",
+        "AutoModel": "modeling_marlin.MarlinModel",
+        "AutoModelForPreTraining": "modeling_marlin.MarlinForPreTraining",
+        "AutoModelForVideoClassification": "modeling_marlin.MarlinForVideoClassification",
+    }
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    package = Path(__file__).parent
+    for module in ("configuration_marlin.py", "modeling_marlin.py"):
+        shutil.copyfile(package / module, folder / module)
+    try:
+        from .video_processing_marlin import MarlinVideoProcessor
+    except ImportError:  # processor not available in this build
+        return
+    MarlinVideoProcessor().save_pretrained(folder)
+
+
+def write_model_card(folder: Path, config: MarlinConfig, source: str, kind: str, architecture: str) -> None:
+    from .model_card import render_model_card
+
+    (Path(folder) / "README.md").write_text(
+        render_model_card(config, source=source, kind=kind, architecture=architecture)
+    )

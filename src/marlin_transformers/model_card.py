@@ -1,0 +1,73 @@
+"""Model cards (README.md) for converted and trained MARLIN folders."""
+
+from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
+
+_CITATION = """@inproceedings{cai2023marlin,
+  title     = {MARLIN: Masked Autoencoder for facial video Representation LearnINg},
+  author    = {Cai, Zhixi and Ghosh, Shreya and Stefanov, Kalin and Dhall, Abhinav and Cai, Jianfei and
+               Rezatofighi, Hamid and Haffari, Reza and Hayat, Munawar},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2023},
+  pages     = {1493--1504},
+}"""
+
+
+def variant_name(config: MarlinConfig) -> str:
+    for name, fields in MARLIN_VARIANTS.items():
+        if all(getattr(config, k) == v for k, v in fields.items()):
+            return f"ViT-{name[0].upper()}"
+    return f"custom ({config.hidden_size} wide, {config.num_hidden_layers} layers)"
+
+
+def render_model_card(config: MarlinConfig, source: str, kind: str, architecture: str) -> str:
+    """A Hub model card for a MARLIN folder: what it is, how it was made, how to use it, licence, citation."""
+    variant = variant_name(config)
+    return f"""---
+license: cc-by-nc-4.0
+library_name: transformers
+pipeline_tag: video-classification
+tags:
+- marlin
+- video
+- face
+- masked-autoencoder
+- feature-extraction
+---
+
+# MARLIN {variant} ({architecture})
+
+MARLIN (Cai et al., CVPR 2023) is a masked autoencoder for facial video: 16 RGB frames of
+{config.image_size}x{config.image_size} in [0, 1] (no mean/std normalization), cut into
+{config.tubelet_size}x{config.patch_size}x{config.patch_size} tubelets ({config.num_patches} tokens), pretrained on
+YouTube Faces with *Fasking* (eyes, nose, mouth and hair masked first) and an adversarial loss. Its features
+transfer to facial attributes, expression, deepfake detection and lip sync.
+
+This folder was converted by [marlin-transformers](https://github.com/marlin-transformers/marlin-transformers)
+from `{source}` (format: {kind}). Encoder: {config.hidden_size} wide, {config.num_hidden_layers} layers,
+{config.num_attention_heads} heads.
+
+## Use
+
+```python
+import marlin_transformers  # registers MARLIN with the Auto classes
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("path/to/this/folder")
+features = model(pixel_values_videos).pooler_output  # (batch, {config.hidden_size})
+```
+
+Without the package installed: `AutoModel.from_pretrained(folder, trust_remote_code=True)`.
+From a video file, with face tracking and cropping:
+`marlin extract video.mp4 --model path/to/this/folder --crop-face --out features/`.
+
+## Licence
+
+The official MARLIN weights are released under CC BY-NC 4.0 (non-commercial); the code of marlin-transformers
+is Apache-2.0.
+
+## Citation
+
+```bibtex
+{_CITATION}
+```
+"""

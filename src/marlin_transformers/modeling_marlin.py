@@ -1,0 +1,545 @@
+"""PyTorch MARLIN: a masked autoencoder for facial video (Cai et al., CVPR 2023).
+
+The encoder is a plain ViT over 2x16x16 tubelets with a fixed sin-cos position table; the decoder is a narrower ViT
+that reads the visible tokens plus one mask token per hidden position and predicts the raw pixels of the masked
+tubelets. Numerically it follows the reference release (marlin-pytorch 0.3.4): LayerNorm eps 1e-5, exact GELU, a
+fused qkv projection with learned q/v biases and a zero k bias, final LayerNorm applied after mean pooling.
+
+This file imports only torch and transformers, so `save_pretrained` can ship it as Hub remote code.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_marlin import MarlinConfig
+
+# Parameter names of the reference release (marlin-pytorch's `Marlin`, its Lightning module, and the authors' Hub
+# repos, whose keys carry a `marlin.` prefix) -> ours, as (regex, replacement) applied in order. Position tables
+# are not listed: they are fixed and recomputed here (see `MARLIN_FIXED_REFERENCE_KEYS`).
+REFERENCE_KEY_MAPPING = [
+    (r"^marlin\.", ""),
+    (r"^encoder\.patch_embedding\.projection\.", "marlin.embeddings.patch_embeddings.projection."),
+    (r"^encoder\.blocks\.", "marlin.encoder.layer."),
+    (r"^encoder\.norm\.", "marlin.layernorm."),
+    (r"^decoder\.blocks\.", "decoder.layer."),
+    (r"^decoder\.norm\.", "decoder.layernorm."),
+    (r"^enc_dec_proj\.", "encoder_to_decoder."),
+    (r"\.norm1\.", ".layernorm_before."),
+    (r"\.norm2\.", ".layernorm_after."),
+    (r"\.attn\.", ".attention."),
+    (r"^discriminator\.layers\.0\.linear\.", "discriminator.fc1."),
+    (r"^discriminator\.layers\.1\.linear\.", "discriminator.fc2."),
+    (r"\.mlp\.layers\.0\.linear\.", ".mlp.fc1."),
+    (r"\.mlp\.layers\.1\.linear\.", ".mlp.fc2."),
+]
+MARLIN_FIXED_REFERENCE_KEYS = ("encoder.pos_embedding.emb", "decoder.pos_embedding.emb")
+
+
+def get_sinusoid_encoding_table(num_positions: int, dim: int) -> torch.Tensor:
+    """Fixed sin-cos position table of shape (1, num_positions, dim), float32.
+
+    Computed with the same float32 operations as the reference, so the table matches it bit for bit.
+    """
+    exponent = 2 * torch.div(torch.arange(dim, device="cpu"), 2, rounding_mode="trunc") / dim
+    denominator = torch.tensor(10000, device="cpu").pow(exponent)  # (dim,), float32
+    # `position / tensor` in the reference runs as `tensor.reciprocal() * position` (Tensor.__rtruediv__).
+    table = torch.arange(num_positions, device="cpu", dtype=torch.float32)[:, None] * denominator.reciprocal()
+    table[:, 0::2] = torch.sin(table[:, 0::2])
+    table[:, 1::2] = torch.cos(table[:, 1::2])
+    return table.unsqueeze(0)
+
+
+def patchify_video(pixel_values_videos: torch.Tensor, patch_size: int, tubelet_size: int) -> torch.Tensor:
+    """Cut a video into tubelets in the reference's layout.
+
+    Args:
+        pixel_values_videos: (batch, frames, channels, height, width).
+
+    Returns:
+        (batch, num_tokens, channels * tubelet_size * patch_size**2), tokens in (time, row, column) order and each
+        tubelet flattened channel-major as (channel, frame, y, x), as marlin-pytorch's decoder predicts them.
+    """
+    b, t, c, h, w = pixel_values_videos.shape
+    x = pixel_values_videos.reshape(
+        b, t // tubelet_size, tubelet_size, c, h // patch_size, patch_size, w // patch_size, patch_size
+    )
+    x = x.permute(0, 1, 4, 6, 3, 2, 5, 7)  # (b, nt, nh, nw, c, pt, ph, pw)
+    return x.reshape(b, (t // tubelet_size) * (h // patch_size) * (w // patch_size), c * tubelet_size * patch_size**2)
+
+
+def unpatchify_video(
+    patches: torch.Tensor, patch_size: int, tubelet_size: int, num_frames: int, image_size: int, num_channels: int = 3
+) -> torch.Tensor:
+    """Inverse of `patchify_video`: (batch, num_tokens, c*pt*ph*pw) -> (batch, frames, channels, height, width)."""
+    b = patches.shape[0]
+    nt, nh = num_frames // tubelet_size, image_size // patch_size
+    x = patches.reshape(b, nt, nh, nh, num_channels, tubelet_size, patch_size, patch_size)
+    x = x.permute(0, 1, 5, 4, 2, 6, 3, 7)  # (b, nt, pt, c, nh, ph, nw, pw)
+    return x.reshape(b, num_frames, num_channels, image_size, image_size)
+
+
+def paint_predictions(
+    pixel_values_videos: torch.Tensor,
+    logits: torch.Tensor,
+    bool_masked_pos: torch.BoolTensor,
+    patch_size: int,
+    tubelet_size: int,
+) -> torch.Tensor:
+    """Put predicted tubelets back into a video, for pictures of reconstructions.
+
+    Args:
+        pixel_values_videos: (batch, frames, channels, height, width), [0, 1].
+        logits: (batch, num_masked, channels * tubelet_size * patch_size**2), from `MarlinForPreTraining`.
+        bool_masked_pos: (batch, num_tokens), True where masked.
+
+    Returns:
+        The video with every masked tubelet replaced by its prediction, clamped to [0, 1]; same shape as the input.
+    """
+    b, t, c, h, _ = pixel_values_videos.shape
+    patches = patchify_video(pixel_values_videos, patch_size, tubelet_size).clone()
+    patches[bool_masked_pos] = logits.reshape(-1, patches.shape[-1]).to(patches.dtype)
+    return unpatchify_video(patches, patch_size, tubelet_size, t, h, c).clamp(0, 1)
+
+
+@dataclass
+class MarlinForPreTrainingOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Reconstruction loss: MSE between `logits` and the raw pixels of the masked tubelets.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_masked, channels * tubelet_size * patch_size**2)`):
+        Predicted pixels of the masked tubelets, in `patchify_video`'s layout, in token order.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class MarlinPatchEmbeddings(nn.Module):
+    """(batch, frames, channels, height, width) -> (batch, num_patches, hidden_size) with a strided Conv3d."""
+
+    def __init__(self, config: MarlinConfig, hidden_size: int):
+        super().__init__()
+        self.image_size = config.image_size
+        self.num_channels = config.num_channels
+        kernel = (config.tubelet_size, config.patch_size, config.patch_size)
+        self.projection = nn.Conv3d(config.num_channels, hidden_size, kernel_size=kernel, stride=kernel)
+
+    def forward(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+        _, _, num_channels, height, width = pixel_values_videos.shape
+        if num_channels != self.num_channels or height != self.image_size or width != self.image_size:
+            raise ValueError(
+                f"MARLIN expects frames of {self.num_channels}x{self.image_size}x{self.image_size} "
+                f"(batch, frames, channels, height, width); got {tuple(pixel_values_videos.shape)}."
+            )
+        x = self.projection(pixel_values_videos.transpose(1, 2))  # (b, hidden, nt, nh, nw)
+        return x.flatten(2).transpose(1, 2)  # (b, num_patches, hidden)
+
+
+class MarlinEmbeddings(nn.Module):
+    """Tubelet embeddings plus the fixed sin-cos table; keeps only the visible tokens when given a mask."""
+
+    def __init__(self, config: MarlinConfig):
+        super().__init__()
+        self.patch_embeddings = MarlinPatchEmbeddings(config, config.hidden_size)
+        self.register_buffer(
+            "position_embeddings",
+            get_sinusoid_encoding_table(config.num_patches, config.hidden_size),
+            persistent=False,
+        )
+
+    def forward(self, pixel_values_videos: torch.Tensor, bool_masked_pos: torch.BoolTensor | None = None):
+        embeddings = self.patch_embeddings(pixel_values_videos)
+        embeddings = embeddings + self.position_embeddings.to(embeddings.dtype)
+        if bool_masked_pos is not None:
+            batch_size, _, hidden_size = embeddings.shape
+            embeddings = embeddings[~bool_masked_pos].reshape(batch_size, -1, hidden_size)
+        return embeddings
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    # The reference scales the queries before the product: keep its order of operations.
+    attn_weights = torch.matmul(query * scaling, key.transpose(2, 3))
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class MarlinSelfAttention(nn.Module):
+    """Multi-head self-attention with one fused qkv matrix, learned q/v biases and a zero k bias."""
+
+    def __init__(self, config: MarlinConfig, hidden_size: int, num_attention_heads: int):
+        super().__init__()
+        if hidden_size % num_attention_heads != 0:
+            raise ValueError(f"hidden size {hidden_size} is not a multiple of {num_attention_heads} attention heads.")
+        self.config = config
+        self.num_heads = num_attention_heads
+        self.head_dim = hidden_size // num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
+        if config.qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(hidden_size))
+            self.v_bias = nn.Parameter(torch.zeros(hidden_size))
+        else:
+            self.q_bias = self.v_bias = None
+        self.proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, seq_len, hidden_size = hidden_states.shape
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        qkv = F.linear(hidden_states, self.qkv.weight, bias)  # (b, n, 3 * hidden)
+        qkv = qkv.reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv.unbind(0)  # each (b, heads, n, head_dim)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        context, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            is_causal=False,
+            scaling=self.scaling,
+            dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
+            **kwargs,
+        )  # context: (b, n, heads, head_dim)
+        context = context.reshape(batch_size, seq_len, hidden_size)
+        return self.proj(context), attn_weights
+
+
+class MarlinMLP(nn.Module):
+    def __init__(self, config: MarlinConfig, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dropout(self.act(self.fc1(hidden_states)))
+        return self.dropout(self.fc2(hidden_states))
+
+
+class MarlinLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block (the reference's `Block`, without layer scale: every release has it off)."""
+
+    def __init__(self, config: MarlinConfig, hidden_size: int, num_attention_heads: int, intermediate_size: int):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.attention = MarlinSelfAttention(config, hidden_size, num_attention_heads)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layernorm_after = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MarlinMLP(config, hidden_size, intermediate_size)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        attention_output, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
+        hidden_states = hidden_states + self.dropout(attention_output)
+        return hidden_states + self.mlp(self.layernorm_after(hidden_states))
+
+
+class MarlinEncoder(nn.Module):
+    def __init__(self, config: MarlinConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(
+            [
+                MarlinLayer(config, config.hidden_size, config.num_attention_heads, config.intermediate_size)
+                for _ in range(config.num_hidden_layers)
+            ]
+        )
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        for layer in self.layer:
+            hidden_states = layer(hidden_states, **kwargs)
+        return hidden_states
+
+
+class MarlinDiscriminator(nn.Module):
+    """The pretraining critic: a per-token MLP (c*pt*ph*pw -> discriminator_hidden_size -> 1, LeakyReLU).
+
+    Input (batch, num_tokens, c*pt*ph*pw) tubelets in `patchify_video`'s layout; output (batch, num_tokens, 1) scores.
+    """
+
+    def __init__(self, config: MarlinConfig):
+        super().__init__()
+        patch_dim = config.num_channels * config.tubelet_size * config.patch_size**2
+        self.fc1 = nn.Linear(patch_dim, config.discriminator_hidden_size)
+        self.act = nn.LeakyReLU()
+        self.fc2 = nn.Linear(config.discriminator_hidden_size, 1)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(patches)))
+
+
+class MarlinDecoder(nn.Module):
+    """Visible tokens + mask tokens (each plus its fixed position) -> pixels of the masked tubelets."""
+
+    def __init__(self, config: MarlinConfig):
+        super().__init__()
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
+        self.register_buffer(
+            "position_embeddings",
+            get_sinusoid_encoding_table(config.num_patches, config.decoder_hidden_size),
+            persistent=False,
+        )
+        self.layer = nn.ModuleList(
+            [
+                MarlinLayer(
+                    config,
+                    config.decoder_hidden_size,
+                    config.decoder_num_attention_heads,
+                    config.decoder_intermediate_size,
+                )
+                for _ in range(config.decoder_num_hidden_layers)
+            ]
+        )
+        self.layernorm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
+        self.head = nn.Linear(
+            config.decoder_hidden_size, config.num_channels * config.tubelet_size * config.patch_size**2
+        )
+        self.gradient_checkpointing = False
+
+    def forward(self, visible_tokens: torch.Tensor, bool_masked_pos: torch.BoolTensor) -> torch.Tensor:
+        batch_size, _, hidden_size = visible_tokens.shape
+        positions = self.position_embeddings.to(visible_tokens.dtype).expand(batch_size, -1, -1)
+        visible_positions = positions[~bool_masked_pos].reshape(batch_size, -1, hidden_size)
+        masked_positions = positions[bool_masked_pos].reshape(batch_size, -1, hidden_size)
+        num_masked = masked_positions.shape[1]
+        # Visible tokens first, then one mask token per masked position; only the latter are predicted.
+        hidden_states = torch.cat([visible_tokens + visible_positions, self.mask_token + masked_positions], dim=1)
+        for layer in self.layer:
+            hidden_states = layer(hidden_states)
+        hidden_states = self.layernorm(hidden_states[:, -num_masked:])
+        return self.head(hidden_states)  # (b, num_masked, c * pt * ph * pw)
+
+
+class MarlinPreTrainedModel(PreTrainedModel):
+    config: MarlinConfig
+    config_class = MarlinConfig
+    base_model_prefix = "marlin"
+    main_input_name = "pixel_values_videos"
+    input_modalities = "video"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MarlinEmbeddings", "MarlinLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_record_outputs = {"hidden_states": MarlinLayer, "attentions": MarlinSelfAttention}
+    # The authors' Hub checkpoints store the fixed position table; it is recomputed here.
+    _keys_to_ignore_on_load_unexpected = [r"pos_embedding\.emb"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The reference's scheme: xavier-uniform linears with zero bias, unit LayerNorms, PyTorch's default Conv3d,
+        # mask token ~ N(0, 0.02) truncated to +-0.02. Fixed position tables are recomputed (never loaded or trained).
+        if isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv3d):
+            # PyTorch's own default (what the reference leaves on its tubelet embedding).
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            fan_in = module.weight[0].numel()
+            init.uniform_(module.bias, -(fan_in**-0.5), fan_in**-0.5)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, MarlinSelfAttention) and module.q_bias is not None:
+            init.zeros_(module.q_bias)
+            init.zeros_(module.v_bias)
+        elif isinstance(module, (MarlinEmbeddings, MarlinDecoder)):
+            table = get_sinusoid_encoding_table(*module.position_embeddings.shape[1:])
+            init.copy_(module.position_embeddings, table.to(module.position_embeddings.device))
+            if isinstance(module, MarlinDecoder):
+                std = self.config.initializer_range
+                init.trunc_normal_(module.mask_token, mean=0.0, std=std, a=-std, b=std)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, also reading the authors' Hub layout (`marlin.encoder.blocks...`)."""
+        if "key_mapping" not in kwargs:
+            kwargs["key_mapping"] = dict(REFERENCE_KEY_MAPPING)
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            # Saving must write our own names, not undo the renaming back to the reference's.
+            model._weight_conversions = None
+            return model
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+class MarlinModel(MarlinPreTrainedModel):
+    """The MARLIN encoder: video -> per-token features and a pooled clip feature."""
+
+    def __init__(self, config: MarlinConfig):
+        super().__init__(config)
+        self.config = config
+        self.embeddings = MarlinEmbeddings(config)
+        self.encoder = MarlinEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> MarlinPatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values_videos: torch.Tensor,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Args:
+            pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`):
+                RGB frames in [0, 1], not mean/std normalized (as MARLIN was trained).
+            bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+                True where a token is masked (dropped before the encoder). Every video in the batch must mask the
+                same number of tokens.
+
+        Returns:
+            `last_hidden_state` (batch, tokens, hidden): every (visible) token after the final LayerNorm, the
+            reference's `extract_features(keep_seq=True)`; `pooler_output` (batch, hidden): the final LayerNorm of
+            the token mean, the reference's `keep_seq=False`.
+        """
+        weight_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        hidden_states = self.embeddings(pixel_values_videos.to(weight_dtype), bool_masked_pos)
+        hidden_states = self.encoder(hidden_states, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=self.layernorm(hidden_states),
+            pooler_output=self.layernorm(hidden_states.mean(dim=1)),
+        )
+
+
+class MarlinForPreTraining(MarlinPreTrainedModel):
+    """Encoder, bias-free projection, decoder (and the critic used by the adversarial loss in pretraining)."""
+
+    def __init__(self, config: MarlinConfig):
+        super().__init__(config)
+        self.config = config
+        self.marlin = MarlinModel(config)
+        self.encoder_to_decoder = nn.Linear(config.hidden_size, config.decoder_hidden_size, bias=False)
+        self.decoder = MarlinDecoder(config)
+        self.discriminator = MarlinDiscriminator(config)
+        self.post_init()
+
+    def patchify(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, 3, H, W) -> (batch, tokens, 3 * tubelet * patch**2), the layout of `logits`."""
+        return patchify_video(pixel_values_videos, self.config.patch_size, self.config.tubelet_size)
+
+    def paint_predictions(self, pixel_values_videos, logits, bool_masked_pos) -> torch.Tensor:
+        """The input video with its masked tubelets replaced by `logits` (see `paint_predictions`)."""
+        return paint_predictions(
+            pixel_values_videos, logits, bool_masked_pos, self.config.patch_size, self.config.tubelet_size
+        )
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values_videos: torch.Tensor,
+        bool_masked_pos: torch.BoolTensor,
+        return_loss: bool = True,
+        **kwargs,
+    ) -> MarlinForPreTrainingOutput:
+        r"""
+        Args:
+            pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`): [0, 1].
+            bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`): True where masked; the same
+                number of masked tokens in every video of the batch.
+            return_loss (`bool`): also return the reconstruction MSE on the raw pixels of the masked tubelets.
+        """
+        if bool_masked_pos is None:
+            raise ValueError("MarlinForPreTraining needs `bool_masked_pos` (True where a token is masked).")
+        outputs = self.marlin(pixel_values_videos, bool_masked_pos=bool_masked_pos, **kwargs)
+        visible = self.encoder_to_decoder(outputs.last_hidden_state)  # (b, visible, decoder_hidden)
+        logits = self.decoder(visible, bool_masked_pos)  # (b, masked, c * pt * ph * pw)
+
+        loss = None
+        if return_loss:
+            with torch.no_grad():
+                target = self.patchify(pixel_values_videos.to(logits.dtype))
+                target = target[bool_masked_pos].reshape(logits.shape)
+            loss = F.mse_loss(logits, target)
+        return MarlinForPreTrainingOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class MarlinForVideoClassification(MarlinPreTrainedModel):
+    """MARLIN encoder + a linear head on the pooled feature; single-label, multi-label or regression."""
+
+    def __init__(self, config: MarlinConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.marlin = MarlinModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values_videos: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput:
+        r"""
+        Args:
+            pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`): [0, 1].
+            labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor` of shape
+                `(batch_size, num_labels)`, *optional*): class indices (single-label), 0/1 targets (multi-label) or
+                values (regression); `config.problem_type` picks the loss as in transformers.
+        """
+        outputs = self.marlin(pixel_values_videos, **kwargs)
+        logits = self.classifier(outputs.pooler_output)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+__all__ = [
+    "MarlinDiscriminator",
+    "MarlinForPreTraining",
+    "MarlinForPreTrainingOutput",
+    "MarlinForVideoClassification",
+    "MarlinModel",
+    "MarlinPreTrainedModel",
+    "get_sinusoid_encoding_table",
+    "paint_predictions",
+    "patchify_video",
+    "unpatchify_video",
+]

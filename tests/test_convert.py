@@ -1,0 +1,115 @@
+"""`marlin convert` and the conversion functions, on locally generated checkpoints in the official formats."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForPreTraining
+
+from marlin_transformers import CheckpointError, MarlinForPreTraining, MarlinModel
+from marlin_transformers.cli import main
+from marlin_transformers.convert_marlin import convert_state_dict, load_reference_state_dict
+
+FIXTURES = Path(__file__).parent / "fixtures" / "parity"
+HEADS = ["--num-attention-heads", "2", "--decoder-num-attention-heads", "2"]
+
+
+@pytest.fixture(scope="module")
+def reference_io():
+    return torch.load(FIXTURES / "io.pt", weights_only=True)
+
+
+def test_cli_convert_encoder_then_auto_model(tmp_path, reference_io, capsys):
+    out = tmp_path / "marlin-vit-tiny"
+    assert main(["convert", str(FIXTURES / "tiny.encoder.pt"), str(out), *HEADS]) == 0
+    assert "AutoModel.from_pretrained" in capsys.readouterr().out
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "README.md", "modeling_marlin.py", "configuration_marlin.py"} <= names
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "marlin" and config["architectures"] == ["MarlinModel"]
+    assert config["auto_map"]["AutoModel"] == "modeling_marlin.MarlinModel"
+    assert "CC BY-NC 4.0" in (out / "README.md").read_text()
+    model = AutoModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        out_hidden = model(reference_io["pixel_values_videos"]).last_hidden_state
+    assert (out_hidden - reference_io["last_hidden_state"]).abs().max() <= 1e-5
+
+
+def test_cli_convert_lightning_keeps_critic(tmp_path, reference_io):
+    out = tmp_path / "full"
+    assert main(["convert", str(FIXTURES / "tiny.ckpt"), str(out), *HEADS]) == 0
+    model = AutoModelForPreTraining.from_pretrained(out).eval()
+    assert type(model) is MarlinForPreTraining
+    with torch.no_grad():
+        scores = model.discriminator(reference_io["critic_input"])
+        logits = model(reference_io["pixel_values_videos"], reference_io["bool_masked_pos"]).logits
+    assert (scores - reference_io["critic_scores"]).abs().max() <= 1e-5
+    assert (logits - reference_io["logits"]).abs().max() <= 1e-5
+    # AutoModel on a pretraining folder gives the encoder
+    assert type(AutoModel.from_pretrained(out)) is MarlinModel
+
+
+def test_convert_refuses_nonempty_output_and_leaves_no_partial_folder(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    assert main(["convert", str(FIXTURES / "tiny.encoder.pt"), str(out), *HEADS]) == 1
+    err = capsys.readouterr().err
+    assert "not empty" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (out / "keep.txt").read_text() == "user data"
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
+def test_mismatched_checkpoint_names_keys(tmp_path):
+    state_dict, _ = load_reference_state_dict(FIXTURES / "tiny.encoder.pt")
+    del state_dict["encoder.blocks.1.attn.proj.weight"]
+    state_dict["encoder.blocks.0.attn.extra"] = torch.zeros(3)
+    with pytest.raises(CheckpointError) as error:
+        convert_state_dict(state_dict)
+    message = str(error.value)
+    assert "encoder.layer.1.attention.proj.weight" in message and "encoder.layer.0.attention.extra" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "payload, expected",
+    [(b"not a checkpoint", "not a readable PyTorch checkpoint"), (None, "no such checkpoint")],
+)
+def test_unreadable_checkpoint_errors(tmp_path, payload, expected, capsys):
+    path = tmp_path / "model.pt"
+    if payload is not None:
+        path.write_bytes(payload)
+    assert main(["convert", str(path), str(tmp_path / "out")]) == 1
+    assert expected in capsys.readouterr().err
+
+
+def test_unknown_state_dict_is_rejected(tmp_path):
+    torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a MARLIN checkpoint"):
+        convert_state_dict(load_reference_state_dict(tmp_path / "other.pt")[0])
+
+
+def test_saved_folder_loads_as_remote_code_without_the_package(tmp_path, reference_io):
+    out = tmp_path / "remote"
+    assert main(["convert", str(FIXTURES / "tiny.full.pt"), str(out), *HEADS]) == 0
+    torch.save(reference_io["pixel_values_videos"], tmp_path / "video.pt")
+    script = f"""
+import sys
+sys.modules["marlin_transformers"] = None  # not installed, as far as this process knows
+import torch
+from transformers import AutoModel
+model = AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+with torch.no_grad():
+    hidden = model(torch.load({str(tmp_path / "video.pt")!r})).last_hidden_state
+torch.save(hidden, {str(tmp_path / "hidden.pt")!r})
+print(type(model).__name__)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "MarlinModel" in result.stdout
+    hidden = torch.load(tmp_path / "hidden.pt")
+    assert (hidden - reference_io["last_hidden_state"]).abs().max() <= 1e-5

@@ -1,0 +1,217 @@
+"""Model tests on a tiny config (the whole file runs in seconds on a CPU)."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoModelForVideoClassification
+
+from marlin_transformers import (
+    MarlinConfig,
+    MarlinForPreTraining,
+    MarlinForVideoClassification,
+    MarlinModel,
+    paint_predictions,
+    patchify_video,
+    unpatchify_video,
+)
+from marlin_transformers.modeling_marlin import get_sinusoid_encoding_table
+
+
+def tiny_config(**overrides) -> MarlinConfig:
+    fields = dict(
+        image_size=10,
+        patch_size=5,
+        num_frames=4,
+        tubelet_size=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+        discriminator_hidden_size=24,
+    )
+    return MarlinConfig(**{**fields, **overrides})
+
+
+def random_video(config: MarlinConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    size = config.image_size
+    return torch.rand(batch, config.num_frames, 3, size, size, generator=generator)
+
+
+def random_mask(config: MarlinConfig, batch: int = 2, num_masked: int = 5, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(batch, config.num_patches, dtype=torch.bool)
+    for row in range(batch):
+        mask[row, torch.randperm(config.num_patches, generator=generator)[:num_masked]] = True
+    return mask
+
+
+def test_model_outputs_shapes_and_pooling():
+    config = tiny_config(_attn_implementation="eager")  # sdpa returns no attention weights
+    model = MarlinModel(config).eval()
+    video = random_video(config)
+    with torch.no_grad():
+        out = model(video, output_hidden_states=True, output_attentions=True)
+    assert config.num_patches == 8
+    assert out.last_hidden_state.shape == (2, 8, 32)
+    assert out.pooler_output.shape == (2, 32)
+    assert len(out.hidden_states) == config.num_hidden_layers + 1
+    assert out.attentions[0].shape == (2, 2, 8, 8)
+    # pooler_output is the final LayerNorm of the mean of the pre-norm tokens (the reference's keep_seq=False)
+    pre_norm = out.hidden_states[-1]
+    torch.testing.assert_close(out.pooler_output, model.layernorm(pre_norm.mean(1)))
+    torch.testing.assert_close(out.last_hidden_state, model.layernorm(pre_norm))
+    assert not torch.allclose(out.pooler_output, out.last_hidden_state.mean(1))
+
+
+def test_mask_keeps_only_visible_tokens():
+    config = tiny_config()
+    model = MarlinModel(config).eval()
+    video, mask = random_video(config), random_mask(config, num_masked=5)
+    with torch.no_grad():
+        masked = model(video, bool_masked_pos=mask, output_hidden_states=True)
+        embeddings = model.embeddings(video)
+    assert masked.last_hidden_state.shape == (2, 3, 32)
+    torch.testing.assert_close(masked.hidden_states[0], embeddings[~mask].reshape(2, 3, 32))
+
+
+def test_sdpa_and_eager_agree():
+    config = tiny_config()
+    model = MarlinModel(config).eval()
+    eager = MarlinModel(tiny_config(_attn_implementation="eager")).eval()
+    eager.load_state_dict(model.state_dict())
+    assert model.config._attn_implementation == "sdpa"
+    assert eager.config._attn_implementation == "eager"
+    video = random_video(config)
+    with torch.no_grad():
+        torch.testing.assert_close(model(video).last_hidden_state, eager(video).last_hidden_state, atol=1e-6, rtol=0)
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = MarlinForPreTraining(config).train()
+    video, mask = random_video(config), random_mask(config)
+
+    def grads():
+        model.zero_grad()
+        model(video, mask).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.gradient_checkpointing_enable()
+    assert model.marlin.encoder.layer[0].gradient_checkpointing
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys() and len(plain) > 10
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], msg=name)
+
+
+def test_position_table_is_fixed_buffer_after_from_pretrained(tmp_path):
+    config = tiny_config()
+    MarlinForPreTraining(config).save_pretrained(tmp_path)
+    model = AutoModelForPreTraining.from_pretrained(tmp_path)
+    for module in (model.marlin.embeddings, model.decoder):
+        table = module.position_embeddings
+        assert not isinstance(table, torch.nn.Parameter) and not table.requires_grad
+        assert table.device.type == "cpu"
+        torch.testing.assert_close(table, get_sinusoid_encoding_table(*table.shape[1:]), atol=0, rtol=0)
+    assert not any("position_embeddings" in name for name, _ in model.named_parameters())
+
+
+def test_save_and_reload_gives_same_outputs(tmp_path):
+    config = tiny_config()
+    model = MarlinForPreTraining(config).eval()
+    model.save_pretrained(tmp_path)
+    reloaded = MarlinForPreTraining.from_pretrained(tmp_path).eval()
+    video, mask = random_video(config), random_mask(config)
+    with torch.no_grad():
+        torch.testing.assert_close(model(video, mask).logits, reloaded(video, mask).logits, atol=0, rtol=0)
+    encoder = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(encoder) is MarlinModel
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(video).pooler_output, model.marlin(video).pooler_output, atol=0, rtol=0)
+
+
+def test_pretraining_loss_is_mse_on_masked_raw_pixels():
+    config = tiny_config()
+    model = MarlinForPreTraining(config).eval()
+    video, mask = random_video(config), random_mask(config, num_masked=6)
+    with torch.no_grad():
+        out = model(video, mask)
+    patch_dim = 3 * config.tubelet_size * config.patch_size**2
+    assert out.logits.shape == (2, 6, patch_dim)
+    target = patchify_video(video, config.patch_size, config.tubelet_size)[mask].reshape(2, 6, patch_dim)
+    torch.testing.assert_close(out.loss, ((out.logits - target) ** 2).mean())
+    assert model(video, mask, return_loss=False).loss is None
+
+
+def test_patchify_layout_matches_reference_and_round_trips():
+    video = torch.rand(1, 4, 3, 10, 10)
+    patches = patchify_video(video, patch_size=5, tubelet_size=2)
+    assert patches.shape == (1, 8, 3 * 2 * 5 * 5)
+    # token 3 = (t=0, row=1, col=1); element (c=2, frame=1, y=4, x=0) sits at c*50 + frame*25 + y*5 + x
+    assert patches[0, 3, 2 * 50 + 1 * 25 + 4 * 5 + 0] == video[0, 1, 2, 5 + 4, 5 + 0]
+    torch.testing.assert_close(unpatchify_video(patches, 5, 2, 4, 10), video, atol=0, rtol=0)
+
+
+def test_paint_predictions_replaces_only_masked_tubelets():
+    video = torch.rand(1, 4, 3, 10, 10)
+    mask = torch.zeros(1, 8, dtype=torch.bool)
+    mask[0, [1, 6]] = True
+    logits = torch.full((1, 2, 150), 0.25)
+    painted = paint_predictions(video, logits, mask, patch_size=5, tubelet_size=2)
+    patches = patchify_video(painted, 5, 2)
+    assert torch.all(patches[0, [1, 6]] == 0.25)
+    torch.testing.assert_close(patches[0, ~mask[0]], patchify_video(video, 5, 2)[0, ~mask[0]])
+
+
+@pytest.mark.parametrize(
+    "problem_type, labels",
+    [
+        ("single_label_classification", torch.tensor([0, 2])),
+        ("multi_label_classification", torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])),
+        ("regression", torch.tensor([[0.5, -1.0, 2.0], [1.0, 0.0, 0.0]])),
+    ],
+)
+def test_classification_problem_types(problem_type, labels):
+    config = tiny_config(num_labels=3, problem_type=problem_type)
+    model = MarlinForVideoClassification(config).eval()
+    video = random_video(config)
+    out = model(video, labels=labels)
+    assert out.logits.shape == (2, 3)
+    logits = out.logits.detach()
+    if problem_type == "single_label_classification":
+        expected = torch.nn.functional.cross_entropy(logits, labels)
+    elif problem_type == "multi_label_classification":
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    else:
+        expected = torch.nn.functional.mse_loss(logits, labels)
+    torch.testing.assert_close(out.loss.detach(), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(out.logits, model.classifier(model.marlin(video).pooler_output))
+
+
+def test_auto_classes_resolve_to_marlin():
+    fields = {k: v for k, v in tiny_config().to_diff_dict().items() if k != "model_type"}
+    config = AutoConfig.for_model("marlin", **fields)
+    assert isinstance(config, MarlinConfig)
+    assert type(AutoModel.from_config(config)) is MarlinModel
+    assert type(AutoModelForPreTraining.from_config(config)) is MarlinForPreTraining
+    assert type(AutoModelForVideoClassification.from_config(config)) is MarlinForVideoClassification
+
+
+def test_init_follows_reference_scheme():
+    model = MarlinForPreTraining(tiny_config())
+    qkv = model.marlin.encoder.layer[0].attention.qkv.weight
+    bound = math.sqrt(6 / (qkv.shape[0] + qkv.shape[1]))  # xavier-uniform
+    assert qkv.abs().max() <= bound and qkv.abs().max() > 0.8 * bound
+    assert torch.all(model.marlin.encoder.layer[0].attention.q_bias == 0)
+    assert torch.all(model.marlin.encoder.layer[0].mlp.fc1.bias == 0)
+    assert torch.all(model.marlin.layernorm.weight == 1)
+    assert model.decoder.mask_token.abs().max() <= 0.02 and model.decoder.mask_token.std() > 0
