@@ -11,6 +11,7 @@ import pytest
 from marlin_transformers.celebv_hq import (
     bbox_crop_box,
     celebvhq_split,
+    face_tracker_cropper,
     load_celebvhq,
     prepare_celebvhq,
     read_celebvhq_info,
@@ -212,3 +213,36 @@ def test_read_labels_csv_single_label_and_errors(tmp_path):
     labels.write_text("video,label\na.mp4,1\n")
     with pytest.raises(DatasetError, match="no 'path'"):
         read_labels_csv(labels, "single_label_classification")
+
+
+class FakeTracker:
+    """Stands in for face_detection.FaceTracker: records its calls, returns crops coding the frame index."""
+
+    def __init__(self):
+        self.calls = []
+
+    def reset(self):
+        self.calls.append("reset")
+
+    def track(self, frames, frame_indices):
+        self.calls.append(list(frame_indices))
+        crops = np.zeros((len(frames), 16, 16, 3), dtype=np.uint8)
+        crops[..., 0] = np.asarray(frame_indices, dtype=np.uint8)[:, None, None]
+
+        class Crops:
+            pass
+
+        result = Crops()
+        result.crops = crops
+        return result
+
+
+def test_face_tracker_cropper_feeds_chunks_in_order_and_resets_per_clip():
+    tracker = FakeTracker()
+    cropper = face_tracker_cropper(tracker, size=16, chunk_frames=4)
+    frames = [np.zeros((8, 8, 3), dtype=np.uint8)] * 10
+    out = list(cropper(iter(frames), clip=None))
+    assert [int(c[0, 0, 0]) for c in out] == list(range(10))
+    assert tracker.calls == ["reset", [0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    list(cropper(iter(frames[:2]), clip=None))
+    assert tracker.calls[-2:] == ["reset", [0, 1]]

@@ -44,8 +44,9 @@ around the detection, zero-padded, resized to 224. Here the crop is a choice (`c
   holding the whole YouTube frame.
 - `"resize"`: the centred square of each frame resized to 224. For clips the CelebV-HQ script already cropped
   (they are square); refusing `"bbox"` on square videos guards against cropping twice.
-- a callable `(frames, clip) -> frames` (see `FrameCropper`), e.g. wrapping `face_detection.FaceTracker`, to crop
-  as the paper did.
+- `"face"`: as the paper did, with a face detector: `face_detection.FaceTracker` (MTCNN) follows the face through
+  each clip; square of side max(w, h) around it, zero-padded, resized to 224 (`face_tracker_cropper`).
+- a callable `(frames, clip) -> frames` (see `FrameCropper`), e.g. `face_tracker_cropper(FaceTracker(...))`.
 - `None`: no new videos; the CSVs point at `downloaded/` (crop on the fly in the fine-tuning script instead).
 """
 
@@ -243,7 +244,7 @@ def bbox_cropper(size: int = 224) -> FrameCropper:
                 if abs(height - width) <= 2:
                     raise DatasetError(
                         f"{clip.clip_id}: the video is square ({width}x{height}), so the CelebV-HQ script already "
-                        "cropped it; prepare with crop='resize' (--crop resize) instead of 'bbox'"
+                        "cropped it; prepare with crop='resize' instead of 'bbox'"
                     )
                 box = bbox_crop_box(clip.bbox, height, width)
             top, left, side = box
@@ -261,6 +262,38 @@ def resize_cropper(size: int = 224) -> FrameCropper:
             side = min(height, width)
             top, left = (height - side) // 2, (width - side) // 2
             yield _resize(np.ascontiguousarray(frame[top : top + side, left : left + side]), size)
+
+    return crop
+
+
+def face_tracker_cropper(tracker=None, size: int = 224, chunk_frames: int = 32) -> FrameCropper:
+    """A `FrameCropper` cropping as the paper did: a face detector on every frame, a square around the face.
+
+    Uses `face_detection.FaceTracker` (MTCNN; one subject followed through the clip, square of side max(w, h),
+    zero-padded, resized to `size`), fed `chunk_frames` frames at a time and reset for every clip. Frames before
+    the first detection get the tracker's centre crop.
+
+    Args:
+        tracker: anything with `reset()` and `track(frames (T, H, W, 3) uint8, frame_indices) -> .crops
+            (T, size, size, 3)`; a `FaceTracker(crop_size=size)` is made on first use when None.
+    """
+
+    def crop(frames: Iterator[np.ndarray], clip: CelebvHqClip) -> Iterator[np.ndarray]:
+        nonlocal tracker
+        if tracker is None:
+            from .face_detection import FaceTracker
+
+            tracker = FaceTracker(crop_size=size)
+        tracker.reset()
+        chunk: list[np.ndarray] = []
+        start = 0
+        for frame in frames:
+            chunk.append(frame)
+            if len(chunk) == chunk_frames:
+                yield from tracker.track(np.stack(chunk), list(range(start, start + len(chunk)))).crops
+                start, chunk = start + len(chunk), []
+        if chunk:
+            yield from tracker.track(np.stack(chunk), list(range(start, start + len(chunk)))).crops
 
     return crop
 
@@ -448,7 +481,7 @@ def prepare_celebvhq(
     Args:
         root: the CelebV-HQ folder (`celebvhq_info.json`, `downloaded/`).
         out_dir: where the prepared layout goes (may be `root`).
-        crop: `"bbox"`, `"resize"`, a `FrameCropper`, or None (see the module docstring).
+        crop: `"bbox"`, `"resize"`, `"face"`, a `FrameCropper`, or None (see the module docstring).
         size: side of the crops, pixels.
 
     Returns:
@@ -465,10 +498,12 @@ def prepare_celebvhq(
         cropper = bbox_cropper(size)
     elif crop == "resize":
         cropper = resize_cropper(size)
+    elif crop == "face":
+        cropper = face_tracker_cropper(size=size)
     elif crop is None or callable(crop):
         cropper = crop
     else:
-        raise DatasetError(f"unknown crop {crop!r}: use 'bbox', 'resize', None or a function (frames, clip) -> frames")
+        raise DatasetError(f"unknown crop {crop!r}: use 'bbox', 'resize', 'face', None or a function (frames, clip)")
 
     failed: dict[str, str] = {}
     videos: dict[str, Path] = {}
