@@ -130,7 +130,7 @@ def test_bbox_crop_box_follows_release_script():
 def test_prepare_crops_splits_and_writes_csvs(tmp_path):
     root, out = tmp_path / "CelebV-HQ", tmp_path / "prepared"
     clip_ids = make_tree(root)
-    kept = prepare_celebvhq(root, out, crop="bbox", progress=False)
+    kept = prepare_celebvhq(root, out, crop="bbox", num_workers=2, progress=False)
     assert sum(map(len, kept.values())) == 17
     assert not set(kept["train"]) & set(kept["test"]) and not set(kept["val"]) & set(kept["test"])
     record = json.loads((out / "split.json").read_text())
@@ -192,7 +192,7 @@ def test_bbox_crop_refuses_already_cropped_square_clips(tmp_path):
     root = tmp_path / "CelebV-HQ"
     make_tree(root, num_clips=3, missing=(), square=True)
     with pytest.raises(DatasetError, match="crop='resize'"):
-        prepare_celebvhq(root, tmp_path / "out", crop="bbox", progress=False)
+        prepare_celebvhq(root, tmp_path / "out", crop="bbox", num_workers=2, progress=False)
     kept = prepare_celebvhq(root, tmp_path / "out", crop="resize", progress=False)
     assert sum(map(len, kept.values())) == 3
     assert not list((tmp_path / "out" / "cropped").glob(".*partial*"))  # nothing half-written left behind

@@ -54,6 +54,7 @@ import csv
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -471,6 +472,7 @@ def prepare_celebvhq(
     size: int = 224,
     seed: int = DEFAULT_SPLIT_SEED,
     fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    num_workers: int = 1,
     progress: bool = True,
 ) -> dict[str, list[str]]:
     """Split CelebV-HQ, crop its clips to `size` and write the labels CSVs (prepared layout in the module docstring).
@@ -483,6 +485,8 @@ def prepare_celebvhq(
         out_dir: where the prepared layout goes (may be `root`).
         crop: `"bbox"`, `"resize"`, `"face"`, a `FrameCropper`, or None (see the module docstring).
         size: side of the crops, pixels.
+        num_workers: clips cropped at once, in threads (PyAV and PIL release the GIL). "bbox" and "resize" allow
+            any number; "face" and your own croppers hold per-clip state and run with 1.
 
     Returns:
         {split: clip ids written to that split's CSVs}.
@@ -505,22 +509,36 @@ def prepare_celebvhq(
     else:
         raise DatasetError(f"unknown crop {crop!r}: use 'bbox', 'resize', 'face', None or a function (frames, clip)")
 
-    failed: dict[str, str] = {}
-    videos: dict[str, Path] = {}
-    ordered = [clip_id for name in SPLITS for clip_id in split[name]]
-    for clip_id in tqdm(ordered, desc="CelebV-HQ clips", disable=not progress or cropper is None):
+    if num_workers > 1 and crop not in ("bbox", "resize", None):
+        raise DatasetError(f"crop={crop!r} keeps per-clip state: run it with num_workers=1")
+
+    def prepare_clip(clip_id: str) -> tuple[str, Path | None, str | None]:
         source = root / "downloaded" / f"{clip_id}.mp4"
         if cropper is None:
-            videos[clip_id] = source
-            continue
+            return clip_id, source, None
         target = out_dir / "cropped" / f"{clip_id}.mp4"
         if not target.exists():
             try:
                 crop_video(source, target, cropper, info.clips[clip_id], size)
             except VideoError as error:
-                failed[clip_id] = str(error)
-                continue
-        videos[clip_id] = target
+                return clip_id, None, str(error)
+        return clip_id, target, None
+
+    failed: dict[str, str] = {}
+    videos: dict[str, Path] = {}
+    ordered = [clip_id for name in SPLITS for clip_id in split[name]]
+    pool = ThreadPoolExecutor(max_workers=max(1, num_workers))
+    try:
+        results = pool.map(prepare_clip, ordered)
+        for clip_id, video, error in tqdm(
+            results, total=len(ordered), desc="CelebV-HQ clips", disable=not progress or cropper is None
+        ):
+            if error is None:
+                videos[clip_id] = video
+            else:
+                failed[clip_id] = error
+    finally:
+        pool.shutdown(cancel_futures=True)  # on an error, stop at once rather than after every queued clip
 
     kept = {name: [c for c in split[name] if c in videos] for name in SPLITS}
     for task in TASKS:
