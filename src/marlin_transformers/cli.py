@@ -31,6 +31,70 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract(args: argparse.Namespace) -> int:
+    from .extraction import MarlinFeatureExtractor
+    from .extraction_job import run_extraction
+
+    def make_extractor(device: str):
+        return MarlinFeatureExtractor(
+            args.model,
+            device=args.device or device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            crop_face=args.crop_face,
+            on_no_face="centre" if args.no_face == "centre" else "error",
+            face_margin=args.face_margin,
+            sample_rate=args.sample_rate,
+            stride=args.stride,
+            stride_seconds=args.stride_seconds,
+            keep_seq=args.keep_seq,
+        )
+
+    metadata = {"model": str(args.model), "dtype": args.dtype, "crop_face": args.crop_face, "keep_seq": args.keep_seq}
+    summary = run_extraction(args.inputs, args.out, make_extractor, metadata, show_progress=not args.quiet)
+    print(
+        f"marlin extract: {summary.done} done, {summary.skipped} already done, {summary.failed} failed; "
+        f"see {args.out}/manifest.jsonl",
+        file=sys.stderr,
+    )
+    return 1 if summary.failed else 0
+
+
+def _show_mask(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .face_detection import FaceTracker, iter_face_windows
+    from .face_parsing import FarlFaceParser, LandmarkFaceParser, render_fasking_preview
+    from .video_io import iter_windows
+
+    windows = iter_windows(args.video, num_frames=16, sample_rate=args.sample_rate)
+    tracked = iter_face_windows(windows, FaceTracker(), source=args.video)
+    window, crops = next(iter(tracked))
+    landmarks = crops.crop_landmarks.copy()
+    landmarks[~crops.detected] = np.nan  # frames without a detection fall back to random masking
+    parser = FarlFaceParser(args.farl_model) if args.farl_model else LandmarkFaceParser()
+    render_fasking_preview(
+        crops.crops,
+        landmarks,
+        args.out,
+        mask_ratio=args.mask_ratio,
+        patch_size=16,
+        tubelet_size=2,
+        parser=parser,
+        strategy=args.strategy,
+        seed=args.seed,
+        num_shown=args.frames,
+    )
+    print(f"wrote {args.out}: frames {window.frame_indices[0]}-{window.frame_indices[-1]} of {args.video}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out, dtype=args.dtype)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marlin", description="MARLIN facial-video features with Transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +108,64 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--num-attention-heads", type=int, help="encoder heads (default: width / 64, as released)")
     convert.add_argument("--decoder-num-attention-heads", type=int, help="decoder heads (default: width / 64)")
     convert.set_defaults(handler=_convert)
+
+    extract = commands.add_parser(
+        "extract",
+        help="features of every 16-frame window of videos (files, folders, or text files listing paths)",
+        description="Writes OUT/<name>.npy per video and one JSON line per video to OUT/manifest.jsonl; re-running "
+        "skips videos already done. Under `accelerate launch` the inputs are shared between the processes.",
+    )
+    extract.add_argument("inputs", nargs="+", metavar="INPUT", help="video file, folder (recursive) or .txt list")
+    extract.add_argument(
+        "--model",
+        required=True,
+        help="converted folder, Hub id (marlin_vit_base_ytf = ControlNet/marlin_vit_base_ytf) or official "
+        ".pt/.ckpt file (converted on the fly)",
+    )
+    extract.add_argument("--out", required=True, help="output folder")
+    extract.add_argument("--crop-face", action="store_true", help="track the face and crop around it")
+    extract.add_argument(
+        "--no-face",
+        choices=["error", "centre"],
+        default="error",
+        help="with --crop-face, a video without any face is an error (default) or gets a centre crop",
+    )
+    extract.add_argument("--face-margin", type=float, default=1.0, help="crop side / face box side (default 1.0)")
+    extract.add_argument("--sample-rate", type=int, default=2, help="take every n-th frame (default 2)")
+    extract.add_argument("--stride", type=int, default=16, help="next window after this many sampled frames")
+    extract.add_argument("--stride-seconds", type=float, default=None, help="window spacing in seconds instead")
+    extract.add_argument("--keep-seq", action="store_true", help="save every token (windows x 1568 x hidden)")
+    extract.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    extract.add_argument("--device", default=None, help="torch device (default: this process's accelerator or cpu)")
+    extract.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    extract.add_argument("--quiet", action="store_true", help="no progress bars")
+    extract.set_defaults(handler=_extract)
+
+    show_mask = commands.add_parser(
+        "show-mask", help="picture of a clip's face parsing and its Fasking mask (first window of a video)"
+    )
+    show_mask.add_argument("video")
+    show_mask.add_argument("--out", default="mask.png", help="PNG to write (default: mask.png)")
+    show_mask.add_argument(
+        "--farl-model",
+        help="FaRL LaPa TorchScript file (face_parsing.farl.lapa.main_ema_136500_jit191.pt) for the paper's "
+        "parsing; default: the built-in landmark approximation",
+    )
+    show_mask.add_argument(
+        "--strategy", default="fasking", choices=["fasking", "fasking_opp", "random", "tube", "frame"]
+    )
+    show_mask.add_argument("--mask-ratio", type=float, default=0.9)
+    show_mask.add_argument("--sample-rate", type=int, default=2)
+    show_mask.add_argument("--frames", type=int, default=4, help="frames shown (default 4)")
+    show_mask.add_argument("--seed", type=int, default=0)
+    show_mask.set_defaults(handler=_show_mask)
+
+    demo = commands.add_parser(
+        "demo", help="the whole pipeline on a face clip it renders itself (works offline, with random weights)"
+    )
+    demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    demo.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    demo.set_defaults(handler=_demo)
     return parser
 
 

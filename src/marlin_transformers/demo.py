@@ -1,0 +1,133 @@
+"""`marlin demo`: the whole pipeline on a face clip it makes itself, with or without network.
+
+It renders a clip from scikit-image's bundled astronaut photo (moving and zooming over time), tracks and crops the
+face, writes a picture of the crops, and extracts features with the official ViT-B weights from the Hub. Where the
+Hub cannot be reached it says so in one line and goes on with randomly initialized ViT-B weights, labelled as such
+on screen and in the manifest, so the pipeline still runs end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HUB_MODEL = "ControlNet/marlin_vit_base_ytf"
+
+
+def render_demo_clip(path: str | Path, num_frames: int = 72, fps: int = 25, size: tuple[int, int] = (480, 360)):
+    """Write an H.264 clip of the astronaut's face drifting right and zooming in; returns (num_frames, fps)."""
+    import av
+    from PIL import Image
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut())  # 512x512 RGB, face around (230, 120)
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for t in range(num_frames):
+            progress = t / max(1, num_frames - 1)
+            scale = 0.55 + 0.25 * progress  # zoom in over time
+            frame = Image.new("RGB", size, (40, 40, 48))
+            resized = photo.resize((round(512 * scale), round(512 * scale)), Image.BILINEAR)
+            x = round(-40 + 120 * progress - 230 * scale + width / 3)
+            y = round(height / 2 - 150 * scale)
+            frame.paste(resized, (x, y))
+            for packet in stream.encode(av.VideoFrame.from_image(frame)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return num_frames, fps
+
+
+def save_crops_picture(crops: np.ndarray, windows: list[dict], path: str | Path, per_row: int = 8) -> None:
+    """A PNG grid: one row per window, every other crop of it, captioned with the window's frames and face rate."""
+    from PIL import Image, ImageDraw
+
+    num_windows, frames, side = crops.shape[0], crops.shape[1], crops.shape[2]
+    shown = list(range(0, frames, max(1, frames // per_row)))[:per_row]
+    thumb, caption = side // 2, 18
+    canvas = Image.new("RGB", (thumb * len(shown), (thumb + caption) * num_windows), "white")
+    draw = ImageDraw.Draw(canvas)
+    for row in range(num_windows):
+        top = row * (thumb + caption)
+        window = windows[row]
+        fraction = window.get("face_detected_fraction")
+        text = f"window {row}: frames {window['frame_indices'][0]}-{window['frame_indices'][-1]}"
+        if fraction is not None:
+            text += f", face detected in {fraction:.0%} of frames"
+        draw.text((4, top + 3), text, fill="black")
+        for column, index in enumerate(shown):
+            image = Image.fromarray(crops[row, index]).resize((thumb, thumb), Image.BILINEAR)
+            canvas.paste(image, (column * thumb, top + caption))
+    canvas.save(path)
+
+
+def load_demo_model():
+    """The official ViT-B from the Hub, or (offline) a randomly initialized ViT-B; returns (model, weights label)."""
+    from .configuration_marlin import MarlinConfig
+    from .exceptions import CheckpointError
+    from .extraction import load_encoder
+    from .modeling_marlin import MarlinModel
+
+    try:
+        return load_encoder(HUB_MODEL), HUB_MODEL
+    except CheckpointError as error:
+        print(
+            f"marlin demo: the Hub is not reachable ({str(error).split(';')[0]}); going on with RANDOMLY INITIALIZED "
+            "ViT-B weights: the features are meaningless, this run only checks the pipeline.",
+            file=sys.stderr,
+        )
+        import torch
+
+        torch.manual_seed(0)
+        return MarlinModel(MarlinConfig.from_variant("base")).eval(), "random-init ViT-B (offline demo fallback)"
+
+
+def run_demo(out_dir: str | Path, dtype: str = "float32") -> int:
+    from .extraction import MarlinFeatureExtractor
+    from .extraction_job import run_extraction
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clip = out_dir / "demo_face.mp4"
+    num_frames, fps = render_demo_clip(clip)
+    print(f"marlin demo: made {clip} ({num_frames} frames at {fps} fps, the astronaut moving and zooming)")
+    model, weights = load_demo_model()
+    extractor = MarlinFeatureExtractor(model, dtype=dtype, crop_face=True, batch_size=2)
+
+    crops = {}
+
+    def make_extractor(device: str):
+        def extract(path, progress=None):
+            result = extractor(path, progress=progress, keep_crops=True)
+            crops[str(path)] = result
+            return result
+
+        return extract
+
+    features_dir = out_dir / "features"
+    manifest = features_dir / "manifest.jsonl"
+    if manifest.exists():
+        manifest.unlink()  # the demo always runs afresh
+    summary = run_extraction([clip], features_dir, make_extractor, {"model": weights, "dtype": dtype})
+    if summary.failed:
+        return 1
+    result = crops[str(clip.absolute())]
+    picture = out_dir / "demo_crops.png"
+    save_crops_picture(result.crops, result.windows, picture)
+    record = json.loads(manifest.read_text().splitlines()[-1])
+    print(f"marlin demo: weights: {weights}")
+    shape = tuple(result.features.shape)
+    print(f"marlin demo: {len(result.windows)} windows -> features {shape} in {features_dir / record['output']}")
+    for window in result.windows:
+        print(
+            f"  frames {window['frame_indices'][0]:>3}-{window['frame_indices'][-1]:<3} "
+            f"{window['start_time']:.2f}-{window['end_time']:.2f} s, "
+            f"face detected in {window['face_detected_fraction']:.0%} of frames"
+        )
+    print(f"marlin demo: crops picture {picture}; manifest {manifest}")
+    return 0

@@ -1,0 +1,231 @@
+"""From a video path to MARLIN features: decoding, face cropping, the processor and the model, in one place.
+
+`MarlinFeatureExtractor` runs the pipeline on one video at a time and batches its windows through the model;
+`extract_video` and `extract_features` are thin marlin-pytorch-compatible calls for people migrating.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .convert_marlin import HUB_CHECKPOINTS, load_reference_checkpoint
+from .exceptions import CheckpointError
+from .modeling_marlin import MarlinForPreTraining, MarlinModel, MarlinPreTrainedModel
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+
+
+def load_encoder(
+    model: str | os.PathLike | MarlinPreTrainedModel,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> MarlinModel:
+    """A `MarlinModel` in eval mode from a converted folder, a Hub id, an official checkpoint file or a model.
+
+    `marlin_vit_{small,base,large}_ytf` name the authors' Hub repos. An official `.pt`/`.ckpt` file is converted in
+    memory. Raises `CheckpointError` with one line saying how to pass a local checkpoint when nothing loads.
+    """
+    if isinstance(model, MarlinPreTrainedModel):
+        encoder = model.marlin if isinstance(model, MarlinForPreTraining) else model
+    else:
+        spec = os.fspath(model)
+        path = Path(spec)
+        if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
+            loaded = load_reference_checkpoint(path)
+            encoder = loaded.marlin if isinstance(loaded, MarlinForPreTraining) else loaded
+        elif path.is_dir() or "/" in spec or spec in HUB_CHECKPOINTS:
+            encoder = _from_pretrained(HUB_CHECKPOINTS.get(spec, spec))
+        else:
+            raise CheckpointError(
+                f"{spec}: no such model folder or checkpoint file; pass a converted folder, a Hub id, or an official "
+                "checkpoint, e.g. --model path/to/marlin_vit_base_ytf.encoder.pt."
+            )
+    return encoder.to(device=device, dtype=dtype).eval()
+
+
+def _from_pretrained(name: str) -> MarlinModel:
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(name)
+    except OSError as error:  # missing folder files, no network, unknown repo
+        reason = str(error).splitlines()[0][:160]
+        raise CheckpointError(
+            f"{name}: cannot load this model ({reason}); without the Hub, pass a local checkpoint, e.g. "
+            "--model path/to/marlin_vit_base_ytf.encoder.pt."
+        ) from None
+    if not isinstance(model, MarlinModel):
+        raise CheckpointError(f"{name}: not a MARLIN model (got {type(model).__name__}).")
+    return model
+
+
+@dataclass
+class VideoFeatures:
+    """Features of one video.
+
+    Attributes:
+        features: (num_windows, hidden_size) float32 pooled features, or (num_windows, num_patches, hidden_size)
+            with `keep_seq`.
+        windows: one dict per window: `frame_indices`, `start_time` and `end_time` (seconds), `num_padded`, and
+            `face_detected_fraction` (fraction of the window's frames with a detected face; None without cropping).
+        crops: the model's input frames of each window when asked for (num_windows, frames, 224, 224, 3) uint8.
+    """
+
+    features: np.ndarray
+    windows: list[dict] = field(default_factory=list)
+    crops: np.ndarray | None = None
+
+
+class MarlinFeatureExtractor:
+    """Path -> per-window MARLIN features: decode (PyAV), track and crop the face, process, batch, encode.
+
+    Args:
+        model: a converted folder, a Hub id, an official checkpoint file, or a loaded MARLIN model.
+        device, dtype: where and in which precision the encoder runs (bf16 is about 2x faster on recent CPUs).
+        batch_size: windows per forward pass.
+        crop_face: track one face through the video and crop around it (else frames are only resized).
+        on_no_face: with `crop_face`, "error" (raise NoFaceError) or "centre" (fall back to a centre crop).
+        face_margin: crop side as a multiple of max(box width, box height) (1.0 = marlin-pytorch's crop).
+        sample_rate, stride, stride_seconds: the windows (see `video_io.iter_windows`).
+        keep_seq: return every token's feature instead of the pooled one.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | MarlinPreTrainedModel = "marlin_vit_base_ytf",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+        batch_size: int = 4,
+        crop_face: bool = False,
+        on_no_face: str = "error",
+        face_margin: float = 1.0,
+        sample_rate: int = 2,
+        stride: int = 16,
+        stride_seconds: float | None = None,
+        keep_seq: bool = False,
+    ):
+        from .video_processing_marlin import MarlinVideoProcessor
+
+        self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+        self.device = torch.device(device)
+        self.model = load_encoder(model, self.device, self.dtype)
+        config = self.model.config
+        self.processor = MarlinVideoProcessor(size={"height": config.image_size, "width": config.image_size})
+        self.batch_size = batch_size
+        self.crop_face = crop_face
+        self.on_no_face = on_no_face
+        self.face_margin = face_margin
+        self.window_options = dict(
+            num_frames=config.num_frames, sample_rate=sample_rate, stride=stride, stride_seconds=stride_seconds
+        )
+        self.keep_seq = keep_seq
+        self._tracker = None
+
+    @property
+    def tracker(self):
+        if self._tracker is None:
+            from .face_detection import FaceTracker
+
+            self._tracker = FaceTracker(margin=self.face_margin, device=str(self.device))
+        return self._tracker
+
+    def iter_clips(self, path: str | os.PathLike):
+        """Yield (window metadata dict, frames (T, H, W, 3) uint8) for each window of a video, cropped if asked."""
+        from .video_io import iter_windows
+
+        windows = iter_windows(path, **self.window_options)
+        if not self.crop_face:
+            for window in windows:
+                yield _window_record(window, None), window.frames
+            return
+        from .face_detection import iter_face_windows
+
+        for window, crops in iter_face_windows(windows, self.tracker, source=path, on_no_face=self.on_no_face):
+            yield _window_record(window, crops.detected_fraction), crops.crops
+
+    @torch.inference_mode()
+    def extract_clips(self, clips: list[np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Encode a batch of clips (each (frames, H, W, 3) uint8, or processed `pixel_values_videos`).
+
+        Returns:
+            (batch, hidden_size), or (batch, num_patches, hidden_size) with `keep_seq`, float32 on the CPU.
+        """
+        if isinstance(clips, torch.Tensor) and clips.is_floating_point():
+            pixel_values = clips
+        else:
+            pixel_values = self.processor(list(clips), return_tensors="pt")["pixel_values_videos"]
+        outputs = self.model(pixel_values.to(self.device, self.dtype))
+        features = outputs.last_hidden_state if self.keep_seq else outputs.pooler_output
+        return features.float().cpu()
+
+    def __call__(self, path: str | os.PathLike, progress=None, keep_crops: bool = False) -> VideoFeatures:
+        """Features and window metadata of one video. `progress` (a tqdm bar) is advanced once per window."""
+        records, features, batch, kept = [], [], [], []
+        for record, frames in self.iter_clips(path):
+            records.append(record)
+            batch.append(frames)
+            if keep_crops:
+                kept.append(frames)
+            if len(batch) == self.batch_size:
+                features.append(self.extract_clips(batch))
+                batch = []
+            if progress is not None:
+                progress.update(1)
+        if batch:
+            features.append(self.extract_clips(batch))
+        return VideoFeatures(
+            features=torch.cat(features).numpy(), windows=records, crops=np.stack(kept) if keep_crops else None
+        )
+
+
+def _window_record(window, face_detected_fraction: float | None) -> dict:
+    return {
+        "frame_indices": [int(i) for i in window.frame_indices],
+        "start_time": round(float(window.start_time), 6),
+        "end_time": round(float(window.end_time), 6),
+        "num_padded": int(window.num_padded),
+        "face_detected_fraction": face_detected_fraction,
+    }
+
+
+def extract_video(
+    path: str | os.PathLike,
+    model: str | os.PathLike | MarlinPreTrainedModel = "marlin_vit_base_ytf",
+    crop_face: bool = False,
+    sample_rate: int = 2,
+    stride: int = 16,
+    reduction: str = "none",
+    keep_seq: bool = False,
+    **options,
+) -> torch.Tensor:
+    """marlin-pytorch's `Marlin.extract_video`: (num_windows, hidden) features (or their mean/max with `reduction`).
+
+    Unlike the reference, the last window is aligned to the end of the video, short videos are padded, and the face
+    is tracked rather than detected per frame.
+    """
+    extractor = MarlinFeatureExtractor(
+        model, crop_face=crop_face, sample_rate=sample_rate, stride=stride, keep_seq=keep_seq, **options
+    )
+    features = torch.from_numpy(extractor(path).features)
+    if reduction == "mean":
+        return features.mean(dim=0)
+    if reduction == "max":
+        return features.max(dim=0).values
+    return features
+
+
+@torch.inference_mode()
+def extract_features(model: MarlinPreTrainedModel, clip: torch.Tensor, keep_seq: bool = True) -> torch.Tensor:
+    """marlin-pytorch's `Marlin.extract_features` on a (batch, 3, frames, H, W) clip in [0, 1] (its layout).
+
+    Returns (batch, num_patches, hidden) with `keep_seq`, else (batch, hidden).
+    """
+    encoder = model.marlin if isinstance(model, MarlinForPreTraining) else model
+    outputs = encoder(clip.transpose(1, 2))
+    return outputs.last_hidden_state if keep_seq else outputs.pooler_output

@@ -1,0 +1,179 @@
+"""`marlin extract` over many videos: input discovery, output names, the manifest, resuming and sharding.
+
+Each input gets `OUT/<name>.npy` (written to a temporary file and renamed, so a killed job never leaves half a
+file) and one JSON line in `OUT/manifest.jsonl`. A re-run skips inputs whose last line says `ok` and whose npy
+exists, and retries the rest. Under `accelerate launch`, process `r` of `n` takes every n-th input, appends to its
+own `manifest.rank<r>.jsonl`, and the main process folds those into `manifest.jsonl` at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .exceptions import MarlinError
+
+VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
+LIST_EXTENSIONS = {".txt", ".lst", ".list"}
+MANIFEST = "manifest.jsonl"
+
+
+def discover_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files, folders (recursively, by video extension) and text files listing paths (one per line).
+
+    Paths that do not exist are kept, so that they get their own error line. Duplicates are dropped, order kept.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()))
+        elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
+            for line in path.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    listed = Path(line)
+                    found.append(listed if listed.is_absolute() else path.parent / listed)
+        else:
+            found.append(path)
+    unique = dict.fromkeys(p.absolute() for p in found)
+    return list(unique)
+
+
+def output_names(inputs: list[Path]) -> dict[Path, str]:
+    """`<stem>.npy` per input; inputs sharing a stem all get `<stem>-<8 hex of their path>.npy` instead."""
+    counts: dict[str, int] = {}
+    for path in inputs:
+        counts[path.stem] = counts.get(path.stem, 0) + 1
+    names = {}
+    for path in inputs:
+        if counts[path.stem] == 1:
+            names[path] = f"{path.stem}.npy"
+        else:
+            digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+            names[path] = f"{path.stem}-{digest}.npy"
+    return names
+
+
+def read_manifest_records(out_dir: Path) -> dict[str, dict]:
+    """Last record per input over `manifest.jsonl` and any per-process shards left by an interrupted run."""
+    records: dict[str, dict] = {}
+    for manifest in [out_dir / MANIFEST, *sorted(out_dir.glob("manifest.rank*.jsonl"))]:
+        if not manifest.is_file():
+            continue
+        for line in manifest.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                records[record["input"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut short by a crash: that input is simply done again
+    return records
+
+
+def _append_line(path: Path, record: dict) -> None:
+    with open(path, "a") as file:
+        file.write(json.dumps(record) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with open(partial, "wb") as file:
+        np.save(file, array)
+    os.replace(partial, path)
+
+
+@dataclass
+class JobSummary:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+def run_extraction(
+    inputs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    make_extractor: Callable[[str], object],
+    metadata: dict | None = None,
+    show_progress: bool = True,
+) -> JobSummary:
+    """Extract every input into `out_dir`, resuming and sharding as described in the module docstring.
+
+    Args:
+        make_extractor: called once with the process's device (e.g. "cpu", "cuda:1"); returns a
+            `MarlinFeatureExtractor`-like callable `(path, progress=bar) -> VideoFeatures`. Called only if there is
+            something to do.
+        metadata: extra fields for every manifest line (model, dtype...).
+    """
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    state = PartialState()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    all_inputs = discover_inputs(inputs)
+    names = output_names(all_inputs)
+    previous = read_manifest_records(out_dir)
+    shard = all_inputs[state.process_index :: state.num_processes]
+    manifest = out_dir / (MANIFEST if state.num_processes == 1 else f"manifest.rank{state.process_index}.jsonl")
+
+    summary = JobSummary()
+    todo = []
+    for path in shard:
+        record = previous.get(str(path))
+        if record and record.get("status") == "ok" and (out_dir / record["output"]).is_file():
+            summary.skipped += 1
+        else:
+            todo.append(path)
+
+    extractor = make_extractor(str(state.device)) if todo else None
+    label = f"[{state.process_index}] " if state.num_processes > 1 else ""
+    videos_bar = tqdm(todo, desc=f"{label}videos", unit="video", disable=not show_progress, position=0)
+    for path in videos_bar:
+        videos_bar.set_postfix_str(path.name[-40:])
+        record = {"input": str(path), "status": "ok", "error": None, "output": names[path], **(metadata or {})}
+        started = time.perf_counter()
+        windows_bar = tqdm(desc=f"{label}windows", unit="window", disable=not show_progress, position=1, leave=False)
+        try:
+            result = extractor(path, progress=windows_bar)
+            save_npy_atomic(out_dir / names[path], result.features)
+            record.update(windows=result.windows, shape=list(result.features.shape))
+            summary.done += 1
+        except Exception as error:  # one bad input never stops the job
+            message = str(error) if isinstance(error, MarlinError) else f"{type(error).__name__}: {error}"
+            message = " ".join(message.split())
+            record.update(status="error", error=message, output=None, windows=[])
+            summary.failed += 1
+            tqdm.write(f"marlin extract: {path}: {message}", file=sys.stderr)
+        finally:
+            windows_bar.close()
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        _append_line(manifest, record)
+
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        if state.is_main_process:
+            _merge_shards(out_dir)
+        state.wait_for_everyone()
+    return summary
+
+
+def _merge_shards(out_dir: Path) -> None:
+    """Append the per-process shards to `manifest.jsonl`, then remove them (main process only)."""
+    shards = sorted(out_dir.glob("manifest.rank*.jsonl"))
+    with open(out_dir / MANIFEST, "a") as manifest:
+        for shard in shards:
+            manifest.write(shard.read_text())
+        manifest.flush()
+        os.fsync(manifest.fileno())
+    for shard in shards:
+        shard.unlink()

@@ -1,0 +1,90 @@
+"""Seconds per 16-frame clip: marlin-pytorch 0.3.4 against marlin-transformers, side by side in one run.
+
+    python tests/benchmarks/bench_encoder.py [--variant base] [--batch-size 1] [--repeats 3] [--device cpu]
+
+Both models get the same random weights (every tensor random, via the converter) and the same clip. Prints fp32
+and bf16 timings, the speed-up ratios against the reference's fp32 `extract_features`, the max abs difference of
+ours to the reference in fp32, and the cosine similarity of our bf16 features to our fp32 ones. Machines are
+noisy: the script reports the best of `--repeats` runs after a warm-up, and nothing here is asserted.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from marlin_transformers import MarlinConfig  # noqa: E402
+from marlin_transformers.convert_marlin import convert_state_dict  # noqa: E402
+from reference_utils import build_reference_model  # noqa: E402
+
+
+def best_time(fn, repeats: int, device: torch.device) -> float:
+    fn()  # warm-up (allocator, kernels, lazy init)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="base", choices=["small", "base", "large"])
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    config = MarlinConfig.from_variant(args.variant)
+    reference = build_reference_model(
+        seed=0,
+        as_feature_extractor=True,
+        encoder_embed_dim=config.hidden_size,
+        encoder_depth=config.num_hidden_layers,
+        encoder_num_heads=config.num_attention_heads,
+    ).to(device)
+    ours = convert_state_dict(reference.state_dict()).to(device).eval()
+    ours_bf16 = convert_state_dict(reference.state_dict()).to(device, torch.bfloat16).eval()
+
+    clip = torch.rand(args.batch_size, 3, 16, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
+    ours_clip = clip.transpose(1, 2).contiguous()  # ours: (batch, frames, channels, height, width)
+    per_clip = args.batch_size
+    with torch.inference_mode():
+        ref_fp32 = best_time(lambda: reference.extract_features(clip, keep_seq=False), args.repeats, device)
+        ours_fp32 = best_time(lambda: ours(ours_clip), args.repeats, device)
+        ours_bf16_time = best_time(lambda: ours_bf16(ours_clip.bfloat16()), args.repeats, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            ref_bf16 = best_time(lambda: reference.extract_features(clip, keep_seq=False), args.repeats, device)
+
+        expected = reference.extract_features(clip, keep_seq=False)
+        fp32_features = ours(ours_clip).pooler_output
+        bf16_features = ours_bf16(ours_clip.bfloat16()).pooler_output.float()
+    diff = (fp32_features - expected).abs().max().item()
+    cosine = torch.nn.functional.cosine_similarity(bf16_features, fp32_features).min().item()
+
+    name = f"ViT-{args.variant[0].upper()}"
+    print(f"{name}, batch {args.batch_size}, {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    print(f"{'':<34}{'s/clip':>8}{'vs ref fp32':>13}")
+    rows = [
+        ("marlin-pytorch fp32", ref_fp32),
+        ("marlin-pytorch bf16 autocast", ref_bf16),
+        ("marlin-transformers fp32 (sdpa)", ours_fp32),
+        ("marlin-transformers bf16 (sdpa)", ours_bf16_time),
+    ]
+    for label, seconds in rows:
+        print(f"{label:<34}{seconds / per_clip:>8.3f}{ref_fp32 / seconds:>12.2f}x")
+    print(f"fp32 max abs diff to reference: {diff:.2e}")
+    print(f"bf16 cosine similarity to fp32 (min over batch): {cosine:.5f}")
+
+
+if __name__ == "__main__":
+    main()
