@@ -146,7 +146,7 @@ class LandmarkFaceParser:
             nose + 0.03 * d[:, None] * v, u, 0.22 * d, 0.1 * d
         )
 
-        mouth = ellipse(mouth_center, u, 0.55 * mouth_width, 0.3 * mouth_width)
+        mouth = ellipse(mouth_center, u, 0.55 * mouth_width, 0.22 * mouth_width)
         across_mouth = project(mouth_center, v)
         lip_gap = 0.04 * mouth_width[:, None, None]
 
