@@ -1,0 +1,350 @@
+"""Pretraining: loss signs, the gradient penalty, the schedule, VideoMAE init, the clip dataset, exact resume."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from marlin_transformers import MarlinConfig, MarlinForPreTraining
+from marlin_transformers.masking import num_visible_tokens, seeded_generator
+from marlin_transformers.pretraining import (
+    EpochShuffleSampler,
+    FaceClipDataset,
+    critic_loss,
+    generator_adversarial_loss,
+    gradient_penalty,
+    learning_rate_at,
+    load_videomae_weights,
+    marlin_config_from_videomae,
+    masked_patch_targets,
+    penalty_interpolates,
+    reconstruction_grid,
+    reconstruction_loss,
+    scaled_learning_rates,
+    videomae_to_marlin_state_dict,
+)
+from video_factory import encode_video
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pretrain.py"
+TINY = dict(
+    image_size=32,
+    patch_size=16,
+    num_frames=4,
+    tubelet_size=2,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    decoder_hidden_size=16,
+    decoder_num_hidden_layers=1,
+    decoder_num_attention_heads=2,
+    decoder_intermediate_size=32,
+    mask_ratio=0.5,
+    mask_strategy="random",
+)
+
+
+@pytest.fixture(scope="module")
+def pretrain():
+    spec = importlib.util.spec_from_file_location("pretrain_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_videos(tmp_path_factory):
+    """Three 12-frame 32x32 videos of moving colour gradients, encoded losslessly."""
+    folder = tmp_path_factory.mktemp("videos")
+    ys, xs = np.mgrid[0:32, 0:32]
+    for v in range(3):
+        frames = []
+        for t in range(12):
+            r = (xs * 8 + t * 10 + v * 60) % 256
+            g = (ys * 8 + t * 5) % 256
+            b = np.full_like(xs, 80 * v)
+            frames.append(np.stack([r, g, b], axis=-1).astype(np.uint8))
+        encode_video(folder / f"clip{v}.mp4", np.stack(frames), fps=10)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_critic_and_generator_loss_signs():
+    real, fake = torch.full((2, 5, 1), 3.0), torch.full((2, 5, 1), -1.0)
+    # A critic that scores real tubelets high and predictions low has a low (negative) loss: the Wasserstein gap.
+    assert critic_loss(fake, real).item() == pytest.approx(-4.0)
+    assert critic_loss(real, fake).item() == pytest.approx(4.0)
+    # The generator wants its predictions scored high: its adversarial loss falls as D(fake) rises.
+    assert generator_adversarial_loss(fake, 0.01).item() == pytest.approx(0.01)
+    assert generator_adversarial_loss(real, 0.01).item() == pytest.approx(-0.03)
+    assert generator_adversarial_loss(real, 0.0).item() == 0.0
+
+
+def test_critic_step_widens_the_gap():
+    """One gradient step on the critic loss raises D(real) - D(fake)."""
+    torch.manual_seed(0)
+    critic = nn.Sequential(nn.Linear(6, 8), nn.LeakyReLU(), nn.Linear(8, 1))
+    real, fake = torch.rand(2, 4, 6) + 1, torch.rand(2, 4, 6) - 1
+    gap = lambda: (critic(real).mean() - critic(fake).mean()).item()  # noqa: E731
+    before = gap()
+    critic_loss(critic(fake), critic(real)).backward()
+    torch.optim.SGD(critic.parameters(), lr=0.1).step()
+    assert gap() > before
+
+
+def test_gradient_penalty_by_hand():
+    # A linear critic D(x) = w.x + b has gradient w at every point: the penalty is (|w| - 1)^2 = (5 - 1)^2 = 16.
+    critic = nn.Linear(4, 1)
+    with torch.no_grad():
+        critic.weight.copy_(torch.tensor([[3.0, 4.0, 0.0, 0.0]]))
+    real, fake = torch.rand(2, 3, 4), torch.rand(2, 3, 4)
+    points = penalty_interpolates(real, fake, torch.Generator().manual_seed(0))
+    penalty = gradient_penalty(critic(points), points)
+    assert penalty.item() == pytest.approx(16.0)
+    # The penalty trains the critic: d/dw (|w| - 1)^2 = 2 (|w| - 1) w / |w| = 1.6 w.
+    penalty.backward()
+    torch.testing.assert_close(critic.weight.grad, 1.6 * critic.weight.detach())
+    # A unit-norm critic pays nothing; D(x) = |x|^2 / 2 has gradient x, so the penalty is mean (|x| - 1)^2.
+    with torch.no_grad():
+        critic.weight.copy_(torch.tensor([[0.6, 0.8, 0.0, 0.0]]))
+    assert gradient_penalty(critic(points), points).item() == pytest.approx(0.0, abs=1e-12)
+    square = lambda x: 0.5 * x.pow(2).sum(-1, keepdim=True)  # noqa: E731
+    expected = ((points.detach().flatten(0, 1).norm(dim=1) - 1) ** 2).mean()
+    torch.testing.assert_close(gradient_penalty(square(points), points), expected)
+
+
+def test_penalty_interpolates_one_alpha_between_real_and_fake():
+    real, fake = torch.ones(2, 3, 4), torch.zeros(2, 3, 4)
+    alpha = torch.rand((), generator=torch.Generator().manual_seed(7))
+    points = penalty_interpolates(real, fake, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(points, torch.full_like(real, alpha.item()))
+    assert points.requires_grad and points.is_leaf
+
+
+def test_reconstruction_loss_matches_the_model():
+    config = MarlinConfig(**TINY)
+    model = MarlinForPreTraining(config).eval()
+    pixel_values_videos = torch.rand(2, 4, 3, 32, 32)
+    bool_masked_pos = torch.tensor([[True, False, True, False, True, False, False, True]] * 2)
+    output = model(pixel_values_videos, bool_masked_pos)
+    targets = masked_patch_targets(pixel_values_videos, bool_masked_pos, 16, 2)
+    assert targets.shape == output.logits.shape == (2, 4, 3 * 2 * 16 * 16)
+    torch.testing.assert_close(reconstruction_loss(output.logits, targets), output.loss)
+    grid = reconstruction_grid(pixel_values_videos, output.logits, bool_masked_pos, 16, 2, num_shown=2)
+    assert grid.shape == (2 * 3 * 32, 2 * 32, 3) and grid.dtype == np.uint8
+    # Row 0 is the original clip's first frame, unchanged.
+    first = (pixel_values_videos[0, 0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    np.testing.assert_array_equal(grid[:32, :32], first)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Schedule
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_scaled_learning_rates():
+    assert scaled_learning_rates(256) == pytest.approx((1.5e-4, 1e-5))
+    assert scaled_learning_rates(16) == pytest.approx((1.5e-4 / 16, 1e-5 / 16))
+
+
+def test_schedule_matches_the_reference_formula():
+    lr, min_lr, warmup, total = 1e-3, 1e-5, 40, 200
+    # The reference's per-iteration array: linspace(0, lr, warmup), then a cosine over the remaining iterations.
+    reference = np.concatenate(
+        [
+            np.linspace(0, lr, warmup),
+            [min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * i / (total - warmup))) for i in range(160)],
+        ]
+    )
+    ours = [learning_rate_at(step, lr, min_lr, warmup, total) for step in range(total)]
+    np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-15)
+    assert learning_rate_at(0, lr, min_lr, warmup, total) == 0.0
+    assert learning_rate_at(warmup - 1, lr, min_lr, warmup, total) == pytest.approx(lr)
+    assert learning_rate_at(warmup, lr, min_lr, warmup, total) == pytest.approx(lr)
+    assert learning_rate_at(warmup + 80, lr, min_lr, warmup, total) == pytest.approx((lr + min_lr) / 2)
+    assert learning_rate_at(total, lr, min_lr, warmup, total) == min_lr
+    assert learning_rate_at(10_000, lr, min_lr, warmup, total) == min_lr
+    # The paper's run: 40 warm-up epochs of 2000.
+    peak, final = scaled_learning_rates(1024)
+    assert learning_rate_at(40 * 100, peak, final, 40 * 100, 2000 * 100) == pytest.approx(6e-4)
+    assert learning_rate_at(2000 * 100 - 1, peak, final, 40 * 100, 2000 * 100) == pytest.approx(4e-5, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# VideoMAE init
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_init_from_videomae(tmp_path):
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+
+    videomae_config = VideoMAEConfig(
+        image_size=32,
+        patch_size=16,
+        num_frames=4,
+        tubelet_size=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+        use_mean_pooling=False,
+        layer_norm_eps=1e-5,
+        norm_pix_loss=False,
+    )
+    torch.manual_seed(0)
+    videomae = VideoMAEForPreTraining(videomae_config).eval()
+    with torch.no_grad():  # biases and norms are zeros/ones at init: randomize everything to catch mix-ups
+        for param in videomae.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    videomae.save_pretrained(tmp_path / "videomae")
+
+    state_dict = videomae.state_dict()
+    renamed, skipped = videomae_to_marlin_state_dict(state_dict)
+    qkv = renamed["marlin.encoder.layer.1.attention.qkv.weight"]
+    attention = videomae.videomae.encoder.layer[1].attention.attention
+    torch.testing.assert_close(qkv, torch.cat([attention.query.weight, attention.key.weight, attention.value.weight]))
+    torch.testing.assert_close(renamed["marlin.encoder.layer.1.attention.q_bias"], attention.query.bias)
+    # The original checkpoints' names (q_bias / v_bias) map the same way.
+    old_names = {k.replace("query.bias", "q_bias").replace("value.bias", "v_bias"): v for k, v in state_dict.items()}
+    assert videomae_to_marlin_state_dict(old_names)[0].keys() == renamed.keys()
+
+    config = marlin_config_from_videomae(json.loads((tmp_path / "videomae" / "config.json").read_text()))
+    assert (config.hidden_size, config.decoder_hidden_size, config.decoder_num_hidden_layers) == (32, 16, 2)
+    model = MarlinForPreTraining(config).eval()
+    left_at_init = load_videomae_weights(model, tmp_path / "videomae")
+    assert all(name.startswith("discriminator.") for name in left_at_init), left_at_init
+
+    pixel_values_videos = torch.rand(2, 4, 3, 32, 32)
+    bool_masked_pos = torch.tensor([[True, False, True, False, True, False, False, True]] * 2)
+    with torch.no_grad():
+        theirs = videomae(pixel_values_videos, bool_masked_pos=bool_masked_pos).logits
+        ours = model(pixel_values_videos, bool_masked_pos, return_loss=False).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+    from marlin_transformers import CheckpointError
+
+    wrong = MarlinForPreTraining(marlin_config_from_videomae(videomae_config.to_dict(), intermediate_size=128))
+
+    with pytest.raises(CheckpointError, match="shapes differ"):
+        load_videomae_weights(wrong, tmp_path / "videomae")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_clip_dataset_is_seeded_per_item(tiny_videos):
+    dataset = FaceClipDataset.from_config(
+        MarlinConfig(**TINY), sorted(tiny_videos.glob("*.mp4")), sample_rate=2, seed=3, clips_per_video=2
+    )
+    assert len(dataset) == 6
+    item = dataset[4]
+    assert item["pixel_values_videos"].shape == (4, 3, 32, 32)
+    assert item["pixel_values_videos"].min() >= 0 and item["pixel_values_videos"].max() <= 1
+    assert item["bool_masked_pos"].sum() == 8 - num_visible_tokens(8, 0.5)
+    # The same item whatever was loaded before; another epoch draws another clip and mask.
+    again = FaceClipDataset.from_config(MarlinConfig(**TINY), dataset.videos, sample_rate=2, seed=3, clips_per_video=2)
+    again[5]
+    torch.testing.assert_close(again[4], item)
+    starts = {dataset.frame_indices(4, seeded_generator(3, epoch, 4))[0] for epoch in range(8)}
+    assert len(starts) > 1 and max(starts) <= 12 - 7
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[4]["bool_masked_pos"], item["bool_masked_pos"]) or not torch.equal(
+        dataset[4]["pixel_values_videos"], item["pixel_values_videos"]
+    )
+    # Frames every 2nd one from the start: frame t of video 2 has red (8x + 10t + 120) mod 256, so at x = 0 ...
+    dataset.set_epoch(0)
+    indices = dataset.frame_indices(4, seeded_generator(3, 0, 4))
+    red = dataset[4]["pixel_values_videos"][:, 0, 0, 0] * 255
+    np.testing.assert_allclose(red.numpy(), [(10 * t + 120) % 256 for t in indices], atol=3)
+
+
+def test_epoch_shuffle_sampler():
+    sampler = EpochShuffleSampler(10, seed=1)
+    first = list(sampler)
+    assert sorted(first) == list(range(10)) and list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The training script
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def run_pretrain(pretrain, tiny_videos, output_dir, *extra):
+    overrides = [f"--config-override={k}={v}" for k, v in TINY.items() if k != "mask_strategy"]
+    argv = [
+        "--train-data",
+        str(tiny_videos),
+        "--output-dir",
+        str(output_dir),
+        "--model-config=small",
+        *overrides,
+        "--config-override=mask_strategy=random",
+        "--batch-size=2",
+        "--clips-per-video=2",
+        "--num-workers=0",
+        "--num-epochs=4",
+        "--warmup-epochs=1",
+        "--learning-rate=1e-3",
+        "--max-steps=5",
+        "--gp-weight=1.0",
+        "--adv-weight=0.1",
+        "--eval-batch-size=2",
+        "--eval-steps=5",
+        "--image-steps=5",
+        "--checkpointing-steps=2",
+        "--cpu",
+        *extra,
+    ]
+    return pretrain.main(argv)
+
+
+def test_resume_matches_an_uninterrupted_run(pretrain, tiny_videos, tmp_path):
+    """3 batches per epoch: the resumed run restarts mid-epoch 0 (step 2) and crosses into epoch 1."""
+    full = run_pretrain(pretrain, tiny_videos, tmp_path / "full")
+    assert full["steps"] == 5 and len(full["losses"]) == 5
+    resumed = run_pretrain(
+        pretrain, tiny_videos, tmp_path / "resumed", "--resume", str(tmp_path / "full" / "checkpoints" / "step_2")
+    )
+    assert [row["step"] for row in resumed["losses"]] == [3, 4, 5]
+    for expected, got in zip(full["losses"][2:], resumed["losses"]):
+        for name in ("rec_loss", "adv_loss", "d_loss", "gp", "lr"):
+            assert got[name] == pytest.approx(expected[name], abs=1e-6, rel=0), (got["step"], name)
+    assert full["eval"][-1][1] == pytest.approx(resumed["eval"][-1][1], abs=1e-6)
+
+    # Every loss term and the lr reach the log, and the picture is written.
+    header = (tmp_path / "full" / "train_log.csv").read_text().splitlines()[0].split(",")
+    assert {"rec_loss", "adv_loss", "g_loss", "d_loss", "gp", "lr"} <= set(header)
+    assert (tmp_path / "full" / "reconstructions" / "step_000005.png").exists()
+    assert list((tmp_path / "full").rglob("events.out.tfevents*"))
+
+    # The final model loads with the Auto classes, critic included.
+    from transformers import AutoModel, AutoModelForPreTraining
+
+    folder = tmp_path / "full" / "model"
+    pretraining = AutoModelForPreTraining.from_pretrained(folder)
+    encoder = AutoModel.from_pretrained(folder)
+    torch.testing.assert_close(
+        encoder.embeddings.patch_embeddings.projection.weight,
+        pretraining.marlin.embeddings.patch_embeddings.projection.weight,
+    )
+    resumed_model = AutoModelForPreTraining.from_pretrained(tmp_path / "resumed" / "model")
+    for (name, a), (_, b) in zip(pretraining.state_dict().items(), resumed_model.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    assert (folder / "modeling_marlin.py").exists()
