@@ -1,0 +1,200 @@
+"""examples/finetune.py end to end on a tiny MARLIN and tiny videos: Trainer, metrics, saving, frozen encoder."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from marlin_transformers import MarlinConfig, MarlinModel
+from marlin_transformers.convert_marlin import save_marlin_folder
+from video_factory import encode_video, indexed_frames, read_frame_index
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "finetune.py"
+TINY = dict(
+    image_size=32,
+    patch_size=16,
+    num_frames=4,
+    tubelet_size=2,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=64,
+    decoder_hidden_size=16,
+    decoder_num_hidden_layers=1,
+    decoder_num_attention_heads=2,
+    decoder_intermediate_size=32,
+)
+COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+FAST = ["--sample-rate", "1", "--dataloader-num-workers", "0", "--per-device-train-batch-size", "2"]
+FAST += ["--num-train-epochs", "2", "--logging-steps", "1", "--learning-rate", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def finetune():
+    spec = importlib.util.spec_from_file_location("finetune_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_marlin")
+    save_marlin_folder(MarlinModel(MarlinConfig(**TINY)), folder)
+    return folder
+
+
+def coloured_video(path: Path, colour: tuple[int, int, int], seed: int, num_frames: int = 10) -> str:
+    rng = np.random.default_rng(seed)
+    frames = np.clip(np.array(colour) + rng.normal(0, 20, (num_frames, 40, 40, 3)), 0, 255).astype(np.uint8)
+    return encode_video(path, frames, fps=10)
+
+
+@pytest.fixture(scope="module")
+def class_folders(tmp_path_factory) -> tuple[Path, Path]:
+    """train/<colour>/*.mp4 (2 a class) and eval/<colour>/*.mp4 (1 a class)."""
+    root = tmp_path_factory.mktemp("colours")
+    for split, count in (("train", 2), ("eval", 1)):
+        for c, (name, colour) in enumerate(COLOURS.items()):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                coloured_video(root / split / name / f"{i}.mp4", colour, seed=100 * c + 10 * i + len(split))
+    return root / "train", root / "eval"
+
+
+def test_single_label_end_to_end(finetune, tiny_model, class_folders, tmp_path):
+    from transformers import AutoModelForVideoClassification
+
+    out = tmp_path / "run"
+    argv = ["--model", str(tiny_model), "--train-data", str(class_folders[0]), "--eval-data", str(class_folders[1])]
+    argv += ["--problem-type", "single_label_classification", "--output-dir", str(out), *FAST]
+    assert finetune.main(argv) == 0
+
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_accuracy", "eval_roc_auc", "eval_roc_auc_macro", "eval_loss"} <= set(metrics)
+    best = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())["best_metric"]
+    assert best is not None
+    model = AutoModelForVideoClassification.from_pretrained(out)
+    assert type(model).__name__ == "MarlinForVideoClassification"
+    assert model.config.id2label == {0: "blue", 1: "green", 2: "red"}
+    assert model.config.problem_type == "single_label_classification"
+    assert json.loads((out / "config.json").read_text())["auto_map"]["AutoModelForVideoClassification"]
+    with torch.no_grad():
+        logits = model(torch.rand(2, 4, 3, 32, 32)).logits
+    assert logits.shape == (2, 3)
+
+
+def test_multi_label_frozen_encoder(finetune, tiny_model, class_folders, tmp_path):
+    from transformers import AutoModelForVideoClassification
+
+    # two labels: "reddish" and "not blue", in a CSV with paths relative to it
+    rows = ["path,reddish,not_blue"]
+    for split in ("train", "eval"):
+        lines = []
+        for video in sorted(class_folders[0 if split == "train" else 1].rglob("*.mp4")):
+            colour = video.parent.name
+            lines.append(f"{video},{int(colour == 'red')},{int(colour != 'blue')}")
+        (tmp_path / f"{split}.csv").write_text("\n".join(rows + lines) + "\n")
+    out = tmp_path / "probe"
+    argv = ["--model", str(tiny_model), "--train-data", str(tmp_path / "train.csv")]
+    argv += ["--eval-data", str(tmp_path / "eval.csv"), "--problem-type", "multi_label_classification"]
+    argv += ["--freeze-encoder", "--output-dir", str(out), "--metric-for-best-model", "roc_auc", *FAST]
+    assert finetune.main(argv) == 0
+
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_accuracy", "eval_roc_auc", "eval_roc_auc_macro", "eval_subset_accuracy"} <= set(metrics)
+    trained = AutoModelForVideoClassification.from_pretrained(out)
+    assert trained.config.id2label == {0: "reddish", 1: "not_blue"}
+    original = MarlinModel.from_pretrained(tiny_model).state_dict()
+    for name, tensor in trained.marlin.state_dict().items():
+        torch.testing.assert_close(tensor, original[name], rtol=0, atol=0, msg=name)
+    initial_head = finetune.build_model(tiny_model, "multi_label_classification", ["a", "b"]).classifier
+    assert not torch.equal(trained.classifier.weight, initial_head.weight)  # the head did train
+
+
+def test_train_windows_are_seeded_and_vary_by_epoch(finetune, tmp_path):
+    video = encode_video(tmp_path / "indexed.mp4", indexed_frames(40, 48, 64))
+    options = finetune.ClipOptions(num_frames=4, image_size=32, sample_rate=2, train_stride=1)
+    dataset = finetune.VideoClipDataset([video], np.array([0]), "single_label_classification", options, True, seed=3)
+
+    def first_frame(epoch: int) -> int:
+        dataset.set_epoch(epoch)
+        rng = np.random.default_rng([dataset.seed, dataset.epoch, 0])
+        return read_frame_index(dataset.train_clip(video, rng)[0])
+
+    starts = [first_frame(epoch) for epoch in range(8)]
+    assert starts == [first_frame(epoch) for epoch in range(8)]  # reproducible
+    assert len(set(starts)) > 2 and all(start % 2 == 0 for start in starts)  # varies, on the sampled-frame grid
+    dataset.set_epoch(5)
+    item = dataset[0]
+    assert item["pixel_values_videos"].shape == (4, 3, 32, 32)
+    assert 0.0 <= item["pixel_values_videos"].min() and item["pixel_values_videos"].max() <= 1.0
+
+
+def test_eval_windows_and_logit_average(finetune, tiny_model, tmp_path):
+    long_video = encode_video(tmp_path / "long.mp4", indexed_frames(20, 48, 64))
+    short_video = encode_video(tmp_path / "short.mp4", indexed_frames(8, 48, 64))
+    options = finetune.ClipOptions(num_frames=4, image_size=32, sample_rate=1)
+    labels = np.array([[1.0], [0.0]])
+    dataset = finetune.VideoClipDataset([long_video, short_video], labels, "regression", options, training=False)
+    items = [dataset[0], dataset[1]]
+    assert items[0]["pixel_values_videos"].shape == (5, 4, 3, 32, 32)  # frames 0-3, 4-7, ..., 16-19
+    assert items[1]["pixel_values_videos"].shape == (2, 4, 3, 32, 32)
+    batch = finetune.collate_clips(items)
+    assert batch["window_mask"].tolist() == [[True] * 5, [True, True, False, False, False]]
+
+    model = finetune.build_model(tiny_model, "regression", ["score"]).eval()
+    with torch.no_grad():
+        averaged = finetune.video_logits(model, batch["pixel_values_videos"], batch["window_mask"], chunk=3)
+        expected = [model(pixel_values_videos=item["pixel_values_videos"]).logits.mean(0) for item in items]
+    torch.testing.assert_close(averaged, torch.stack(expected), rtol=1e-5, atol=1e-6)
+
+    options.eval_clips, options.max_eval_windows = "first", 0
+    assert dataset[0]["pixel_values_videos"].shape == (1, 4, 3, 32, 32)
+    options.eval_clips, options.max_eval_windows = "all", 3
+    assert dataset[0]["pixel_values_videos"].shape == (3, 4, 3, 32, 32)
+
+
+def test_json_and_saved_dataset_sources(finetune, tmp_path):
+    import datasets
+
+    from marlin_transformers.exceptions import DatasetError
+
+    (tmp_path / "a.mp4").write_bytes(b"")
+    records = {"label_names": ["valence", "arousal"], "videos": [{"path": "a.mp4", "labels": [0.5, -1.0]}]}
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    table = finetune.read_labels(tmp_path / "data.json", "regression")
+    assert table.paths == [str(tmp_path / "a.mp4")] and table.label_names == ["valence", "arousal"]
+    np.testing.assert_allclose(table.labels, [[0.5, -1.0]])
+
+    (tmp_path / "data.jsonl").write_text('{"path": "a.mp4", "label": "smile"}\n{"path": "b.mp4", "label": "calm"}\n')
+    table = finetune.read_labels(tmp_path / "data.jsonl", "single_label_classification")
+    assert table.label_names == ["calm", "smile"] and table.labels.tolist() == [1, 0]
+
+    features = datasets.Features({"path": datasets.Value("string"), "labels": datasets.ClassLabel(names=["x", "y"])})
+    split = datasets.Dataset.from_dict({"path": [str(tmp_path / "a.mp4")], "labels": [1]}, features=features)
+    datasets.DatasetDict({"train": split, "val": split}).save_to_disk(tmp_path / "saved")
+    table = finetune.read_labels(tmp_path / "saved", "single_label_classification")  # picks "val"
+    assert table.label_names == ["x", "y"] and table.labels.tolist() == [1]
+    with pytest.raises(DatasetError, match="no split 'nope'"):
+        finetune.read_labels(tmp_path / "saved", "single_label_classification", split="nope")
+    with pytest.raises(DatasetError, match="single-label"):
+        finetune.read_labels(tmp_path, "multi_label_classification")
+
+
+def test_unknown_eval_class_is_a_one_line_error(finetune, tiny_model, class_folders, tmp_path, capsys):
+    (tmp_path / "eval.csv").write_text(f"path,label\n{next(class_folders[1].rglob('*.mp4'))},purple\n")
+    argv = [
+        "--model",
+        str(tiny_model),
+        "--train-data",
+        str(class_folders[0]),
+        "--eval-data",
+        str(tmp_path / "eval.csv"),
+    ]
+    assert finetune.main([*argv, "--output-dir", str(tmp_path / "out")]) == 1
+    assert "class 'purple' never occurs in the training data" in capsys.readouterr().err
