@@ -36,6 +36,7 @@ from marlin_transformers.metrics import PROBLEM_TYPES, load_downstream_metric
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 CACHE_NAME = "linear_probe_cache.npz"
+LOWER_IS_BETTER = {"mse", "mae"}
 
 
 def video_key(path: str) -> str:
@@ -177,8 +178,11 @@ def train_linear_probe(
     learning_rate: float = 1e-3,
     weight_decay: float = 1e-4,
     seed: int = 0,
-) -> LinearProbe:
-    """Fit a `LinearProbe` with AdamW.
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    metric_for_best_model: str = "roc_auc",
+    eval_every: int = 5,
+) -> tuple[LinearProbe, dict]:
+    """Fit a `LinearProbe` with AdamW, optionally keeping the epoch best on a validation split (the paper's way).
 
     Args:
         features: (num_videos, hidden) float.
@@ -187,6 +191,12 @@ def train_linear_probe(
         num_labels: output size (classes, labels or targets).
         batch_size: minibatch size; 0 trains full-batch.
         seed: seeds the minibatch order (the weights start at zero), so a run is reproducible.
+        validation: (features, labels) of a validation split, shaped like the training ones. When given, the probe
+            is scored every `eval_every` epochs and after the last, and the best state by `metric_for_best_model`
+            (a key of `marlin_transformers.metrics`; lower is better for mse and mae) is returned.
+
+    Returns:
+        (probe in eval mode, {"best_epoch": int, "validation": metrics of the returned probe or None}).
     """
     x = torch.as_tensor(features, dtype=torch.float32)
     if problem_type == "single_label_classification":
@@ -199,8 +209,10 @@ def train_linear_probe(
     optimizer = torch.optim.AdamW(probe.parameters(), lr=learning_rate, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     batch_size = batch_size or len(x)
-    probe.train()
-    for _ in range(epochs):
+    best = {"best_epoch": epochs, "validation": None}
+    best_state = None
+    for epoch in range(1, epochs + 1):
+        probe.train()
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch_size):
             batch = order[start : start + batch_size]
@@ -208,7 +220,19 @@ def train_linear_probe(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return probe.eval()
+        if validation is not None and (epoch % eval_every == 0 or epoch == epochs):
+            metrics = evaluate_probe(probe.eval(), *validation, problem_type)
+            if metric_for_best_model not in metrics:
+                raise DatasetError(f"--metric-for-best-model {metric_for_best_model}: not one of {sorted(metrics)}")
+            score = metrics[metric_for_best_model]
+            sign = -1.0 if metric_for_best_model in LOWER_IS_BETTER else 1.0
+            previous = best["validation"]
+            if previous is None or (not math.isnan(score) and sign * score > sign * previous[metric_for_best_model]):
+                best = {"best_epoch": epoch, "validation": metrics}
+                best_state = {k: v.clone() for k, v in probe.state_dict().items()}
+    if best_state is not None:
+        probe.load_state_dict(best_state)
+    return probe.eval(), best
 
 
 def evaluate_probe(probe: LinearProbe, features: np.ndarray, labels: np.ndarray, problem_type: str) -> dict:
@@ -242,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", required=True, help="folder written by `marlin extract --out`")
     parser.add_argument("--train-labels", required=True, help="labels CSV of the training videos")
     parser.add_argument("--eval-labels", required=True, help="labels CSV of the held-out videos")
+    parser.add_argument("--val-labels", default=None, help="labels CSV to pick the best epoch on (optional)")
+    parser.add_argument("--metric-for-best-model", default="roc_auc", help="validation metric (with --val-labels)")
+    parser.add_argument("--eval-every", type=int, default=5, help="epochs between validations")
     parser.add_argument("--problem-type", choices=PROBLEM_TYPES, default="multi_label_classification")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=256, help="0 for full-batch training")
@@ -260,27 +287,37 @@ def main(argv: list[str] | None = None) -> int:
         eval_labels = _align_labels(train, evaluated, args.problem_type, args.eval_labels)
         train_rows, train_label_rows = match_features(inputs, train.paths, args.skip_missing)
         eval_rows, eval_label_rows = match_features(inputs, evaluated.paths, args.skip_missing)
+        validation = None
+        if args.val_labels:
+            val = read_labels_csv(args.val_labels, args.problem_type)
+            val_labels = _align_labels(train, val, args.problem_type, args.val_labels)
+            val_rows, val_label_rows = match_features(inputs, val.paths, args.skip_missing)
+            validation = (features[val_rows], val_labels[val_label_rows])
+        train_x, train_y = features[train_rows], train.labels[train_label_rows]
+        eval_x, eval_y = features[eval_rows], eval_labels[eval_label_rows]
+        probe, selection = train_linear_probe(
+            train_x,
+            train_y,
+            args.problem_type,
+            len(train.label_names),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay,
+            seed=args.seed,
+            validation=validation,
+            metric_for_best_model=args.metric_for_best_model,
+            eval_every=args.eval_every,
+        )
     except MarlinError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    train_x, train_y = features[train_rows], train.labels[train_label_rows]
-    eval_x, eval_y = features[eval_rows], eval_labels[eval_label_rows]
-
-    probe = train_linear_probe(
-        train_x,
-        train_y,
-        args.problem_type,
-        len(train.label_names),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-    )
     report = {
         "problem_type": args.problem_type,
         "eval": _finite(evaluate_probe(probe, eval_x, eval_y, args.problem_type)),
         "train": _finite(evaluate_probe(probe, train_x, train_y, args.problem_type)),
+        "validation": _finite(selection["validation"]) if selection["validation"] else None,
+        "best_epoch": selection["best_epoch"],
         "num_train": len(train_rows),
         "num_eval": len(eval_rows),
         "skipped_without_features": {
@@ -295,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             "learning_rate": args.learning_rate,
             "weight_decay": args.weight_decay,
             "seed": args.seed,
+            "metric_for_best_model": args.metric_for_best_model if args.val_labels else None,
         },
         "features": str(Path(args.features).absolute()),
     }

@@ -118,6 +118,10 @@ def test_multi_label_probe_learns(linear_probe, tmp_path):
             str(train_csv),
             "--eval-labels",
             str(eval_csv),
+            "--val-labels",
+            str(train_csv),
+            "--eval-every",
+            "50",
             "--problem-type",
             "multi_label_classification",
             "--epochs",
@@ -131,7 +135,9 @@ def test_multi_label_probe_learns(linear_probe, tmp_path):
         ]  # fmt: skip
     )
     assert code == 0
-    metrics = json.loads(output.read_text())["eval"]
+    report = json.loads(output.read_text())
+    assert report["best_epoch"] in (50, 100, 150, 200) and report["validation"]["roc_auc"] >= 0.95
+    metrics = report["eval"]
     assert metrics["accuracy"] >= 0.9 and metrics["roc_auc"] >= 0.95 and metrics["roc_auc_macro"] >= 0.95
 
 
@@ -140,7 +146,7 @@ def test_training_is_reproducible_and_separates_classes(linear_probe):
     labels = rng.integers(0, 2, 200)
     features = rng.normal(size=(200, 8)) + 3.0 * labels[:, None]
     probes = [
-        linear_probe.train_linear_probe(features, labels, "single_label_classification", 2, epochs=5, batch_size=16)
+        linear_probe.train_linear_probe(features, labels, "single_label_classification", 2, epochs=5, batch_size=16)[0]
         for _ in range(2)
     ]
     assert all(
@@ -164,3 +170,34 @@ def test_missing_features_are_an_error_unless_skipped(linear_probe, tmp_path, ca
     assert linear_probe.main([*argv, "--skip-missing"]) == 0
     report = json.loads((tmp_path / "features" / "linear_probe_metrics.json").read_text())
     assert report["skipped_without_features"] == {"train": 1, "eval": 1}
+
+
+def test_validation_keeps_the_best_epoch(linear_probe):
+    # 30 training videos, 31 noisy features: the probe overfits after a few epochs
+    rng = np.random.default_rng(4)
+    targets = rng.normal(size=(60, 1))
+    features = np.concatenate([targets, rng.normal(size=(60, 30))], axis=1) + 0.5 * rng.normal(size=(60, 31))
+    train, val = slice(0, 30), slice(30, 60)
+    settings = dict(epochs=40, batch_size=0, learning_rate=0.05, weight_decay=0.0)
+    probe, selection = linear_probe.train_linear_probe(
+        features[train],
+        targets[train],
+        "regression",
+        1,
+        validation=(features[val], targets[val]),
+        metric_for_best_model="mse",
+        eval_every=5,
+        **settings,
+    )
+    assert selection["best_epoch"] < 40
+    # the returned probe is the selected one, better on validation than the last epoch's
+    assert linear_probe.evaluate_probe(probe, features[val], targets[val], "regression") == pytest.approx(
+        selection["validation"]
+    )
+    last, _ = linear_probe.train_linear_probe(features[train], targets[train], "regression", 1, **settings)
+    last_mse = linear_probe.evaluate_probe(last, features[val], targets[val], "regression")["mse"]
+    assert selection["validation"]["mse"] < last_mse
+    with pytest.raises(linear_probe.DatasetError, match="roc_auc"):
+        linear_probe.train_linear_probe(
+            features[train], targets[train], "regression", 1, epochs=1, validation=(features[val], targets[val])
+        )
