@@ -128,6 +128,18 @@ def test_compute_metrics_for_trainer_takes_first_output():
     assert result["accuracy"] == pytest.approx(accuracy_score(labels, logits.argmax(axis=1)))
 
 
+def test_compute_metrics_for_trainer_regression_and_float_labels():
+    rng = np.random.default_rng(7)
+    targets = rng.normal(size=20).astype(np.float32)
+    head = (targets + 0.1 * rng.normal(size=20)).astype(np.float32)[:, None]  # (N, 1) from a one-target head
+    result = build_compute_metrics("regression")(EvalPrediction(predictions=head, label_ids=targets))
+    assert result["mse"] == pytest.approx(mean_squared_error(targets, head[:, 0]), rel=1e-5)
+    labels = rng.integers(0, 2, (20, 4)).astype(np.float32)  # multi-label datasets hold float 0/1 for BCE
+    logits = rng.normal(size=(20, 4)) + labels
+    result = build_compute_metrics("multi_label_classification")(EvalPrediction(predictions=logits, label_ids=labels))
+    assert result["roc_auc"] == pytest.approx(roc_auc_score(labels.ravel(), logits.ravel()))
+
+
 def test_unknown_problem_type_is_rejected():
     with pytest.raises(ValueError, match="unknown problem type"):
         load_downstream_metric("multiclass")

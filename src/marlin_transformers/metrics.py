@@ -225,6 +225,13 @@ def build_compute_metrics(problem_type: str) -> Callable:
         logits = eval_prediction.predictions
         if isinstance(logits, tuple | list):
             logits = logits[0]
-        return metric.compute(predictions=np.asarray(logits), references=np.asarray(eval_prediction.label_ids))
+        logits, labels = np.asarray(logits), np.asarray(eval_prediction.label_ids)
+        if problem_type == "regression":
+            # a one-target head gives (N, 1) next to labels (N,): compare them as (N,)
+            logits = logits.reshape(len(logits), -1)
+            labels = labels.reshape(logits.shape)
+            if logits.shape[1] == 1:
+                logits, labels = logits[:, 0], labels[:, 0]
+        return metric.compute(predictions=logits, references=labels)
 
     return compute_metrics
