@@ -47,8 +47,9 @@ def video_key(path: str) -> str:
 
 
 def _feature_path(extract_dir: Path, output: str) -> Path:
-    # the manifest's output may be absolute, relative to the extraction's working folder, or to DIR
-    for candidate in (Path(output), extract_dir / output, extract_dir / Path(output).name):
+    # `marlin extract` writes the npy's name within DIR; an absolute path, or one relative to where it ran, also do
+    candidates = [Path(output)] if Path(output).is_absolute() else [extract_dir / output, Path(output)]
+    for candidate in [*candidates, extract_dir / Path(output).name]:
         if candidate.is_file():
             return candidate
     raise DatasetError(f"{output}: feature file listed in {extract_dir / 'manifest.jsonl'} is missing")
