@@ -348,3 +348,32 @@ def test_resume_matches_an_uninterrupted_run(pretrain, tiny_videos, tmp_path):
     for (name, a), (_, b) in zip(pretraining.state_dict().items(), resumed_model.state_dict().items()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
     assert (folder / "modeling_marlin.py").exists()
+
+
+@pytest.mark.slow
+def test_face_clips_cropped_and_parsed_for_fasking(tmp_path):
+    """An in-the-wild video is tracked, cropped and parsed once into the cache; Fasking masks come from the parsing."""
+    from video_factory import moving_face_frames
+
+    frames, _ = moving_face_frames(8, height=160, width=200, scale=0.6)
+    encode_video(tmp_path / "wild.mp4", frames, fps=10)
+    config = MarlinConfig(**{**TINY, "image_size": 64, "mask_ratio": 0.75, "mask_strategy": "fasking"})
+    dataset = FaceClipDataset.from_config(config, [tmp_path / "wild.mp4"], sample_rate=2, cache_dir=tmp_path / "cache")
+    (entry,) = dataset.cache_entries
+    crops, labels = np.load(entry / "crops.npy"), np.load(entry / "labels.npy")
+    assert crops.shape == (8, 64, 64, 3) and labels.shape == (8, 64, 64)
+    # The face fills the crop: eyes, nose and mouth are parsed in every frame.
+    for part in (4, 5, 6, 7):
+        assert (labels == part).any(axis=(1, 2)).all(), part
+    item = dataset[0]
+    num_tokens = 2 * 16
+    assert item["bool_masked_pos"].sum() == num_tokens - num_visible_tokens(num_tokens, 0.75)
+    # A second dataset over the same cache reuses it, and items are the same.
+    again = FaceClipDataset.from_config(config, [tmp_path / "wild.mp4"], sample_rate=2, cache_dir=tmp_path / "cache")
+    assert again.cache_entries == dataset.cache_entries
+    torch.testing.assert_close(again[0], item)
+    # Without a cache, each item is decoded, tracked and parsed on its own (the tracker then smooths boxes over the
+    # clip's frames only, so crops differ a little from the cache's, which tracked every frame).
+    live_item = FaceClipDataset.from_config(config, [tmp_path / "wild.mp4"], sample_rate=2)[0]
+    assert live_item["pixel_values_videos"].shape == (4, 3, 64, 64)
+    assert live_item["bool_masked_pos"].sum() == item["bool_masked_pos"].sum()
