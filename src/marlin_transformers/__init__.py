@@ -9,6 +9,7 @@ from transformers import (
     AutoModel,
     AutoModelForPreTraining,
     AutoModelForVideoClassification,
+    AutoVideoProcessor,
 )
 
 from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
@@ -23,6 +24,7 @@ from .modeling_marlin import (
     patchify_video,
     unpatchify_video,
 )
+from .video_processing_marlin import MarlinVideoProcessor
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,7 @@ AutoConfig.register("marlin", MarlinConfig, exist_ok=True)
 AutoModel.register(MarlinConfig, MarlinModel, exist_ok=True)
 AutoModelForPreTraining.register(MarlinConfig, MarlinForPreTraining, exist_ok=True)
 AutoModelForVideoClassification.register(MarlinConfig, MarlinForVideoClassification, exist_ok=True)
+AutoVideoProcessor.register(MarlinConfig, MarlinVideoProcessor, exist_ok=True)
 
 __all__ = [
     "MARLIN_VARIANTS",
@@ -41,6 +44,7 @@ __all__ = [
     "MarlinForVideoClassification",
     "MarlinModel",
     "MarlinPreTrainedModel",
+    "MarlinVideoProcessor",
     "NoFaceError",
     "VideoError",
     "paint_predictions",

@@ -74,17 +74,35 @@ def load_demo_model():
     from .modeling_marlin import MarlinModel
 
     try:
+        _check_hub_reachable()
         return load_encoder(HUB_MODEL), HUB_MODEL
-    except CheckpointError as error:
+    except (CheckpointError, OSError) as error:
+        reason = str(error).split(";")[0]
         print(
-            f"marlin demo: the Hub is not reachable ({str(error).split(';')[0]}); going on with RANDOMLY INITIALIZED "
-            "ViT-B weights: the features are meaningless, this run only checks the pipeline.",
+            f"marlin demo: cannot load {HUB_MODEL} ({reason}); going on with RANDOMLY INITIALIZED ViT-B weights: "
+            "the features are meaningless, this run only checks the pipeline.",
             file=sys.stderr,
         )
         import torch
 
         torch.manual_seed(0)
         return MarlinModel(MarlinConfig.from_variant("base")).eval(), "random-init ViT-B (offline demo fallback)"
+
+
+def _check_hub_reachable(timeout: float = 3.0) -> None:
+    """Fail fast (OSError) when the Hub's host does not answer, rather than after the Hub client's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return  # the cache may hold the model; loading says if it does not
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as error:
+        raise OSError(f"{host} is not reachable: {error.strerror or error}") from None
 
 
 def run_demo(out_dir: str | Path, dtype: str = "float32") -> int:

@@ -114,10 +114,12 @@ def run_extraction(
             something to do.
         metadata: extra fields for every manifest line (model, dtype...).
     """
+    import torch
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    state = PartialState()
+    # Without a GPU, processes started by `accelerate launch`/`torchrun` share the work over gloo.
+    state = PartialState(cpu=not torch.cuda.is_available())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     all_inputs = discover_inputs(inputs)
