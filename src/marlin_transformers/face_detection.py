@@ -94,6 +94,22 @@ def _gaussian_smooth(values: np.ndarray, sigma: float) -> np.ndarray:
     return smoothed.reshape(values.shape).astype(values.dtype)
 
 
+def _cut(frame: np.ndarray, region: Sequence[int]) -> np.ndarray:
+    """frame[y1:y2, x1:x2] for an integer region (x1, y1, x2, y2) that may reach outside, zero there.
+
+    marlin-pytorch's `crop_with_padding`; slicing before handing pixels to PIL avoids copying whole frames.
+    """
+    x1, y1, x2, y2 = (int(v) for v in region)
+    height, width = frame.shape[:2]
+    if x1 >= 0 and y1 >= 0 and x2 <= width and y2 <= height:
+        return frame[y1:y2, x1:x2]
+    out = np.zeros((y2 - y1, x2 - x1, *frame.shape[2:]), dtype=frame.dtype)
+    sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+    if sx2 > sx1 and sy2 > sy1:
+        out[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = frame[sy1:sy2, sx1:sx2]
+    return out
+
+
 def centre_boxes(num_frames: int, height: int, width: int) -> np.ndarray:
     """(num_frames, 4) float32 boxes of the largest centred square, the fallback when a video has no face."""
     side = min(height, width)
@@ -127,8 +143,7 @@ def crop_faces(
     crop_boxes = np.concatenate([corners, corners + sides[:, None]], axis=1)
     crops = np.empty((len(frames), crop_size, crop_size, 3), dtype=np.uint8)
     for t, (frame, region) in enumerate(zip(frames, crop_boxes)):
-        # PIL fills the part of the region outside the image with zeros.
-        crop = Image.fromarray(frame).crop(tuple(int(v) for v in region))
+        crop = Image.fromarray(np.ascontiguousarray(_cut(frame, region)))
         crops[t] = np.asarray(crop.resize((crop_size, crop_size), Image.BILINEAR))
     crop_landmarks = None
     if landmarks is not None:
@@ -138,7 +153,7 @@ def crop_faces(
 
 
 def _mtcnn_cascade(
-    mtcnn, images, min_face_size: float, thresholds: Sequence[float], factor: float
+    mtcnn, images, min_face_size: float, thresholds: Sequence[float], factor: float, max_per_image: int | None = None
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """facenet-pytorch's MTCNN cascade on a batch, with every candidate of a stage cropped in one `roi_align` call.
 
@@ -150,6 +165,8 @@ def _mtcnn_cascade(
     Args:
         mtcnn: a `facenet_pytorch.MTCNN` (its `pnet`, `rnet` and `onet` are used).
         images: (N, 3, H, W) float32 RGB in [0, 255].
+        max_per_image: keep at most this many R-Net candidates per image (best scores first) for O-Net, the most
+            expensive stage; None keeps all.
 
     Returns:
         per image: boxes (n, 4), probabilities (n,) and landmarks (n, 5, 2), float32 pixels.
@@ -208,6 +225,13 @@ def _mtcnn_cascade(
         keep = batched_nms(boxes[:, :4], boxes[:, 4], image_indices, 0.7)
         boxes = rerec(bbreg(boxes[keep], regression[keep]))
         image_indices = image_indices[keep]
+        if max_per_image is not None and len(boxes):
+            # batched_nms returns candidates by decreasing score: keep the first few of each image.
+            rank = torch.zeros_like(image_indices)
+            for i in image_indices.unique():
+                mine = image_indices == i
+                rank[mine] = torch.arange(int(mine.sum()))
+            boxes, image_indices = boxes[rank < max_per_image], image_indices[rank < max_per_image]
 
     # Stage 3: O-Net on 48x48 crops, with landmarks.
     points = torch.zeros(0, 5, 2, device=images.device)
@@ -337,7 +361,10 @@ class FaceTracker:
             regions = np.asarray(regions, dtype=np.int64).reshape(num_frames, 4)
             size = (self.region_size, self.region_size)
             small = np.stack(
-                [np.asarray(Image.fromarray(f).crop(tuple(r.tolist())).resize(size)) for f, r in zip(frames, regions)]
+                [
+                    np.asarray(Image.fromarray(np.ascontiguousarray(_cut(f, r))).resize(size, reducing_gap=2.0))
+                    for f, r in zip(frames, regions)
+                ]
             )
             factors = ((regions[:, 2] - regions[:, 0]) / self.region_size).astype(np.float32)[:, None, None]
             offsets = regions[:, None, :2].astype(np.float32)
@@ -351,8 +378,15 @@ class FaceTracker:
             small, factors = frames, np.ones((num_frames, 1, 2), dtype=np.float32)
         # (T, 3, h, w), stored channels-last: the (T, h, w, 3) array as it is
         images = torch.from_numpy(small).to(self.device).permute(0, 3, 1, 2).float()
+        min_face_size = self.min_face_size
+        if regions is not None:
+            # The subject fills about 1 / region_scale of the region: skip the pyramid levels for much smaller faces
+            # (a face that shrank that much is searched again in the whole frame).
+            min_face_size = max(min_face_size, 0.6 * self.region_size / self.region_scale)
         with torch.inference_mode():
-            found = _mtcnn_cascade(mtcnn, images, self.min_face_size, self.thresholds, self.pyramid_factor)
+            found = _mtcnn_cascade(
+                mtcnn, images, min_face_size, self.thresholds, self.pyramid_factor, 4 if regions is not None else None
+            )
         results = []
         for (boxes, probs, landmarks), factor, offset in zip(found, factors, offsets):
             keep = probs >= self.min_confidence

@@ -158,7 +158,7 @@ def _to_rgb(frame) -> np.ndarray:
     """(height, width, 3) uint8 RGB of an av.VideoFrame, turned upright according to its display matrix."""
     rgb = frame.to_ndarray(format="rgb24")
     # `rotation` is the counter-clockwise angle the display matrix applies; np.rot90 also turns counter-clockwise.
-    quarter_turns = round((frame.rotation or 0) / 90) % 4
+    quarter_turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
     if quarter_turns:
         rgb = np.ascontiguousarray(np.rot90(rgb, k=quarter_turns))
     return rgb
