@@ -279,6 +279,8 @@ class FaceTracker:
         thresholds: MTCNN's P-Net, R-Net and O-Net score thresholds (facenet-pytorch's defaults).
         pyramid_factor: ratio between the scales of MTCNN's image pyramid (facenet-pytorch's default).
         device: torch device MTCNN runs on.
+        num_threads: torch CPU threads while detecting, restored after; MTCNN's many small operations gain little
+            from more threads and lose much when the cores are busy. None keeps torch's setting.
     """
 
     def __init__(
@@ -296,6 +298,7 @@ class FaceTracker:
         thresholds: Sequence[float] = (0.6, 0.7, 0.7),
         pyramid_factor: float = 0.709,
         device: str = "cpu",
+        num_threads: int | None = 1,
     ):
         self.min_confidence = min_confidence
         self.detect_size = detect_size
@@ -310,6 +313,7 @@ class FaceTracker:
         self.thresholds = tuple(thresholds)
         self.pyramid_factor = pyramid_factor
         self.device = device
+        self.num_threads = num_threads
         self._mtcnn = None
         self.reset()
 
@@ -383,10 +387,21 @@ class FaceTracker:
             # The subject fills about 1 / region_scale of the region: skip the pyramid levels for much smaller faces
             # (a face that shrank that much is searched again in the whole frame).
             min_face_size = max(min_face_size, 0.6 * self.region_size / self.region_scale)
-        with torch.inference_mode():
-            found = _mtcnn_cascade(
-                mtcnn, images, min_face_size, self.thresholds, self.pyramid_factor, 4 if regions is not None else None
-            )
+        threads = torch.get_num_threads()
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        try:
+            with torch.inference_mode():
+                found = _mtcnn_cascade(
+                    mtcnn,
+                    images,
+                    min_face_size,
+                    self.thresholds,
+                    self.pyramid_factor,
+                    4 if regions is not None else None,
+                )
+        finally:
+            torch.set_num_threads(threads)
         results = []
         for (boxes, probs, landmarks), factor, offset in zip(found, factors, offsets):
             keep = probs >= self.min_confidence
