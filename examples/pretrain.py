@@ -177,13 +177,13 @@ def train_step(batch, model, critic, g_optimizer, d_optimizer, accelerator, adv_
     with accelerator.autocast():
         logits = model(pixel_values_videos, bool_masked_pos, return_loss=False).logits  # (b, masked, c*pt*ph*pw)
         targets = masked_patch_targets(pixel_values_videos, bool_masked_pos, config.patch_size, config.tubelet_size)
-        targets = targets.to(logits.dtype)
 
         # Critic step on the detached prediction; fake, real (and penalty points) go through the critic together.
         fake = logits.detach()
-        inputs = [fake, targets]
+        real = targets.to(fake.dtype)
+        inputs = [fake, real]
         if gp_weight > 0:
-            inputs.append(penalty_interpolates(targets, fake, gp_generator))
+            inputs.append(penalty_interpolates(real, fake, gp_generator))
         scores = critic(torch.cat(inputs)).split(len(fake))
         d_wasserstein = critic_loss(scores[0], scores[1])
         gp = gradient_penalty(scores[2], inputs[2]) if gp_weight > 0 else None
@@ -298,7 +298,7 @@ def training_function(config: dict, args) -> dict:
         model.config.adv_weight = config["adv_weight"]
     adv_weight = model.config.adv_weight
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     model, critic = detach_critic(model)
     critic.to(accelerator.device)
