@@ -351,6 +351,14 @@ def test_resume_matches_an_uninterrupted_run(pretrain, tiny_videos, tmp_path):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
     assert (folder / "modeling_marlin.py").exists()
 
+    # `--init-from` a previous run's model continues from its weights, critic included.
+    import argparse
+
+    args = argparse.Namespace(init_from=str(folder), model_config="base", config_override=["adv_weight=0.5"])
+    continued = pretrain.build_model(args)
+    assert continued.config.adv_weight == 0.5
+    torch.testing.assert_close(continued.discriminator.fc1.weight, pretraining.discriminator.fc1.weight)
+
 
 @pytest.mark.slow
 def test_face_clips_cropped_and_parsed_for_fasking(tmp_path):
