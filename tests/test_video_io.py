@@ -190,3 +190,19 @@ def test_invalid_window_arguments():
         plan_windows([0.0], sample_rate=0)
     with pytest.raises(ValueError):
         plan_windows([0.0], stride_seconds=0)
+
+
+def test_memory_does_not_grow_with_video_length(tmp_path):
+    import tracemalloc
+
+    path = encode_video(tmp_path / "long.mkv", indexed_frames(600, 96, 128))
+    frame_bytes = 96 * 128 * 3
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in iter_windows(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 19
+    # A window span of RGB frames (31) plus the window being built (16) and change, far from all 600 frames.
+    assert peak < 60 * frame_bytes, peak / frame_bytes
