@@ -230,7 +230,7 @@ def _mtcnn_cascade(
             rank = torch.zeros_like(image_indices)
             for i in image_indices.unique():
                 mine = image_indices == i
-                rank[mine] = torch.arange(int(mine.sum()))
+                rank[mine] = torch.arange(int(mine.sum()), device=rank.device)
             boxes, image_indices = boxes[rank < max_per_image], image_indices[rank < max_per_image]
 
     # Stage 3: O-Net on 48x48 crops, with landmarks.
@@ -599,8 +599,8 @@ def iter_face_windows(
     if not tracker.has_face:
         if on_no_face == "error":
             raise NoFaceError(
-                f"{os.fspath(source)}: no face found in any frame; check that it shows a face, or allow the "
-                "centre-crop fallback for it."
+                f"{os.fspath(source)}: no face found in any frame; check that it shows a face, or allow a centre crop "
+                "for it (on_no_face='centre', `--no-face centre`)."
             )
         for held in pending:
             yield held, tracker.centre_crop(held.frames)
