@@ -128,17 +128,19 @@ def parse_override(item: str) -> tuple[str, object]:
 def get_dataloaders(accelerator: Accelerator, model_config: MarlinConfig, config: dict, args):
     """The training dataloader (shuffled per epoch from the seed, sharded by Accelerate) and one fixed eval batch.
 
-    The eval batch holds the first `eval_batch_size` clips of `--eval-data` (held-out videos), or of the training
-    videos drawn with another seed when none is given; its clips and masks are the same at every evaluation.
+    The eval batch holds `eval_batch_size` clips of `--eval-data` (held-out videos) or, without it, of the last
+    `--holdout-fraction` of every training video (training clips then come from the rest; with a fraction of 0, from
+    the training clips themselves, drawn with another seed). Its clips and masks are the same at every evaluation.
     """
-    dataset_kwargs = dict(cache_dir=args.cache_dir, crop=args.crop)
+    dataset_kwargs = dict(cache_dir=args.cache_dir, crop=args.crop, sample_rate=args.sample_rate)
+    holdout = 0.0 if args.eval_data else args.holdout_fraction
     with accelerator.main_process_first():  # the main process fills the cache, the others then read it
         train_dataset = FaceClipDataset.from_config(
             model_config,
             find_videos(args.train_data),
             seed=config["seed"],
             clips_per_video=config["clips_per_video"],
-            sample_rate=args.sample_rate,
+            frame_range=(0.0, 1.0 - holdout),
             **dataset_kwargs,
         )
         eval_videos = find_videos(args.eval_data) if args.eval_data else train_dataset.videos
@@ -147,7 +149,7 @@ def get_dataloaders(accelerator: Accelerator, model_config: MarlinConfig, config
             eval_videos,
             seed=config["seed"] + 1,
             clips_per_video=math.ceil(config["eval_batch_size"] / len(eval_videos)),
-            sample_rate=args.sample_rate,
+            frame_range=(1.0 - holdout, 1.0) if holdout else (0.0, 1.0),
             **dataset_kwargs,
         )
     train_dataloader = DataLoader(
@@ -434,6 +436,12 @@ def main(argv: list[str] | None = None) -> dict:
     data = parser.add_argument_group("data")
     data.add_argument("--train-data", nargs="+", required=True, help="face video files or folders of them")
     data.add_argument("--eval-data", nargs="+", help="held-out videos for the fixed eval batch")
+    data.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.0,
+        help="without --eval-data: evaluate on the last fraction of every training video, train on the rest",
+    )
     data.add_argument("--cache-dir", help="crop and parse every video once into this folder (recommended)")
     data.add_argument("--crop", default="auto", choices=["auto", "always", "never"], help="see FacePreparer")
     data.add_argument("--sample-rate", type=int, default=2, help="take every n-th frame")

@@ -273,6 +273,22 @@ def test_clip_dataset_is_seeded_per_item(tiny_videos):
     np.testing.assert_allclose(red.numpy(), [(10 * t + 120) % 256 for t in indices], atol=3)
 
 
+def test_clip_dataset_frame_range_holds_out_the_end(tiny_videos):
+    videos = sorted(tiny_videos.glob("*.mp4"))
+    config = MarlinConfig(**TINY)
+    train = FaceClipDataset.from_config(config, videos, sample_rate=1, frame_range=(0.0, 0.5), clips_per_video=4)
+    held_out = FaceClipDataset.from_config(config, videos, sample_rate=1, frame_range=(0.5, 1.0), clips_per_video=4)
+    for epoch in range(3):
+        for index in range(len(train)):
+            assert max(train.frame_indices(index, seeded_generator(0, epoch, index))) < 6
+            assert min(held_out.frame_indices(index, seeded_generator(0, epoch, index))) >= 6
+    # A range shorter than a clip repeats its last frame rather than leaving it.
+    short = FaceClipDataset.from_config(config, videos, sample_rate=4, frame_range=(0.5, 1.0))
+    assert short.frame_indices(0, seeded_generator(0)) == [6, 10, 11, 11]
+    with pytest.raises(ValueError, match="frame_range"):
+        FaceClipDataset.from_config(config, videos, frame_range=(0.5, 0.5))
+
+
 def test_epoch_shuffle_sampler():
     sampler = EpochShuffleSampler(10, seed=1)
     first = list(sampler)

@@ -429,6 +429,8 @@ class FaceClipDataset(torch.utils.data.Dataset):
         cache_dir: if given, every video is cropped and parsed once into this folder (`prepare_video_cache`) and
             clips are read from memory-mapped arrays; otherwise each item decodes, tracks and parses its frames.
         crop, face_parser: see `FacePreparer`.
+        frame_range: the part of each video clips come from, as fractions of its frames: (0, 0.7) and (0.7, 1)
+            give disjoint training and held-out clips of the same videos.
     """
 
     def __init__(
@@ -446,7 +448,11 @@ class FaceClipDataset(torch.utils.data.Dataset):
         cache_dir: str | os.PathLike | None = None,
         crop: str = "auto",
         face_parser=None,
+        frame_range: tuple[float, float] = (0.0, 1.0),
     ):
+        if not 0 <= frame_range[0] < frame_range[1] <= 1:
+            raise ValueError(f"frame_range must be fractions 0 <= start < end <= 1, got {frame_range}")
+        self.frame_range = frame_range
         self.videos = [Path(v) for v in videos]
         self.num_frames = num_frames
         self.sample_rate = sample_rate
@@ -487,11 +493,13 @@ class FaceClipDataset(torch.utils.data.Dataset):
         return len(self.videos) * self.clips_per_video
 
     def frame_indices(self, index: int, generator: torch.Generator) -> list[int]:
-        """The clip's frame indices: `num_frames` every `sample_rate` frames from a random start."""
+        """The clip's frame indices: `num_frames` every `sample_rate` frames from a random start in `frame_range`
+        (the last frame of the range repeats when the range is shorter than a clip)."""
         total = self.frame_counts[index // self.clips_per_video]
+        first, end = math.floor(self.frame_range[0] * total), math.ceil(self.frame_range[1] * total)
         span = (self.num_frames - 1) * self.sample_rate + 1
-        start = int(torch.randint(0, max(total - span, 0) + 1, (), generator=generator))
-        return [min(start + i * self.sample_rate, total - 1) for i in range(self.num_frames)]
+        start = first + int(torch.randint(0, max(end - first - span, 0) + 1, (), generator=generator))
+        return [min(start + i * self.sample_rate, end - 1) for i in range(self.num_frames)]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """`pixel_values_videos` (num_frames, 3, image_size, image_size) float32 in [0, 1] and `bool_masked_pos`
