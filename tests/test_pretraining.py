@@ -289,6 +289,20 @@ def test_clip_dataset_frame_range_holds_out_the_end(tiny_videos):
         FaceClipDataset.from_config(config, videos, frame_range=(0.5, 0.5))
 
 
+def test_batches_do_not_depend_on_the_number_of_workers(tiny_videos):
+    dataset = FaceClipDataset.from_config(MarlinConfig(**TINY), sorted(tiny_videos.glob("*.mp4")), clips_per_video=2)
+    dataset.set_epoch(2)
+
+    def batches(num_workers):
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=2, sampler=EpochShuffleSampler(len(dataset), seed=5), num_workers=num_workers
+        )
+        return list(loader)
+
+    for one, other in zip(batches(0), batches(2)):
+        torch.testing.assert_close(one, other)
+
+
 def test_epoch_shuffle_sampler():
     sampler = EpochShuffleSampler(10, seed=1)
     first = list(sampler)
