@@ -1,12 +1,16 @@
 """Detect, track and crop one face per video, window by window.
 
 MTCNN (facenet-pytorch, weights in its wheel) runs batched on frames downscaled to `detect_size` pixels on their
-longest side. A video has one subject: the track starts on the largest confident face and then follows it from frame
-to frame by box overlap (or, failing that, a close centre of similar size), so a second face entering the picture
-never takes over. Frames where the subject is missed get a box interpolated between the detections around them (or
-carried forward/backward), boxes are smoothed over time, and each frame is cut to a square of side
-`max(w, h) * margin` centred on the box (marlin-pytorch's crop when margin is 1), zero-padded outside the frame and
-resized to `crop_size`.
+longest side until a face is found, then only in a small square around the subject (several times cheaper; whole
+frames again where it is not found there), with every candidate of a cascade stage resampled in one call. On 2 CPU
+cores this costs about 20 ms per sampled frame, a fifth of a ViT-B window in bf16.
+
+A video has one subject: the track starts on the largest confident face and then follows it from frame to frame by
+box overlap (or, failing that, a close centre of similar size), so a second face entering the picture never takes
+over. Frames where the subject is missed get a box interpolated between the detections around them (or carried
+forward/backward), boxes are smoothed over time, and each frame is cut to a square of side `max(w, h) * margin`
+centred on the box (marlin-pytorch's crop when margin is 1), zero-padded outside the frame and resized to
+`crop_size`.
 """
 
 from __future__ import annotations
