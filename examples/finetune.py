@@ -33,6 +33,9 @@ Data (`--train-data`, `--eval-data`):
   `celebv_hq.labels_dataset`/`load_celebvhq` make them); for a `DatasetDict`, `--train-split`/`--eval-split` pick
   the splits.
 
+`--freeze-encoder` trains only the head, on the fly: MAE's linear-probe head (BatchNorm without affine parameters,
+then the linear layer; `ProbeHead`), folded into a single linear layer when the model is saved.
+
 Metrics come from `marlin_transformers.metrics` (offline `evaluate` module): `accuracy`, `roc_auc` (the paper's one
 AUROC over every video x label pair), `roc_auc_macro` (per label, averaged); `mse`, `mae`, `pearson` for
 regression. The best checkpoint by `--metric-for-best-model` is loaded at the end and saved to `--output-dir` with
@@ -398,6 +401,39 @@ def build_datasets(
 # ------------------------------------------------------------------------------------------------- model, trainer
 
 
+class ProbeHead(torch.nn.Module):
+    """The linear-probe head of MAE (He et al. 2022, appendix A.2): BatchNorm without affine parameters, then the
+    linear layer. It keeps the model linear in the frozen features, and standardizing them makes the head train in a
+    few epochs where a bare linear layer on raw MARLIN features trains slowly (their scales and offsets differ a lot,
+    see `examples/linear_probe.py`, which standardizes too). `fold()` absorbs the norm into the linear layer.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, eps: float = 1e-6):
+        super().__init__()
+        # momentum=None: running statistics are the plain average over every training batch seen
+        self.norm = torch.nn.BatchNorm1d(linear.in_features, eps=eps, affine=False, momentum=None)
+        self.linear = linear
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (batch, hidden) -> (batch, num_labels)
+        return self.linear(self.norm(features))
+
+    @torch.no_grad()
+    def fold(self) -> torch.nn.Linear:
+        """The single `nn.Linear` equal to this head in eval mode (running statistics)."""
+        scale = (self.norm.running_var + self.norm.eps).rsqrt()  # (hidden,)
+        folded = torch.nn.Linear(self.linear.in_features, self.linear.out_features)
+        folded.weight.copy_(self.linear.weight * scale)
+        folded.bias.copy_(self.linear.bias - folded.weight @ self.norm.running_mean)
+        return folded
+
+
+def export_model(model: MarlinForVideoClassification) -> MarlinForVideoClassification:
+    """The model as `AutoModelForVideoClassification` loads it: a probe head folded into one linear layer."""
+    if isinstance(model.classifier, ProbeHead):
+        model.classifier = model.classifier.fold().to(model.device)
+    return model
+
+
 def build_model(
     model: str | os.PathLike | MarlinModel,
     problem_type: str,
@@ -410,7 +446,8 @@ def build_model(
         model: converted folder (also a fine-tuned one: its head is replaced), Hub id, official `.pt`/`.ckpt`, or a
             loaded `MarlinModel`.
         label_names: one output per name (classes, labels or regression targets).
-        freeze_encoder: train only the head (the encoder's parameters get `requires_grad=False`).
+        freeze_encoder: train only the head (the encoder's parameters get `requires_grad=False`), a `ProbeHead`
+            (standardization then linear) that `export_model` folds back into the linear layer.
     """
     from marlin_transformers.extraction import load_encoder
 
@@ -424,6 +461,7 @@ def build_model(
     classifier.marlin.load_state_dict(encoder.state_dict())
     if freeze_encoder:
         classifier.marlin.requires_grad_(False)
+        classifier.classifier = ProbeHead(classifier.classifier)
     return classifier
 
 
@@ -611,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.is_world_process_zero():
         from marlin_transformers.convert_marlin import save_marlin_folder
 
-        save_marlin_folder(trainer.model, args.output_dir)
+        save_marlin_folder(export_model(trainer.model), args.output_dir)
         print(json.dumps({"eval": _finite(metrics), "best_checkpoint": trainer.state.best_model_checkpoint}))
         if args.push_to_hub:
             repo_id = args.hub_model_id or Path(args.output_dir).absolute().name

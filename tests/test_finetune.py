@@ -198,3 +198,15 @@ def test_unknown_eval_class_is_a_one_line_error(finetune, tiny_model, class_fold
     ]
     assert finetune.main([*argv, "--output-dir", str(tmp_path / "out")]) == 1
     assert "class 'purple' never occurs in the training data" in capsys.readouterr().err
+
+
+def test_probe_head_folds_into_one_linear_layer(finetune):
+    torch.manual_seed(0)
+    head = finetune.ProbeHead(torch.nn.Linear(8, 3))
+    head.train()
+    for _ in range(3):
+        head(torch.randn(16, 8) * 5 + 2)  # running statistics
+    head.eval()
+    features = torch.randn(4, 8) * 5 + 2
+    with torch.no_grad():
+        torch.testing.assert_close(head.fold()(features), head(features), rtol=1e-5, atol=1e-5)
