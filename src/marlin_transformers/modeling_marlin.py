@@ -130,6 +130,43 @@ class MarlinForPreTrainingOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def fused_linear(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`activation(hidden_states @ weight.T + bias) + residual` (activation and residual optional, not both).
+
+    In CPU inference (no autograd, float32 or bfloat16) this is one oneDNN call with the bias, GELU or residual add
+    fused into the matrix product, which saves whole passes over memory (PyTorch's `addmm` first copies the bias
+    into the output); elsewhere it is the plain sequence of ops.
+    """
+    if (
+        _ONEDNN_LINEAR
+        and hidden_states.device.type == "cpu"
+        and hidden_states.dtype in (torch.float32, torch.bfloat16)
+        and weight.dtype == hidden_states.dtype
+        and not torch.is_grad_enabled()
+        and activation in (None, "gelu")
+        and (residual is None or (activation is None and residual.dtype == hidden_states.dtype))
+    ):
+        if residual is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(hidden_states, residual.contiguous(), weight, bias, "add")
+        # algorithm "none" is the exact (erf) GELU, as nn.GELU()
+        return torch.ops.mkldnn._linear_pointwise(
+            hidden_states, weight, bias, activation or "none", [], "none" if activation else ""
+        )
+    output = F.linear(hidden_states, weight, bias)
+    if activation is not None:
+        output = ACT2FN[activation](output)
+    return output if residual is None else output + residual
+
+
 class MarlinPatchEmbeddings(nn.Module):
     """(batch, frames, channels, height, width) -> (batch, num_patches, hidden_size) with a strided Conv3d."""
 
@@ -212,12 +249,15 @@ class MarlinSelfAttention(nn.Module):
             self.q_bias = self.v_bias = None
         self.proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention output projected back to the hidden size, plus `residual` when given."""
         batch_size, seq_len, hidden_size = hidden_states.shape
         bias = None
         if self.q_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        qkv = F.linear(hidden_states, self.qkv.weight, bias)  # (b, n, 3 * hidden)
+        qkv = fused_linear(hidden_states, self.qkv.weight, bias)  # (b, n, 3 * hidden)
         qkv = qkv.reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)  # each (b, heads, n, head_dim)
 
@@ -236,19 +276,22 @@ class MarlinSelfAttention(nn.Module):
             **kwargs,
         )  # context: (b, n, heads, head_dim)
         context = context.reshape(batch_size, seq_len, hidden_size)
-        return self.proj(context), attn_weights
+        return fused_linear(context, self.proj.weight, self.proj.bias, residual=residual), attn_weights
 
 
 class MarlinMLP(nn.Module):
     def __init__(self, config: MarlinConfig, hidden_size: int, intermediate_size: int):
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
-        self.act = ACT2FN[config.hidden_act]
+        self.activation = config.hidden_act
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.dropout(self.act(self.fc1(hidden_states)))
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """fc2(dropout(act(fc1(x)))), dropped out, plus `residual` when given (inference only: no dropout then)."""
+        hidden_states = self.dropout(fused_linear(hidden_states, self.fc1.weight, self.fc1.bias, self.activation))
+        if residual is not None:
+            return fused_linear(hidden_states, self.fc2.weight, self.fc2.bias, residual=residual)
         return self.dropout(self.fc2(hidden_states))
 
 
@@ -264,9 +307,13 @@ class MarlinLayer(GradientCheckpointingLayer):
         self.mlp = MarlinMLP(config, hidden_size, intermediate_size)
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
-        attention_output, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
-        hidden_states = hidden_states + self.dropout(attention_output)
-        return hidden_states + self.mlp(self.layernorm_after(hidden_states))
+        if self.training:
+            attention_output, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
+            hidden_states = hidden_states + self.dropout(attention_output)
+            return hidden_states + self.mlp(self.layernorm_after(hidden_states))
+        # In eval mode dropout is the identity, so each residual add can be fused into the product before it.
+        hidden_states, _ = self.attention(self.layernorm_before(hidden_states), residual=hidden_states, **kwargs)
+        return self.mlp(self.layernorm_after(hidden_states), residual=hidden_states)
 
 
 class MarlinEncoder(nn.Module):
