@@ -16,6 +16,7 @@ from marlin_transformers.pretraining import (
     EpochShuffleSampler,
     FaceClipDataset,
     critic_loss,
+    decode_frames,
     generator_adversarial_loss,
     gradient_penalty,
     learning_rate_at,
@@ -301,6 +302,14 @@ def test_batches_do_not_depend_on_the_number_of_workers(tiny_videos):
 
     for one, other in zip(batches(0), batches(2)):
         torch.testing.assert_close(one, other)
+
+
+def test_decode_frames_in_any_order_and_past_the_end(tiny_videos):
+    from marlin_transformers.video_io import read_video
+
+    frames, _ = read_video(tiny_videos / "clip0.mp4")
+    decoded = decode_frames(tiny_videos / "clip0.mp4", [3, 1, 1, 20])
+    np.testing.assert_array_equal(decoded, frames[[3, 1, 1, 11]])
 
 
 def test_epoch_shuffle_sampler():

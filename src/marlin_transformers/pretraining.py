@@ -270,7 +270,7 @@ def decode_frames(path: str | os.PathLike, frame_indices: Sequence[int]) -> np.n
             break
     for index in wanted:
         if index not in found:  # past the end
-            found[index] = found.get(last[0]) if last[0] in found else _to_rgb(last[1])
+            found[index] = found[last[0]] if last[0] in found else _to_rgb(last[1])
     return np.stack([found[int(i)] for i in frame_indices])
 
 
