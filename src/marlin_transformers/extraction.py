@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ def load_encoder(
     """
     if isinstance(model, MarlinPreTrainedModel):
         encoder = model.marlin if isinstance(model, MarlinForPreTraining) else model
+        if encoder.dtype != dtype or encoder.device != torch.device(device):
+            encoder = copy.deepcopy(encoder)  # leave the caller's model as it was
     else:
         spec = os.fspath(model)
         path = Path(spec)
