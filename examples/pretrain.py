@@ -132,7 +132,14 @@ def get_dataloaders(accelerator: Accelerator, model_config: MarlinConfig, config
     `--holdout-fraction` of every training video (training clips then come from the rest; with a fraction of 0, from
     the training clips themselves, drawn with another seed). Its clips and masks are the same at every evaluation.
     """
-    dataset_kwargs = dict(cache_dir=args.cache_dir, crop=args.crop, sample_rate=args.sample_rate)
+    face_parser = None
+    if args.farl_parser:  # the paper's parser; default: the built-in landmark approximation
+        from marlin_transformers.face_parsing import FarlFaceParser
+
+        face_parser = FarlFaceParser(args.farl_parser, device=accelerator.device)
+    dataset_kwargs = dict(
+        cache_dir=args.cache_dir, crop=args.crop, sample_rate=args.sample_rate, face_parser=face_parser
+    )
     holdout = 0.0 if args.eval_data else args.holdout_fraction
     with accelerator.main_process_first():  # the main process fills the cache, the others then read it
         train_dataset = FaceClipDataset.from_config(
@@ -445,6 +452,12 @@ def main(argv: list[str] | None = None) -> dict:
     data.add_argument("--cache-dir", help="crop and parse every video once into this folder (recommended)")
     data.add_argument("--crop", default="auto", choices=["auto", "always", "never"], help="see FacePreparer")
     data.add_argument("--sample-rate", type=int, default=2, help="take every n-th frame")
+    data.add_argument(
+        "--farl-parser",
+        metavar="PATH",
+        help="FaRL LaPa TorchScript file (face_parsing.FARL_LAPA_FILENAME) for Fasking, as in the paper; "
+        "default: the built-in landmark parser",
+    )
     data.add_argument("--num-workers", type=int, default=2)
     model = parser.add_argument_group("model")
     model.add_argument("--model-config", default="base", help="small/base/large, a config JSON or a model folder")
