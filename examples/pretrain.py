@@ -49,6 +49,7 @@ from marlin_transformers.pretraining import (
     reconstruction_grid,
     reconstruction_loss,
     scaled_learning_rates,
+    youtube_faces_clips,
 )
 
 # Hyper-parameters of the released configs (config/pretrain/marlin_vit_*.yaml in the authors' repository).
@@ -128,7 +129,8 @@ def parse_override(item: str) -> tuple[str, object]:
 def get_dataloaders(accelerator: Accelerator, model_config: MarlinConfig, config: dict, args):
     """The training dataloader (shuffled per epoch from the seed, sharded by Accelerate) and one fixed eval batch.
 
-    The eval batch holds `eval_batch_size` clips of `--eval-data` (held-out videos) or, without it, of the last
+    The eval batch holds `eval_batch_size` clips of `--eval-data` (held-out videos), of the YouTube Faces val split,
+    or, without either, of the last
     `--holdout-fraction` of every training video (training clips then come from the rest; with a fraction of 0, from
     the training clips themselves, drawn with another seed). Its clips and masks are the same at every evaluation.
     """
@@ -140,17 +142,22 @@ def get_dataloaders(accelerator: Accelerator, model_config: MarlinConfig, config
     dataset_kwargs = dict(
         cache_dir=args.cache_dir, crop=args.crop, sample_rate=args.sample_rate, face_parser=face_parser
     )
-    holdout = 0.0 if args.eval_data else args.holdout_fraction
+    if args.youtube_faces:  # the reference's layout: train_set.csv / val_set.csv over crop_images_DB/<clip>/
+        train_videos = youtube_faces_clips(args.youtube_faces, "train")
+        eval_videos = youtube_faces_clips(args.youtube_faces, "val")[: config["eval_batch_size"]]
+    else:
+        train_videos = find_videos(args.train_data)
+        eval_videos = find_videos(args.eval_data) if args.eval_data else train_videos
+    holdout = 0.0 if args.eval_data or args.youtube_faces else args.holdout_fraction
     with accelerator.main_process_first():  # the main process fills the cache, the others then read it
         train_dataset = FaceClipDataset.from_config(
             model_config,
-            find_videos(args.train_data),
+            train_videos,
             seed=config["seed"],
             clips_per_video=config["clips_per_video"],
             frame_range=(0.0, 1.0 - holdout),
             **dataset_kwargs,
         )
-        eval_videos = find_videos(args.eval_data) if args.eval_data else train_dataset.videos
         eval_dataset = FaceClipDataset.from_config(
             model_config,
             eval_videos,
@@ -441,7 +448,13 @@ def training_function(config: dict, args) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="MARLIN pretraining (masked reconstruction + WGAN critic).")
     data = parser.add_argument_group("data")
-    data.add_argument("--train-data", nargs="+", required=True, help="face video files or folders of them")
+    data.add_argument("--train-data", nargs="+", help="face video files or folders of them")
+    data.add_argument(
+        "--youtube-faces",
+        metavar="ROOT",
+        help="instead of --train-data: YouTube Faces as the reference prepares it (train_set.csv, val_set.csv, "
+        "crop_images_DB/, optionally face_parsing_images_DB/); the eval batch comes from the val split",
+    )
     data.add_argument("--eval-data", nargs="+", help="held-out videos for the fixed eval batch")
     data.add_argument(
         "--holdout-fraction",
@@ -482,6 +495,8 @@ def main(argv: list[str] | None = None) -> dict:
     output.add_argument("--image-steps", type=int, default=1000, help="reconstruction picture every N steps")
     output.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     args = parser.parse_args(argv)
+    if not args.train_data and not args.youtube_faces:
+        parser.error("give --train-data or --youtube-faces")
 
     config = {name: getattr(args, name) for name in DEFAULT_CONFIG if name != "betas"}
     config["betas"] = DEFAULT_CONFIG["betas"]

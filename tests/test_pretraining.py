@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from marlin_transformers import MarlinConfig, MarlinForPreTraining
+from marlin_transformers.exceptions import DatasetError
 from marlin_transformers.masking import num_visible_tokens, seeded_generator
 from marlin_transformers.pretraining import (
     EpochShuffleSampler,
@@ -24,10 +25,12 @@ from marlin_transformers.pretraining import (
     marlin_config_from_videomae,
     masked_patch_targets,
     penalty_interpolates,
+    precomputed_label_maps,
     reconstruction_grid,
     reconstruction_loss,
     scaled_learning_rates,
     videomae_to_marlin_state_dict,
+    youtube_faces_clips,
 )
 from video_factory import encode_video
 
@@ -426,3 +429,65 @@ def test_face_clips_cropped_and_parsed_for_fasking(tmp_path):
     live_item = FaceClipDataset.from_config(config, [tmp_path / "wild.mp4"], sample_rate=2)[0]
     assert live_item["pixel_values_videos"].shape == (4, 3, 64, 64)
     assert live_item["bool_masked_pos"].sum() == item["bool_masked_pos"].sum()
+
+
+@pytest.fixture
+def youtube_faces_root(tmp_path):
+    """A fake YouTube Faces tree in the reference's layout: 2 training clips, 1 val clip, with parsing maps."""
+    from PIL import Image
+
+    root = tmp_path / "ytf"
+    rng = np.random.default_rng(0)
+    for split, clips in (("train", ["Ann/0", "Bob/1"]), ("val", ["Cid/0"])):
+        (root / f"{split}_set.csv").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"{split}_set.csv").write_text("path,len\n" + "".join(f"{c},12\n" for c in clips))
+        for clip in clips:
+            (root / "crop_images_DB" / clip).mkdir(parents=True)
+            (root / "face_parsing_images_DB" / clip).mkdir(parents=True)
+            for t in range(12):
+                frame = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(frame).save(root / "crop_images_DB" / clip / f"{t:04d}.png")
+                # The left half is nose (6), the right half background; the last frame has no parsed face.
+                labels = np.zeros((1, 32, 32), np.uint8)
+                labels[0, :, :16] = 6
+                np.save(root / "face_parsing_images_DB" / clip / f"{t:04d}.npy", labels if t < 11 else labels[:0])
+    return root
+
+
+def test_youtube_faces_frame_folders_with_saved_parsing(youtube_faces_root, tmp_path):
+    from PIL import Image
+
+    clips = youtube_faces_clips(youtube_faces_root, "train")
+    assert [c.relative_to(youtube_faces_root / "crop_images_DB").as_posix() for c in clips] == ["Ann/0", "Bob/1"]
+    maps = precomputed_label_maps(clips[0], [0, 11])
+    assert maps.shape == (2, 32, 32) and (maps[0, :, :16] == 6).all() and (maps[1] == 0).all()
+
+    config = MarlinConfig(**{**TINY, "mask_strategy": "fasking"})
+    dataset = FaceClipDataset.from_config(config, clips, sample_rate=1, frame_range=(0.0, 0.9))
+    cached = FaceClipDataset.from_config(
+        config, clips, sample_rate=1, frame_range=(0.0, 0.9), cache_dir=tmp_path / "cache"
+    )
+    for index in range(2):
+        item = dataset[index]
+        torch.testing.assert_close(cached[index], item)
+        # Fasking makes the background column visible first: the nose column (tokens 0 and 2 of each tubelet) is
+        # masked.
+        assert item["bool_masked_pos"].tolist() == [True, False, True, False] * 2
+        start = dataset.frame_indices(index, seeded_generator(0, 0, index))[0]
+        frame = np.asarray(Image.open(clips[index] / f"{start:04d}.png"))
+        np.testing.assert_allclose(item["pixel_values_videos"][0].permute(1, 2, 0).numpy() * 255, frame, atol=1e-3)
+
+    with pytest.raises(DatasetError, match="no such split"):
+        youtube_faces_clips(youtube_faces_root, "test")
+
+
+def test_pretrain_on_youtube_faces(pretrain, youtube_faces_root, tmp_path):
+    overrides = [f"--config-override={k}={v}" for k, v in TINY.items() if k != "mask_strategy"]
+    result = pretrain.main(
+        ["--youtube-faces", str(youtube_faces_root), "--output-dir", str(tmp_path / "run"), "--model-config=small"]
+        + overrides
+        + ["--config-override=mask_strategy=fasking", "--sample-rate=1", "--batch-size=2", "--num-workers=0"]
+        + ["--num-epochs=2", "--warmup-epochs=1", "--eval-batch-size=1", "--eval-steps=2", "--image-steps=0"]
+        + ["--checkpointing-steps=0", "--no-tensorboard", "--cpu"]
+    )
+    assert result["steps"] == 2 and [step for step, _ in result["eval"]] == [0, 2]

@@ -33,11 +33,12 @@ import torch
 from torch.nn import functional as F
 
 from .configuration_marlin import MarlinConfig
-from .exceptions import CheckpointError, VideoError
+from .exceptions import CheckpointError, DatasetError, VideoError
 from .masking import generate_mask, seeded_generator
 from .modeling_marlin import patchify_video, unpatchify_video
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 # MARLIN's face crops (and what `marlin extract` and the reference's preprocessing write) are 224x224.
 MARLIN_CROP_SIZE = 224
 
@@ -240,9 +241,66 @@ def find_videos(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return videos
 
 
+def frame_files(folder: str | os.PathLike) -> list[Path]:
+    """The images of a folder of frames (`IMAGE_EXTENSIONS`), sorted by name: one clip source, like a video."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def youtube_faces_clips(root: str | os.PathLike, split: str) -> list[Path]:
+    """The frame folders of a YouTube Faces split, laid out as the MARLIN reference prepares it.
+
+    `root/{split}_set.csv` lists the clips (columns `path,len`, e.g. `AJ_Cook/0,79`); the face crops of clip `path`
+    are `root/crop_images_DB/<path>/*.jpg`. Face parsing maps, if the reference's preprocessing made them, are read
+    from `root/face_parsing_images_DB/<path>/<frame>.npy` (see `precomputed_label_maps`).
+
+    Raises:
+        DatasetError: missing split file or clip folder.
+    """
+    import csv
+
+    root = Path(root)
+    split_file = root / f"{split}_set.csv"
+    if not split_file.is_file():
+        raise DatasetError(f"{split_file}: no such split file; a YouTube Faces root holds train_set.csv, val_set.csv.")
+    with open(split_file, newline="") as f:
+        clips = [root / "crop_images_DB" / row["path"] for row in csv.DictReader(f)]
+    missing = [str(c) for c in clips if not c.is_dir()]
+    if missing:
+        raise DatasetError(f"{missing[0]}: clip listed in {split_file} has no frame folder ({len(missing)} missing).")
+    return clips
+
+
+def precomputed_label_maps(source: str | os.PathLike, frame_indices: Sequence[int]) -> np.ndarray | None:
+    """The reference's saved LaPa maps of a YouTube Faces frame folder, (T, 224, 224) uint8, or None if it has none.
+
+    For `.../crop_images_DB/<clip>/<frame>.jpg` the map is `.../face_parsing_images_DB/<clip>/<frame>.npy`, a
+    (1, 224, 224) array, or an empty one where no face was parsed (an all-background map here: random masking).
+    """
+    source = Path(source)
+    if not source.is_dir() or "crop_images_DB" not in source.parts:
+        return None
+    parts = list(source.parts)
+    parts[len(parts) - 1 - parts[::-1].index("crop_images_DB")] = "face_parsing_images_DB"
+    parsing_folder = Path(*parts)
+    if not parsing_folder.is_dir():
+        return None
+    files = frame_files(source)
+    maps = []
+    for index in frame_indices:
+        saved = np.load(parsing_folder / f"{files[index].stem}.npy")
+        maps.append(saved[0] if saved.shape[0] > 0 else np.zeros(saved.shape[1:] or (224, 224), np.uint8))
+    return np.stack(maps).astype(np.uint8)
+
+
 def count_frames(path: str | os.PathLike) -> int:
-    """Frames in a video, counted from its packets (no decoding)."""
+    """Frames in a video (counted from its packets, no decoding) or in a folder of frames."""
     from .video_io import _open_video
+
+    if Path(path).is_dir():
+        count = len(frame_files(path))
+        if count == 0:
+            raise VideoError(f"{os.fspath(path)}: folder without frame images ({', '.join(IMAGE_EXTENSIONS)}).")
+        return count
 
     container, stream = _open_video(path)
     with container:
@@ -255,10 +313,18 @@ def count_frames(path: str | os.PathLike) -> int:
 def decode_frames(path: str | os.PathLike, frame_indices: Sequence[int]) -> np.ndarray:
     """(len(frame_indices), height, width, 3) uint8 RGB of the given decoded-frame indices (repeats allowed).
 
-    Decoding stops after the last wanted frame. An index past the end of the video repeats its last frame.
+    Decoding stops after the last wanted frame. An index past the end of the video repeats its last frame. `path`
+    may also be a folder of frames (`frame_files`).
     """
     from .video_io import _iter_frames, _to_rgb
 
+    if Path(path).is_dir():
+        from PIL import Image
+
+        files = frame_files(path)
+        return np.stack(
+            [np.asarray(Image.open(files[min(int(i), len(files) - 1)]).convert("RGB")) for i in frame_indices]
+        )
     wanted = sorted(set(int(i) for i in frame_indices))
     found: dict[int, np.ndarray] = {}
     last = None
@@ -274,12 +340,17 @@ def decode_frames(path: str | os.PathLike, frame_indices: Sequence[int]) -> np.n
     return np.stack([found[int(i)] for i in frame_indices])
 
 
-def _resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+def _resize_frames(frames: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """(T, H, W, C) uint8 -> (T, size, size, C), bilinear (nearest for label maps)."""
     from PIL import Image
 
     if frames.shape[1] == size and frames.shape[2] == size:
         return frames
-    return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR)) for f in frames])
+    resample = Image.NEAREST if nearest else Image.BILINEAR
+    squeeze = frames.shape[-1] == 1
+    images = [Image.fromarray(f[..., 0] if squeeze else f) for f in frames]
+    resized = np.stack([np.asarray(image.resize((size, size), resample)) for image in images])
+    return resized[..., None] if squeeze else resized
 
 
 class FacePreparer:
@@ -321,12 +392,16 @@ class FacePreparer:
         if self._tracker is not None:
             self._tracker.reset()
 
-    def __call__(self, frames: np.ndarray, frame_indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+    def __call__(
+        self, frames: np.ndarray, frame_indices: Sequence[int], label_maps: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Crop (and parse) the next frames of the current video.
 
         Args:
             frames: (T, H, W, 3) uint8 RGB, in video order after the frames of the previous call.
             frame_indices: (T,) their indices in the video.
+            label_maps: (T, H, W) LaPa maps already made for these (already cropped) frames, e.g. by the
+                reference's preprocessing (`precomputed_label_maps`): used, resized, instead of parsing.
 
         Returns:
             crops (T, image_size, image_size, 3) uint8 and label maps (T, image_size, image_size) uint8 (None when
@@ -337,6 +412,10 @@ class FacePreparer:
             crops = _resize_frames(frames, self.image_size)
             if not self.parse:
                 return crops, None
+            if label_maps is not None:
+                return crops, _resize_frames(
+                    np.asarray(label_maps, np.uint8)[..., None], self.image_size, nearest=True
+                )[..., 0]
             track = self.tracker().locate(frames, frame_indices)
             if track is None:
                 landmarks = np.full((len(frames), 5, 2), np.nan, dtype=np.float32)
@@ -366,8 +445,6 @@ def prepare_video_cache(
     Returns:
         The entry's folder.
     """
-    from .video_io import iter_windows
-
     path = Path(path)
     stat = path.stat()
     parser_name = type(preparer.face_parser).__name__ if preparer.face_parser else "LandmarkFaceParser"
@@ -386,17 +463,13 @@ def prepare_video_cache(
         labels = np.lib.format.open_memmap(entry / "labels.npy", "w+", np.uint8, (num_frames, size, size))
     preparer.reset()
     written = 0
-    # Consecutive chunks; the tail window overlaps the previous one, so keep only frames not written yet.
-    for window in iter_windows(path, num_frames=chunk_size, sample_rate=1, stride=chunk_size, strict=False):
-        indices = np.asarray(window.frame_indices)
-        new = (indices >= written) & (indices < num_frames)
-        if not new.any():
-            continue
-        window_crops, window_labels = preparer(window.frames[new], indices[new].tolist())
-        crops[indices[new]] = window_crops
+    for chunk, indices in _iter_chunks(path, chunk_size, num_frames):
+        saved_maps = precomputed_label_maps(path, indices.tolist()) if preparer.parse else None
+        chunk_crops, chunk_labels = preparer(chunk, indices.tolist(), saved_maps)
+        crops[indices] = chunk_crops
         if labels is not None:
-            labels[indices[new]] = window_labels
-        written = int(indices[new].max()) + 1
+            labels[indices] = chunk_labels
+        written = int(indices.max()) + 1
     if written < num_frames:  # fewer decodable frames than packets: repeat the last one
         crops[written:] = crops[written - 1]
         if labels is not None:
@@ -406,6 +479,25 @@ def prepare_video_cache(
         labels.flush()
     (entry / "done").write_text(json.dumps({"video": str(path), "num_frames": num_frames}) + "\n")
     return entry
+
+
+def _iter_chunks(path: Path, chunk_size: int, num_frames: int):
+    """Every frame of a video or frame folder once, in order, as ((T, H, W, 3) frames, (T,) indices) chunks."""
+    if path.is_dir():
+        for start in range(0, num_frames, chunk_size):
+            indices = np.arange(start, min(start + chunk_size, num_frames))
+            yield decode_frames(path, indices.tolist()), indices
+        return
+    from .video_io import iter_windows
+
+    written = 0
+    # Consecutive windows; the tail window overlaps the previous one, so keep only frames not given yet.
+    for window in iter_windows(path, num_frames=chunk_size, sample_rate=1, stride=chunk_size, strict=False):
+        indices = np.asarray(window.frame_indices)
+        new = (indices >= written) & (indices < num_frames)
+        if new.any():
+            yield window.frames[new], indices[new]
+            written = int(indices[new].max()) + 1
 
 
 class FaceClipDataset(torch.utils.data.Dataset):
@@ -421,7 +513,7 @@ class FaceClipDataset(torch.utils.data.Dataset):
     prepared dataloaders forward their `set_epoch` to the dataset).
 
     Args:
-        videos: video files (see `find_videos`).
+        videos: video files (see `find_videos`) or folders of frames (e.g. `youtube_faces_clips`).
         num_frames, sample_rate: clip length and frame step (16 and 2 in the paper).
         image_size, patch_size, tubelet_size, mask_ratio, mask_strategy: as in `MarlinConfig` (see `from_config`).
         seed: base seed.
@@ -513,7 +605,8 @@ class FaceClipDataset(torch.utils.data.Dataset):
             labels = np.load(entry / "labels.npy", mmap_mode="r")[indices] if self.preparer.parse else None
         else:
             self.preparer.reset()
-            crops, labels = self.preparer(decode_frames(self.videos[video], indices), indices)
+            saved_maps = precomputed_label_maps(self.videos[video], indices) if self.preparer.parse else None
+            crops, labels = self.preparer(decode_frames(self.videos[video], indices), indices, saved_maps)
         pixel_values_videos = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255
         bool_masked_pos = generate_mask(
             self.mask_strategy,
@@ -705,25 +798,28 @@ def load_videomae_weights(model, source: str | os.PathLike) -> list[str]:
 
 
 __all__ = [
-    "EpochShuffleSampler",
-    "FaceClipDataset",
-    "FacePreparer",
     "VIDEOMAE_KEY_MAPPING",
     "attach_critic",
     "critic_loss",
     "decode_frames",
     "detach_critic",
+    "EpochShuffleSampler",
+    "FaceClipDataset",
+    "FacePreparer",
     "find_videos",
+    "frame_files",
     "generator_adversarial_loss",
     "gradient_penalty",
-    "penalty_interpolates",
     "learning_rate_at",
     "load_videomae_weights",
     "marlin_config_from_videomae",
     "masked_patch_targets",
+    "penalty_interpolates",
+    "precomputed_label_maps",
     "prepare_video_cache",
     "reconstruction_grid",
     "reconstruction_loss",
     "scaled_learning_rates",
     "videomae_to_marlin_state_dict",
+    "youtube_faces_clips",
 ]
