@@ -800,6 +800,7 @@ def load_videomae_weights(model, source: str | os.PathLike) -> list[str]:
 __all__ = [
     "VIDEOMAE_KEY_MAPPING",
     "attach_critic",
+    "count_frames",
     "critic_loss",
     "decode_frames",
     "detach_critic",
