@@ -48,6 +48,7 @@ from marlin_transformers.pretraining import (
     penalty_interpolates,
     reconstruction_grid,
     reconstruction_loss,
+    resolve_checkpoint_folder,
     scaled_learning_rates,
     youtube_faces_clips,
 )
@@ -105,8 +106,6 @@ def build_model(args) -> MarlinForPreTraining:
                 f"{source}: encoder-only checkpoint; pretraining needs the decoder (a .full.pt or .ckpt)."
             )
         return model.train()
-    from marlin_transformers.pretraining import resolve_checkpoint_folder
-
     folder = resolve_checkpoint_folder(source)
     hub_config = json.loads((folder / "config.json").read_text())
     if hub_config.get("model_type") == "videomae":

@@ -431,6 +431,15 @@ def test_face_clips_cropped_and_parsed_for_fasking(tmp_path):
     assert live_item["bool_masked_pos"].sum() == item["bool_masked_pos"].sum()
 
 
+def test_gradient_accumulation_counts_optimizer_steps(pretrain, tiny_videos, tmp_path):
+    result = run_pretrain(
+        pretrain, tiny_videos, tmp_path / "run", "--gradient-accumulation-steps=2", "--max-steps=2", "--no-tensorboard"
+    )
+    # 3 micro-batches per epoch: step 1 = batches 1-2, step 2 = batch 3 (the end of the epoch syncs).
+    assert result["steps"] == 2 and [row["step"] for row in result["losses"]] == [1, 2]
+    assert result["losses"][0]["lr"] == 0.0 and result["losses"][1]["lr"] > 0
+
+
 @pytest.fixture
 def youtube_faces_root(tmp_path):
     """A fake YouTube Faces tree in the reference's layout: 2 training clips, 1 val clip, with parsing maps."""
