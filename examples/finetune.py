@@ -623,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         dataloader_num_workers=args.dataloader_num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
         bf16=args.bf16,
+        # Trainer refuses bf16 without an accelerator unless told the run is on the CPU (recent CPUs do bf16 well)
+        use_cpu=args.bf16 and not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         seed=args.seed,
         logging_steps=args.logging_steps,
         save_total_limit=args.save_total_limit,
