@@ -621,10 +621,11 @@ def main(argv: list[str] | None = None) -> int:
         per_device_eval_batch_size=args.per_device_eval_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         dataloader_num_workers=args.dataloader_num_workers,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=torch.accelerator.is_available(),
         bf16=args.bf16,
-        # Trainer refuses bf16 without an accelerator unless told the run is on the CPU (recent CPUs do bf16 well)
-        use_cpu=args.bf16 and not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        # Without an accelerator Trainer must be told it runs on the CPU: it refuses bf16 otherwise (recent CPUs do
+        # bf16 well), and under torchrun it would run one independent training per process instead of DDP (gloo).
+        use_cpu=not torch.accelerator.is_available(),
         seed=args.seed,
         logging_steps=args.logging_steps,
         save_total_limit=args.save_total_limit,
