@@ -246,3 +246,16 @@ def test_face_tracker_cropper_feeds_chunks_in_order_and_resets_per_clip():
     assert tracker.calls == ["reset", [0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     list(cropper(iter(frames[:2]), clip=None))
     assert tracker.calls[-2:] == ["reset", [0, 1]]
+
+
+def test_cli_prepare_celebvhq(tmp_path, capsys):
+    from marlin_transformers.cli import main
+
+    root = tmp_path / "CelebV-HQ"
+    make_tree(root, num_clips=10, missing=())
+    assert main(["prepare-celebvhq", str(root), str(tmp_path / "prepared"), "--crop", "none"]) == 0
+    assert "train 8" in capsys.readouterr().out
+    assert (tmp_path / "prepared" / "appearance" / "train.csv").is_file()
+    assert main(["prepare-celebvhq", str(tmp_path / "nowhere"), str(tmp_path / "p2")]) == 1
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "Traceback" not in err

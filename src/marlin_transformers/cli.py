@@ -89,6 +89,18 @@ def _show_mask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_celebvhq(args: argparse.Namespace) -> int:
+    from .celebv_hq import prepare_celebvhq
+
+    crop = None if args.crop == "none" else args.crop
+    split = prepare_celebvhq(
+        args.root, args.out, crop=crop, size=args.size, seed=args.seed, num_workers=args.num_workers
+    )
+    counts = ", ".join(f"{name} {len(ids)}" for name, ids in split.items())
+    print(f"prepared CelebV-HQ in {args.out}: {counts} clips; labels CSVs per task and split, see split.json")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -159,6 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
     show_mask.add_argument("--frames", type=int, default=4, help="frames shown (default 4)")
     show_mask.add_argument("--seed", type=int, default=0)
     show_mask.set_defaults(handler=_show_mask)
+
+    celebvhq = commands.add_parser(
+        "prepare-celebvhq",
+        help="split CelebV-HQ (sorted, seeded 80/10/10), crop its clips to 224 and write labels CSVs",
+    )
+    celebvhq.add_argument("root", help="the CelebV-HQ folder (celebvhq_info.json, downloaded/)")
+    celebvhq.add_argument("out", help="where the prepared layout goes")
+    celebvhq.add_argument(
+        "--crop",
+        choices=["bbox", "resize", "face", "none"],
+        default="bbox",
+        help="bbox: the release's box crop of full frames (default); resize: clips already cropped by the release "
+        "script; face: MTCNN tracking, as the paper; none: label CSVs only",
+    )
+    celebvhq.add_argument("--size", type=int, default=224)
+    celebvhq.add_argument("--seed", type=int, default=0)
+    celebvhq.add_argument("--num-workers", type=int, default=1)
+    celebvhq.set_defaults(handler=_prepare_celebvhq)
 
     demo = commands.add_parser(
         "demo", help="the whole pipeline on a face clip it renders itself (works offline, with random weights)"
