@@ -415,6 +415,12 @@ class ProbeHead(torch.nn.Module):
         self.linear = linear
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:  # (batch, hidden) -> (batch, num_labels)
+        if self.training and len(features) == 1:  # a last batch of one video has no batch statistics
+            norm = self.norm
+            normalized = torch.nn.functional.batch_norm(
+                features, norm.running_mean, norm.running_var, training=False, eps=norm.eps
+            )
+            return self.linear(normalized)
         return self.linear(self.norm(features))
 
     @torch.no_grad()

@@ -210,3 +210,6 @@ def test_probe_head_folds_into_one_linear_layer(finetune):
     features = torch.randn(4, 8) * 5 + 2
     with torch.no_grad():
         torch.testing.assert_close(head.fold()(features), head(features), rtol=1e-5, atol=1e-5)
+    head.train()
+    head(features[:1]).sum().backward()  # a last batch of one video trains on the running statistics
+    assert head.linear.weight.grad is not None
