@@ -32,6 +32,10 @@ def test_cli_convert_encoder_then_auto_model(tmp_path, reference_io, capsys):
     assert config["model_type"] == "marlin" and config["architectures"] == ["MarlinModel"]
     assert config["auto_map"]["AutoModel"] == "modeling_marlin.MarlinModel"
     assert "CC BY-NC 4.0" in (out / "README.md").read_text()
+    from transformers import AutoVideoProcessor
+
+    processor = AutoVideoProcessor.from_pretrained(out)
+    assert (processor.size.height, processor.size.width) == (32, 32) and not processor.do_normalize
     model = AutoModel.from_pretrained(out).eval()
     with torch.no_grad():
         out_hidden = model(reference_io["pixel_values_videos"]).last_hidden_state

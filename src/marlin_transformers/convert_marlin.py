@@ -248,11 +248,12 @@ def save_marlin_folder(model, folder: str | Path) -> None:
     package = Path(__file__).parent
     for module in ("configuration_marlin.py", "modeling_marlin.py"):
         shutil.copyfile(package / module, folder / module)
-    try:
-        from .video_processing_marlin import MarlinVideoProcessor
-    except ImportError:  # processor not available in this build
-        return
-    MarlinVideoProcessor().save_pretrained(folder)
+    from .video_processing_marlin import MarlinVideoProcessor
+
+    size = model.config.image_size
+    MarlinVideoProcessor(size={"height": size, "width": size}, num_frames=model.config.num_frames).save_pretrained(
+        folder
+    )
 
 
 def write_model_card(folder: Path, config: MarlinConfig, source: str, kind: str, architecture: str) -> None:
