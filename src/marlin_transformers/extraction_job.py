@@ -155,7 +155,8 @@ def run_extraction(
             message = " ".join(message.split())
             record.update(status="error", error=message, output=None, windows=[])
             summary.failed += 1
-            tqdm.write(f"marlin extract: {path}: {message}", file=sys.stderr)
+            named = message if str(path) in message else f"{path}: {message}"  # our errors name the input already
+            tqdm.write(f"marlin extract: {named}", file=sys.stderr)
         finally:
             windows_bar.close()
         record["seconds"] = round(time.perf_counter() - started, 3)
