@@ -64,8 +64,8 @@ from marlin_transformers import MarlinForVideoClassification, MarlinModel
 from marlin_transformers.celebv_hq import LabelsTable, read_labels_csv
 from marlin_transformers.exceptions import DatasetError, MarlinError
 from marlin_transformers.metrics import PROBLEM_TYPES, build_compute_metrics
+from marlin_transformers.video_io import VIDEO_EXTENSIONS
 
-VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 SAVED_DATASET_FILES = ("dataset_dict.json", "dataset_info.json", "state.json")
 DEFAULT_EVAL_SPLITS = ("validation", "val", "test")
 

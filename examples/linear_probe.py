@@ -33,8 +33,8 @@ from torch import nn
 from marlin_transformers.celebv_hq import read_labels_csv
 from marlin_transformers.exceptions import DatasetError, MarlinError
 from marlin_transformers.metrics import PROBLEM_TYPES, load_downstream_metric
+from marlin_transformers.video_io import VIDEO_EXTENSIONS
 
-VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 CACHE_NAME = "linear_probe_cache.npz"
 LOWER_IS_BETTER = {"mse", "mae"}
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .exceptions import MarlinError
+from .video_io import VIDEO_EXTENSIONS
 
-VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 MANIFEST = "manifest.jsonl"
 

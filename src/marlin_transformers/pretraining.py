@@ -36,8 +36,8 @@ from .configuration_marlin import MarlinConfig
 from .exceptions import CheckpointError, DatasetError, VideoError
 from .masking import generate_mask, seeded_generator
 from .modeling_marlin import patchify_video, unpatchify_video
+from .video_io import VIDEO_EXTENSIONS
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 # MARLIN's face crops (and what `marlin extract` and the reference's preprocessing write) are 224x224.
 MARLIN_CROP_SIZE = 224

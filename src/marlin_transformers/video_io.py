@@ -21,6 +21,9 @@ import numpy as np
 
 from .exceptions import VideoError
 
+# File extensions taken for videos when a folder is searched (any container ffmpeg reads decodes when named directly).
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
+
 
 @dataclass
 class VideoWindow:
