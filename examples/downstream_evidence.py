@@ -53,7 +53,7 @@ def face_frames(path: Path, crop_face: bool) -> tuple[np.ndarray, float]:
     """Every decoded frame of a video as 224 x 224 faces: (num_frames, 224, 224, 3) uint8, and its frame rate."""
     import av
 
-    from marlin_transformers.video_io import iter_windows, read_video
+    from marlin_transformers.video import iter_windows, read_video
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -63,7 +63,7 @@ def face_frames(path: Path, crop_face: bool) -> tuple[np.ndarray, float]:
         if frames.shape[1:3] != (CLIP_SIZE, CLIP_SIZE):
             raise SystemExit(f"{path}: expected {CLIP_SIZE} x {CLIP_SIZE} face crops, got {frames.shape[1:3]}")
         return frames, fps
-    from marlin_transformers.face_detection import FaceTracker, iter_face_windows
+    from marlin_transformers.video.face_tracking import FaceTracker, iter_face_windows
 
     # Consecutive 16-frame windows cover every frame (the tail window is aligned to the end and may overlap).
     windows = iter_windows(path, num_frames=16, sample_rate=1, stride=16)
@@ -217,7 +217,7 @@ def checkpoint_test_metrics(checkpoint: Path, model: Path, fit_csv: Path, test_c
 
     sys.path.insert(0, str(ROOT / "examples"))
     import finetune
-    from marlin_transformers.metrics import build_compute_metrics
+    from marlin_transformers.evaluation.metrics import build_compute_metrics
 
     problem = "single_label_classification"
     options = finetune.ClipOptions(num_frames=16, image_size=CLIP_SIZE, sample_rate=1)

@@ -10,7 +10,7 @@ MARLIN checkpoint `marlin_transformers.extraction.load_encoder` reads: a convert
 `.pt`/`.ckpt` file. Videos are decoded (and, with `--crop-face`, their face tracked and cropped) on the fly in the
 dataset's `__getitem__`, so nothing is prepared beforehand.
 
-Clips (16 frames every `--sample-rate` decoded frames, the windows of `marlin_transformers.video_io`):
+Clips (16 frames every `--sample-rate` decoded frames, the windows of `marlin_transformers.video`):
 
 - training: one window per video and epoch, drawn uniformly among the windows that start every `--train-stride`
   sampled frames (plus the one aligned to the video's end). The draw is seeded by (`--seed`, epoch, video index),
@@ -36,7 +36,7 @@ Data (`--train-data`, `--eval-data`):
 `--freeze-encoder` trains only the head, on the fly: MAE's linear-probe head (BatchNorm without affine parameters,
 then the linear layer; `ProbeHead`), folded into a single linear layer when the model is saved.
 
-Metrics come from `marlin_transformers.metrics` (offline `evaluate` module): `accuracy`, `roc_auc` (the paper's one
+Metrics come from `evaluation.metrics` (offline `evaluate` module): `accuracy`, `roc_auc` (the paper's one
 AUROC over every video x label pair), `roc_auc_macro` (per label, averaged); `mse`, `mae`, `pearson` for
 regression. The best checkpoint by `--metric-for-best-model` is loaded at the end and saved to `--output-dir` with
 `convert_marlin.save_marlin_folder`, so `AutoModelForVideoClassification.from_pretrained(output_dir)` loads it.
@@ -61,10 +61,10 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from marlin_transformers import MarlinForVideoClassification, MarlinModel
-from marlin_transformers.celebv_hq import LabelsTable, read_labels_csv
+from marlin_transformers.data.labels import LabelsTable, read_labels_csv
+from marlin_transformers.evaluation.metrics import PROBLEM_TYPES, build_compute_metrics
 from marlin_transformers.exceptions import DatasetError, MarlinError
-from marlin_transformers.metrics import PROBLEM_TYPES, build_compute_metrics
-from marlin_transformers.video_io import VIDEO_EXTENSIONS
+from marlin_transformers.video import VIDEO_EXTENSIONS
 
 SAVED_DATASET_FILES = ("dataset_dict.json", "dataset_info.json", "state.json")
 DEFAULT_EVAL_SPLITS = ("validation", "val", "test")
@@ -304,7 +304,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
     @property
     def tracker(self):
         if self._tracker is None:
-            from marlin_transformers.face_detection import FaceTracker
+            from marlin_transformers.video.face_tracking import FaceTracker
 
             self._tracker = FaceTracker(margin=self.options.face_margin, crop_size=self.options.image_size)
         return self._tracker
@@ -326,7 +326,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
     def train_clip(self, path: str, rng: np.random.Generator) -> np.ndarray:
         """One window drawn uniformly (reservoir sampling while streaming), face-cropped if asked: (T, H, W, 3)."""
-        from marlin_transformers.video_io import iter_windows
+        from marlin_transformers.video import iter_windows
 
         o = self.options
         chosen = None
@@ -341,13 +341,13 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
     def eval_clips(self, path: str) -> list[np.ndarray]:
         """The evaluation windows of a video, each (T, H, W, 3) uint8, face-cropped if asked (tracked in order)."""
-        from marlin_transformers.video_io import iter_windows
+        from marlin_transformers.video import iter_windows
 
         o = self.options
         stride = o.eval_stride or o.num_frames
         windows = iter_windows(path, num_frames=o.num_frames, sample_rate=o.sample_rate, stride=stride)
         if o.crop_face:
-            from marlin_transformers.face_detection import iter_face_windows
+            from marlin_transformers.video.face_tracking import iter_face_windows
 
             tracked = iter_face_windows(windows, self.tracker, source=path, on_no_face="centre")
             clips = (crops.crops for _, crops in tracked)

@@ -2,7 +2,7 @@
 
 Each video's window features (`DIR/<name>.npy`, (windows, hidden) float32) are averaged over time (the paper's
 temporal mean), standardized with the training set's mean and std, and fed to one linear layer trained with AdamW.
-The held-out split is scored with `marlin_transformers.metrics` (accuracy, the paper's flattened ROC AUC, the
+The held-out split is scored with `evaluation.metrics` (accuracy, the paper's flattened ROC AUC, the
 per-label macro AUC; MSE/MAE/Pearson for regression) and the numbers are written to a JSON file.
 
     marlin extract CelebV-HQ/cropped --model marlin_vit_base_ytf --out features/
@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from marlin_transformers.celebv_hq import read_labels_csv
+from marlin_transformers.data.labels import read_labels_csv
+from marlin_transformers.evaluation.metrics import PROBLEM_TYPES, load_downstream_metric
 from marlin_transformers.exceptions import DatasetError, MarlinError
-from marlin_transformers.metrics import PROBLEM_TYPES, load_downstream_metric
-from marlin_transformers.video_io import VIDEO_EXTENSIONS
+from marlin_transformers.video import VIDEO_EXTENSIONS
 
 CACHE_NAME = "linear_probe_cache.npz"
 LOWER_IS_BETTER = {"mse", "mae"}
@@ -194,7 +194,7 @@ def train_linear_probe(
         seed: seeds the minibatch order (the weights start at zero), so a run is reproducible.
         validation: (features, labels) of a validation split, shaped like the training ones. When given, the probe
             is scored every `eval_every` epochs and after the last, and the best state by `metric_for_best_model`
-            (a key of `marlin_transformers.metrics`; lower is better for mse and mae) is returned.
+            (a key of `evaluation.metrics`; lower is better for mse and mae) is returned.
 
     Returns:
         (probe in eval mode, {"best_epoch": int, "validation": metrics of the returned probe or None}).
@@ -237,7 +237,7 @@ def train_linear_probe(
 
 
 def evaluate_probe(probe: LinearProbe, features: np.ndarray, labels: np.ndarray, problem_type: str) -> dict:
-    """The metrics of `marlin_transformers.metrics` for the probe's logits on (num_videos, hidden) features."""
+    """The metrics of `evaluation.metrics` for the probe's logits on (num_videos, hidden) features."""
     with torch.no_grad():
         logits = probe(torch.as_tensor(features, dtype=torch.float32)).numpy()
     if problem_type == "regression" and logits.shape[1] == 1:

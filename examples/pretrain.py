@@ -31,14 +31,14 @@ from accelerate.utils import DataLoaderConfiguration, broadcast, set_seed
 from torch.utils.data import DataLoader
 
 from marlin_transformers import MarlinConfig, MarlinForPreTraining
-from marlin_transformers.convert_marlin import load_reference_checkpoint, save_marlin_folder
+from marlin_transformers.convert_marlin import load_reference_checkpoint, resolve_checkpoint_folder, save_marlin_folder
+from marlin_transformers.data import youtube_faces_clips
 from marlin_transformers.pretraining import (
     EpochShuffleSampler,
     FaceClipDataset,
     attach_critic,
     critic_loss,
     detach_critic,
-    find_videos,
     generator_adversarial_loss,
     gradient_penalty,
     learning_rate_at,
@@ -46,12 +46,11 @@ from marlin_transformers.pretraining import (
     marlin_config_from_videomae,
     masked_patch_targets,
     penalty_interpolates,
-    reconstruction_grid,
     reconstruction_loss,
-    resolve_checkpoint_folder,
     scaled_learning_rates,
-    youtube_faces_clips,
 )
+from marlin_transformers.video import find_videos
+from marlin_transformers.visualization import reconstruction_grid
 
 # Hyper-parameters of the released configs (config/pretrain/marlin_vit_*.yaml in the authors' repository).
 DEFAULT_CONFIG = {
@@ -135,7 +134,7 @@ def get_dataloaders(accelerator: Accelerator, model_config: MarlinConfig, config
     """
     face_parser = None
     if args.farl_parser:  # the paper's parser; default: the built-in landmark approximation
-        from marlin_transformers.face_parsing import FarlFaceParser
+        from marlin_transformers.pretraining.face_parsing import FarlFaceParser
 
         face_parser = FarlFaceParser(args.farl_parser, device=accelerator.device)
     dataset_kwargs = dict(

@@ -8,16 +8,16 @@ import av
 import numpy as np
 import pytest
 
-from marlin_transformers.celebv_hq import (
+from marlin_transformers.data.celebv_hq import (
     bbox_crop_box,
     celebvhq_split,
     face_tracker_cropper,
     load_celebvhq,
     prepare_celebvhq,
     read_celebvhq_info,
-    read_labels_csv,
     split_clip_ids,
 )
+from marlin_transformers.data.labels import read_labels_csv
 from marlin_transformers.exceptions import DatasetError
 
 APPEARANCE = [f"appearance_{i}" for i in range(40)]

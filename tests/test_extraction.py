@@ -13,8 +13,8 @@ from marlin_transformers import MarlinConfig, MarlinModel, MarlinVideoProcessor
 from marlin_transformers.cli import main
 from marlin_transformers.convert_marlin import save_marlin_folder
 from marlin_transformers.extraction import MarlinFeatureExtractor, extract_features, extract_video
-from marlin_transformers.extraction_job import discover_inputs, output_names
-from marlin_transformers.video_io import read_video
+from marlin_transformers.extraction.job import discover_inputs, output_names
+from marlin_transformers.video import read_video
 from video_factory import encode_video, indexed_frames, moving_face_frames, write_audio_only
 
 

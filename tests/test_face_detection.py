@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from marlin_transformers.exceptions import NoFaceError
-from marlin_transformers.face_detection import FaceTracker, crop_faces, iter_face_windows
-from marlin_transformers.video_io import iter_windows
+from marlin_transformers.video import iter_windows
+from marlin_transformers.video.face_tracking import FaceTracker, crop_faces, iter_face_windows
 from video_factory import background, encode_video, moving_face_frames, two_faces_frames
 
 

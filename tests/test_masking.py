@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from marlin_transformers.masking import (
+from marlin_transformers.pretraining.masking import (
     MASKING_STRATEGIES,
     generate_mask,
     generate_masks,

@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import accuracy_score, mean_absolute_error, mean_squared_error, roc_auc_score
 from transformers import EvalPrediction
 
-from marlin_transformers.metrics import (
+from marlin_transformers.evaluation.metrics import (
     DownstreamMetric,
     binary_auroc,
     build_compute_metrics,

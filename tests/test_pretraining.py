@@ -11,13 +11,12 @@ import torch
 from torch import nn
 
 from marlin_transformers import MarlinConfig, MarlinForPreTraining
+from marlin_transformers.data import precomputed_label_maps, youtube_faces_clips
 from marlin_transformers.exceptions import DatasetError
-from marlin_transformers.masking import num_visible_tokens, seeded_generator
 from marlin_transformers.pretraining import (
     EpochShuffleSampler,
     FaceClipDataset,
     critic_loss,
-    decode_frames,
     generator_adversarial_loss,
     gradient_penalty,
     learning_rate_at,
@@ -25,13 +24,13 @@ from marlin_transformers.pretraining import (
     marlin_config_from_videomae,
     masked_patch_targets,
     penalty_interpolates,
-    precomputed_label_maps,
-    reconstruction_grid,
     reconstruction_loss,
     scaled_learning_rates,
     videomae_to_marlin_state_dict,
-    youtube_faces_clips,
 )
+from marlin_transformers.pretraining.masking import num_visible_tokens, seeded_generator
+from marlin_transformers.video import decode_frames
+from marlin_transformers.visualization import reconstruction_grid
 from video_factory import encode_video
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pretrain.py"
@@ -308,7 +307,7 @@ def test_batches_do_not_depend_on_the_number_of_workers(tiny_videos):
 
 
 def test_decode_frames_in_any_order_and_past_the_end(tiny_videos):
-    from marlin_transformers.video_io import read_video
+    from marlin_transformers.video import read_video
 
     frames, _ = read_video(tiny_videos / "clip0.mp4")
     decoded = decode_frames(tiny_videos / "clip0.mp4", [3, 1, 1, 20])

@@ -8,7 +8,7 @@ from transformers import AutoVideoProcessor
 
 from marlin_transformers import MarlinConfig
 from marlin_transformers.exceptions import VideoError
-from marlin_transformers.video_io import iter_windows
+from marlin_transformers.video import iter_windows
 from marlin_transformers.video_processing_marlin import MarlinVideoProcessor
 from video_factory import encode_video, indexed_frames
 

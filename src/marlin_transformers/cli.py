@@ -33,7 +33,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _extract(args: argparse.Namespace) -> int:
     from .extraction import MarlinFeatureExtractor
-    from .extraction_job import run_extraction
+    from .extraction.job import run_extraction
 
     def make_extractor(device: str):
         return MarlinFeatureExtractor(
@@ -63,9 +63,10 @@ def _extract(args: argparse.Namespace) -> int:
 def _show_mask(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .face_detection import FaceTracker, iter_face_windows
-    from .face_parsing import FarlFaceParser, LandmarkFaceParser, render_fasking_preview
-    from .video_io import iter_windows
+    from .pretraining.face_parsing import FarlFaceParser, LandmarkFaceParser
+    from .video.face_tracking import FaceTracker, iter_face_windows
+    from .video.windows import iter_windows
+    from .visualization import render_fasking_preview
 
     windows = iter_windows(args.video, num_frames=16, sample_rate=args.sample_rate)
     tracked = iter_face_windows(windows, FaceTracker(), source=args.video)
@@ -90,7 +91,7 @@ def _show_mask(args: argparse.Namespace) -> int:
 
 
 def _prepare_celebvhq(args: argparse.Namespace) -> int:
-    from .celebv_hq import prepare_celebvhq
+    from .data.celebv_hq import prepare_celebvhq
 
     crop = None if args.crop == "none" else args.crop
     split = prepare_celebvhq(

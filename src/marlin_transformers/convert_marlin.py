@@ -11,6 +11,7 @@ Formats read (the variant is inferred from tensor shapes):
 """
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -28,6 +29,7 @@ from .modeling_marlin import (
 )
 
 HUB_CHECKPOINTS = {f"marlin_vit_{v}_ytf": f"ControlNet/marlin_vit_{v}_ytf" for v in MARLIN_VARIANTS}
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
 RELEASE_URL = "https://github.com/ControlNet/MARLIN/releases/download/model_v1/{name}.{kind}.pt"
 
 
@@ -39,20 +41,12 @@ def load_reference_state_dict(source: str | Path) -> tuple[dict[str, torch.Tenso
         `discriminator.*`; the Hub's `marlin.` prefix removed) and the format's name.
     """
     path = Path(source)
-    if path.is_dir():
-        return _load_hub_folder(path), "hub"
+    if path.is_dir() or (not path.exists() and HUB_ID.fullmatch(str(source))):
+        folder = resolve_checkpoint_folder(
+            source, example="a local checkpoint file, e.g. marlin_vit_base_ytf.encoder.pt"
+        )
+        return {re.sub(r"^marlin\.", "", k): v for k, v in read_checkpoint_folder(folder).items()}, "hub"
     if not path.exists():
-        if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
-            from huggingface_hub import snapshot_download
-
-            try:
-                folder = snapshot_download(str(source), allow_patterns=["config.json", "*.safetensors", "*.bin"])
-            except Exception as error:  # offline, unknown repo, gated...
-                raise CheckpointError(
-                    f"{source}: cannot download from the Hub ({type(error).__name__}); pass a local checkpoint file, "
-                    "e.g. marlin_vit_base_ytf.encoder.pt."
-                ) from None
-            return _load_hub_folder(Path(folder)), "hub"
         raise CheckpointError(f"{source}: no such checkpoint file or folder.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -67,22 +61,49 @@ def load_reference_state_dict(source: str | Path) -> tuple[dict[str, torch.Tenso
     return dict(checkpoint), kind
 
 
-def _load_hub_folder(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def read_checkpoint_folder(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a `save_pretrained`-style folder: its `*.safetensors` files, or else its `*.bin` files.
 
+    Raises:
+        CheckpointError: a folder with neither.
+    """
+    folder = Path(folder)
     files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        bins = sorted(folder.glob("*.bin"))
-        if not bins:
-            raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin in this folder.")
-        state_dict = {}
-        for file in bins:
-            state_dict.update(torch.load(file, map_location="cpu", weights_only=True))
-    else:
-        state_dict = {}
+    state_dict = {}
+    if files:
+        from safetensors.torch import load_file
+
         for file in files:
             state_dict.update(load_file(str(file)))
-    return {re.sub(r"^marlin\.", "", k): v for k, v in state_dict.items()}
+        return state_dict
+    bins = sorted(folder.glob("*.bin"))
+    if not bins:
+        raise CheckpointError(f"{folder}: no *.safetensors or *.bin weights in this folder.")
+    for file in bins:
+        state_dict.update(torch.load(file, map_location="cpu", weights_only=True))
+    return state_dict
+
+
+def resolve_checkpoint_folder(source: str | os.PathLike, example: str = "a local folder") -> Path:
+    """A local folder as it is, or a Hub id downloaded (or found in the local cache) with `huggingface_hub`.
+
+    Args:
+        source: a folder or an `owner/name` Hub id.
+        example: what the error message suggests passing instead when the download fails.
+    """
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.exists() or not HUB_ID.fullmatch(str(source)):
+        raise CheckpointError(f"{source}: not a checkpoint folder or Hub id (owner/name); check the path.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(source), allow_patterns=["config.json", "*.safetensors", "*.bin"]))
+    except Exception as error:  # offline, unknown repo, gated...
+        raise CheckpointError(
+            f"{source}: cannot download from the Hub ({type(error).__name__}); pass {example}."
+        ) from None
 
 
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> MarlinConfig:

@@ -19,15 +19,15 @@ HUB_MODEL = "ControlNet/marlin_vit_base_ytf"
 
 def render_demo_clip(path: str | Path, num_frames: int = 72, fps: int = 25, size: tuple[int, int] = (480, 360)):
     """Write an H.264 clip of the astronaut's face drifting right and zooming in; returns (num_frames, fps)."""
-    import av
     from PIL import Image
     from skimage import data
 
+    from .video.writing import write_video
+
     photo = Image.fromarray(data.astronaut())  # 512x512 RGB, face around (230, 120)
     width, height = size
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+
+    def frames():
         for t in range(num_frames):
             progress = t / max(1, num_frames - 1)
             scale = 0.55 + 0.25 * progress  # zoom in over time
@@ -36,34 +36,10 @@ def render_demo_clip(path: str | Path, num_frames: int = 72, fps: int = 25, size
             x = round(-40 + 120 * progress - 230 * scale + width / 3)
             y = round(height / 2 - 150 * scale)
             frame.paste(resized, (x, y))
-            for packet in stream.encode(av.VideoFrame.from_image(frame)):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            yield np.asarray(frame)
+
+    write_video(path, frames(), fps, crf=None)
     return num_frames, fps
-
-
-def save_crops_picture(crops: np.ndarray, windows: list[dict], path: str | Path, per_row: int = 8) -> None:
-    """A PNG grid: one row per window, every other crop of it, captioned with the window's frames and face rate."""
-    from PIL import Image, ImageDraw
-
-    num_windows, frames, side = crops.shape[0], crops.shape[1], crops.shape[2]
-    shown = list(range(0, frames, max(1, frames // per_row)))[:per_row]
-    thumb, caption = side // 2, 18
-    canvas = Image.new("RGB", (thumb * len(shown), (thumb + caption) * num_windows), "white")
-    draw = ImageDraw.Draw(canvas)
-    for row in range(num_windows):
-        top = row * (thumb + caption)
-        window = windows[row]
-        fraction = window.get("face_detected_fraction")
-        text = f"window {row}: frames {window['frame_indices'][0]}-{window['frame_indices'][-1]}"
-        if fraction is not None:
-            text += f", face detected in {fraction:.0%} of frames"
-        draw.text((4, top + 3), text, fill="black")
-        for column, index in enumerate(shown):
-            image = Image.fromarray(crops[row, index]).resize((thumb, thumb), Image.BILINEAR)
-            canvas.paste(image, (column * thumb, top + caption))
-    canvas.save(path)
 
 
 def load_demo_model():
@@ -107,7 +83,8 @@ def _check_hub_reachable(timeout: float = 3.0) -> None:
 
 def run_demo(out_dir: str | Path, dtype: str = "float32") -> int:
     from .extraction import MarlinFeatureExtractor
-    from .extraction_job import run_extraction
+    from .extraction.job import run_extraction
+    from .visualization import save_crops_picture
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

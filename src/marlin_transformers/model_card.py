@@ -1,15 +1,7 @@
 """Model cards (README.md) for converted and trained MARLIN folders."""
 
 from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
-
-_CITATION = """@inproceedings{cai2023marlin,
-  title     = {MARLIN: Masked Autoencoder for facial video Representation LearnINg},
-  author    = {Cai, Zhixi and Ghosh, Shreya and Stefanov, Kalin and Dhall, Abhinav and Cai, Jianfei and
-               Rezatofighi, Hamid and Haffari, Reza and Hayat, Munawar},
-  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year      = {2023},
-  pages     = {1493--1504},
-}"""
+from .constants import CITATION
 
 
 def variant_name(config: MarlinConfig) -> str:
@@ -75,6 +67,6 @@ is Apache-2.0.
 ## Citation
 
 ```bibtex
-{_CITATION}
+{CITATION}
 ```
 """

@@ -92,6 +92,27 @@ def unpatchify_video(
     return x.reshape(b, num_frames, num_channels, image_size, image_size)
 
 
+def masked_patch_targets(
+    pixel_values_videos: torch.Tensor, bool_masked_pos: torch.BoolTensor, patch_size: int, tubelet_size: int
+) -> torch.Tensor:
+    """The raw pixels the decoder must predict.
+
+    Args:
+        pixel_values_videos: (batch, frames, channels, height, width) in [0, 1].
+        bool_masked_pos: (batch, num_tokens), True where masked; the same count in every clip.
+
+    Returns:
+        (batch, num_masked, channels * tubelet_size * patch_size**2), in `patchify_video`'s layout, token order.
+    """
+    patches = patchify_video(pixel_values_videos, patch_size, tubelet_size)  # (b, n, c * pt * ph * pw)
+    return patches[bool_masked_pos].reshape(patches.shape[0], -1, patches.shape[-1])
+
+
+def reconstruction_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over every pixel of every masked tubelet, computed in float32."""
+    return F.mse_loss(logits.float(), targets.float())
+
+
 def paint_predictions(
     pixel_values_videos: torch.Tensor,
     logits: torch.Tensor,
@@ -535,10 +556,10 @@ class MarlinForPreTraining(MarlinPreTrainedModel):
 
         loss = None
         if return_loss:
-            with torch.no_grad():
-                target = self.patchify(pixel_values_videos.to(logits.dtype))
-                target = target[bool_masked_pos].reshape(logits.shape)
-            loss = F.mse_loss(logits, target)
+            targets = masked_patch_targets(
+                pixel_values_videos, bool_masked_pos, self.config.patch_size, self.config.tubelet_size
+            )
+            loss = reconstruction_loss(logits, targets)
         return MarlinForPreTrainingOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -586,7 +607,9 @@ __all__ = [
     "MarlinModel",
     "MarlinPreTrainedModel",
     "get_sinusoid_encoding_table",
+    "masked_patch_targets",
     "paint_predictions",
+    "reconstruction_loss",
     "patchify_video",
     "unpatchify_video",
 ]

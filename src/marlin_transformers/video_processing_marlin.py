@@ -75,7 +75,7 @@ class MarlinVideoProcessor(BaseVideoProcessor):
         from PIL import Image
 
         if isinstance(videos, (str, os.PathLike)):
-            from .video_io import iter_windows
+            from marlin_transformers.video.windows import iter_windows  # decoding needs the package (PyAV)
 
             return [w.frames for w in iter_windows(videos, num_frames, sample_rate, stride)]
         if isinstance(videos, (np.ndarray, torch.Tensor)):

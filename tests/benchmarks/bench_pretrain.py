@@ -45,7 +45,7 @@ def current_rss_bytes() -> int:
 
 
 def make_batch(batch_size: int, device: torch.device):
-    from marlin_transformers.masking import generate_masks
+    from marlin_transformers.pretraining.masking import generate_masks
 
     generator = torch.Generator().manual_seed(0)
     pixel_values_videos = torch.rand(batch_size, 16, 3, 224, 224, generator=generator)

@@ -28,17 +28,9 @@ import datasets
 import evaluate
 import numpy as np
 
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+from ..constants import CITATION
 
-_CITATION = """\
-@inproceedings{cai2023marlin,
-  title = {MARLIN: Masked Autoencoder for facial video Representation LearnINg},
-  author = {Cai, Zhixi and Ghosh, Shreya and Stefanov, Kalin and Dhall, Abhinav and Cai, Jianfei and
-            Rezatofighi, Hamid and Haffari, Reza and Hayat, Munawar},
-  booktitle = {CVPR},
-  year = {2023},
-}
-"""
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 _INPUTS_DESCRIPTION = """
 Args:
@@ -192,7 +184,7 @@ class DownstreamMetric(evaluate.Metric):
             ]
         return evaluate.MetricInfo(
             description=__doc__.split("\n")[0],
-            citation=_CITATION,
+            citation=CITATION,
             inputs_description=_INPUTS_DESCRIPTION,
             features=features,
         )

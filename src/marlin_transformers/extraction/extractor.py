@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .convert_marlin import HUB_CHECKPOINTS, load_reference_checkpoint
-from .exceptions import CheckpointError
-from .modeling_marlin import MarlinForPreTraining, MarlinModel, MarlinPreTrainedModel
+from ..convert_marlin import HUB_CHECKPOINTS, load_reference_checkpoint
+from ..exceptions import CheckpointError
+from ..modeling_marlin import MarlinForPreTraining, MarlinModel, MarlinPreTrainedModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
@@ -113,7 +113,7 @@ class MarlinFeatureExtractor:
         stride_seconds: float | None = None,
         keep_seq: bool = False,
     ):
-        from .video_processing_marlin import MarlinVideoProcessor
+        from ..video_processing_marlin import MarlinVideoProcessor
 
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         self.device = torch.device(device)
@@ -133,21 +133,21 @@ class MarlinFeatureExtractor:
     @property
     def tracker(self):
         if self._tracker is None:
-            from .face_detection import FaceTracker
+            from ..video.face_tracking import FaceTracker
 
             self._tracker = FaceTracker(margin=self.face_margin, device=str(self.device))
         return self._tracker
 
     def iter_clips(self, path: str | os.PathLike):
         """Yield (window metadata dict, frames (T, H, W, 3) uint8) for each window of a video, cropped if asked."""
-        from .video_io import iter_windows
+        from ..video.windows import iter_windows
 
         windows = iter_windows(path, **self.window_options)
         if not self.crop_face:
             for window in windows:
                 yield _window_record(window, None), window.frames
             return
-        from .face_detection import iter_face_windows
+        from ..video.face_tracking import iter_face_windows
 
         for window, crops in iter_face_windows(windows, self.tracker, source=path, on_no_face=self.on_no_face):
             yield _window_record(window, crops.detected_fraction), crops.crops

@@ -2,7 +2,7 @@
 
 CelebV-HQ (Zhu et al., ECCV 2022) labels 35,666 clips with 40 appearance and 35 action attributes (0/1 each). The
 MARLIN paper (arXiv 2211.06627) trains one multi-label classifier per task and reports accuracy and one AUROC over
-all (clip x attribute) pairs (`marlin_transformers.metrics`).
+all (clip x attribute) pairs (`marlin_transformers.evaluation.metrics`).
 
 Release layout read here::
 
@@ -27,13 +27,7 @@ default) and cut 80/10/10: the first `int(0.8 * n)` are train, the next `int(0.1
 are the clips whose video is missing dropped, so a clip lands in the same split on every machine whatever else
 that machine could download (the reference split follows `os.listdir` order and shifts with every missing video).
 
-**Labels CSV** (also read by `examples/linear_probe.py` and meant for `examples/finetune.py`): a header, then one
-row per video. Column `path` is the video, relative to the CSV's folder or absolute (`input` is accepted as its
-name too). The other columns are the labels:
-
-- multi-label: one 0/1 column per label, named after it (CelebV-HQ: `path,blurry,male,young,...`);
-- single-label: one column `label` holding a class name or a class index;
-- regression: one numeric column per target.
+**Labels.** The CSVs are `data.labels` tables (one 0/1 column per attribute).
 
 **Crops.** The paper's preprocessing (`preprocess/celebvhq_preprocess.py` of ControlNet/MARLIN) runs a face
 detector (FaceX-Zoo RetinaFace) on every frame of the `downloaded` clips and crops a square of side max(w, h)
@@ -44,13 +38,12 @@ around the detection, zero-padded, resized to 224. Here the crop is a choice (`c
   holding the whole YouTube frame.
 - `"resize"`: the centred square of each frame resized to 224. For clips the CelebV-HQ script already cropped
   (they are square); refusing `"bbox"` on square videos guards against cropping twice.
-- `"face"`: as the paper did, with a face detector: `face_detection.FaceTracker` (MTCNN) follows the face through
+- `"face"`: as the paper did, with a face detector: `video.face_tracking.FaceTracker` (MTCNN) follows the face through
   each clip; square of side max(w, h) around it, zero-padded, resized to 224 (`face_tracker_cropper`).
 - a callable `(frames, clip) -> frames` (see `FrameCropper`), e.g. `face_tracker_cropper(FaceTracker(...))`.
 - `None`: no new videos; the CSVs point at `downloaded/` (crop on the fly in the fine-tuning script instead).
 """
 
-import csv
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -60,7 +53,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .exceptions import DatasetError, VideoError
+from ..exceptions import DatasetError, VideoError
+from ..video.decoding import resize_frames
+from .labels import labels_dataset, write_labels_csv
 
 TASKS = ("appearance", "action")
 SPLITS = ("train", "val", "test")
@@ -228,12 +223,6 @@ def bbox_crop_box(bbox: Sequence[float], height: int, width: int) -> tuple[int, 
     return crop_top, crop_left, side
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-
-
 def bbox_cropper(size: int = 224) -> FrameCropper:
     """A `FrameCropper` cutting each frame to the clip's `bbox` square (`bbox_crop_box`), resized to `size`."""
 
@@ -249,7 +238,7 @@ def bbox_cropper(size: int = 224) -> FrameCropper:
                     )
                 box = bbox_crop_box(clip.bbox, height, width)
             top, left, side = box
-            yield _resize(np.ascontiguousarray(frame[top : top + side, left : left + side]), size)
+            yield resize_frames(frame[None, top : top + side, left : left + side], size)[0]
 
     return crop
 
@@ -262,7 +251,7 @@ def resize_cropper(size: int = 224) -> FrameCropper:
             height, width = frame.shape[:2]
             side = min(height, width)
             top, left = (height - side) // 2, (width - side) // 2
-            yield _resize(np.ascontiguousarray(frame[top : top + side, left : left + side]), size)
+            yield resize_frames(frame[None, top : top + side, left : left + side], size)[0]
 
     return crop
 
@@ -270,7 +259,7 @@ def resize_cropper(size: int = 224) -> FrameCropper:
 def face_tracker_cropper(tracker=None, size: int = 224, chunk_frames: int = 32) -> FrameCropper:
     """A `FrameCropper` cropping as the paper did: a face detector on every frame, a square around the face.
 
-    Uses `face_detection.FaceTracker` (MTCNN; one subject followed through the clip, square of side max(w, h),
+    Uses `video.face_tracking.FaceTracker` (MTCNN; one subject followed through the clip, square of side max(w, h),
     zero-padded, resized to `size`), fed `chunk_frames` frames at a time and reset for every clip. Frames before
     the first detection get the tracker's centre crop.
 
@@ -282,7 +271,7 @@ def face_tracker_cropper(tracker=None, size: int = 224, chunk_frames: int = 32) 
     def crop(frames: Iterator[np.ndarray], clip: CelebvHqClip) -> Iterator[np.ndarray]:
         nonlocal tracker
         if tracker is None:
-            from .face_detection import FaceTracker
+            from ..video.face_tracking import FaceTracker
 
             tracker = FaceTracker(crop_size=size)
         tracker.reset()
@@ -304,165 +293,27 @@ def crop_video(
 ) -> int:
     """Decode `source` with PyAV, crop every frame with `cropper`, encode `target` (H.264, source frame rate).
 
-    The target appears only once complete (written beside it, then renamed). Frames are streamed: memory holds
-    what the cropper buffers, not the video. Timestamps are re-made at the average frame rate.
+    Frames are decoded upright (rotation metadata applied, as everywhere else) and streamed: memory holds what the
+    cropper buffers, not the video. The target appears only once complete (`video.writing.write_video`);
+    timestamps are re-made at the stream's frame rate.
 
     Returns:
         The number of frames written.
     """
-    import av
+    from ..video.decoding import frame_rate, frame_to_rgb, iter_frames
+    from ..video.writing import write_video
 
-    source, target = Path(source), Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.stem}.partial{target.suffix}")
-    try:
-        container = av.open(str(source))
-    except (av.error.FFmpegError, OSError) as error:
-        raise VideoError(f"{source}: cannot be opened as a video ({error}); re-download it or leave it out") from None
-    num_frames = 0
-    try:
-        with container, av.open(str(partial), mode="w") as output:
-            if not container.streams.video:
-                raise VideoError(f"{source}: has no video stream; re-download it or leave it out")
-            in_stream = container.streams.video[0]
-            rate = in_stream.average_rate or in_stream.guessed_rate or 25
-            codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-            out_stream = output.add_stream(codec, rate=rate)
-            out_stream.width = out_stream.height = size
-            out_stream.pix_fmt = "yuv420p"
-            if codec == "libx264":
-                out_stream.options = {"crf": "18"}
+    def faces() -> Iterator[np.ndarray]:
+        frames = (frame_to_rgb(frame) for _, _, _, frame in iter_frames(source))
+        for face in cropper(frames, clip):
+            if face.shape != (size, size, 3):
+                raise DatasetError(f"{clip.clip_id}: the cropper returned a {face.shape} frame, not {size}x{size}x3")
+            yield face
 
-            def frames() -> Iterator[np.ndarray]:
-                for frame in container.decode(in_stream):
-                    yield frame.to_ndarray(format="rgb24")
-
-            for face in cropper(frames(), clip):
-                if face.shape != (size, size, 3):
-                    raise DatasetError(
-                        f"{clip.clip_id}: the cropper returned a {face.shape} frame, not {size}x{size}x3"
-                    )
-                output.mux(out_stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(face), format="rgb24")))
-                num_frames += 1
-            output.mux(out_stream.encode(None))
-        if num_frames == 0:
-            raise VideoError(f"{source}: no frame could be decoded; re-download it or leave it out")
-    except av.error.FFmpegError as error:
-        partial.unlink(missing_ok=True)
-        raise VideoError(f"{source}: decoding failed ({error}); re-download it or leave it out") from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, target)
+    num_frames = write_video(target, faces(), frame_rate(source), crf=18)
+    if num_frames == 0:
+        raise VideoError(f"{source}: no frame could be decoded; re-download it or leave it out")
     return num_frames
-
-
-def write_labels_csv(
-    path: str | os.PathLike, video_paths: Sequence[str | os.PathLike], labels: np.ndarray, label_names: Sequence[str]
-) -> None:
-    """Write a multi-label labels CSV: `path` (relative to the CSV's folder) and one 0/1 column per label.
-
-    Args:
-        video_paths: num_videos paths.
-        labels: (num_videos, num_labels) 0/1.
-        label_names: num_labels column names.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labels = np.asarray(labels, dtype=np.int64).reshape(len(video_paths), len(label_names))
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", *label_names])
-        for video, row in zip(video_paths, labels):
-            writer.writerow([os.path.relpath(Path(video).absolute(), path.parent.absolute()), *row.tolist()])
-    os.replace(partial, path)
-
-
-@dataclass(frozen=True)
-class LabelsTable:
-    """A labels CSV read into memory.
-
-    Attributes:
-        paths: num_videos absolute video paths (relative ones resolved against the CSV's folder).
-        labels: single-label (num_videos,) int64 class indices; multi-label (num_videos, num_labels) int64 0/1;
-            regression (num_videos, num_targets) float32.
-        label_names: class names (single-label) or column names (multi-label, regression).
-    """
-
-    paths: list[str]
-    labels: np.ndarray
-    label_names: list[str]
-
-
-def read_labels_csv(path: str | os.PathLike, problem_type: str) -> LabelsTable:
-    """Read a labels CSV (layout in the module docstring) for `problem_type` (transformers' names)."""
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such labels file") from None
-    if not rows or not rows[0]:
-        raise DatasetError(f"{path}: empty labels file; expected a header 'path,<label columns>'")
-    header, body = [name.strip() for name in rows[0]], [row for row in rows[1:] if row]
-    key = "path" if "path" in header else "input" if "input" in header else None
-    if key is None:
-        raise DatasetError(f"{path}: no 'path' (or 'input') column in the header {header}")
-    if not body:
-        raise DatasetError(f"{path}: has a header but no rows")
-    key_index = header.index(key)
-    label_columns = [i for i in range(len(header)) if i != key_index]
-    label_names = [header[i] for i in label_columns]
-    for line_number, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise DatasetError(f"{path}:{line_number}: {len(row)} fields, the header has {len(header)}")
-    paths = [os.path.normpath(os.path.abspath(path.parent / row[key_index])) for row in body]
-    values = [[row[i].strip() for i in label_columns] for row in body]
-
-    if problem_type == "single_label_classification":
-        if label_names != ["label"]:
-            raise DatasetError(f"{path}: a single-label CSV has columns 'path,label', found {header}")
-        column = [v[0] for v in values]
-        if all(v.lstrip("-").isdigit() for v in column):
-            labels = np.array([int(v) for v in column], dtype=np.int64)
-            if labels.min() < 0:
-                raise DatasetError(f"{path}: class indices must be >= 0, found {labels.min()}")
-            return LabelsTable(paths, labels, [str(i) for i in range(int(labels.max()) + 1)])
-        names = sorted(set(column))
-        index = {name: i for i, name in enumerate(names)}
-        return LabelsTable(paths, np.array([index[v] for v in column], dtype=np.int64), names)
-
-    if problem_type not in ("multi_label_classification", "regression"):
-        raise DatasetError(f"unknown problem type {problem_type!r} for {path}")
-    if not label_names:
-        raise DatasetError(f"{path}: no label columns besides {key!r}")
-    try:
-        matrix = np.array([[float(v) for v in row] for row in values], dtype=np.float64)
-    except ValueError as error:
-        raise DatasetError(f"{path}: a label is not a number ({error})") from None
-    if problem_type == "regression":
-        return LabelsTable(paths, matrix.astype(np.float32), label_names)
-    if not np.isin(matrix, (0.0, 1.0)).all():
-        raise DatasetError(f"{path}: multi-label columns must hold 0 or 1 only")
-    return LabelsTable(paths, matrix.astype(np.int64), label_names)
-
-
-def labels_dataset(path: str | os.PathLike, problem_type: str):
-    """A `datasets.Dataset` from a labels CSV: columns `path` (str) and `labels`.
-
-    `labels` is a class index (`ClassLabel` with the class names) for single-label, a list of float32 0/1 (ready for
-    `BCEWithLogitsLoss`) for multi-label, a list of float32 targets for regression.
-    """
-    import datasets
-
-    table = read_labels_csv(path, problem_type)
-    if problem_type == "single_label_classification":
-        label_feature = datasets.ClassLabel(names=table.label_names)
-    else:
-        label_feature = datasets.Sequence(datasets.Value("float32"), length=len(table.label_names))
-    features = datasets.Features({"path": datasets.Value("string"), "labels": label_feature})
-    return datasets.Dataset.from_dict({"path": table.paths, "labels": table.labels.tolist()}, features=features)
 
 
 def prepare_celebvhq(

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from marlin_transformers import video_io
 from marlin_transformers.exceptions import VideoError
-from marlin_transformers.video_io import iter_windows, plan_windows, read_video
+from marlin_transformers.video import iter_windows, plan_windows, read_video
+from marlin_transformers.video import windows as video_windows
 from video_factory import encode_video, indexed_frames, read_frame_index, write_audio_only
 
 # Start frames of the windows marlin-pytorch 0.3.4's `Marlin._load_video(path, sample_rate=2, stride=16)` yields,
@@ -124,7 +124,7 @@ def test_odd_sizes(tmp_path, height, width):
 def test_streaming_decodes_lazily_and_converts_only_used_frames(tmp_path, monkeypatch):
     path = encode_video(tmp_path / "long.mp4", indexed_frames(143))
     decoded, converted = [], []
-    real_iter_frames, real_to_rgb = video_io._iter_frames, video_io._to_rgb
+    real_iter_frames, real_to_rgb = video_windows.iter_frames, video_windows.frame_to_rgb
 
     def counting_iter_frames(*args):
         for item in real_iter_frames(*args):
@@ -135,8 +135,8 @@ def test_streaming_decodes_lazily_and_converts_only_used_frames(tmp_path, monkey
         converted.append(frame.pts)
         return real_to_rgb(frame)
 
-    monkeypatch.setattr(video_io, "_iter_frames", counting_iter_frames)
-    monkeypatch.setattr(video_io, "_to_rgb", counting_to_rgb)
+    monkeypatch.setattr(video_windows, "iter_frames", counting_iter_frames)
+    monkeypatch.setattr(video_windows, "frame_to_rgb", counting_to_rgb)
     windows = iter_windows(path)
     next(windows)
     assert len(decoded) == 31  # the first window is out before frame 31 is decoded

@@ -20,16 +20,14 @@ tip, the mouth corner on the left, the mouth corner on the right. A crop without
 all-background map, which `masking.generate_mask` treats as "no face" (random masking for that tubelet).
 """
 
-import math
 import warnings
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .exceptions import CheckpointError
+from ..exceptions import CheckpointError
 
 LAPA_LABEL_NAMES = (
     "background",
@@ -320,96 +318,3 @@ def _inverse_tanh_warp(coords: torch.Tensor, factor: float, eps: float = 1e-3) -
     ratio = ((coords.abs() - inner) / factor).clamp(max=1 - eps)
     unwarped = coords.sign() * (torch.atanh(ratio) * factor + inner)
     return torch.where(outer, unwarped, coords)
-
-
-def render_mask_overlay(
-    frames: torch.Tensor | np.ndarray,
-    label_maps: torch.Tensor | np.ndarray,
-    bool_masked_pos: torch.Tensor,
-    path: str | Path,
-    patch_size: int = 16,
-    tubelet_size: int = 2,
-    num_shown: int = 4,
-):
-    """Write a PNG of a few frames: the frame, its parsing overlaid in colour, and the frame with masked tokens greyed.
-
-    Columns are `num_shown` tubelets spread over the clip, each shown by its first frame (the one whose parsing
-    decides Fasking); rows are frame / parsing / mask, then a colour legend.
-
-    Args:
-        frames: `(num_frames, height, width, 3)` uint8 RGB face crops.
-        label_maps: `(num_frames, height, width)` LaPa labels 0..10.
-        bool_masked_pos: `(num_tokens,)` bool, True where masked, tokens ordered (time, row, column).
-        path: the PNG to write.
-
-    Returns:
-        The picture, a `PIL.Image.Image` of width `num_shown * width`.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    frames = torch.as_tensor(np.asarray(frames)).to(torch.uint8)
-    label_maps = torch.as_tensor(np.asarray(label_maps)).long()
-    num_frames, height, width = frames.shape[:3]
-    grid_t, grid_h, grid_w = num_frames // tubelet_size, height // patch_size, width // patch_size
-    masked = torch.as_tensor(bool_masked_pos).bool().reshape(grid_t, grid_h, grid_w)
-    # (t, h, w) pixel mask: each token covers a patch_size x patch_size square.
-    masked_pixels = masked.repeat_interleave(patch_size, dim=1).repeat_interleave(patch_size, dim=2)
-
-    shown = torch.linspace(0, grid_t - 1, min(num_shown, grid_t)).round().long().unique()
-    palette = torch.tensor(LAPA_PALETTE, dtype=torch.float32)
-    rows = []
-    for tubelet in shown.tolist():
-        frame = frames[tubelet * tubelet_size].float()  # (h, w, 3)
-        colours = palette[label_maps[tubelet * tubelet_size]]
-        parsing = torch.where(label_maps[tubelet * tubelet_size, ..., None] > 0, 0.4 * frame + 0.6 * colours, frame)
-        greyed = torch.where(masked_pixels[tubelet, ..., None], 0.15 * frame + 0.85 * 128, frame)
-        rows.append(torch.cat([frame, parsing, greyed], dim=0))  # (3 h, w, 3)
-    grid = torch.cat(rows, dim=1).round().clamp(0, 255).to(torch.uint8).numpy()  # (3 h, shown * w, 3)
-
-    entries = [(name, colour) for name, colour in zip(LAPA_LABEL_NAMES, LAPA_PALETTE)] + [("masked", (128,) * 3)]
-    entry_width = 96
-    per_row = max(1, grid.shape[1] // entry_width)
-    line_height = 16
-    legend_height = math.ceil(len(entries) / per_row) * line_height + 4
-    picture = Image.new("RGB", (grid.shape[1], grid.shape[0] + legend_height), (255, 255, 255))
-    picture.paste(Image.fromarray(grid), (0, 0))
-    draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default()
-    for i, (name, colour) in enumerate(entries):
-        x = (i % per_row) * entry_width + 4
-        y = grid.shape[0] + (i // per_row) * line_height + 4
-        draw.rectangle([x, y, x + 10, y + 10], fill=colour, outline=(0, 0, 0))
-        draw.text((x + 14, y), name, fill=(0, 0, 0), font=font)
-    picture.save(path)
-    return picture
-
-
-def render_fasking_preview(
-    face_crops: torch.Tensor | np.ndarray,
-    landmarks: torch.Tensor | np.ndarray,
-    path: str | Path,
-    mask_ratio: float,
-    patch_size: int,
-    tubelet_size: int,
-    parser: FaceParser | None = None,
-    boxes: torch.Tensor | np.ndarray | None = None,
-    strategy: str = "fasking",
-    seed: int = 0,
-    num_shown: int = 4,
-):
-    """Parse a clip of face crops, draw its Fasking mask and write the picture of `render_mask_overlay`.
-
-    What `marlin show-mask` needs after decoding and cropping: `face_crops` `(num_frames, size, size, 3)` uint8 RGB
-    with `num_frames` a multiple of `tubelet_size`, `landmarks` `(num_frames, 5, 2)` in crop pixels (NaN where no
-    face), `parser` defaulting to `LandmarkFaceParser()`. Returns the picture.
-    """
-    from .masking import generate_mask
-
-    face_crops = torch.as_tensor(np.asarray(face_crops))
-    num_frames, image_size = face_crops.shape[:2]
-    parser = LandmarkFaceParser() if parser is None else parser
-    label_maps = parser(face_crops, torch.as_tensor(np.asarray(landmarks)), boxes)
-    bool_masked_pos = generate_mask(
-        strategy, num_frames, image_size, patch_size, tubelet_size, mask_ratio, seed, label_maps=label_maps
-    )
-    return render_mask_overlay(face_crops, label_maps, bool_masked_pos, path, patch_size, tubelet_size, num_shown)

@@ -1,4 +1,4 @@
-"""Decode a video with PyAV and cut it into MARLIN windows, streaming.
+"""Cut a decoded video into MARLIN windows, streaming.
 
 A window is `num_frames` frames taken every `sample_rate` decoded frames. Window `k` starts `k * stride` sampled
 frames (`k * stride * sample_rate` decoded frames) after the first, so with the defaults the first windows are
@@ -19,10 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .exceptions import VideoError
-
-# File extensions taken for videos when a folder is searched (any container ffmpeg reads decodes when named directly).
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
+from .decoding import frame_to_rgb, iter_frames
 
 
 @dataclass
@@ -131,100 +128,6 @@ def plan_windows(
     return windows
 
 
-def _open_video(path: str | os.PathLike):
-    """Open `path` with PyAV and return (container, video stream), or raise a one-line VideoError."""
-    import av
-
-    name = os.fspath(path)
-    if not os.path.exists(name):
-        raise VideoError(f"{name}: file not found; check the path.")
-    if os.path.isdir(name):
-        raise VideoError(f"{name}: is a folder, not a video file; pass a video file.")
-    if os.path.getsize(name) == 0:
-        raise VideoError(f"{name}: file is empty (0 bytes); re-export or re-download the video.")
-    try:
-        container = av.open(name)
-    except (av.error.FFmpegError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or type(error).__name__
-        raise VideoError(
-            f"{name}: cannot be opened as a video ({reason}); it is not a video file, or it is truncated or corrupt."
-        ) from None
-    if not container.streams.video:
-        container.close()
-        raise VideoError(f"{name}: has no video stream (audio only?); pass a file with a video track.")
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"  # frame threading: about 1.5x faster decoding on 2 cores
-    return container, stream
-
-
-def _to_rgb(frame) -> np.ndarray:
-    """(height, width, 3) uint8 RGB of an av.VideoFrame, turned upright according to its display matrix."""
-    rgb = frame.to_ndarray(format="rgb24")
-    # `rotation` is the counter-clockwise angle the display matrix applies; np.rot90 also turns counter-clockwise.
-    quarter_turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
-    if quarter_turns:
-        rgb = np.ascontiguousarray(np.rot90(rgb, k=quarter_turns))
-    return rgb
-
-
-def _iter_frames(path: str | os.PathLike, strict: bool = True) -> Iterator[tuple[int, float, float, object]]:
-    """Yield (index, time, duration, av.VideoFrame) for every decoded frame; times in seconds from the first frame.
-
-    With `strict`, a video whose decoded frames stop well before the duration its container declares raises
-    VideoError (a truncated file) after its last frame.
-    """
-    import av
-
-    name = os.fspath(path)
-    container, stream = _open_video(name)
-    rate = stream.guessed_rate or stream.average_rate
-    nominal_duration = 1 / float(rate) if rate else 0.04
-    first_time = None
-    index = -1
-    try:
-        with container:
-            for frame in container.decode(stream):
-                index += 1
-                if frame.time is None:
-                    time = index * nominal_duration
-                else:
-                    if first_time is None:
-                        first_time = frame.time
-                    time = frame.time - first_time
-                duration = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
-                yield index, time, duration or nominal_duration, frame
-    except av.error.FFmpegError as error:
-        reason = getattr(error, "strerror", None) or type(error).__name__
-        raise VideoError(
-            f"{name}: decoding failed after {index + 1} frames ({reason}); the file is truncated or corrupt, "
-            "re-export it."
-        ) from None
-    if index < 0:
-        raise VideoError(f"{name}: no frame could be decoded; the video is truncated or corrupt, re-export it.")
-    declared = _declared_duration(stream)
-    decoded = time + duration
-    # ffmpeg stops quietly at the end of a truncated Matroska/WebM file; its header still knows the full length.
-    if strict and declared is not None and declared - decoded > max(0.5, 0.1 * declared):
-        raise VideoError(
-            f"{name}: decoding stopped after {index + 1} frames ({decoded:.2f} s) but the file declares "
-            f"{declared:.2f} s; it is truncated or corrupt, re-export it."
-        )
-
-
-def _declared_duration(stream) -> float | None:
-    """Duration of the video stream according to the container, in seconds, or None if it does not say."""
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    tag = stream.metadata.get("DURATION")  # Matroska/WebM keep it as a tag, "HH:MM:SS.nnnnnnnnn"
-    if tag:
-        try:
-            hours, minutes, seconds = tag.split(":")
-            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-        except ValueError:
-            return None
-    return None
-
-
 def iter_windows(
     path: str | os.PathLike,
     num_frames: int = 16,
@@ -263,7 +166,7 @@ def iter_windows(
         entries = [recent[i - first_index] for i in indices]
         for entry in entries:
             if entry[4] is None:
-                entry[4] = _to_rgb(entry[3])
+                entry[4] = frame_to_rgb(entry[3])
         last = entries[-1]
         window = VideoWindow(
             frames=np.stack([entry[4] for entry in entries]),
@@ -277,27 +180,10 @@ def iter_windows(
         window_count += 1
         return window
 
-    for index, time, duration, frame in _iter_frames(path, strict):
+    for index, time, duration, frame in iter_frames(path, strict):
         recent.append([index, time, duration, frame, None])
         for indices in planner.push(index, time):
             yield make_window(indices, 0)
     tail = planner.finish()
     if tail is not None:
         yield make_window(*tail)
-
-
-def read_video(path: str | os.PathLike, strict: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a whole (short) video into memory.
-
-    Returns:
-        frames: (num_decoded_frames, height, width, 3) uint8 RGB, rotation applied.
-        timestamps: (num_decoded_frames,) float64 seconds from the first frame.
-
-    Raises:
-        VideoError: as `iter_windows`. Use `iter_windows` for long videos: this holds every frame.
-    """
-    frames, times = [], []
-    for _, time, _, frame in _iter_frames(path, strict):
-        frames.append(_to_rgb(frame))
-        times.append(time)
-    return np.stack(frames), np.asarray(times, dtype=np.float64)

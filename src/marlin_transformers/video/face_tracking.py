@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .exceptions import NoFaceError
-from .video_io import VideoWindow
+from ..exceptions import NoFaceError
+from .windows import VideoWindow
 
 
 @dataclass

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .exceptions import MarlinError
-from .video_io import VIDEO_EXTENSIONS
+from ..exceptions import MarlinError
+from ..video.decoding import VIDEO_EXTENSIONS
 
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 MANIFEST = "manifest.jsonl"

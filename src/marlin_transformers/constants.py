@@ -1,0 +1,27 @@
+"""The defaults shared by several stages, each written once.
+
+The model's own sizes (16 frames of 224 pixels, 2x16x16 tubelets) are `MarlinConfig`'s defaults; they are read from
+there, so a change to the config is a change everywhere.
+"""
+
+from .configuration_marlin import MarlinConfig
+
+_DEFAULT_CONFIG = MarlinConfig()
+
+# Frames of one clip and side of its face crops: the released models' input.
+NUM_FRAMES: int = _DEFAULT_CONFIG.num_frames
+MARLIN_CROP_SIZE: int = _DEFAULT_CONFIG.image_size
+
+# The sampling grid of marlin-pytorch's `extract_video`: every 2nd decoded frame, the next window 16 sampled frames on
+# (windows of 16 frames spanning 31 decoded frames, one every 32 frames).
+SAMPLE_RATE = 2
+STRIDE = 16
+
+CITATION = """@inproceedings{cai2023marlin,
+  title     = {MARLIN: Masked Autoencoder for facial video Representation LearnINg},
+  author    = {Cai, Zhixi and Ghosh, Shreya and Stefanov, Kalin and Dhall, Abhinav and Cai, Jianfei and
+               Rezatofighi, Hamid and Haffari, Reza and Hayat, Munawar},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2023},
+  pages     = {1493--1504},
+}"""

@@ -1,0 +1,1 @@
+"""Downstream evaluation of MARLIN features: the paper's metrics, fine-tuning and linear probing."""

@@ -1,0 +1,77 @@
+"""MARLIN's pretraining losses (Cai et al., CVPR 2023, Sec. 3.3; the reference's `g_step` / `d_step`).
+
+- reconstruction: MSE between the decoder's output and the raw [0, 1] pixels of the masked tubelets
+  (`masked_patch_targets`, `reconstruction_loss`: defined beside the model, which reports the same loss);
+- generator adversarial term: `adv_weight * -mean D(prediction)` (adv_weight 0.01 in the released configs);
+- critic (WGAN): `mean D(prediction) - mean D(real tubelets)`, plus `gp_weight * gradient_penalty` (gp_weight 0 in the
+  released configs, implemented all the same).
+
+The critic `D` is `MarlinForPreTraining.discriminator`, a per-token MLP on tubelets in `patchify_video`'s layout;
+`detach_critic` / `attach_critic` make generator and critic two models for two optimizers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def generator_adversarial_loss(fake_scores: torch.Tensor, adv_weight: float) -> torch.Tensor:
+    """`adv_weight * -mean D(prediction)`: the generator is pushed toward tubelets the critic scores as real."""
+    return adv_weight * -fake_scores.float().mean()
+
+
+def critic_loss(fake_scores: torch.Tensor, real_scores: torch.Tensor) -> torch.Tensor:
+    """The WGAN critic loss `mean D(fake) - mean D(real)`: minimized by scoring real tubelets high, predictions low."""
+    return fake_scores.float().mean() - real_scores.float().mean()
+
+
+def penalty_interpolates(
+    real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Points where WGAN-GP evaluates the critic's gradient: `alpha * real + (1 - alpha) * fake`.
+
+    As in the reference, one `alpha ~ U[0, 1)` is drawn per call and shared by every token of the batch.
+
+    Args:
+        real, fake: (batch, tokens, dim); both are detached here.
+        generator: CPU generator `alpha` is drawn from, for reproducible runs.
+
+    Returns:
+        (batch, tokens, dim), a leaf that requires grad: score it with the critic, then call `gradient_penalty`.
+    """
+    alpha = torch.rand((), generator=generator).to(device=real.device, dtype=real.dtype)
+    return (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+
+
+def gradient_penalty(scores: torch.Tensor, interpolates: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP: `mean over tokens of (||d D(x) / d x||_2 - 1)^2`, the norm taken per token over its pixels.
+
+    Args:
+        scores: (batch, tokens, 1) critic scores of `interpolates`.
+        interpolates: (batch, tokens, dim) from `penalty_interpolates`.
+
+    Returns:
+        A scalar with a graph back to the critic's parameters (`create_graph=True`), so the critic trains on it.
+    """
+    (gradients,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)  # (b, tokens, dim)
+    return ((gradients.float().flatten(0, 1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def detach_critic(model) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Take the critic out of a `MarlinForPreTraining`, so generator and critic are two models with disjoint weights.
+
+    Distributed wrappers (DDP, FSDP) and the two optimizers then each see one of them; `MarlinForPreTraining.forward`
+    never calls the critic. Put it back with `attach_critic` before saving the full model.
+
+    Returns:
+        (model without its critic, the critic).
+    """
+    critic = model.discriminator
+    model.discriminator = None
+    return model, critic
+
+
+def attach_critic(model, critic: torch.nn.Module):
+    """Undo `detach_critic`: `model.discriminator = critic`; returns the model."""
+    model.discriminator = critic
+    return model

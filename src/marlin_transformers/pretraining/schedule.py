@@ -1,0 +1,39 @@
+"""The paper's learning-rate schedule.
+
+AdamW with betas (0.9, 0.95), no weight decay, `lr = 1.5e-4 * total_batch / 256`, linear warm-up from 0 over 40
+epochs, then a cosine to `1e-5 * total_batch / 256` at the end of 2000 epochs. The reference computes this per
+iteration but only applies one value per epoch (its scheduler steps once an epoch); here it is applied per optimizer
+step.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def scaled_learning_rates(
+    total_batch_size: int, base_learning_rate: float = 1.5e-4, base_min_learning_rate: float = 1e-5
+) -> tuple[float, float]:
+    """The paper's linear scaling rule: (peak lr, final lr) = base * total_batch_size / 256.
+
+    `total_batch_size` counts clips per optimizer step over every process and accumulation step.
+    """
+    return base_learning_rate * total_batch_size / 256, base_min_learning_rate * total_batch_size / 256
+
+
+def learning_rate_at(
+    step: int, learning_rate: float, min_learning_rate: float, warmup_steps: int, total_steps: int
+) -> float:
+    """Learning rate for optimizer step `step` (from 0): the reference's per-iteration schedule.
+
+    Steps `0 .. warmup_steps - 1` rise linearly from 0 to `learning_rate` (NumPy's `linspace(0, lr, warmup_steps)`);
+    the remaining `total_steps - warmup_steps` follow `min + (lr - min) * (1 + cos(pi * i / remaining)) / 2`; steps
+    past `total_steps` stay at `min_learning_rate`.
+    """
+    if step < warmup_steps:
+        return learning_rate * step / (warmup_steps - 1) if warmup_steps > 1 else learning_rate
+    remaining = total_steps - warmup_steps
+    if remaining <= 0 or step >= total_steps:
+        return min_learning_rate
+    progress = (step - warmup_steps) / remaining
+    return min_learning_rate + 0.5 * (learning_rate - min_learning_rate) * (1 + math.cos(math.pi * progress))

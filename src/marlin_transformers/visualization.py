@@ -1,0 +1,169 @@
+"""Every picture the package draws: reconstructions, Fasking masks over face parsing, face crops per window.
+
+Each function takes arrays and returns (or writes) an image; none decodes video or runs a model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .modeling_marlin import paint_predictions
+from .pretraining.face_parsing import LAPA_LABEL_NAMES, LAPA_PALETTE
+
+
+def reconstruction_grid(
+    pixel_values_videos: torch.Tensor,
+    logits: torch.Tensor,
+    bool_masked_pos: torch.BoolTensor,
+    patch_size: int,
+    tubelet_size: int,
+    num_shown: int = 4,
+    max_clips: int = 2,
+) -> np.ndarray:
+    """A picture of reconstructions: per clip, rows original / masked input (masked tubelets grey) / reconstruction.
+
+    Args:
+        pixel_values_videos: (batch, frames, 3, height, width) in [0, 1].
+        logits: (batch, num_masked, 3 * tubelet_size * patch_size**2) predictions.
+        bool_masked_pos: (batch, num_tokens), True where masked.
+        num_shown: frames per clip, spread over the clip (first frame of evenly spaced tubelets).
+        max_clips: clips shown, from the start of the batch.
+
+    Returns:
+        (rows * height, num_shown * width, 3) uint8 RGB.
+    """
+    clips = pixel_values_videos[:max_clips].detach().float().cpu()
+    logits = logits[: len(clips)].detach().float().cpu()
+    masked = bool_masked_pos[: len(clips)].cpu()
+    num_frames, channels, image_size = clips.shape[1], clips.shape[2], clips.shape[3]
+    greyed = paint_predictions(clips, torch.full_like(logits, 0.5), masked, patch_size, tubelet_size)
+    painted = paint_predictions(clips, logits, masked, patch_size, tubelet_size)
+    frames = torch.linspace(0, num_frames // tubelet_size - 1, min(num_shown, num_frames // tubelet_size))
+    frames = (frames.round().long() * tubelet_size).tolist()
+    rows = []
+    for clip in range(len(clips)):
+        for video in (clips[clip], greyed[clip], painted[clip]):
+            row = video[frames].clamp(0, 1).permute(2, 0, 3, 1)  # (h, shown, w, c)
+            rows.append(row.reshape(image_size, -1, channels))
+    return (torch.cat(rows, dim=0) * 255).round().to(torch.uint8).numpy()
+
+
+def save_crops_picture(crops: np.ndarray, windows: list[dict], path: str | Path, per_row: int = 8) -> None:
+    """A PNG grid: one row per window, every other crop of it, captioned with the window's frames and face rate."""
+    from PIL import Image, ImageDraw
+
+    num_windows, frames, side = crops.shape[0], crops.shape[1], crops.shape[2]
+    shown = list(range(0, frames, max(1, frames // per_row)))[:per_row]
+    thumb, caption = side // 2, 18
+    canvas = Image.new("RGB", (thumb * len(shown), (thumb + caption) * num_windows), "white")
+    draw = ImageDraw.Draw(canvas)
+    for row in range(num_windows):
+        top = row * (thumb + caption)
+        window = windows[row]
+        fraction = window.get("face_detected_fraction")
+        text = f"window {row}: frames {window['frame_indices'][0]}-{window['frame_indices'][-1]}"
+        if fraction is not None:
+            text += f", face detected in {fraction:.0%} of frames"
+        draw.text((4, top + 3), text, fill="black")
+        for column, index in enumerate(shown):
+            image = Image.fromarray(crops[row, index]).resize((thumb, thumb), Image.BILINEAR)
+            canvas.paste(image, (column * thumb, top + caption))
+    canvas.save(path)
+
+
+def render_mask_overlay(
+    frames: torch.Tensor | np.ndarray,
+    label_maps: torch.Tensor | np.ndarray,
+    bool_masked_pos: torch.Tensor,
+    path: str | Path,
+    patch_size: int = 16,
+    tubelet_size: int = 2,
+    num_shown: int = 4,
+):
+    """Write a PNG of a few frames: the frame, its parsing overlaid in colour, and the frame with masked tokens greyed.
+
+    Columns are `num_shown` tubelets spread over the clip, each shown by its first frame (the one whose parsing
+    decides Fasking); rows are frame / parsing / mask, then a colour legend.
+
+    Args:
+        frames: `(num_frames, height, width, 3)` uint8 RGB face crops.
+        label_maps: `(num_frames, height, width)` LaPa labels 0..10.
+        bool_masked_pos: `(num_tokens,)` bool, True where masked, tokens ordered (time, row, column).
+        path: the PNG to write.
+
+    Returns:
+        The picture, a `PIL.Image.Image` of width `num_shown * width`.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    frames = torch.as_tensor(np.asarray(frames)).to(torch.uint8)
+    label_maps = torch.as_tensor(np.asarray(label_maps)).long()
+    num_frames, height, width = frames.shape[:3]
+    grid_t, grid_h, grid_w = num_frames // tubelet_size, height // patch_size, width // patch_size
+    masked = torch.as_tensor(bool_masked_pos).bool().reshape(grid_t, grid_h, grid_w)
+    # (t, h, w) pixel mask: each token covers a patch_size x patch_size square.
+    masked_pixels = masked.repeat_interleave(patch_size, dim=1).repeat_interleave(patch_size, dim=2)
+
+    shown = torch.linspace(0, grid_t - 1, min(num_shown, grid_t)).round().long().unique()
+    palette = torch.tensor(LAPA_PALETTE, dtype=torch.float32)
+    rows = []
+    for tubelet in shown.tolist():
+        frame = frames[tubelet * tubelet_size].float()  # (h, w, 3)
+        colours = palette[label_maps[tubelet * tubelet_size]]
+        parsing = torch.where(label_maps[tubelet * tubelet_size, ..., None] > 0, 0.4 * frame + 0.6 * colours, frame)
+        greyed = torch.where(masked_pixels[tubelet, ..., None], 0.15 * frame + 0.85 * 128, frame)
+        rows.append(torch.cat([frame, parsing, greyed], dim=0))  # (3 h, w, 3)
+    grid = torch.cat(rows, dim=1).round().clamp(0, 255).to(torch.uint8).numpy()  # (3 h, shown * w, 3)
+
+    entries = [(name, colour) for name, colour in zip(LAPA_LABEL_NAMES, LAPA_PALETTE)] + [("masked", (128,) * 3)]
+    entry_width = 96
+    per_row = max(1, grid.shape[1] // entry_width)
+    line_height = 16
+    legend_height = math.ceil(len(entries) / per_row) * line_height + 4
+    picture = Image.new("RGB", (grid.shape[1], grid.shape[0] + legend_height), (255, 255, 255))
+    picture.paste(Image.fromarray(grid), (0, 0))
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default()
+    for i, (name, colour) in enumerate(entries):
+        x = (i % per_row) * entry_width + 4
+        y = grid.shape[0] + (i // per_row) * line_height + 4
+        draw.rectangle([x, y, x + 10, y + 10], fill=colour, outline=(0, 0, 0))
+        draw.text((x + 14, y), name, fill=(0, 0, 0), font=font)
+    picture.save(path)
+    return picture
+
+
+def render_fasking_preview(
+    face_crops: torch.Tensor | np.ndarray,
+    landmarks: torch.Tensor | np.ndarray,
+    path: str | Path,
+    mask_ratio: float,
+    patch_size: int,
+    tubelet_size: int,
+    parser=None,
+    boxes: torch.Tensor | np.ndarray | None = None,
+    strategy: str = "fasking",
+    seed: int = 0,
+    num_shown: int = 4,
+):
+    """Parse a clip of face crops, draw its Fasking mask and write the picture of `render_mask_overlay`.
+
+    What `marlin show-mask` needs after decoding and cropping: `face_crops` `(num_frames, size, size, 3)` uint8 RGB
+    with `num_frames` a multiple of `tubelet_size`, `landmarks` `(num_frames, 5, 2)` in crop pixels (NaN where no
+    face), `parser` defaulting to `LandmarkFaceParser()`. Returns the picture.
+    """
+    from .pretraining.face_parsing import LandmarkFaceParser
+    from .pretraining.masking import generate_mask
+
+    face_crops = torch.as_tensor(np.asarray(face_crops))
+    num_frames, image_size = face_crops.shape[:2]
+    parser = LandmarkFaceParser() if parser is None else parser
+    label_maps = parser(face_crops, torch.as_tensor(np.asarray(landmarks)), boxes)
+    bool_masked_pos = generate_mask(
+        strategy, num_frames, image_size, patch_size, tubelet_size, mask_ratio, seed, label_maps=label_maps
+    )
+    return render_mask_overlay(face_crops, label_maps, bool_masked_pos, path, patch_size, tubelet_size, num_shown)
