@@ -19,24 +19,13 @@ from marlin_transformers.data.celebv_hq import (
 )
 from marlin_transformers.data.labels import read_labels_csv
 from marlin_transformers.exceptions import DatasetError
+from video_factory import encode_video
 
 APPEARANCE = [f"appearance_{i}" for i in range(40)]
 ACTION = [f"action_{i}" for i in range(35)]
 RED, BLUE = (220, 20, 20), (20, 20, 220)
 # A 160 x 96 frame whose face box covers rows 24..72 and columns 60..100.
 BBOX = {"top": 0.25, "bottom": 0.75, "left": 0.375, "right": 0.625}
-
-
-def encode_video(path: Path, frames: np.ndarray, fps: int = 25) -> None:
-    """Write frames (T, H, W, 3) uint8 RGB as H.264 mp4."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode(None))
 
 
 def decode_video(path: Path) -> np.ndarray:
@@ -76,7 +65,9 @@ def make_tree(root: Path, num_clips: int = 20, missing: tuple[int, ...] = (3, 7,
     frames = face_frames(height=96, width=96) if square else face_frames()
     for i, clip_id in enumerate(clips):
         if i not in missing:
-            encode_video(root / "downloaded" / f"{clip_id}.mp4", frames)
+            path = root / "downloaded" / f"{clip_id}.mp4"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            encode_video(path, frames, fps=25)
     return list(clips)
 
 
@@ -259,3 +250,18 @@ def test_cli_prepare_celebvhq(tmp_path, capsys):
     assert main(["prepare-celebvhq", str(tmp_path / "nowhere"), str(tmp_path / "p2")]) == 1
     err = capsys.readouterr().err
     assert "nowhere" in err and "Traceback" not in err
+
+
+def test_rotated_phone_clip_is_cropped_upright(tmp_path):
+    """A clip stored sideways with a display rotation is decoded upright, as `marlin extract` decodes it."""
+    root = tmp_path / "CelebV-HQ"
+    clip_ids = make_tree(root, num_clips=1, missing=(0,))
+    upright = np.empty((4, 160, 96, 3), dtype=np.uint8)  # portrait: red top half, blue bottom half
+    upright[:, :80], upright[:, 80:] = RED, BLUE
+    stored = np.ascontiguousarray(np.rot90(upright, k=-1, axes=(1, 2)))  # landscape, shown turned back by 90 degrees
+    (root / "downloaded").mkdir()
+    encode_video(root / "downloaded" / f"{clip_ids[0]}.mp4", stored, fps=25, rotation=90)
+    prepare_celebvhq(root, tmp_path / "out", crop="resize", size=32, progress=False)
+    crops = decode_video(tmp_path / "out" / "cropped" / f"{clip_ids[0]}.mp4").astype(int)
+    assert np.abs(crops[:, 2:12, 4:28] - RED).max() < 40  # the top of the centred square is red...
+    assert np.abs(crops[:, 20:30, 4:28] - BLUE).max() < 40  # ...and its bottom blue: upright, not sideways

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from conftest import REFERENCE_VIT_BASE
 from marlin_transformers import MARLIN_VARIANTS, MarlinConfig, MarlinModel
 
 # Encoder parameters in the authors' model zoo (MODEL_ZOO.md), which count the stored sin-cos table.
@@ -36,26 +37,8 @@ def test_released_variant_shapes():
 
 
 def test_authors_field_names_are_recognized():
-    config = MarlinConfig(
-        img_size=224,
-        patch_size=16,
-        n_frames=16,
-        encoder_embed_dim=384,
-        encoder_depth=12,
-        encoder_num_heads=6,
-        decoder_embed_dim=192,
-        decoder_depth=4,
-        decoder_num_heads=3,
-        mlp_ratio=4.0,
-        qkv_bias=True,
-        qk_scale=None,
-        drop_rate=0.0,
-        attn_drop_rate=0.0,
-        norm_layer="LayerNorm",
-        init_values=0.0,
-        tubelet_size=2,
-        as_feature_extractor=True,
-    )
+    small = dict(encoder_embed_dim=384, encoder_num_heads=6, decoder_embed_dim=192, decoder_num_heads=3)
+    config = MarlinConfig(**{**REFERENCE_VIT_BASE, **small}, as_feature_extractor=True)
     assert config.to_diff_dict() == MarlinConfig.from_variant("small").to_diff_dict()
     assert not hasattr(config, "encoder_embed_dim") and not hasattr(config, "img_size")
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_CLIP
 from marlin_transformers import MarlinConfig, MarlinModel, MarlinVideoProcessor
 from marlin_transformers.cli import main
 from marlin_transformers.convert_marlin import save_marlin_folder
@@ -20,15 +21,7 @@ from video_factory import encode_video, indexed_frames, moving_face_frames, writ
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    config = MarlinConfig(
-        image_size=32,
-        patch_size=16,
-        num_frames=16,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
+    config = MarlinConfig(**{**TINY_CLIP, "num_frames": 16, "num_hidden_layers": 1})
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("models") / "tiny"
     save_marlin_folder(MarlinModel(config), folder)

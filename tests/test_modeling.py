@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoModelForVideoClassification
 
+from conftest import tiny_config
 from marlin_transformers import (
     MarlinConfig,
     MarlinForPreTraining,
@@ -16,25 +17,6 @@ from marlin_transformers import (
     unpatchify_video,
 )
 from marlin_transformers.modeling_marlin import get_sinusoid_encoding_table
-
-
-def tiny_config(**overrides) -> MarlinConfig:
-    fields = dict(
-        image_size=10,
-        patch_size=5,
-        num_frames=4,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        decoder_hidden_size=16,
-        decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=32,
-        discriminator_hidden_size=24,
-    )
-    return MarlinConfig(**{**fields, **overrides})
 
 
 def random_video(config: MarlinConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:

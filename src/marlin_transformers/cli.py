@@ -3,6 +3,7 @@
 import argparse
 import sys
 
+from .constants import MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
 from .exceptions import MarlinError
 
 
@@ -63,13 +64,15 @@ def _extract(args: argparse.Namespace) -> int:
 def _show_mask(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .configuration_marlin import MarlinConfig
     from .pretraining.face_parsing import FarlFaceParser, LandmarkFaceParser
     from .video.face_tracking import FaceTracker, iter_face_windows
     from .video.windows import iter_windows
     from .visualization import render_fasking_preview
 
-    windows = iter_windows(args.video, num_frames=16, sample_rate=args.sample_rate)
-    tracked = iter_face_windows(windows, FaceTracker(), source=args.video)
+    config = MarlinConfig.from_pretrained(args.model) if args.model else MarlinConfig()
+    windows = iter_windows(args.video, num_frames=config.num_frames, sample_rate=args.sample_rate)
+    tracked = iter_face_windows(windows, FaceTracker(crop_size=config.image_size), source=args.video)
     window, crops = next(iter(tracked))
     landmarks = crops.crop_landmarks.copy()
     landmarks[~crops.detected] = np.nan  # frames without a detection fall back to random masking
@@ -78,9 +81,9 @@ def _show_mask(args: argparse.Namespace) -> int:
         crops.crops,
         landmarks,
         args.out,
-        mask_ratio=args.mask_ratio,
-        patch_size=16,
-        tubelet_size=2,
+        mask_ratio=config.mask_ratio if args.mask_ratio is None else args.mask_ratio,
+        patch_size=config.patch_size,
+        tubelet_size=config.tubelet_size,
         parser=parser,
         strategy=args.strategy,
         seed=args.seed,
@@ -144,8 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --crop-face, a video without any face is an error (default) or gets a centre crop",
     )
     extract.add_argument("--face-margin", type=float, default=1.0, help="crop side / face box side (default 1.0)")
-    extract.add_argument("--sample-rate", type=int, default=2, help="take every n-th frame (default 2)")
-    extract.add_argument("--stride", type=int, default=16, help="next window after this many sampled frames")
+    extract.add_argument(
+        "--sample-rate", type=int, default=SAMPLE_RATE, help=f"take every n-th frame (default {SAMPLE_RATE})"
+    )
+    extract.add_argument(
+        "--stride", type=int, default=STRIDE, help=f"next window after this many sampled frames (default {STRIDE})"
+    )
     extract.add_argument("--stride-seconds", type=float, default=None, help="window spacing in seconds instead")
     extract.add_argument("--keep-seq", action="store_true", help="save every token (windows x 1568 x hidden)")
     extract.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
@@ -167,15 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     show_mask.add_argument(
         "--strategy", default="fasking", choices=["fasking", "fasking_opp", "random", "tube", "frame"]
     )
-    show_mask.add_argument("--mask-ratio", type=float, default=0.9)
-    show_mask.add_argument("--sample-rate", type=int, default=2)
+    show_mask.add_argument(
+        "--model", help="converted folder or Hub id whose config sets clip length, crop size, tubelets and mask ratio"
+    )
+    show_mask.add_argument("--mask-ratio", type=float, default=None, help="default: the config's (0.9)")
+    show_mask.add_argument("--sample-rate", type=int, default=SAMPLE_RATE)
     show_mask.add_argument("--frames", type=int, default=4, help="frames shown (default 4)")
     show_mask.add_argument("--seed", type=int, default=0)
     show_mask.set_defaults(handler=_show_mask)
 
     celebvhq = commands.add_parser(
         "prepare-celebvhq",
-        help="split CelebV-HQ (sorted, seeded 80/10/10), crop its clips to 224 and write labels CSVs",
+        help=f"split CelebV-HQ (sorted, seeded 80/10/10), crop its clips to {MARLIN_CROP_SIZE} and write labels CSVs",
     )
     celebvhq.add_argument("root", help="the CelebV-HQ folder (celebvhq_info.json, downloaded/)")
     celebvhq.add_argument("out", help="where the prepared layout goes")
@@ -186,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bbox: the release's box crop of full frames (default); resize: clips already cropped by the release "
         "script; face: MTCNN tracking, as the paper; none: label CSVs only",
     )
-    celebvhq.add_argument("--size", type=int, default=224)
+    celebvhq.add_argument("--size", type=int, default=MARLIN_CROP_SIZE)
     celebvhq.add_argument("--seed", type=int, default=0)
     celebvhq.add_argument("--num-workers", type=int, default=1)
     celebvhq.set_defaults(handler=_prepare_celebvhq)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import MarlinError
-from ..video.decoding import VIDEO_EXTENSIONS
+from ..video.decoding import videos_in_folder
 
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 MANIFEST = "manifest.jsonl"
@@ -35,7 +35,7 @@ def discover_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()))
+            found.extend(videos_in_folder(path))
         elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
             for line in path.read_text().splitlines():
                 line = line.strip()

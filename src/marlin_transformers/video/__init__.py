@@ -13,6 +13,7 @@ from .decoding import (
     frame_rate,
     iter_frames,
     read_video,
+    videos_in_folder,
 )
 from .windows import VideoWindow, iter_windows, plan_windows
 from .writing import write_video
@@ -30,5 +31,6 @@ __all__ = [
     "iter_windows",
     "plan_windows",
     "read_video",
+    "videos_in_folder",
     "write_video",
 ]

@@ -140,8 +140,13 @@ def read_video(path: str | os.PathLike, strict: bool = True) -> tuple[np.ndarray
     return np.stack(frames), np.asarray(times, dtype=np.float64)
 
 
+def videos_in_folder(folder: str | os.PathLike) -> list[Path]:
+    """The video files under `folder`, searched recursively by `VIDEO_EXTENSIONS` (any case), sorted by path."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+
+
 def find_videos(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Video files among `paths`: files as given, folders searched recursively for `VIDEO_EXTENSIONS`, sorted.
+    """Video files among `paths`: files as given, folders searched with `videos_in_folder`.
 
     Raises:
         VideoError: a path that does not exist, or no video at all.
@@ -149,7 +154,7 @@ def find_videos(paths: Sequence[str | os.PathLike]) -> list[Path]:
     videos = []
     for path in map(Path, paths):
         if path.is_dir():
-            videos.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS))
+            videos.extend(videos_in_folder(path))
         elif path.is_file():
             videos.append(path)
         else:

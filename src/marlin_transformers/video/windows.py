@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..constants import NUM_FRAMES, SAMPLE_RATE, STRIDE
 from .decoding import frame_to_rgb, iter_frames
 
 
@@ -103,9 +104,9 @@ class _WindowPlanner:
 
 def plan_windows(
     timestamps: Sequence[float],
-    num_frames: int = 16,
-    sample_rate: int = 2,
-    stride: int = 16,
+    num_frames: int = NUM_FRAMES,
+    sample_rate: int = SAMPLE_RATE,
+    stride: int = STRIDE,
     stride_seconds: float | None = None,
 ) -> list[tuple[list[int], int]]:
     """Windows of a video whose frame times are known, as (frame_indices, num_padded) pairs.
@@ -130,9 +131,9 @@ def plan_windows(
 
 def iter_windows(
     path: str | os.PathLike,
-    num_frames: int = 16,
-    sample_rate: int = 2,
-    stride: int = 16,
+    num_frames: int = NUM_FRAMES,
+    sample_rate: int = SAMPLE_RATE,
+    stride: int = STRIDE,
     stride_seconds: float | None = None,
     strict: bool = True,
 ) -> Iterator[VideoWindow]:
