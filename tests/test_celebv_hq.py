@@ -207,7 +207,7 @@ def test_read_labels_csv_single_label_and_errors(tmp_path):
 
 
 class FakeTracker:
-    """Stands in for face_detection.FaceTracker: records its calls, returns crops coding the frame index."""
+    """Stands in for video.face_tracking.FaceTracker: records its calls, returns crops coding the frame index."""
 
     def __init__(self):
         self.calls = []

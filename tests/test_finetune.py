@@ -1,4 +1,5 @@
-"""examples/finetune.py end to end on a tiny MARLIN and tiny videos: Trainer, metrics, saving, frozen encoder."""
+"""examples/finetune.py end to end on a tiny MARLIN and tiny videos (Trainer, metrics, saving, frozen encoder), and the
+pieces of `evaluation.finetuning` it calls."""
 
 import importlib.util
 import json
@@ -8,25 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_CLIP
 from marlin_transformers import MarlinConfig, MarlinModel
 from marlin_transformers.convert_marlin import save_marlin_folder
+from marlin_transformers.evaluation import finetuning
 from video_factory import encode_video, indexed_frames, read_frame_index
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "finetune.py"
-TINY = dict(
-    image_size=32,
-    patch_size=16,
-    num_frames=4,
-    tubelet_size=2,
-    hidden_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    intermediate_size=64,
-    decoder_hidden_size=16,
-    decoder_num_hidden_layers=1,
-    decoder_num_attention_heads=2,
-    decoder_intermediate_size=32,
-)
+TINY = {**TINY_CLIP, "num_hidden_layers": 1}
 COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 FAST = ["--sample-rate", "1", "--dataloader-num-workers", "0", "--per-device-train-batch-size", "2"]
 FAST += ["--num-train-epochs", "2", "--logging-steps", "1", "--learning-rate", "1e-3"]
@@ -112,14 +102,14 @@ def test_multi_label_frozen_encoder(finetune, tiny_model, class_folders, tmp_pat
     original = MarlinModel.from_pretrained(tiny_model).state_dict()
     for name, tensor in trained.marlin.state_dict().items():
         torch.testing.assert_close(tensor, original[name], rtol=0, atol=0, msg=name)
-    initial_head = finetune.build_model(tiny_model, "multi_label_classification", ["a", "b"]).classifier
+    initial_head = finetuning.build_model(tiny_model, "multi_label_classification", ["a", "b"]).classifier
     assert not torch.equal(trained.classifier.weight, initial_head.weight)  # the head did train
 
 
-def test_train_windows_are_seeded_and_vary_by_epoch(finetune, tmp_path):
+def test_train_windows_are_seeded_and_vary_by_epoch(tmp_path):
     video = encode_video(tmp_path / "indexed.mp4", indexed_frames(40, 48, 64))
-    options = finetune.ClipOptions(num_frames=4, image_size=32, sample_rate=2, train_stride=1)
-    dataset = finetune.VideoClipDataset([video], np.array([0]), "single_label_classification", options, True, seed=3)
+    options = finetuning.ClipOptions(num_frames=4, image_size=32, sample_rate=2, train_stride=1)
+    dataset = finetuning.VideoClipDataset([video], np.array([0]), "single_label_classification", options, True, seed=3)
 
     def first_frame(epoch: int) -> int:
         dataset.set_epoch(epoch)
@@ -135,21 +125,21 @@ def test_train_windows_are_seeded_and_vary_by_epoch(finetune, tmp_path):
     assert 0.0 <= item["pixel_values_videos"].min() and item["pixel_values_videos"].max() <= 1.0
 
 
-def test_eval_windows_and_logit_average(finetune, tiny_model, tmp_path):
+def test_eval_windows_and_logit_average(tiny_model, tmp_path):
     long_video = encode_video(tmp_path / "long.mp4", indexed_frames(20, 48, 64))
     short_video = encode_video(tmp_path / "short.mp4", indexed_frames(8, 48, 64))
-    options = finetune.ClipOptions(num_frames=4, image_size=32, sample_rate=1)
+    options = finetuning.ClipOptions(num_frames=4, image_size=32, sample_rate=1)
     labels = np.array([[1.0], [0.0]])
-    dataset = finetune.VideoClipDataset([long_video, short_video], labels, "regression", options, training=False)
+    dataset = finetuning.VideoClipDataset([long_video, short_video], labels, "regression", options, training=False)
     items = [dataset[0], dataset[1]]
     assert items[0]["pixel_values_videos"].shape == (5, 4, 3, 32, 32)  # frames 0-3, 4-7, ..., 16-19
     assert items[1]["pixel_values_videos"].shape == (2, 4, 3, 32, 32)
-    batch = finetune.collate_clips(items)
+    batch = finetuning.collate_clips(items)
     assert batch["window_mask"].tolist() == [[True] * 5, [True, True, False, False, False]]
 
-    model = finetune.build_model(tiny_model, "regression", ["score"]).eval()
+    model = finetuning.build_model(tiny_model, "regression", ["score"]).eval()
     with torch.no_grad():
-        averaged = finetune.video_logits(model, batch["pixel_values_videos"], batch["window_mask"], chunk=3)
+        averaged = finetuning.video_logits(model, batch["pixel_values_videos"], batch["window_mask"], chunk=3)
         expected = [model(pixel_values_videos=item["pixel_values_videos"]).logits.mean(0) for item in items]
     torch.testing.assert_close(averaged, torch.stack(expected), rtol=1e-5, atol=1e-6)
 
@@ -159,7 +149,7 @@ def test_eval_windows_and_logit_average(finetune, tiny_model, tmp_path):
     assert dataset[0]["pixel_values_videos"].shape == (3, 4, 3, 32, 32)
 
 
-def test_json_and_saved_dataset_sources(finetune, tmp_path):
+def test_json_and_saved_dataset_sources(tmp_path):
     import datasets
 
     from marlin_transformers.exceptions import DatasetError
@@ -167,23 +157,23 @@ def test_json_and_saved_dataset_sources(finetune, tmp_path):
     (tmp_path / "a.mp4").write_bytes(b"")
     records = {"label_names": ["valence", "arousal"], "videos": [{"path": "a.mp4", "labels": [0.5, -1.0]}]}
     (tmp_path / "data.json").write_text(json.dumps(records))
-    table = finetune.read_labels(tmp_path / "data.json", "regression")
+    table = finetuning.read_labels(tmp_path / "data.json", "regression")
     assert table.paths == [str(tmp_path / "a.mp4")] and table.label_names == ["valence", "arousal"]
     np.testing.assert_allclose(table.labels, [[0.5, -1.0]])
 
     (tmp_path / "data.jsonl").write_text('{"path": "a.mp4", "label": "smile"}\n{"path": "b.mp4", "label": "calm"}\n')
-    table = finetune.read_labels(tmp_path / "data.jsonl", "single_label_classification")
+    table = finetuning.read_labels(tmp_path / "data.jsonl", "single_label_classification")
     assert table.label_names == ["calm", "smile"] and table.labels.tolist() == [1, 0]
 
     features = datasets.Features({"path": datasets.Value("string"), "labels": datasets.ClassLabel(names=["x", "y"])})
     split = datasets.Dataset.from_dict({"path": [str(tmp_path / "a.mp4")], "labels": [1]}, features=features)
     datasets.DatasetDict({"train": split, "val": split}).save_to_disk(tmp_path / "saved")
-    table = finetune.read_labels(tmp_path / "saved", "single_label_classification")  # picks "val"
+    table = finetuning.read_labels(tmp_path / "saved", "single_label_classification")  # picks "val"
     assert table.label_names == ["x", "y"] and table.labels.tolist() == [1]
     with pytest.raises(DatasetError, match="no split 'nope'"):
-        finetune.read_labels(tmp_path / "saved", "single_label_classification", split="nope")
+        finetuning.read_labels(tmp_path / "saved", "single_label_classification", split="nope")
     with pytest.raises(DatasetError, match="single-label"):
-        finetune.read_labels(tmp_path, "multi_label_classification")
+        finetuning.read_labels(tmp_path, "multi_label_classification")
 
 
 def test_unknown_eval_class_is_a_one_line_error(finetune, tiny_model, class_folders, tmp_path, capsys):
@@ -200,9 +190,9 @@ def test_unknown_eval_class_is_a_one_line_error(finetune, tiny_model, class_fold
     assert "class 'purple' never occurs in the training data" in capsys.readouterr().err
 
 
-def test_probe_head_folds_into_one_linear_layer(finetune):
+def test_probe_head_folds_into_one_linear_layer():
     torch.manual_seed(0)
-    head = finetune.ProbeHead(torch.nn.Linear(8, 3))
+    head = finetuning.ProbeHead(torch.nn.Linear(8, 3))
     head.train()
     for _ in range(3):
         head(torch.randn(16, 8) * 5 + 2)  # running statistics

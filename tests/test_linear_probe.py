@@ -1,4 +1,5 @@
-"""examples/linear_probe.py end to end on fake `marlin extract` output (random features, class-dependent means)."""
+"""examples/linear_probe.py end to end on fake `marlin extract` output (random features, class-dependent means), and
+`evaluation.linear_probe`'s training."""
 
 import importlib.util
 import json
@@ -6,6 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from marlin_transformers.evaluation.linear_probe import (
+    CACHE_NAME,
+    LinearProbeConfig,
+    evaluate_probe,
+    train_linear_probe,
+)
+from marlin_transformers.exceptions import DatasetError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "linear_probe.py"
 HIDDEN = 24
@@ -88,7 +97,7 @@ def test_single_label_probe_learns_and_caches(linear_probe, tmp_path):
     assert report["eval"]["accuracy"] >= 0.9 and report["eval"]["roc_auc"] >= 0.95
 
     # the cache holds the temporal means; with the npy files gone, a second run still works and gives the same
-    cache = np.load(tmp_path / "features" / linear_probe.CACHE_NAME)
+    cache = np.load(tmp_path / "features" / CACHE_NAME)
     first = np.load(tmp_path / "features" / "person001.npy").mean(axis=0)
     np.testing.assert_allclose(cache["features"][cache["inputs"].tolist().index(inputs[1])], first, rtol=1e-5)
     for npy in (tmp_path / "features").glob("*.npy"):
@@ -141,19 +150,21 @@ def test_multi_label_probe_learns(linear_probe, tmp_path):
     assert metrics["accuracy"] >= 0.9 and metrics["roc_auc"] >= 0.95 and metrics["roc_auc_macro"] >= 0.95
 
 
-def test_training_is_reproducible_and_separates_classes(linear_probe):
+def test_training_is_reproducible_and_separates_classes():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, 200)
     features = rng.normal(size=(200, 8)) + 3.0 * labels[:, None]
     probes = [
-        linear_probe.train_linear_probe(features, labels, "single_label_classification", 2, epochs=5, batch_size=16)[0]
+        train_linear_probe(
+            features, labels, "single_label_classification", 2, LinearProbeConfig(epochs=5, batch_size=16)
+        )[0]
         for _ in range(2)
     ]
     assert all(
         np.array_equal(a.detach().numpy(), b.detach().numpy())
         for a, b in zip(probes[0].parameters(), probes[1].parameters())
     )
-    metrics = linear_probe.evaluate_probe(probes[0], features, labels, "single_label_classification")
+    metrics = evaluate_probe(probes[0], features, labels, "single_label_classification")
     assert metrics["accuracy"] > 0.95
 
 
@@ -172,32 +183,33 @@ def test_missing_features_are_an_error_unless_skipped(linear_probe, tmp_path, ca
     assert report["skipped_without_features"] == {"train": 1, "eval": 1}
 
 
-def test_validation_keeps_the_best_epoch(linear_probe):
+def test_validation_keeps_the_best_epoch():
     # 30 training videos, 31 noisy features: the probe overfits after a few epochs
     rng = np.random.default_rng(4)
     targets = rng.normal(size=(60, 1))
     features = np.concatenate([targets, rng.normal(size=(60, 30))], axis=1) + 0.5 * rng.normal(size=(60, 31))
     train, val = slice(0, 30), slice(30, 60)
     settings = dict(epochs=40, batch_size=0, learning_rate=0.05, weight_decay=0.0)
-    probe, selection = linear_probe.train_linear_probe(
+    probe, selection = train_linear_probe(
         features[train],
         targets[train],
         "regression",
         1,
+        LinearProbeConfig(metric_for_best_model="mse", eval_every=5, **settings),
         validation=(features[val], targets[val]),
-        metric_for_best_model="mse",
-        eval_every=5,
-        **settings,
     )
     assert selection["best_epoch"] < 40
     # the returned probe is the selected one, better on validation than the last epoch's
-    assert linear_probe.evaluate_probe(probe, features[val], targets[val], "regression") == pytest.approx(
-        selection["validation"]
-    )
-    last, _ = linear_probe.train_linear_probe(features[train], targets[train], "regression", 1, **settings)
-    last_mse = linear_probe.evaluate_probe(last, features[val], targets[val], "regression")["mse"]
+    assert evaluate_probe(probe, features[val], targets[val], "regression") == pytest.approx(selection["validation"])
+    last, _ = train_linear_probe(features[train], targets[train], "regression", 1, LinearProbeConfig(**settings))
+    last_mse = evaluate_probe(last, features[val], targets[val], "regression")["mse"]
     assert selection["validation"]["mse"] < last_mse
-    with pytest.raises(linear_probe.DatasetError, match="roc_auc"):
-        linear_probe.train_linear_probe(
-            features[train], targets[train], "regression", 1, epochs=1, validation=(features[val], targets[val])
+    with pytest.raises(DatasetError, match="roc_auc"):
+        train_linear_probe(
+            features[train],
+            targets[train],
+            "regression",
+            1,
+            LinearProbeConfig(epochs=1),
+            validation=(features[val], targets[val]),
         )

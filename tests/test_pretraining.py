@@ -1,8 +1,11 @@
 """Pretraining: loss signs, the gradient penalty, the schedule, VideoMAE init, the clip dataset, exact resume."""
 
+import csv
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import TINY_CLIP
 from marlin_transformers import MarlinConfig, MarlinForPreTraining
 from marlin_transformers.data import precomputed_label_maps, youtube_faces_clips
 from marlin_transformers.exceptions import DatasetError
@@ -29,31 +33,22 @@ from marlin_transformers.pretraining import (
     videomae_to_marlin_state_dict,
 )
 from marlin_transformers.pretraining.masking import num_visible_tokens, seeded_generator
+from marlin_transformers.pretraining.training import (
+    PretrainingArguments,
+    build_model,
+    parse_config_overrides,
+    train,
+)
 from marlin_transformers.video import decode_frames
 from marlin_transformers.visualization import reconstruction_grid
 from video_factory import encode_video
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pretrain.py"
-TINY = dict(
-    image_size=32,
-    patch_size=16,
-    num_frames=4,
-    tubelet_size=2,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    decoder_hidden_size=16,
-    decoder_num_hidden_layers=1,
-    decoder_num_attention_heads=2,
-    decoder_intermediate_size=32,
-    mask_ratio=0.5,
-    mask_strategy="random",
-)
+TINY = {**TINY_CLIP, "mask_ratio": 0.5, "mask_strategy": "random"}
 
 
 @pytest.fixture(scope="module")
-def pretrain():
+def pretrain_example():
     spec = importlib.util.spec_from_file_location("pretrain_example", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -327,49 +322,74 @@ def test_epoch_shuffle_sampler():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def run_pretrain(pretrain, tiny_videos, output_dir, *extra):
-    overrides = [f"--config-override={k}={v}" for k, v in TINY.items() if k != "mask_strategy"]
-    argv = [
-        "--train-data",
-        str(tiny_videos),
-        "--output-dir",
-        str(output_dir),
-        "--model-config=small",
-        *overrides,
-        "--config-override=mask_strategy=random",
-        "--batch-size=2",
-        "--clips-per-video=2",
-        "--num-workers=0",
-        "--num-epochs=4",
-        "--warmup-epochs=1",
-        "--learning-rate=1e-3",
-        "--max-steps=5",
-        "--gp-weight=1.0",
-        "--adv-weight=0.1",
-        "--eval-batch-size=2",
-        "--eval-steps=5",
-        "--image-steps=5",
-        "--checkpointing-steps=2",
-        "--cpu",
-        *extra,
-    ]
-    return pretrain.main(argv)
+TINY_RUN_FLAGS = [
+    *(f"--config-override={k}={v}" for k, v in TINY.items() if k != "mask_strategy"),
+    "--config-override=mask_strategy=random",
+    "--batch-size=2",
+    "--clips-per-video=2",
+    "--num-workers=0",
+    "--num-epochs=4",
+    "--warmup-epochs=1",
+    "--learning-rate=1e-3",
+    "--max-steps=5",
+    "--gp-weight=1.0",
+    "--adv-weight=0.1",
+    "--eval-batch-size=2",
+    "--eval-steps=5",
+    "--image-steps=5",
+    "--checkpointing-steps=2",
+    "--cpu",
+]
 
 
-def test_resume_matches_an_uninterrupted_run(pretrain, tiny_videos, tmp_path):
+def tiny_run(tiny_videos, output_dir, **changes) -> PretrainingArguments:
+    """The arguments `TINY_RUN_FLAGS` give on the command line, with `changes`."""
+    fields = dict(
+        train_data=[str(tiny_videos)],
+        output_dir=str(output_dir),
+        model_config="small",
+        config_override=[f"{k}={v}" for k, v in TINY.items() if k != "mask_strategy"] + ["mask_strategy=random"],
+        batch_size=2,
+        clips_per_video=2,
+        num_workers=0,
+        num_epochs=4,
+        warmup_epochs=1,
+        learning_rate=1e-3,
+        max_steps=5,
+        gp_weight=1.0,
+        adv_weight=0.1,
+        eval_batch_size=2,
+        eval_steps=5,
+        image_steps=5,
+        checkpointing_steps=2,
+        cpu=True,
+    )
+    return PretrainingArguments(**{**fields, **changes})
+
+
+def test_command_line_flags_are_the_arguments_fields(pretrain_example, tiny_videos, tmp_path):
+    argv = ["--train-data", str(tiny_videos), "--output-dir", str(tmp_path), "--model-config=small", *TINY_RUN_FLAGS]
+    assert pretrain_example.parse_args(argv) == tiny_run(tiny_videos, tmp_path)
+    extra = ["--resume", "latest", "--gradient-checkpointing", "--no-tensorboard", "--holdout-fraction", "0.3"]
+    assert pretrain_example.parse_args(argv + extra) == tiny_run(
+        tiny_videos, tmp_path, resume="latest", gradient_checkpointing=True, tensorboard=False, holdout_fraction=0.3
+    )
+    with pytest.raises(SystemExit):  # neither --train-data nor --youtube-faces
+        pretrain_example.parse_args(["--output-dir", str(tmp_path)])
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_videos, tmp_path):
     """3 batches per epoch: the resumed run restarts mid-epoch 0 (step 2) and crosses into epoch 1."""
-    full = run_pretrain(pretrain, tiny_videos, tmp_path / "full")
-    assert full["steps"] == 5 and len(full["losses"]) == 5
+    full = train(tiny_run(tiny_videos, tmp_path / "full"))
+    assert full.steps == 5 and len(full.train_log) == 5
     # Gradient checkpointing recomputes the same numbers: the resumed run uses it.
     checkpoint = str(tmp_path / "full" / "checkpoints" / "step_2")
-    resumed = run_pretrain(
-        pretrain, tiny_videos, tmp_path / "resumed", "--resume", checkpoint, "--gradient-checkpointing"
-    )
-    assert [row["step"] for row in resumed["losses"]] == [3, 4, 5]
-    for expected, got in zip(full["losses"][2:], resumed["losses"]):
+    resumed = train(tiny_run(tiny_videos, tmp_path / "resumed", resume=checkpoint, gradient_checkpointing=True))
+    assert [row["step"] for row in resumed.train_log] == [3, 4, 5]
+    for expected, got in zip(full.train_log[2:], resumed.train_log):
         for name in ("rec_loss", "adv_loss", "d_loss", "gp", "lr"):
             assert got[name] == pytest.approx(expected[name], abs=1e-6, rel=0), (got["step"], name)
-    assert full["eval"][-1][1] == pytest.approx(resumed["eval"][-1][1], abs=1e-6)
+    assert full.eval_curve[-1][1] == pytest.approx(resumed.eval_curve[-1][1], abs=1e-6)
 
     # Every loss term and the lr reach the log, and the picture is written.
     header = (tmp_path / "full" / "train_log.csv").read_text().splitlines()[0].split(",")
@@ -381,6 +401,7 @@ def test_resume_matches_an_uninterrupted_run(pretrain, tiny_videos, tmp_path):
     from transformers import AutoModel, AutoModelForPreTraining
 
     folder = tmp_path / "full" / "model"
+    assert full.model_dir == folder
     pretraining = AutoModelForPreTraining.from_pretrained(folder)
     encoder = AutoModel.from_pretrained(folder)
     torch.testing.assert_close(
@@ -393,10 +414,7 @@ def test_resume_matches_an_uninterrupted_run(pretrain, tiny_videos, tmp_path):
     assert (folder / "modeling_marlin.py").exists()
 
     # `--init-from` a previous run's model continues from its weights, critic included.
-    import argparse
-
-    args = argparse.Namespace(init_from=str(folder), model_config="base", config_override=["adv_weight=0.5"])
-    continued = pretrain.build_model(args)
+    continued = build_model("base", init_from=str(folder), config_overrides=parse_config_overrides(["adv_weight=0.5"]))
     assert continued.config.adv_weight == 0.5
     torch.testing.assert_close(continued.discriminator.fc1.weight, pretraining.discriminator.fc1.weight)
 
@@ -430,13 +448,13 @@ def test_face_clips_cropped_and_parsed_for_fasking(tmp_path):
     assert live_item["bool_masked_pos"].sum() == item["bool_masked_pos"].sum()
 
 
-def test_gradient_accumulation_counts_optimizer_steps(pretrain, tiny_videos, tmp_path):
-    result = run_pretrain(
-        pretrain, tiny_videos, tmp_path / "run", "--gradient-accumulation-steps=2", "--max-steps=2", "--no-tensorboard"
+def test_gradient_accumulation_counts_optimizer_steps(tiny_videos, tmp_path):
+    result = train(
+        tiny_run(tiny_videos, tmp_path / "run", gradient_accumulation_steps=2, max_steps=2, tensorboard=False)
     )
     # 3 micro-batches per epoch: step 1 = batches 1-2, step 2 = batch 3 (the end of the epoch syncs).
-    assert result["steps"] == 2 and [row["step"] for row in result["losses"]] == [1, 2]
-    assert result["losses"][0]["lr"] == 0.0 and result["losses"][1]["lr"] > 0
+    assert result.steps == 2 and [row["step"] for row in result.train_log] == [1, 2]
+    assert result.train_log[0]["lr"] == 0.0 and result.train_log[1]["lr"] > 0
 
 
 @pytest.fixture
@@ -489,13 +507,21 @@ def test_youtube_faces_frame_folders_with_saved_parsing(youtube_faces_root, tmp_
         youtube_faces_clips(youtube_faces_root, "test")
 
 
-def test_pretrain_on_youtube_faces(pretrain, youtube_faces_root, tmp_path):
+def test_pretrain_on_youtube_faces(youtube_faces_root, tmp_path):
+    """The example script end to end, in its own process."""
     overrides = [f"--config-override={k}={v}" for k, v in TINY.items() if k != "mask_strategy"]
-    result = pretrain.main(
-        ["--youtube-faces", str(youtube_faces_root), "--output-dir", str(tmp_path / "run"), "--model-config=small"]
-        + overrides
+    run = tmp_path / "run"
+    command = (
+        [sys.executable, str(EXAMPLE), "--youtube-faces", str(youtube_faces_root), "--output-dir", str(run)]
+        + ["--model-config=small", *overrides]
         + ["--config-override=mask_strategy=fasking", "--sample-rate=1", "--batch-size=2", "--num-workers=0"]
         + ["--num-epochs=2", "--warmup-epochs=1", "--eval-batch-size=1", "--eval-steps=2", "--image-steps=0"]
         + ["--checkpointing-steps=0", "--no-tensorboard", "--cpu"]
     )
-    assert result["steps"] == 2 and [step for step, _ in result["eval"]] == [0, 2]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr
+    with open(run / "train_log.csv", newline="") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    eval_steps = [int(line.split(",")[0]) for line in (run / "eval.csv").read_text().splitlines()]
+    assert steps == [1, 2] and eval_steps == [0, 2]
+    assert (run / "model" / "config.json").exists()

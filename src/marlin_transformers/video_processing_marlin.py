@@ -28,7 +28,7 @@ class MarlinVideoProcessor(BaseVideoProcessor):
 
     MARLIN was trained on raw RGB scaled to [0, 1]: there is no mean/std normalization (`do_normalize=False`). Frames
     are resized to 224x224 (bilinear) without centre-cropping, because MARLIN's inputs are square face crops (see
-    `face_detection.FaceTracker`); non-square frames are squashed, so crop them first.
+    `video.face_tracking.FaceTracker`); non-square frames are squashed, so crop them first.
 
     Accepts, as one clip or a batch of clips:
     - numpy arrays or torch tensors (frames, height, width, 3) or (frames, 3, height, width), uint8 or [0, 255];

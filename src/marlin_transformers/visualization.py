@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from .modeling_marlin import paint_predictions
-from .pretraining.face_parsing import LAPA_LABEL_NAMES, LAPA_PALETTE
 
 
 def reconstruction_grid(
@@ -100,6 +99,8 @@ def render_mask_overlay(
     """
     from PIL import Image, ImageDraw, ImageFont
 
+    from .pretraining.face_parsing import LAPA_LABEL_NAMES, LAPA_PALETTE  # (pretraining draws with this module)
+
     frames = torch.as_tensor(np.asarray(frames)).to(torch.uint8)
     label_maps = torch.as_tensor(np.asarray(label_maps)).long()
     num_frames, height, width = frames.shape[:3]
@@ -167,3 +168,29 @@ def render_fasking_preview(
         strategy, num_frames, image_size, patch_size, tubelet_size, mask_ratio, seed, label_maps=label_maps
     )
     return render_mask_overlay(face_crops, label_maps, bool_masked_pos, path, patch_size, tubelet_size, num_shown)
+
+
+def write_curve_png(points: list[tuple[int, float]], path: Path, title: str) -> None:
+    """A line plot of (step, value) points, drawn with PIL (no plotting library needed)."""
+    from PIL import Image, ImageDraw
+
+    width, height, margin = 640, 400, 50
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    steps, values = [p[0] for p in points], [p[1] for p in points]
+    low, high = min(values), max(values)
+    span_x, span_y = max(max(steps) - min(steps), 1), max(high - low, 1e-12)
+
+    def xy(step, value):
+        x = margin + (step - min(steps)) / span_x * (width - 2 * margin)
+        return x, height - margin - (value - low) / span_y * (height - 2 * margin)
+
+    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
+    for i in range(5):
+        value = low + span_y * i / 4
+        draw.text((2, xy(min(steps), value)[1] - 5), f"{value:.4f}", fill="black")
+        step = min(steps) + span_x * i / 4
+        draw.text((xy(step, low)[0] - 10, height - margin + 5), f"{step:.0f}", fill="black")
+    draw.line([xy(s, v) for s, v in points], fill=(200, 30, 30), width=2)
+    draw.text((margin, 15), title, fill="black")
+    image.save(path)

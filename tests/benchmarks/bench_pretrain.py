@@ -6,8 +6,9 @@
 A step is one critic update and one generator update on the same batch (16 frames of 224x224, Fasking-sized mask:
 156 visible tokens of 1568), adv_weight 0.01, gp_weight 0, AdamW (0.9, 0.95): the released configs.
 
-- ours: `examples/pretrain.py`'s `train_step` under Accelerate: the generator runs forward once; the critic trains on
-  the detached prediction; the generator's loss reuses the prediction, scored by the updated critic.
+- ours: `marlin_transformers.pretraining.training.train_step` (the step `examples/pretrain.py` runs) under
+  Accelerate: the generator runs forward once; the critic trains on the detached prediction; the generator's loss
+  reuses the prediction, scored by the updated critic.
 - reference: the authors' Lightning module (`model/marlin.py`, `training_step` with d_steps = g_steps = 1),
   rebuilt here from marlin-pytorch's encoder, decoder and MLP classes because pytorch_lightning is not installed.
   Its critic step calls the whole generator and back-propagates the critic loss through it (the prediction is not
@@ -20,7 +21,6 @@ noisy, so nothing is asserted.
 """
 
 import argparse
-import importlib.util
 import json
 import resource
 import subprocess
@@ -30,7 +30,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reference_utils import REFERENCE_VIT_BASE  # noqa: E402
+
 # Encoder width, depth, heads; decoder width, depth, heads (config/pretrain/marlin_vit_*.yaml).
 REFERENCE_SIZES = {
     "small": (384, 12, 6, 192, 4, 3),
@@ -57,11 +59,7 @@ def build_ours(args, device):
     from accelerate import Accelerator
 
     from marlin_transformers import MarlinConfig, MarlinForPreTraining
-    from marlin_transformers.pretraining import detach_critic
-
-    spec = importlib.util.spec_from_file_location("pretrain_example", ROOT / "examples" / "pretrain.py")
-    pretrain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pretrain)
+    from marlin_transformers.pretraining import detach_critic, train_step
 
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=args.mixed_precision)
     config = MarlinConfig.from_variant(args.variant)
@@ -76,9 +74,8 @@ def build_ours(args, device):
     batch = {"pixel_values_videos": pixel_values_videos, "bool_masked_pos": bool_masked_pos}
 
     def step():
-        return pretrain.train_step(
-            batch, model, critic, g_optimizer, d_optimizer, accelerator, config.adv_weight, 0.0, None
-        )["rec_loss"]
+        losses = train_step(batch, model, critic, g_optimizer, d_optimizer, accelerator, config.adv_weight, 0.0, None)
+        return losses["rec_loss"]
 
     return step
 
@@ -94,19 +91,8 @@ def build_reference(args, device):
     encoder_dim, encoder_depth, encoder_heads, decoder_dim, decoder_depth, decoder_heads = REFERENCE_SIZES[
         args.variant
     ]
-    common = dict(
-        img_size=224,
-        patch_size=16,
-        n_frames=16,
-        mlp_ratio=4.0,
-        qkv_bias=True,
-        qk_scale=None,
-        drop_rate=0.0,
-        attn_drop_rate=0.0,
-        norm_layer="LayerNorm",
-        init_values=0.0,
-        tubelet_size=2,
-    )
+    sizes = ("encoder_", "decoder_")  # the variant's; the rest is the released ViT-B's
+    common = {k: v for k, v in REFERENCE_VIT_BASE.items() if not k.startswith(sizes)}
     encoder = MarlinEncoder(embed_dim=encoder_dim, depth=encoder_depth, num_heads=encoder_heads, **common)
     decoder = MarlinDecoder(embed_dim=decoder_dim, depth=decoder_depth, num_heads=decoder_heads, **common)
     projection = nn.Linear(encoder_dim, decoder_dim, bias=False)

@@ -55,6 +55,7 @@ import numpy as np
 
 from ..exceptions import DatasetError, VideoError
 from ..video.decoding import resize_frames
+from ..video.face_tracking import FaceTracker
 from .labels import labels_dataset, write_labels_csv
 
 TASKS = ("appearance", "action")
@@ -265,15 +266,12 @@ def face_tracker_cropper(tracker=None, size: int = 224, chunk_frames: int = 32) 
 
     Args:
         tracker: anything with `reset()` and `track(frames (T, H, W, 3) uint8, frame_indices) -> .crops
-            (T, size, size, 3)`; a `FaceTracker(crop_size=size)` is made on first use when None.
+            (T, size, size, 3)`; by default a `FaceTracker(crop_size=size)` (MTCNN loads on the first clip).
     """
+    if tracker is None:
+        tracker = FaceTracker(crop_size=size)
 
     def crop(frames: Iterator[np.ndarray], clip: CelebvHqClip) -> Iterator[np.ndarray]:
-        nonlocal tracker
-        if tracker is None:
-            from ..video.face_tracking import FaceTracker
-
-            tracker = FaceTracker(crop_size=size)
         tracker.reset()
         chunk: list[np.ndarray] = []
         start = 0

@@ -7,7 +7,12 @@ absolute (`input` is accepted as its name too). The other columns are the labels
 - single-label: one column `label` holding a class name or a class index;
 - regression: one numeric column per target.
 
-Read by `examples/finetune.py` and `examples/linear_probe.py`; written by `data.celebv_hq.prepare_celebvhq`.
+Also here: `labels_table`, the checks every labels source shares (`evaluation.finetuning.read_labels` reads JSON,
+class folders and saved datasets through it), and the two alignments a held-out split needs: its labels re-indexed
+to the training label names (`align_label_names`), and its rows matched to other inputs, such as extracted
+features, by path or file stem (`match_videos`).
+
+Read by `evaluation.finetuning` and `evaluation.linear_probe`; written by `data.celebv_hq.prepare_celebvhq`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import DatasetError
+from ..video.decoding import VIDEO_EXTENSIONS
 
 
 def write_labels_csv(
@@ -91,27 +97,140 @@ def read_labels_csv(path: str | os.PathLike, problem_type: str) -> LabelsTable:
             raise DatasetError(f"{path}: a single-label CSV has columns 'path,label', found {header}")
         column = [v[0] for v in values]
         if all(v.lstrip("-").isdigit() for v in column):
-            labels = np.array([int(v) for v in column], dtype=np.int64)
-            if labels.min() < 0:
-                raise DatasetError(f"{path}: class indices must be >= 0, found {labels.min()}")
-            return LabelsTable(paths, labels, [str(i) for i in range(int(labels.max()) + 1)])
-        names = sorted(set(column))
-        index = {name: i for i, name in enumerate(names)}
-        return LabelsTable(paths, np.array([index[v] for v in column], dtype=np.int64), names)
+            return labels_table(paths, [int(v) for v in column], problem_type, source=str(path))
+        return labels_table(paths, column, problem_type, source=str(path))
 
     if problem_type not in ("multi_label_classification", "regression"):
         raise DatasetError(f"unknown problem type {problem_type!r} for {path}")
     if not label_names:
         raise DatasetError(f"{path}: no label columns besides {key!r}")
     try:
-        matrix = np.array([[float(v) for v in row] for row in values], dtype=np.float64)
+        rows = [[float(v) for v in row] for row in values]
     except ValueError as error:
         raise DatasetError(f"{path}: a label is not a number ({error})") from None
+    return labels_table(paths, rows, problem_type, label_names, str(path))
+
+
+def labels_table(
+    paths: Sequence[str],
+    values: Sequence,
+    problem_type: str,
+    label_names: Sequence[str] | None = None,
+    source: str = "labels",
+) -> LabelsTable:
+    """Per-video label values -> `LabelsTable`, checked the same way whichever file they came from.
+
+    Args:
+        paths: num_videos video paths, kept as given.
+        values: one per video. Single-label: class indices (int >= 0; the names default to "0", "1", ...) or class
+            names (any other value, taken as a string; the classes are the sorted names). Multi-label and
+            regression: a sequence of numbers, or a {label name: number} dict (the first dict's keys name the labels).
+        problem_type: "single_label_classification", "multi_label_classification" or "regression".
+        label_names: class names for class indices, or the names of the labels/targets (default "LABEL_0", ...).
+        source: the file or folder the values come from, named in errors.
+
+    Returns:
+        `LabelsTable` with labels (num_videos,) int64, (num_videos, num_labels) int64 0/1 or (num_videos,
+        num_targets) float32.
+    """
+    paths = list(paths)
+    if problem_type == "single_label_classification":
+        if all(isinstance(v, int | np.integer) for v in values):
+            labels = np.array(values, dtype=np.int64)
+            if labels.min() < 0:
+                raise DatasetError(f"{source}: class indices must be >= 0, found {labels.min()}")
+            names = list(label_names) if label_names else [str(i) for i in range(int(labels.max()) + 1)]
+            return LabelsTable(paths, labels, names)
+        names = sorted({str(v) for v in values})
+        index = {name: i for i, name in enumerate(names)}
+        return LabelsTable(paths, np.array([index[str(v)] for v in values], dtype=np.int64), names)
+    if problem_type not in ("multi_label_classification", "regression"):
+        raise DatasetError(f"unknown problem type {problem_type!r} for {source}")
+    if all(isinstance(v, dict) for v in values):
+        label_names = list(values[0])
+        values = [[v[name] for name in label_names] for v in values]
+    try:
+        matrix = np.array([np.atleast_1d(v) for v in values], dtype=np.float64)  # (num_videos, num_labels)
+    except (ValueError, TypeError):
+        raise DatasetError(f"{source}: every video needs the same number of numeric labels") from None
+    names = list(label_names) if label_names else [f"LABEL_{i}" for i in range(matrix.shape[1])]
+    if len(names) != matrix.shape[1]:
+        raise DatasetError(f"{source}: {len(names)} label names for {matrix.shape[1]} labels per video")
     if problem_type == "regression":
-        return LabelsTable(paths, matrix.astype(np.float32), label_names)
+        return LabelsTable(paths, matrix.astype(np.float32), names)
     if not np.isin(matrix, (0.0, 1.0)).all():
-        raise DatasetError(f"{path}: multi-label columns must hold 0 or 1 only")
-    return LabelsTable(paths, matrix.astype(np.int64), label_names)
+        raise DatasetError(f"{source}: multi-label columns must hold 0 or 1 only")
+    return LabelsTable(paths, matrix.astype(np.int64), names)
+
+
+def align_label_names(train: LabelsTable, evaluated: LabelsTable, problem_type: str, source: str) -> np.ndarray:
+    """The labels of a held-out table in the training table's terms.
+
+    Single-label: `evaluated`'s class indices re-indexed to `train.label_names` (a class the training data lacks is an
+    error). Multi-label and regression: `evaluated.labels` as they are, once the label names are checked to match.
+
+    Returns:
+        labels shaped like `evaluated.labels`: (num_videos,) int64, or (num_videos, num_labels).
+    """
+    if problem_type != "single_label_classification":
+        if list(evaluated.label_names) != list(train.label_names):
+            raise DatasetError(f"{source}: label names differ from the training data's")
+        return evaluated.labels
+    index = {name: i for i, name in enumerate(train.label_names)}
+    unknown = sorted({evaluated.label_names[i] for i in np.unique(evaluated.labels)} - set(index))
+    if unknown:
+        raise DatasetError(f"{source}: class {unknown[0]!r} never occurs in the training data")
+    return np.array([index[evaluated.label_names[i]] for i in evaluated.labels], dtype=np.int64)
+
+
+def video_key(path: str | os.PathLike) -> str:
+    """A video's file name without its video extension (`VIDEO_EXTENSIONS`): the fallback key of `match_videos`."""
+    name = os.path.basename(os.fspath(path))
+    stem, extension = os.path.splitext(name)
+    return stem if extension.lower() in VIDEO_EXTENSIONS else name
+
+
+def match_videos(
+    inputs: Sequence[str], video_paths: Sequence[str], skip_missing: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row of `inputs` (e.g. a `marlin extract` manifest's) for each labelled video.
+
+    A labelled path matches the input with the same absolute path, else the one input with the same `video_key`
+    (so a labels file may list bare stems).
+
+    Args:
+        inputs: num_inputs paths, absolute or relative to the working directory.
+        video_paths: num_videos labelled paths (`LabelsTable.paths`).
+        skip_missing: leave out labelled videos no input matches, instead of raising.
+
+    Returns:
+        (input_rows, label_rows): two int64 arrays of one length, pairs of matching rows.
+    """
+    by_path = {os.path.normpath(os.path.abspath(name)): i for i, name in enumerate(inputs)}
+    by_key: dict[str, list[int]] = {}
+    for i, name in enumerate(inputs):
+        by_key.setdefault(video_key(name), []).append(i)
+    input_rows, label_rows, missing = [], [], []
+    for row, path in enumerate(video_paths):
+        index = by_path.get(os.path.normpath(path))
+        if index is None:
+            candidates = by_key.get(video_key(path), [])
+            if len(candidates) > 1:
+                raise DatasetError(f"{path}: {len(candidates)} inputs share its name; list full paths")
+            index = candidates[0] if candidates else None
+        if index is None:
+            missing.append(path)
+            continue
+        input_rows.append(index)
+        label_rows.append(row)
+    if missing and not skip_missing:
+        raise DatasetError(
+            f"{missing[0]}: no features for it ({len(missing)} labelled videos lack them); "
+            "extract them or leave them out (--skip-missing)"
+        )
+    if not input_rows:
+        raise DatasetError("none of the labelled videos has extracted features")
+    return np.array(input_rows, dtype=np.int64), np.array(label_rows, dtype=np.int64)
 
 
 def labels_dataset(path: str | os.PathLike, problem_type: str):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..constants import MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
 from ..convert_marlin import HUB_CHECKPOINTS, load_reference_checkpoint
 from ..exceptions import CheckpointError
 from ..modeling_marlin import MarlinForPreTraining, MarlinModel, MarlinPreTrainedModel
@@ -108,11 +109,12 @@ class MarlinFeatureExtractor:
         crop_face: bool = False,
         on_no_face: str = "error",
         face_margin: float = 1.0,
-        sample_rate: int = 2,
-        stride: int = 16,
+        sample_rate: int = SAMPLE_RATE,
+        stride: int = STRIDE,
         stride_seconds: float | None = None,
         keep_seq: bool = False,
     ):
+        from ..video.face_tracking import FaceTracker
         from ..video_processing_marlin import MarlinVideoProcessor
 
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
@@ -128,15 +130,8 @@ class MarlinFeatureExtractor:
             num_frames=config.num_frames, sample_rate=sample_rate, stride=stride, stride_seconds=stride_seconds
         )
         self.keep_seq = keep_seq
-        self._tracker = None
-
-    @property
-    def tracker(self):
-        if self._tracker is None:
-            from ..video.face_tracking import FaceTracker
-
-            self._tracker = FaceTracker(margin=self.face_margin, device=str(self.device))
-        return self._tracker
+        # Crops at the released models' size, as marlin-pytorch cuts them; the processor resizes them to the model's.
+        self.tracker = FaceTracker(margin=face_margin, crop_size=MARLIN_CROP_SIZE, device=str(self.device))
 
     def iter_clips(self, path: str | os.PathLike):
         """Yield (window metadata dict, frames (T, H, W, 3) uint8) for each window of a video, cropped if asked."""
@@ -201,8 +196,8 @@ def extract_video(
     path: str | os.PathLike,
     model: str | os.PathLike | MarlinPreTrainedModel = "marlin_vit_base_ytf",
     crop_face: bool = False,
-    sample_rate: int = 2,
-    stride: int = 16,
+    sample_rate: int = SAMPLE_RATE,
+    stride: int = STRIDE,
     reduction: str = "none",
     keep_seq: bool = False,
     **options,

@@ -1,7 +1,7 @@
 """MARLIN pretraining: Fasking masks, face parsing, losses, the paper's schedule, face clips, VideoMAE initialization.
 
-The training loop is `pretraining.training`, which `examples/pretrain.py` drives; everything else is a plain
-function or class it (and the tests) call.
+The training loop is `pretraining.training` (`train(PretrainingArguments(...))`), which `examples/pretrain.py` drives;
+everything else is a plain function or class it (and the tests) call.
 """
 
 from ..modeling_marlin import masked_patch_targets, reconstruction_loss
@@ -16,6 +16,7 @@ from .losses import (
 )
 from .masking import MASKING_STRATEGIES, generate_mask, generate_masks, seeded_generator
 from .schedule import learning_rate_at, scaled_learning_rates
+from .training import PretrainingArguments, PretrainingResult, train, train_step
 from .videomae import (
     VIDEOMAE_KEY_MAPPING,
     load_videomae_weights,
@@ -29,6 +30,8 @@ __all__ = [
     "EpochShuffleSampler",
     "FaceClipDataset",
     "FacePreparer",
+    "PretrainingArguments",
+    "PretrainingResult",
     "attach_critic",
     "critic_loss",
     "detach_critic",
@@ -45,5 +48,7 @@ __all__ = [
     "reconstruction_loss",
     "scaled_learning_rates",
     "seeded_generator",
+    "train",
+    "train_step",
     "videomae_to_marlin_state_dict",
 ]

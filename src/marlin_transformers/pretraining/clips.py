@@ -20,6 +20,7 @@ from ..configuration_marlin import MarlinConfig
 from ..constants import MARLIN_CROP_SIZE
 from ..data.youtube_faces import precomputed_label_maps
 from ..video.decoding import count_frames, decode_frames, resize_frames
+from ..video.face_tracking import FaceTracker
 from .masking import generate_mask, seeded_generator
 
 
@@ -42,25 +43,16 @@ class FacePreparer:
         self.crop = crop
         self.parse = parse
         self.face_parser = face_parser
-        self.tracker_kwargs = tracker_kwargs
-        self._tracker = None
+        self.tracker = FaceTracker(crop_size=image_size, **tracker_kwargs)
 
     def is_cropped(self, height: int, width: int) -> bool:
         if self.crop != "auto":
             return self.crop == "never"
         return height == width and height in (MARLIN_CROP_SIZE, self.image_size)
 
-    def tracker(self):
-        if self._tracker is None:
-            from ..video.face_tracking import FaceTracker
-
-            self._tracker = FaceTracker(crop_size=self.image_size, **self.tracker_kwargs)
-        return self._tracker
-
     def reset(self) -> None:
         """Call before the frames of another video."""
-        if self._tracker is not None:
-            self._tracker.reset()
+        self.tracker.reset()
 
     def __call__(
         self, frames: np.ndarray, frame_indices: Sequence[int], label_maps: np.ndarray | None = None
@@ -86,13 +78,13 @@ class FacePreparer:
                 return crops, resize_frames(
                     np.asarray(label_maps, np.uint8)[..., None], self.image_size, nearest=True
                 )[..., 0]
-            track = self.tracker().locate(frames, frame_indices)
+            track = self.tracker.locate(frames, frame_indices)
             if track is None:
                 landmarks = np.full((len(frames), 5, 2), np.nan, dtype=np.float32)
             else:
                 landmarks = track.landmarks * np.array([self.image_size / width, self.image_size / height])
         else:
-            face_crops = self.tracker().track(frames, frame_indices)
+            face_crops = self.tracker.track(frames, frame_indices)
             crops, landmarks = face_crops.crops, face_crops.crop_landmarks
             if not self.parse:
                 return crops, None

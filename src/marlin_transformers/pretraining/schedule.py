@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import math
 
+# The released configs' rates per 256 clips, scaled linearly with the total batch (`scaled_learning_rates`).
+BASE_LEARNING_RATE = 1.5e-4
+BASE_MIN_LEARNING_RATE = 1e-5
+
 
 def scaled_learning_rates(
-    total_batch_size: int, base_learning_rate: float = 1.5e-4, base_min_learning_rate: float = 1e-5
+    total_batch_size: int,
+    base_learning_rate: float = BASE_LEARNING_RATE,
+    base_min_learning_rate: float = BASE_MIN_LEARNING_RATE,
 ) -> tuple[float, float]:
     """The paper's linear scaling rule: (peak lr, final lr) = base * total_batch_size / 256.
 

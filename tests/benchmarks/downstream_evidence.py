@@ -3,15 +3,15 @@
 Small real tasks built from the sample videos in `../shared/videos` (never copied into the project):
 
 1. Faces. The in-the-wild videos (`video*.mp4`) are face-cropped with the project's pipeline
-   (`video_io.iter_windows` -> `face_detection.FaceTracker`/`iter_face_windows`, 224 x 224); the `cropped*.mp4` ones
+   (`video.iter_windows` -> `video.face_tracking.FaceTracker`/`iter_face_windows`, 224 x 224); the `cropped*.mp4` ones
    are already 224 x 224 face crops and are used as they are.
 2. Split in time. Of each video's N decoded frames, the first 60% give the training clips and the last part, after a
    gap of `--gap` frames, the test clips: no frame of a test clip is near a training frame. Each split gets the same
    number of clips per video (`--train-clips`, `--test-clips`, `--clip-frames` frames each, evenly spaced starts;
    clips of a split may overlap each other; a range too short for that many distinct starts gives fewer), written
-   as small mp4 files with a labels CSV per split. Validation: the last `--val-clips` training clips of each video;
-   the training clips that share a frame with them (or come within `--val-gap` frames) are dropped, so training,
-   validation and test follow each other in time without sharing a frame.
+   as small mp4 files (`video.write_video`, crf 12) with a labels CSV per split. Validation: the last `--val-clips`
+   training clips of each video; the training clips that share a frame with them (or come within `--val-gap`
+   frames) are dropped, so training, validation and test follow each other in time without sharing a frame.
 3. Tasks (`--tasks`): `video`, which of the six videos (6 classes); `person`, which of the three recordings (3
    classes). `cropped0N.mp4` is the authors' face crop of the same recording as `video0N.mp4`, so in the `video`
    task three classes are near-duplicates of the other three (told apart by crop and encoding more than by the
@@ -20,12 +20,13 @@ Small real tasks built from the sample videos in `../shared/videos` (never copie
    `save_marlin_folder`: weights anyone can produce offline.
 5. Fine-tuning: `examples/finetune.py` (`--freeze-encoder` by default, 16-frame windows at sample rate 1, linear
    learning-rate decay to 0) with the validation split as Trainer's eval set (selection on validation loss). The
-   test split is scored afterwards, for the last epoch's checkpoint and the validation-selected one; the test split
-   never chooses anything.
-6. Linear probe: `marlin extract` on every clip, then `examples/linear_probe.py` (temporal mean of the window
-   features, one linear layer; epoch picked on the same validation split).
+   test split is scored afterwards (`evaluation.finetuning`), for the last epoch's checkpoint and the
+   validation-selected one; the test split never chooses anything.
+6. Linear probe: `marlin extract` on every clip, then `evaluation.linear_probe.run_linear_probe` (what
+   `examples/linear_probe.py` runs: temporal mean of the window features, one linear layer; epoch picked on the same
+   validation split).
 
-    python examples/downstream_evidence.py --work-dir /tmp/marlin_evidence
+    python tests/benchmarks/downstream_evidence.py --work-dir /tmp/marlin_evidence
 
 Prints each task's held-out metrics and writes them to WORK/evidence_<task>.json. Everything lands in `--work-dir`;
 a re-run keeps what is already there (clips, model, fine-tuning runs, features). On 2 CPU cores in bfloat16: about
@@ -37,27 +38,64 @@ import csv
 import json
 import subprocess
 import sys
+import tempfile
 import time
-from fractions import Fraction
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from marlin_transformers import MarlinConfig, MarlinModel
+from marlin_transformers.constants import MARLIN_CROP_SIZE, NUM_FRAMES
+from marlin_transformers.convert_marlin import save_marlin_folder
+from marlin_transformers.evaluation.finetuning import (
+    ClipOptions,
+    FinetuningArguments,
+    build_datasets,
+    build_model,
+    build_trainer,
+)
+from marlin_transformers.evaluation.linear_probe import LinearProbeConfig, run_linear_probe
+from marlin_transformers.video import frame_rate, iter_windows, read_video, write_video
+
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VIDEOS = ROOT.parent / "shared" / "videos"
-CLIP_SIZE = 224
+CLIP_SIZE = MARLIN_CROP_SIZE
+TRAIN_FRACTION = 0.6  # of each video's frames, the first part, for training and validation clips
+
+
+@dataclass
+class Settings:
+    """What one evidence run does, as the command line sets it.
+
+    Attributes:
+        variant: MARLIN ViT size, "small" or "base".
+        seed: seeds the random weights, the fine-tuning and the probe.
+        clip_frames: frames per clip; val_clips: last training clips of a video that validate; val_gap: frames
+            between the kept training clips and the validation ones.
+        epochs: fine-tuning epochs; learning_rate: the fine-tuning's (None: 3e-3 frozen, 5e-5 full).
+        full_finetune: train the encoder too, not only the head.
+        dtype: "bfloat16" or "float32", for the fine-tuning and the extraction.
+        workers: data-loader workers of the fine-tuning.
+    """
+
+    variant: str = "base"
+    seed: int = 0
+    clip_frames: int = 24
+    val_clips: int = 3
+    val_gap: int = 0
+    epochs: int = 10
+    learning_rate: float | None = None
+    full_finetune: bool = False
+    dtype: str = "bfloat16"
+    workers: int = 2
 
 
 def face_frames(path: Path, crop_face: bool) -> tuple[np.ndarray, float]:
-    """Every decoded frame of a video as 224 x 224 faces: (num_frames, 224, 224, 3) uint8, and its frame rate."""
-    import av
-
-    from marlin_transformers.video import iter_windows, read_video
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.guessed_rate or stream.average_rate or 25)
+    """Every decoded frame of a video as 224 x 224 faces: (num_frames, 224, 224, 3) uint8, and its frame rate (frames
+    per second)."""
+    fps = float(frame_rate(path))
     if not crop_face:
         frames, _ = read_video(path)
         if frames.shape[1:3] != (CLIP_SIZE, CLIP_SIZE):
@@ -65,8 +103,8 @@ def face_frames(path: Path, crop_face: bool) -> tuple[np.ndarray, float]:
         return frames, fps
     from marlin_transformers.video.face_tracking import FaceTracker, iter_face_windows
 
-    # Consecutive 16-frame windows cover every frame (the tail window is aligned to the end and may overlap).
-    windows = iter_windows(path, num_frames=16, sample_rate=1, stride=16)
+    # Consecutive windows cover every frame (the tail window is aligned to the end and may overlap).
+    windows = iter_windows(path, num_frames=NUM_FRAMES, sample_rate=1, stride=NUM_FRAMES)
     by_index = {}
     for window, crops in iter_face_windows(windows, FaceTracker(crop_size=CLIP_SIZE), source=path):
         by_index.update(zip(window.frame_indices, crops.crops))
@@ -89,27 +127,14 @@ def clip_starts(num_frames: int, clip_frames: int, train_fraction: float, gap: i
     return starts[0], starts[1]
 
 
-def write_clip(path: Path, frames: np.ndarray, fps: float) -> None:
-    """(T, H, W, 3) uint8 -> an H.264 mp4 of near-lossless quality."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = {"crf": "12", "preset": "fast"}
-        for rgb in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
-        container.mux(stream.encode())
-
-
 def build_task(
     videos_dir: Path,
     work_dir: Path,
-    clip_frames: int = 24,
-    train_fraction: float = 0.6,
-    gap: int = 12,
-    train_clips: int = 16,
-    test_clips: int = 8,
+    clip_frames: int,
+    train_fraction: float,
+    gap: int,
+    train_clips: int,
+    test_clips: int,
 ) -> tuple[Path, Path, dict]:
     """Write WORK/clips/{train,test}/<video>_<start>.mp4 and WORK/{train,test}.csv; returns the CSVs and a summary."""
     videos = sorted(videos_dir.glob("*.mp4"))
@@ -127,7 +152,7 @@ def build_task(
             folder.mkdir(parents=True, exist_ok=True)
             for start in starts:
                 clip = folder / f"{video.stem}_{start:04d}.mp4"
-                write_clip(clip, frames[start : start + clip_frames], fps)
+                write_video(clip, frames[start : start + clip_frames], fps, crf=12, preset="fast")
                 rows[split].append((clip.relative_to(work_dir).as_posix(), video.stem))
         summary[video.name] = {
             "frames": len(frames),
@@ -155,9 +180,6 @@ def build_task(
 
 def build_model_folder(folder: Path, variant: str = "small", seed: int = 0) -> Path:
     """A randomly initialized MARLIN encoder saved as a Transformers folder (reproducible from `seed`)."""
-    from marlin_transformers import MarlinConfig, MarlinModel
-    from marlin_transformers.convert_marlin import save_marlin_folder
-
     if not (folder / "config.json").is_file():
         torch.manual_seed(seed)
         save_marlin_folder(MarlinModel(MarlinConfig.from_variant(variant)), folder)
@@ -210,38 +232,22 @@ def carve_validation(train_csv: Path, clip_frames: int, val_clips: int, val_gap:
 
 def checkpoint_test_metrics(checkpoint: Path, model: Path, fit_csv: Path, test_csv: Path, bf16: bool) -> dict:
     """A fine-tuning checkpoint's metrics on the test split (every window of a clip, as Trainer's evaluation)."""
-    import tempfile
-
     from safetensors.torch import load_file
-    from transformers import TrainingArguments
-
-    sys.path.insert(0, str(ROOT / "examples"))
-    import finetune
-    from marlin_transformers.evaluation.metrics import build_compute_metrics
 
     problem = "single_label_classification"
-    options = finetune.ClipOptions(num_frames=16, image_size=CLIP_SIZE, sample_rate=1)
-    _, test_dataset, label_names = finetune.build_datasets(str(fit_csv), str(test_csv), problem, options)
-    classifier = finetune.build_model(str(model), problem, label_names, freeze_encoder=True)
+    options = ClipOptions(num_frames=NUM_FRAMES, image_size=CLIP_SIZE, sample_rate=1)
+    _, test_dataset, label_names = build_datasets(str(fit_csv), str(test_csv), problem, options)
+    classifier = build_model(str(model), problem, label_names, freeze_encoder=True)
     classifier.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
     with tempfile.TemporaryDirectory() as scratch:
-        training_args = TrainingArguments(
+        training_args = FinetuningArguments(
             output_dir=scratch,
+            problem_type=problem,
             per_device_eval_batch_size=4,
             dataloader_num_workers=2,
             bf16=bf16,
-            use_cpu=not torch.accelerator.is_available(),
-            report_to="none",
-            remove_unused_columns=False,
-            label_names=["labels"],
         )
-        trainer = finetune.VideoClipTrainer(
-            model=classifier,
-            args=training_args,
-            eval_dataset=test_dataset,
-            data_collator=finetune.collate_clips,
-            compute_metrics=build_compute_metrics(problem),
-        )
+        trainer = build_trainer(classifier, training_args, problem, eval_dataset=test_dataset)
         metrics = trainer.evaluate(metric_key_prefix="test")
     return {k: metrics[k] for k in ("test_accuracy", "test_roc_auc", "test_roc_auc_macro")}
 
@@ -253,26 +259,26 @@ def run(command: list[str]) -> None:
     print(f"[{time.time() - started:.0f} s]", flush=True)
 
 
-def run_task(task: str, args, work: Path, model: Path, train_csv: Path, test_csv: Path) -> dict:
+def run_task(task: str, settings: Settings, work: Path, model: Path, train_csv: Path, test_csv: Path) -> dict:
     """Fine-tuning (epoch picked on validation) and linear probe for one labelling of the clips: their metrics."""
-    fit_rows, val_rows = carve_validation(train_csv, args.clip_frames, args.val_clips, args.val_gap)
+    fit_rows, val_rows = carve_validation(train_csv, settings.clip_frames, settings.val_clips, settings.val_gap)
     fit_csv = write_rows(work / f"{task}_fit.csv", fit_rows, task)
     val_csv = write_rows(work / f"{task}_val.csv", val_rows, task)
     task_test_csv = write_rows(work / f"{task}_test.csv", read_rows(test_csv), task)
 
     # Fine-tuning with Trainer, clips decoded on the fly; Trainer's evaluation set is the validation split.
-    learning_rate = args.learning_rate or (5e-5 if args.full_finetune else 3e-3)
-    finetune_dir = work / f"finetune_{task}_{'full' if args.full_finetune else 'frozen'}_seed{args.seed}"
+    learning_rate = settings.learning_rate or (5e-5 if settings.full_finetune else 3e-3)
+    finetune_dir = work / f"finetune_{task}_{'full' if settings.full_finetune else 'frozen'}_seed{settings.seed}"
     command = [sys.executable, "examples/finetune.py", "--model", str(model)]
     command += ["--train-data", str(fit_csv), "--eval-data", str(val_csv)]
     command += ["--problem-type", "single_label_classification", "--output-dir", str(finetune_dir)]
-    command += ["--metric-for-best-model", "loss", "--sample-rate", "1", "--num-train-epochs", str(args.epochs)]
-    command += ["--learning-rate", str(learning_rate), "--weight-decay", "0", "--seed", str(args.seed)]
+    command += ["--metric-for-best-model", "loss", "--sample-rate", "1", "--num-train-epochs", str(settings.epochs)]
+    command += ["--learning-rate", str(learning_rate), "--weight-decay", "0", "--seed", str(settings.seed)]
     command += ["--per-device-train-batch-size", "8", "--per-device-eval-batch-size", "4"]
-    command += ["--dataloader-num-workers", str(args.workers), "--logging-steps", "4"]
+    command += ["--dataloader-num-workers", str(settings.workers), "--logging-steps", "4"]
     command += ["--eval-clips", "first"]  # validation: one window a clip (the test below scores every window)
-    command += [] if args.full_finetune else ["--freeze-encoder"]
-    command += ["--bf16"] if args.dtype == "bfloat16" else []
+    command += [] if settings.full_finetune else ["--freeze-encoder"]
+    command += ["--bf16"] if settings.dtype == "bfloat16" else []
     if not (finetune_dir / "eval_results.json").is_file():
         run(command)
     checkpoints = sorted(finetune_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -280,7 +286,7 @@ def run_task(task: str, args, work: Path, model: Path, train_csv: Path, test_csv
     val_evals = [entry for entry in state["log_history"] if "eval_loss" in entry]
     best_checkpoint = Path(state["best_model_checkpoint"])
     best_checkpoint = finetune_dir / best_checkpoint.name
-    bf16 = args.dtype == "bfloat16"
+    bf16 = settings.dtype == "bfloat16"
     started = time.time()
     last_test = checkpoint_test_metrics(checkpoints[-1], model, fit_csv, task_test_csv, bf16)
     if best_checkpoint == checkpoints[-1]:
@@ -293,26 +299,29 @@ def run_task(task: str, args, work: Path, model: Path, train_csv: Path, test_csv
     # Linear probe on `marlin extract` features of the same clips (same windows as the fine-tuning's test).
     features = work / "features"
     command = [sys.executable, "-m", "marlin_transformers.cli", "extract", str(work / "clips"), "--model", str(model)]
-    command += ["--out", str(features), "--sample-rate", "1", "--dtype", args.dtype, "--quiet"]
+    command += ["--out", str(features), "--sample-rate", "1", "--dtype", settings.dtype, "--quiet"]
     if not (features / "manifest.jsonl").is_file():
         run(command)
-    probe_json = work / f"linear_probe_{task}_seed{args.seed}.json"
-    command = [sys.executable, "examples/linear_probe.py", "--features", str(features)]
-    command += ["--train-labels", str(fit_csv), "--val-labels", str(val_csv), "--eval-labels", str(task_test_csv)]
-    command += ["--metric-for-best-model", "accuracy"]
-    command += ["--problem-type", "single_label_classification", "--seed", str(args.seed), "--output", str(probe_json)]
-    run(command)
-    probe = json.loads(probe_json.read_text())
+    probe_json = work / f"linear_probe_{task}_seed{settings.seed}.json"
+    probe = run_linear_probe(
+        features,
+        fit_csv,
+        task_test_csv,
+        "single_label_classification",
+        LinearProbeConfig(seed=settings.seed, metric_for_best_model="accuracy"),
+        val_labels=val_csv,
+    )
+    probe_json.write_text(json.dumps(probe, indent=1) + "\n")
 
     return {
         "task": TASKS[task] + ", train/validation/test disjoint in time",
-        "model": f"MARLIN ViT-{args.variant[0].upper()}, random weights, seed {args.seed}",
+        "model": f"MARLIN ViT-{settings.variant[0].upper()}, random weights, seed {settings.seed}",
         "num_train": len(fit_rows),
         "num_validation": len(val_rows),
         "num_test": probe["num_eval"],
         "finetune": {
-            "mode": "full" if args.full_finetune else "frozen encoder (--freeze-encoder)",
-            "epochs": args.epochs,
+            "mode": "full" if settings.full_finetune else "frozen encoder (--freeze-encoder)",
+            "epochs": settings.epochs,
             "learning_rate": learning_rate,
             "validation": [{k: e[k] for k in ("epoch", "eval_loss", "eval_accuracy") if k in e} for e in val_evals],
             "last_epoch_test": last_test,
@@ -327,24 +336,41 @@ def run_task(task: str, args, work: Path, model: Path, train_csv: Path, test_csv
 
 
 def main(argv: list[str] | None = None) -> int:
+    defaults = Settings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="the six sample videos")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/marlin_evidence"))
-    parser.add_argument("--variant", default="base", choices=["small", "base"], help="MARLIN ViT size")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the random weights and the training")
-    parser.add_argument("--clip-frames", type=int, default=24)
+    parser.add_argument("--variant", default=defaults.variant, choices=["small", "base"], help="MARLIN ViT size")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds the random weights and the training")
+    parser.add_argument("--clip-frames", type=int, default=defaults.clip_frames)
     parser.add_argument("--gap", type=int, default=12, help="frames between the training and the test range")
     parser.add_argument("--train-clips", type=int, default=16, help="per video")
     parser.add_argument("--test-clips", type=int, default=8, help="per video")
-    parser.add_argument("--val-clips", type=int, default=3, help="last training clips of a video that validate")
-    parser.add_argument("--val-gap", type=int, default=0, help="frames between the kept training and validation clips")
+    parser.add_argument(
+        "--val-clips", type=int, default=defaults.val_clips, help="last training clips of a video that validate"
+    )
+    parser.add_argument(
+        "--val-gap", type=int, default=defaults.val_gap, help="frames between the kept training and validation clips"
+    )
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["video", "person"])
     parser.add_argument("--full-finetune", action="store_true", help="train the encoder too (slow on a CPU)")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--learning-rate", type=float, default=None, help="default 3e-3 frozen, 5e-5 full")
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    parser.add_argument("--workers", type=int, default=2, help="data-loader workers of the fine-tuning")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=defaults.dtype)
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="data-loader workers of the fine-tuning")
     args = parser.parse_args(argv)
+    settings = Settings(
+        variant=args.variant,
+        seed=args.seed,
+        clip_frames=args.clip_frames,
+        val_clips=args.val_clips,
+        val_gap=args.val_gap,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        full_finetune=args.full_finetune,
+        dtype=args.dtype,
+        workers=args.workers,
+    )
 
     work = args.work_dir.absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -352,12 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     train_csv, test_csv = work / "train.csv", work / "test.csv"
     if not (train_csv.is_file() and test_csv.is_file()):
         train_csv, test_csv, summary = build_task(
-            args.videos, work, args.clip_frames, 0.6, args.gap, args.train_clips, args.test_clips
+            args.videos, work, args.clip_frames, TRAIN_FRACTION, args.gap, args.train_clips, args.test_clips
         )
         (work / "task.json").write_text(json.dumps(summary, indent=1) + "\n")
 
     for task in args.tasks:
-        result = run_task(task, args, work, model, train_csv, test_csv)
+        result = run_task(task, settings, work, model, train_csv, test_csv)
         (work / f"evidence_{task}.json").write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps(result, indent=1), flush=True)
     return 0

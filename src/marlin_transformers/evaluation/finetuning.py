@@ -1,0 +1,551 @@
+"""Fine-tuning MARLIN on labelled face videos with `transformers.Trainer`, or training only its head.
+
+The model is a `MarlinForVideoClassification` (pooled MARLIN feature -> one linear layer) whose encoder comes from
+any MARLIN checkpoint `extraction.load_encoder` reads (`build_model`). Videos are decoded (and, with
+`ClipOptions.crop_face`, their face tracked and cropped) on the fly in `VideoClipDataset.__getitem__`, so nothing is
+prepared beforehand. `examples/finetune.py` is the command line around these pieces.
+
+Clips (`num_frames` frames every `sample_rate` decoded frames, the windows of `video.windows`):
+
+- training: one window per video and epoch, drawn uniformly among the windows that start every `train_stride`
+  sampled frames (plus the one aligned to the video's end). The draw is seeded by (seed, epoch, video index), so a
+  run is reproducible whatever the number of data-loader workers or processes (`EpochSeedCallback`).
+- evaluation (`eval_clips="all"`): every window of the video on the `marlin extract` grid (a window every
+  `eval_stride` sampled frames, default one window length, and one aligned to the end), and the video's logits are
+  the mean of its windows' logits (`VideoClipTrainer`). The head is linear, so this equals the head applied to the
+  temporal mean of the window features: the paper's linear-probe protocol. `eval_clips="first"` scores the first
+  window only; `max_eval_windows` keeps that many evenly spaced windows of long videos.
+
+Labels (`read_labels`): a labels CSV (`data.labels`); a folder of class subfolders (`DIR/<class>/*.mp4`,
+single-label); a JSON list of records `{"path": ..., "label": ...}` (single-label) or `{"path": ..., "labels": [...]}`
+(multi-label, regression; or `"labels": {name: value}`), or `{"label_names": [...], "videos": [records]}`, JSON Lines
+(`.jsonl`) holding one record a line, paths relative to the file's folder; a `datasets` dataset saved with
+`save_to_disk` (columns `path` and `labels`, as `data.labels.labels_dataset`/`data.celebv_hq.load_celebvhq` make
+them), a split of a `DatasetDict` picked by name.
+
+With a frozen encoder the head is MAE's linear-probe head (`ProbeHead`: BatchNorm without affine parameters, then
+the linear layer), folded into a single linear layer by `export_model` before saving.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy
+
+from ..constants import MARLIN_CROP_SIZE, NUM_FRAMES, SAMPLE_RATE
+from ..data.labels import LabelsTable, align_label_names, labels_table, read_labels_csv
+from ..exceptions import DatasetError
+from ..modeling_marlin import MarlinForVideoClassification, MarlinModel
+from ..video.face_tracking import FaceTracker
+from .metrics import PROBLEM_TYPES, build_compute_metrics
+from .selection import default_metric_for_best_model, greater_is_better
+
+SAVED_DATASET_FILES = ("dataset_dict.json", "dataset_info.json", "state.json")
+DEFAULT_EVAL_SPLITS = ("validation", "val", "test")
+
+
+# ----------------------------------------------------------------------------------------------------------- labels
+
+
+def read_labels(source: str | os.PathLike, problem_type: str, split: str | None = None) -> LabelsTable:
+    """Videos and labels from a labels CSV, a folder of class subfolders, a JSON/JSON Lines file or a saved dataset.
+
+    Args:
+        source: see the module docstring for the layouts.
+        problem_type: one of `metrics.PROBLEM_TYPES`.
+        split: the split of a saved `DatasetDict` (default: the only one, or validation/val/test).
+
+    Returns:
+        `LabelsTable`: absolute paths; labels (num_videos,) int64 class indices, (num_videos, num_labels) 0/1 int64,
+        or (num_videos, num_targets) float32; the class, label or target names.
+    """
+    if problem_type not in PROBLEM_TYPES:
+        raise DatasetError(f"unknown problem type {problem_type!r}; use one of {', '.join(PROBLEM_TYPES)}")
+    path = Path(source)
+    if not path.exists():
+        raise DatasetError(f"{source}: no such labels file or folder")
+    if path.is_dir():
+        if any((path / name).is_file() for name in SAVED_DATASET_FILES):
+            return _read_saved_dataset(path, problem_type, split)
+        return _read_class_folders(path, problem_type)
+    if path.suffix.lower() in (".json", ".jsonl"):
+        return _read_json(path, problem_type)
+    return read_labels_csv(path, problem_type)
+
+
+def _read_class_folders(folder: Path, problem_type: str) -> LabelsTable:
+    from ..video.decoding import videos_in_folder
+
+    if problem_type != "single_label_classification":
+        raise DatasetError(f"{folder}: a folder of class subfolders is single-label; pass a labels CSV instead")
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    paths, labels = [], []
+    for index, name in enumerate(names):
+        videos = videos_in_folder(folder / name)
+        paths.extend(str(p.absolute()) for p in videos)
+        labels.extend([index] * len(videos))
+    if not paths:
+        raise DatasetError(f"{folder}: no videos in class subfolders (expected {folder}/<class>/<video>.mp4)")
+    return LabelsTable(paths, np.array(labels, dtype=np.int64), names)
+
+
+def _read_json(path: Path, problem_type: str) -> LabelsTable:
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".jsonl":
+            raw = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path}: not valid JSON ({error})") from None
+    label_names = None
+    if isinstance(raw, dict):
+        label_names, raw = raw.get("label_names"), raw.get("videos")
+    if not isinstance(raw, list) or not raw or not all(isinstance(r, dict) and "path" in r for r in raw):
+        raise DatasetError(f"{path}: expected a list of records with a 'path' (or {{'videos': [records]}})")
+    paths = [os.path.normpath(path.parent.absolute() / r["path"]) for r in raw]
+    key = "label" if problem_type == "single_label_classification" else "labels"
+    if not all(key in r for r in raw):
+        raise DatasetError(f"{path}: every record needs a {key!r} for {problem_type}")
+    return labels_table(paths, [r[key] for r in raw], problem_type, label_names, str(path))
+
+
+def _read_saved_dataset(folder: Path, problem_type: str, split: str | None) -> LabelsTable:
+    import datasets
+
+    loaded = datasets.load_from_disk(str(folder))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split is None:
+            names = list(loaded) if len(loaded) == 1 else [s for s in DEFAULT_EVAL_SPLITS if s in loaded][:1]
+            if not names:
+                raise DatasetError(f"{folder}: a DatasetDict with splits {list(loaded)}; pick one with --*-split")
+            split = names[0]
+        if split not in loaded:
+            raise DatasetError(f"{folder}: no split {split!r} (has {', '.join(loaded)})")
+        loaded = loaded[split]
+    path_column = next((c for c in ("path", "video", "input") if c in loaded.column_names), None)
+    label_column = next((c for c in ("labels", "label") if c in loaded.column_names), None)
+    if path_column is None or label_column is None:
+        raise DatasetError(f"{folder}: needs a 'path' and a 'labels' column, has {loaded.column_names}")
+    paths = [os.path.normpath(folder.absolute() / p) for p in loaded[path_column]]
+    names = getattr(loaded.features[label_column], "names", None)
+    return labels_table(paths, loaded[label_column], problem_type, names, str(folder))
+
+
+# ---------------------------------------------------------------------------------------------------------- dataset
+
+
+@dataclass
+class ClipOptions:
+    """How videos become model inputs.
+
+    Attributes:
+        num_frames: frames per window (the model's `config.num_frames`).
+        image_size: side of the model's input frames, pixels (`config.image_size`).
+        sample_rate: take every `sample_rate`-th decoded frame.
+        train_stride: training windows start every `train_stride` sampled frames; one is drawn per video and epoch.
+        eval_stride: evaluation windows start every `eval_stride` sampled frames (None: `num_frames`, as `marlin
+            extract`).
+        eval_clips: "all" (every evaluation window, logits averaged) or "first".
+        max_eval_windows: keep at most this many evenly spaced evaluation windows per video (0: all).
+        crop_face: track the face with `video.face_tracking.FaceTracker` and crop around it.
+        face_margin: crop side as a multiple of the face box side.
+    """
+
+    num_frames: int = NUM_FRAMES
+    image_size: int = MARLIN_CROP_SIZE
+    sample_rate: int = SAMPLE_RATE
+    train_stride: int = 4
+    eval_stride: int | None = None
+    eval_clips: str = "all"
+    max_eval_windows: int = 0
+    crop_face: bool = False
+    face_margin: float = 1.0
+
+
+class VideoClipDataset(torch.utils.data.Dataset):
+    """Labelled videos, decoded and cropped on the fly.
+
+    Items: `pixel_values_videos` (num_frames, 3, size, size) float32 in [0, 1] in training, (num_windows, num_frames,
+    3, size, size) at evaluation, made by `MarlinVideoProcessor`; `labels` int64 () single-label, float32
+    (num_labels,) otherwise.
+
+    Args:
+        paths, labels: the videos and their labels (see `read_labels`).
+        problem_type: one of `metrics.PROBLEM_TYPES`.
+        options: the clip sampling.
+        training: one seeded random window per item (True) or the evaluation windows (False).
+        seed: with the epoch (`set_epoch`) and the item's index, seeds its window draw.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: np.ndarray,
+        problem_type: str,
+        options: ClipOptions,
+        training: bool,
+        seed: int = 0,
+    ):
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise DatasetError(
+                f"{missing[0]}: video not found ({len(missing)} of {len(paths)} labelled videos missing)"
+            )
+        self.paths = list(paths)
+        dtype = torch.long if problem_type == "single_label_classification" else torch.float32
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=dtype)
+        if problem_type != "single_label_classification":
+            self.labels = self.labels.reshape(len(self.paths), -1)
+        self.options = options
+        self.training = training
+        self.seed = seed
+        self.epoch = 0
+        # Cheap to build and to pickle: each data-loader worker loads MTCNN on its first detection.
+        self.tracker = FaceTracker(margin=options.face_margin, crop_size=options.image_size)
+        self._processor = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def processor(self):
+        if self._processor is None:
+            from ..video_processing_marlin import MarlinVideoProcessor
+
+            size = self.options.image_size
+            self._processor = MarlinVideoProcessor(size={"height": size, "width": size})
+        return self._processor
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        path = self.paths[index]
+        if self.training:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            clips = [self.train_clip(path, rng)]
+        else:
+            clips = self.eval_clips(path)
+        pixel_values = self.processor(clips, return_tensors="pt")["pixel_values_videos"]  # (clips, T, 3, H, W)
+        return {
+            "pixel_values_videos": pixel_values[0] if self.training else pixel_values,
+            "labels": self.labels[index],
+        }
+
+    def train_clip(self, path: str, rng: np.random.Generator) -> np.ndarray:
+        """One window drawn uniformly (reservoir sampling while streaming), face-cropped if asked: (T, H, W, 3)."""
+        from ..video.windows import iter_windows
+
+        o = self.options
+        chosen = None
+        windows = iter_windows(path, num_frames=o.num_frames, sample_rate=o.sample_rate, stride=o.train_stride)
+        for count, window in enumerate(windows, start=1):
+            if rng.integers(count) == 0:
+                chosen = window
+        if not o.crop_face:
+            return chosen.frames
+        self.tracker.reset()
+        return self.tracker.track(chosen.frames, chosen.frame_indices).crops
+
+    def eval_clips(self, path: str) -> list[np.ndarray]:
+        """The evaluation windows of a video, each (T, H, W, 3) uint8, face-cropped if asked (tracked in order)."""
+        from ..video.windows import iter_windows
+
+        o = self.options
+        stride = o.eval_stride or o.num_frames
+        windows = iter_windows(path, num_frames=o.num_frames, sample_rate=o.sample_rate, stride=stride)
+        if o.crop_face:
+            from ..video.face_tracking import iter_face_windows
+
+            tracked = iter_face_windows(windows, self.tracker, source=path, on_no_face="centre")
+            clips = (crops.crops for _, crops in tracked)
+        else:
+            clips = (window.frames for window in windows)
+        if o.eval_clips == "first":
+            return list(itertools.islice(clips, 1))
+        clips = list(clips)
+        if o.max_eval_windows and len(clips) > o.max_eval_windows:
+            keep = np.linspace(0, len(clips) - 1, o.max_eval_windows).round().astype(int)
+            clips = [clips[i] for i in keep]
+        return clips
+
+
+def collate_clips(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack training items; pad evaluation items to the longest video, with `window_mask` (batch, windows) True
+    on real windows."""
+    labels = torch.stack([item["labels"] for item in items])
+    videos = [item["pixel_values_videos"] for item in items]
+    if videos[0].ndim == 4:  # training: (T, 3, H, W) each
+        return {"pixel_values_videos": torch.stack(videos), "labels": labels}
+    num_windows = max(len(v) for v in videos)
+    padded = videos[0].new_zeros((len(videos), num_windows, *videos[0].shape[1:]))  # (B, W, T, 3, H, W)
+    window_mask = torch.zeros(len(videos), num_windows, dtype=torch.bool)
+    for i, video in enumerate(videos):
+        padded[i, : len(video)] = video
+        window_mask[i, : len(video)] = True
+    return {"pixel_values_videos": padded, "window_mask": window_mask, "labels": labels}
+
+
+def build_datasets(
+    train_source: str | os.PathLike,
+    eval_source: str | os.PathLike,
+    problem_type: str,
+    options: ClipOptions,
+    seed: int = 0,
+    train_split: str | None = "train",
+    eval_split: str | None = None,
+) -> tuple[VideoClipDataset, VideoClipDataset, list[str]]:
+    """The training and evaluation datasets, and the class/label/target names (from the training data)."""
+    train = read_labels(train_source, problem_type, train_split)
+    evaluated = read_labels(eval_source, problem_type, eval_split)
+    eval_labels = align_label_names(train, evaluated, problem_type, str(eval_source))
+    return (
+        VideoClipDataset(train.paths, train.labels, problem_type, options, training=True, seed=seed),
+        VideoClipDataset(evaluated.paths, eval_labels, problem_type, options, training=False, seed=seed),
+        list(train.label_names),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------ model
+
+
+class ProbeHead(torch.nn.Module):
+    """The linear-probe head of MAE (He et al. 2022, appendix A.2): BatchNorm without affine parameters, then the
+    linear layer. It keeps the model linear in the frozen features, and standardizing them makes the head train in a
+    few epochs where a bare linear layer on raw MARLIN features trains slowly (their scales and offsets differ a lot,
+    see `evaluation.linear_probe`, which standardizes too). `fold()` absorbs the norm into the linear layer.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, eps: float = 1e-6):
+        super().__init__()
+        # momentum=None: running statistics are the plain average over every training batch seen
+        self.norm = torch.nn.BatchNorm1d(linear.in_features, eps=eps, affine=False, momentum=None)
+        self.linear = linear
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (batch, hidden) -> (batch, num_labels)
+        if self.training and len(features) == 1:  # a last batch of one video has no batch statistics
+            norm = self.norm
+            normalized = torch.nn.functional.batch_norm(
+                features, norm.running_mean, norm.running_var, training=False, eps=norm.eps
+            )
+            return self.linear(normalized)
+        return self.linear(self.norm(features))
+
+    @torch.no_grad()
+    def fold(self) -> torch.nn.Linear:
+        """The single `nn.Linear` equal to this head in eval mode (running statistics)."""
+        scale = (self.norm.running_var + self.norm.eps).rsqrt()  # (hidden,)
+        folded = torch.nn.Linear(self.linear.in_features, self.linear.out_features)
+        folded.weight.copy_(self.linear.weight * scale)
+        folded.bias.copy_(self.linear.bias - folded.weight @ self.norm.running_mean)
+        return folded
+
+
+def build_model(
+    model: str | os.PathLike | MarlinModel,
+    problem_type: str,
+    label_names: Sequence[str],
+    freeze_encoder: bool = False,
+) -> MarlinForVideoClassification:
+    """A `MarlinForVideoClassification` with the encoder of any MARLIN checkpoint and a new linear head.
+
+    Args:
+        model: converted folder (also a fine-tuned one: its head is replaced), Hub id, official `.pt`/`.ckpt`, or a
+            loaded `MarlinModel`.
+        label_names: one output per name (classes, labels or regression targets).
+        freeze_encoder: train only the head (the encoder's parameters get `requires_grad=False`), a `ProbeHead`
+            (standardization then linear) that `export_model` folds back into the linear layer.
+    """
+    from ..extraction import load_encoder
+
+    encoder = load_encoder(model)
+    config = copy.deepcopy(encoder.config)
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {name: i for i, name in enumerate(label_names)}
+    config.problem_type = problem_type
+    config.architectures = ["MarlinForVideoClassification"]
+    classifier = MarlinForVideoClassification(config)
+    classifier.marlin.load_state_dict(encoder.state_dict())
+    if freeze_encoder:
+        classifier.marlin.requires_grad_(False)
+        classifier.classifier = ProbeHead(classifier.classifier)
+    return classifier
+
+
+def export_model(model: MarlinForVideoClassification) -> MarlinForVideoClassification:
+    """The model as `AutoModelForVideoClassification` loads it: a probe head folded into one linear layer."""
+    if isinstance(model.classifier, ProbeHead):
+        model.classifier = model.classifier.fold().to(model.device)
+    return model
+
+
+def video_logits(model: torch.nn.Module, videos: torch.Tensor, window_mask: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Mean logits over each video's windows.
+
+    Args:
+        videos: (batch, windows, frames, 3, H, W); padding windows are skipped.
+        window_mask: (batch, windows) True on real windows.
+        chunk: windows per forward pass.
+
+    Returns:
+        (batch, num_labels) float32.
+    """
+    clips = videos[window_mask]  # (num_real_windows, frames, 3, H, W)
+    owner = window_mask.nonzero()[:, 0]  # (num_real_windows,) video of each window
+    logits = torch.cat(
+        [model(pixel_values_videos=clips[i : i + chunk]).logits.float() for i in range(0, len(clips), chunk)]
+    )
+    sums = logits.new_zeros(len(videos), logits.shape[1]).index_add_(0, owner, logits)
+    return sums / window_mask.sum(dim=1, keepdim=True).to(sums.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------- trainer
+
+
+def _training_field(name: str, default=None, default_factory=None):
+    """`TrainingArguments`' field `name` (its help kept) with another default."""
+    metadata = TrainingArguments.__dataclass_fields__[name].metadata
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class FinetuningArguments(TrainingArguments):
+    """`TrainingArguments` for `VideoClipTrainer`, with the fine-tuning recipe's defaults.
+
+    Adds `problem_type`. Differs from `TrainingArguments` in its defaults: `output_dir` is required; evaluation and
+    saving every epoch, and the best checkpoint by `metric_for_best_model` (default `roc_auc`, `mse` for regression;
+    `greater_is_better` follows the metric) loaded at the end; 10 epochs at learning rate 1e-4, weight decay 0.05;
+    2 videos (all their windows) per evaluation batch; 4 data-loader workers; seed 0; a log every 10 steps; at most 2
+    checkpoints kept; `hub_strategy="end"` (with `push_to_hub`, the Trainer only creates the repo: upload the final
+    folder with `push_folder_to_hub`). Without an accelerator it runs on the CPU (`use_cpu`).
+    """
+
+    output_dir: str = field(metadata={"help": "where checkpoints, metrics and the final model folder are written"})
+    problem_type: str = field(
+        default="single_label_classification",
+        metadata={
+            "help": "the task, as transformers names it: it picks the loss and the metrics",
+            "choices": PROBLEM_TYPES,
+        },
+    )
+    eval_strategy: IntervalStrategy | str = _training_field("eval_strategy", "epoch")
+    save_strategy: SaveStrategy | str = _training_field("save_strategy", "epoch")
+    load_best_model_at_end: bool = _training_field("load_best_model_at_end", True)
+    num_train_epochs: float = _training_field("num_train_epochs", 10.0)
+    learning_rate: float = _training_field("learning_rate", 1e-4)
+    weight_decay: float = _training_field("weight_decay", 0.05)
+    per_device_eval_batch_size: int = field(
+        default=2, metadata={"help": "videos (with all their windows) per evaluation batch and device"}
+    )
+    dataloader_num_workers: int = _training_field("dataloader_num_workers", 4)
+    seed: int = _training_field("seed", 0)
+    logging_steps: float = _training_field("logging_steps", 10)
+    save_total_limit: int | None = _training_field("save_total_limit", 2)
+    hub_strategy: HubStrategy | str = _training_field("hub_strategy", "end")
+    remove_unused_columns: bool = _training_field("remove_unused_columns", False)
+    label_names: list[str] | None = _training_field("label_names", default_factory=lambda: ["labels"])
+
+    def __post_init__(self):
+        if self.metric_for_best_model is None:
+            self.metric_for_best_model = default_metric_for_best_model(self.problem_type)
+        if self.greater_is_better is None:
+            self.greater_is_better = greater_is_better(self.metric_for_best_model)
+        if not torch.accelerator.is_available():
+            # Trainer must be told it runs on the CPU: it refuses bf16 otherwise (recent CPUs do bf16 well), and
+            # under torchrun it would run one independent training per process instead of DDP (gloo).
+            self.use_cpu = True
+            self.dataloader_pin_memory = False
+        super().__post_init__()
+
+
+class VideoClipTrainer(Trainer):
+    """`Trainer` whose evaluation batches carry several windows per video (`window_mask`): a video's logits are the
+    mean of its windows' logits, and the loss is computed on those."""
+
+    window_chunk = 16
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if "window_mask" not in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits = video_logits(model, inputs["pixel_values_videos"], inputs["window_mask"], self.window_chunk)
+        loss = None
+        if labels is not None:
+            unwrapped = self.accelerator.unwrap_model(model)
+            loss = unwrapped.loss_function(labels, logits, unwrapped.config).detach()
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, logits, labels
+
+
+class EpochSeedCallback(TrainerCallback):
+    """Tells the training dataset the epoch before its data loader starts, so each epoch draws new windows."""
+
+    def __init__(self, dataset: VideoClipDataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(round(state.epoch or 0)))
+
+
+def build_trainer(
+    model: MarlinForVideoClassification,
+    args: TrainingArguments,
+    problem_type: str,
+    train_dataset: VideoClipDataset | None = None,
+    eval_dataset: VideoClipDataset | None = None,
+) -> VideoClipTrainer:
+    """A `VideoClipTrainer` with the clip collator, the metrics of `problem_type` and, when training, the epoch
+    seeding of `train_dataset`'s window draws.
+
+    Args:
+        args: `FinetuningArguments` (or `TrainingArguments` with `remove_unused_columns=False` and
+            `label_names=["labels"]`).
+    """
+    return VideoClipTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collate_clips,
+        compute_metrics=build_compute_metrics(problem_type),
+        callbacks=[EpochSeedCallback(train_dataset)] if train_dataset is not None else None,
+    )
+
+
+def save_finetuned(model: MarlinForVideoClassification, folder: str | os.PathLike) -> None:
+    """Save the model (probe head folded, `export_model`) with `convert_marlin.save_marlin_folder`, so that
+    `AutoModelForVideoClassification.from_pretrained(folder)` loads it."""
+    from ..convert_marlin import save_marlin_folder
+
+    save_marlin_folder(export_model(model), folder)
+
+
+def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None) -> str:
+    """Upload the final model folder (not the Trainer's checkpoints); returns the repo's URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(
+        folder_path=str(folder),
+        repo_id=url.repo_id,
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.partial"],
+        commit_message="MARLIN fine-tuned with marlin_transformers.evaluation.finetuning",
+    )
+    return str(url)

@@ -1,0 +1,287 @@
+"""Linear probing on `marlin extract` features, the MARLIN paper's frozen-encoder protocol.
+
+Each video's window features (`DIR/<name>.npy`, (windows, hidden) float32) are averaged over time (the paper's
+temporal mean), standardized with the training set's mean and std, and fed to one linear layer trained with AdamW.
+The held-out split is scored with `evaluation.metrics` (accuracy, the paper's flattened ROC AUC, the per-label macro
+AUC; MSE/MAE/Pearson for regression).
+
+Labels come from labels CSVs (`data.labels`); a row is matched to the manifest's `input` by path, else by file name
+without its video extension (`data.labels.match_videos`). The features are read once per manifest into
+`DIR/linear_probe_cache.npz` (rebuilt when the manifest changes), so trying other hyper-parameters costs only the
+training. `run_linear_probe` does all of it; `examples/linear_probe.py` is its command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.labels import align_label_names, match_videos, read_labels_csv
+from ..exceptions import DatasetError
+from .metrics import load_downstream_metric
+from .selection import finite_metrics, greater_is_better
+
+CACHE_NAME = "linear_probe_cache.npz"
+
+
+@dataclass
+class LinearProbeConfig:
+    """Hyper-parameters of `train_linear_probe`.
+
+    Attributes:
+        epochs: passes over the training features.
+        batch_size: videos per AdamW step; 0 trains full-batch.
+        learning_rate: AdamW's learning rate.
+        weight_decay: AdamW's (decoupled) weight decay.
+        seed: seeds the minibatch order (the weights start at zero), so a run is reproducible.
+        metric_for_best_model: with a validation split, the `evaluation.metrics` key the best epoch is chosen by
+            (lower is better for mse and mae).
+        eval_every: with a validation split, epochs between its evaluations (the last epoch is always evaluated).
+    """
+
+    epochs: int = 100
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    metric_for_best_model: str = "roc_auc"
+    eval_every: int = 5
+
+
+def _feature_path(extract_dir: Path, output: str) -> Path:
+    # `marlin extract` writes the npy's name within DIR; an absolute path, or one relative to where it ran, also do
+    candidates = [Path(output)] if Path(output).is_absolute() else [extract_dir / output, Path(output)]
+    for candidate in [*candidates, extract_dir / Path(output).name]:
+        if candidate.is_file():
+            return candidate
+    raise DatasetError(f"{output}: feature file listed in {extract_dir / 'manifest.jsonl'} is missing")
+
+
+def load_features(
+    extract_dir: str | os.PathLike, cache_path: str | os.PathLike | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Temporal-mean feature of every input `marlin extract` wrote into `extract_dir`.
+
+    Reads `manifest.jsonl` (the last line of an input wins, so a re-run that fixed an error counts) and each
+    `status: ok` input's npy: (windows, hidden), or (windows, tokens, hidden) from `--keep-seq`, averaged over every
+    axis but the last. The result is cached in `cache_path` (default `extract_dir/linear_probe_cache.npz`), keyed
+    by the manifest's SHA-256.
+
+    Returns:
+        (inputs, features): the `input` of each video as the manifest gives it, and (num_videos, hidden) float32.
+    """
+    extract_dir = Path(extract_dir)
+    manifest = extract_dir / "manifest.jsonl"
+    try:
+        manifest_bytes = manifest.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{extract_dir}: no manifest.jsonl; point --features at a `marlin extract --out` folder"
+        ) from None
+    key = hashlib.sha256(manifest_bytes).hexdigest()
+    cache_path = Path(cache_path) if cache_path is not None else extract_dir / CACHE_NAME
+    if cache_path.is_file():
+        with np.load(cache_path, allow_pickle=False) as cache:
+            if str(cache["manifest_sha256"]) == key:
+                return cache["inputs"].tolist(), cache["features"]
+
+    entries: dict[str, dict] = {}
+    for line_number, line in enumerate(manifest_bytes.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            entries[entry["input"]] = entry
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DatasetError(f"{manifest}:{line_number}: not a manifest line with an 'input'") from None
+    inputs, features = [], []
+    for name, entry in entries.items():
+        if entry.get("status") != "ok":
+            continue
+        path = _feature_path(extract_dir, entry["output"])
+        array = np.load(path)
+        if array.ndim < 2 or array.shape[0] == 0:
+            raise DatasetError(f"{path}: expected (windows, hidden) features, got shape {array.shape}")
+        inputs.append(name)
+        features.append(array.reshape(-1, array.shape[-1]).astype(np.float64).mean(axis=0))  # (hidden,)
+    if not inputs:
+        raise DatasetError(f"{manifest}: no input has status ok; nothing to probe")
+    stacked = np.stack(features).astype(np.float32)  # (num_videos, hidden)
+
+    buffer = io.BytesIO()
+    np.savez(buffer, manifest_sha256=np.array(key), inputs=np.array(inputs), features=stacked)
+    partial = cache_path.with_name(f".{cache_path.name}.partial")
+    partial.write_bytes(buffer.getvalue())
+    os.replace(partial, cache_path)
+    return inputs, stacked
+
+
+class LinearProbe(nn.Module):
+    """Standardization (fixed, from the training features) then one linear layer: (N, hidden) -> (N, num_labels)."""
+
+    def __init__(self, hidden_size: int, num_labels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(hidden_size))
+        self.register_buffer("std", torch.ones(hidden_size))
+        self.linear = nn.Linear(hidden_size, num_labels)
+        nn.init.zeros_(self.linear.weight)  # the problem is convex: a zero start is as good as any, and seed-free
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear((features - self.mean) / self.std)
+
+
+def _loss(problem_type: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if problem_type == "single_label_classification":
+        return nn.functional.cross_entropy(logits, labels)
+    if problem_type == "multi_label_classification":
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    return nn.functional.mse_loss(logits, labels)
+
+
+def train_linear_probe(
+    features: np.ndarray,
+    labels: np.ndarray,
+    problem_type: str,
+    num_labels: int,
+    config: LinearProbeConfig | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[LinearProbe, dict]:
+    """Fit a `LinearProbe` with AdamW, optionally keeping the epoch best on a validation split (the paper's way).
+
+    Args:
+        features: (num_videos, hidden) float.
+        labels: single-label (num_videos,) class indices; multi-label (num_videos, num_labels) 0/1; regression
+            (num_videos, num_labels) or (num_videos,) targets.
+        num_labels: output size (classes, labels or targets).
+        config: the hyper-parameters (default `LinearProbeConfig()`).
+        validation: (features, labels) of a validation split, shaped like the training ones. When given, the probe
+            is scored every `config.eval_every` epochs and after the last, and the best state by
+            `config.metric_for_best_model` is returned.
+
+    Returns:
+        (probe in eval mode, {"best_epoch": int, "validation": metrics of the returned probe or None}).
+    """
+    config = config or LinearProbeConfig()
+    metric = config.metric_for_best_model
+    x = torch.as_tensor(features, dtype=torch.float32)
+    if problem_type == "single_label_classification":
+        y = torch.as_tensor(labels, dtype=torch.long)
+    else:
+        y = torch.as_tensor(labels, dtype=torch.float32).reshape(len(x), num_labels)
+    probe = LinearProbe(x.shape[1], num_labels)
+    probe.mean.copy_(x.mean(dim=0))
+    probe.std.copy_(x.std(dim=0).clamp_min(1e-6))
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    batch_size = config.batch_size or len(x)
+    best = {"best_epoch": config.epochs, "validation": None}
+    best_state = None
+    sign = 1.0 if greater_is_better(metric) else -1.0
+    for epoch in range(1, config.epochs + 1):
+        probe.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            batch = order[start : start + batch_size]
+            loss = _loss(problem_type, probe(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
+            metrics = evaluate_probe(probe.eval(), *validation, problem_type)
+            if metric not in metrics:
+                raise DatasetError(f"metric_for_best_model {metric!r}: not one of {sorted(metrics)}")
+            score = metrics[metric]
+            previous = best["validation"]
+            if previous is None or (not math.isnan(score) and sign * score > sign * previous[metric]):
+                best = {"best_epoch": epoch, "validation": metrics}
+                best_state = {k: v.clone() for k, v in probe.state_dict().items()}
+    if best_state is not None:
+        probe.load_state_dict(best_state)
+    return probe.eval(), best
+
+
+def evaluate_probe(probe: LinearProbe, features: np.ndarray, labels: np.ndarray, problem_type: str) -> dict:
+    """The metrics of `evaluation.metrics` for the probe's logits on (num_videos, hidden) features."""
+    with torch.no_grad():
+        logits = probe(torch.as_tensor(features, dtype=torch.float32)).numpy()
+    if problem_type == "regression" and logits.shape[1] == 1:
+        logits, labels = logits[:, 0], np.asarray(labels).reshape(-1)
+    return load_downstream_metric(problem_type).compute(predictions=logits, references=labels)
+
+
+def run_linear_probe(
+    features_dir: str | os.PathLike,
+    train_labels: str | os.PathLike,
+    eval_labels: str | os.PathLike,
+    problem_type: str,
+    config: LinearProbeConfig | None = None,
+    val_labels: str | os.PathLike | None = None,
+    cache_path: str | os.PathLike | None = None,
+    skip_missing: bool = False,
+) -> dict:
+    """Probe the features of `features_dir` (a `marlin extract --out` folder) on labels CSVs and score it.
+
+    Args:
+        train_labels, eval_labels: labels CSVs of the training and the held-out videos.
+        config: the hyper-parameters (default `LinearProbeConfig()`).
+        val_labels: a labels CSV to pick the best epoch on (`config.metric_for_best_model`); None keeps the last.
+        cache_path: the feature cache (default `features_dir/linear_probe_cache.npz`).
+        skip_missing: leave out labelled videos without features instead of raising.
+
+    Returns:
+        The report, ready for JSON (NaN metrics as None): `eval`, `train` and `validation` metrics, `best_epoch`,
+        `num_train`, `num_eval`, `skipped_without_features`, `hidden_size`, `label_names`, `hyperparameters`,
+        `features` (the folder's absolute path).
+
+    Raises:
+        DatasetError: a missing or malformed manifest, feature file or labels file, or videos without features.
+    """
+    config = config or LinearProbeConfig()
+    inputs, features = load_features(features_dir, cache_path)
+    train = read_labels_csv(train_labels, problem_type)
+    evaluated = read_labels_csv(eval_labels, problem_type)
+    eval_targets = align_label_names(train, evaluated, problem_type, str(eval_labels))
+    train_rows, train_label_rows = match_videos(inputs, train.paths, skip_missing)
+    eval_rows, eval_label_rows = match_videos(inputs, evaluated.paths, skip_missing)
+    validation = None
+    if val_labels:
+        val = read_labels_csv(val_labels, problem_type)
+        val_targets = align_label_names(train, val, problem_type, str(val_labels))
+        val_rows, val_label_rows = match_videos(inputs, val.paths, skip_missing)
+        validation = (features[val_rows], val_targets[val_label_rows])
+    train_x, train_y = features[train_rows], train.labels[train_label_rows]  # (num_train, hidden), labels
+    eval_x, eval_y = features[eval_rows], eval_targets[eval_label_rows]
+    probe, selection = train_linear_probe(
+        train_x, train_y, problem_type, len(train.label_names), config, validation=validation
+    )
+    hyperparameters = asdict(config)
+    del hyperparameters["eval_every"]
+    if not val_labels:
+        hyperparameters["metric_for_best_model"] = None
+    return {
+        "problem_type": problem_type,
+        "eval": finite_metrics(evaluate_probe(probe, eval_x, eval_y, problem_type)),
+        "train": finite_metrics(evaluate_probe(probe, train_x, train_y, problem_type)),
+        "validation": finite_metrics(selection["validation"]) if selection["validation"] else None,
+        "best_epoch": selection["best_epoch"],
+        "num_train": len(train_rows),
+        "num_eval": len(eval_rows),
+        "skipped_without_features": {
+            "train": len(train.paths) - len(train_rows),
+            "eval": len(evaluated.paths) - len(eval_rows),
+        },
+        "hidden_size": int(features.shape[1]),
+        "label_names": list(train.label_names),
+        "hyperparameters": hyperparameters,
+        "features": str(Path(features_dir).absolute()),
+    }

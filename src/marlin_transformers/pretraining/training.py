@@ -1,0 +1,543 @@
+"""MARLIN's pretraining loop, with Accelerate: `train(PretrainingArguments(...))`.
+
+Masked reconstruction of Fasking-masked face clips plus a WGAN critic on the reconstructed tubelets, as in the paper
+(Cai et al., CVPR 2023): AdamW (0.9, 0.95) without weight decay, lr = 1.5e-4 * total batch / 256 with a linear
+warm-up and a cosine decay applied per optimizer step, one critic step per generator step. The generator's prediction
+is computed once per step: the critic trains on it detached, then the generator's loss reuses it (`train_step`).
+
+Outputs under `output_dir`: `checkpoints/step_N/` (`accelerator.save_state`, resumable with `resume`), TensorBoard
+logs (`tensorboard --logdir OUTPUT_DIR`) of every loss term and the learning rate, `train_log.csv`, `eval.csv` (the
+reconstruction MSE on a fixed held-out batch, rows `step,mse`) and its plot `eval_curve.png`, reconstruction pictures
+`reconstructions/step_N.png` (per clip: original / masked input / reconstruction), `train_config.json` (the
+arguments), and the final model in `model/` (a `save_pretrained` folder that `AutoModel` and
+`AutoModelForPreTraining` load, with the critic). `examples/pretrain.py` is the command line around `train`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate import Accelerator, DistributedType
+from accelerate.utils import DataLoaderConfiguration, broadcast, set_seed
+from torch.utils.data import DataLoader
+
+from ..configuration_marlin import MarlinConfig
+from ..constants import SAMPLE_RATE
+from ..convert_marlin import load_reference_checkpoint, resolve_checkpoint_folder, save_marlin_folder
+from ..data.youtube_faces import youtube_faces_clips
+from ..exceptions import CheckpointError
+from ..modeling_marlin import MarlinForPreTraining, masked_patch_targets, reconstruction_loss
+from ..video.decoding import find_videos
+from ..visualization import reconstruction_grid, write_curve_png
+from .clips import EpochShuffleSampler, FaceClipDataset
+from .losses import (
+    attach_critic,
+    critic_loss,
+    detach_critic,
+    generator_adversarial_loss,
+    gradient_penalty,
+    penalty_interpolates,
+)
+from .schedule import BASE_LEARNING_RATE, BASE_MIN_LEARNING_RATE, learning_rate_at, scaled_learning_rates
+from .videomae import load_videomae_weights, marlin_config_from_videomae
+
+
+@dataclass
+class PretrainingArguments:
+    """Everything a pretraining run is configured by; `examples/pretrain.py` derives its flags from these fields.
+
+    The training hyper-parameters default to the released configs' (`config/pretrain/marlin_vit_*.yaml` in the
+    authors' repository). Give `train_data` or `youtube_faces`.
+    """
+
+    output_dir: str = field(metadata={"help": "checkpoints, logs, pictures and the final model go here"})
+
+    # data
+    train_data: list[str] = field(default_factory=list, metadata={"help": "face video files or folders of them"})
+    youtube_faces: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "ROOT",
+            "help": "instead of --train-data: YouTube Faces as the reference prepares it (train_set.csv, "
+            "val_set.csv, crop_images_DB/, optionally face_parsing_images_DB/); the eval batch comes from the val "
+            "split",
+        },
+    )
+    eval_data: list[str] = field(default_factory=list, metadata={"help": "held-out videos for the fixed eval batch"})
+    holdout_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "without --eval-data: evaluate on the last fraction of every training video, train on the rest"
+        },
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "crop and parse every video once into this folder (recommended)"}
+    )
+    crop: Literal["auto", "always", "never"] = field(default="auto", metadata={"help": "see FacePreparer"})
+    sample_rate: int = field(default=SAMPLE_RATE, metadata={"help": "take every n-th frame"})
+    farl_parser: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "PATH",
+            "help": "FaRL LaPa TorchScript file (face_parsing.FARL_LAPA_FILENAME) for Fasking, as in the paper; "
+            "default: the built-in landmark parser",
+        },
+    )
+    num_workers: int = field(default=2, metadata={"help": "dataloader workers"})
+
+    # model
+    model_config: str = field(default="base", metadata={"help": "small/base/large, a config JSON or a model folder"})
+    config_override: list[str] = field(
+        default_factory=list,
+        metadata={
+            "action": "extend",  # repeatable: --config-override a=1 --config-override b=2
+            "metavar": "KEY=VALUE",
+            "help": "a MarlinConfig field (VALUE read as JSON, else as a string)",
+        },
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "VideoMAE (Transformers format, e.g. MCG-NJU/videomae-base), a MARLIN folder, or a released "
+            "MARLIN .full.pt/.ckpt"
+        },
+    )
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each layer in the backward"})
+
+    # training
+    seed: int = field(default=42, metadata={"help": "seeds the model init, every clip, mask and shuffle"})
+    batch_size: int = field(default=16, metadata={"help": "clips per process per micro-step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
+    num_epochs: int = field(default=2000, metadata={"help": "the schedule's length"})
+    warmup_epochs: int = field(default=40, metadata={"help": "linear warm-up from lr 0"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop early (the schedule still spans num_epochs)"})
+    base_learning_rate: float = field(default=BASE_LEARNING_RATE, metadata={"help": "peak lr per 256 clips"})
+    base_min_learning_rate: float = field(default=BASE_MIN_LEARNING_RATE, metadata={"help": "final lr per 256 clips"})
+    learning_rate: float | None = field(default=None, metadata={"help": "absolute peak lr, overriding the scaled one"})
+    min_learning_rate: float | None = field(default=None, metadata={"help": "absolute final lr"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1, both networks"})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2, both networks"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay, both networks"})
+    adv_weight: float | None = field(default=None, metadata={"help": "default: the model config's (0.01)"})
+    gp_weight: float = field(default=0.0, metadata={"help": "WGAN-GP gradient penalty weight"})
+    clips_per_video: int = field(default=1, metadata={"help": "training clips per video per epoch"})
+    eval_batch_size: int = field(default=4, metadata={"help": "clips in the fixed eval batch"})
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "autocast dtype (GPU)"})
+    cpu: bool = field(default=False, metadata={"help": "train on the CPU even if a GPU is present"})
+
+    # output
+    checkpointing_steps: int = field(default=1000, metadata={"help": "save_state every N steps (0: never)"})
+    resume: str | None = field(default=None, metadata={"help": "a checkpoints/step_N folder, or 'latest'"})
+    logging_steps: int = field(default=1, metadata={"help": "log the losses every N steps"})
+    eval_steps: int = field(default=500, metadata={"help": "evaluate every N steps (0: never)"})
+    image_steps: int = field(default=1000, metadata={"help": "reconstruction picture every N steps (0: never)"})
+    tensorboard: bool = field(default=True, metadata={"help": "log to TensorBoard (--no-tensorboard: don't)"})
+
+    def __post_init__(self):
+        if not self.train_data and not self.youtube_faces:
+            raise ValueError("give train_data (--train-data) or youtube_faces (--youtube-faces)")
+
+
+@dataclass
+class PretrainingResult:
+    """What `train` did: the optimizer steps, the eval curve [(step, mse)], the logged rows of `train_log.csv`
+    (`{"step", "rec_loss", ..., "lr"}`, unrounded), and the final model's folder."""
+
+    steps: int
+    eval_curve: list[tuple[int, float]]
+    train_log: list[dict[str, float]]
+    model_dir: Path
+
+
+class TrainingProgress:
+    """Optimizer steps done so far, saved with `accelerator.save_state` so that a resumed run knows where it is."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def parse_config_overrides(items: list[str]) -> dict[str, object]:
+    """`["KEY=VALUE", ...]` -> `{KEY: VALUE}`, each VALUE read as JSON (`112`, `0.75`, `true`), else kept a string."""
+    overrides = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def build_model(
+    model_config: str = "base", init_from: str | None = None, config_overrides: dict | None = None
+) -> MarlinForPreTraining:
+    """A fresh model of `model_config` (a variant name, a config JSON or a model folder), or one initialized from
+    `init_from`: a VideoMAE or MARLIN folder / Hub id, or a released MARLIN `.full.pt` / Lightning `.ckpt` file.
+    `config_overrides` (MarlinConfig fields) apply to either, except a released file."""
+    overrides = config_overrides or {}
+    if init_from is None:
+        if Path(model_config).is_file():
+            config = MarlinConfig(**{**json.loads(Path(model_config).read_text()), **overrides})
+        elif Path(model_config).is_dir():
+            config = MarlinConfig.from_pretrained(model_config, **overrides)
+        else:
+            config = MarlinConfig.from_variant(model_config, **overrides)
+        return MarlinForPreTraining(config)
+    if Path(init_from).is_file():  # a released MARLIN .pt / Lightning .ckpt
+        model = load_reference_checkpoint(init_from)
+        if not isinstance(model, MarlinForPreTraining):
+            raise CheckpointError(
+                f"{init_from}: encoder-only checkpoint; pretraining needs the decoder (a .full.pt or .ckpt)."
+            )
+        return model.train()
+    folder = resolve_checkpoint_folder(init_from)
+    hub_config = json.loads((folder / "config.json").read_text())
+    if hub_config.get("model_type") == "videomae":
+        model = MarlinForPreTraining(marlin_config_from_videomae(hub_config, **overrides))
+        kept = load_videomae_weights(model, folder)
+        print(f"initialized from VideoMAE {init_from}; left at init: {kept}")
+        return model
+    return MarlinForPreTraining.from_pretrained(folder, **overrides)
+
+
+def get_dataloaders(
+    args: PretrainingArguments, model_config: MarlinConfig, accelerator: Accelerator
+) -> tuple[DataLoader, dict[str, torch.Tensor]]:
+    """The training dataloader (shuffled per epoch from the seed, not yet prepared) and one fixed eval batch.
+
+    The eval batch holds `eval_batch_size` clips of `eval_data` (held-out videos), of the YouTube Faces val split,
+    or, without either, of the last `holdout_fraction` of every training video (training clips then come from the
+    rest; with a fraction of 0, from the training clips themselves, drawn with another seed). Its clips and masks are
+    the same at every evaluation: `pixel_values_videos` (eval_batch_size, frames, 3, size, size) in [0, 1] and
+    `bool_masked_pos` (eval_batch_size, tokens).
+    """
+    face_parser = None
+    if args.farl_parser:  # the paper's parser; default: the built-in landmark approximation
+        from .face_parsing import FarlFaceParser
+
+        face_parser = FarlFaceParser(args.farl_parser, device=accelerator.device)
+    dataset_kwargs = dict(
+        cache_dir=args.cache_dir, crop=args.crop, sample_rate=args.sample_rate, face_parser=face_parser
+    )
+    if args.youtube_faces:  # the reference's layout: train_set.csv / val_set.csv over crop_images_DB/<clip>/
+        train_videos = youtube_faces_clips(args.youtube_faces, "train")
+        eval_videos = youtube_faces_clips(args.youtube_faces, "val")[: args.eval_batch_size]
+    else:
+        train_videos = find_videos(args.train_data)
+        eval_videos = find_videos(args.eval_data) if args.eval_data else train_videos
+    holdout = 0.0 if args.eval_data or args.youtube_faces else args.holdout_fraction
+    with accelerator.main_process_first():  # the main process fills the cache, the others then read it
+        train_dataset = FaceClipDataset.from_config(
+            model_config,
+            train_videos,
+            seed=args.seed,
+            clips_per_video=args.clips_per_video,
+            frame_range=(0.0, 1.0 - holdout),
+            **dataset_kwargs,
+        )
+        eval_dataset = FaceClipDataset.from_config(
+            model_config,
+            eval_videos,
+            seed=args.seed + 1,
+            clips_per_video=math.ceil(args.eval_batch_size / len(eval_videos)),
+            frame_range=(1.0 - holdout, 1.0) if holdout else (0.0, 1.0),
+            **dataset_kwargs,
+        )
+    train_dataloader = DataLoader(
+        train_dataset,
+        batch_size=args.batch_size,
+        sampler=EpochShuffleSampler(len(train_dataset), args.seed),
+        num_workers=args.num_workers,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+    )
+    # Spread the eval clips over the videos: item i is clip (i % clips_per_video) of video (i // clips_per_video).
+    order = sorted(range(len(eval_dataset)), key=lambda i: (i % eval_dataset.clips_per_video, i))
+    items = [eval_dataset[i] for i in order[: args.eval_batch_size]]
+    eval_batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
+    return train_dataloader, eval_batch
+
+
+def train_step(batch, model, critic, g_optimizer, d_optimizer, accelerator, adv_weight, gp_weight, gp_generator):
+    """One critic step and one generator step on a batch, with one forward pass of the generator.
+
+    Args:
+        batch: `pixel_values_videos` (batch, frames, 3, size, size) in [0, 1] and `bool_masked_pos` (batch, tokens).
+        model: the generator (`MarlinForPreTraining` without its critic, see `detach_critic`), prepared.
+        critic: the `MarlinDiscriminator`, kept whole on every process.
+        adv_weight, gp_weight: the adversarial term's and the gradient penalty's weights.
+        gp_generator: CPU generator of the penalty's interpolation (unused when `gp_weight` is 0).
+
+    Returns:
+        The loss terms (detached): rec_loss, adv_loss, g_loss, d_loss (critic loss with its penalty), d_wasserstein
+        (mean D(fake) - mean D(real)), d_real, d_fake, and gp when `gp_weight > 0`.
+    """
+    pixel_values_videos, bool_masked_pos = batch["pixel_values_videos"], batch["bool_masked_pos"]
+    config = accelerator.unwrap_model(model).config
+    with accelerator.autocast():
+        logits = model(pixel_values_videos, bool_masked_pos, return_loss=False).logits  # (b, masked, c*pt*ph*pw)
+        targets = masked_patch_targets(pixel_values_videos, bool_masked_pos, config.patch_size, config.tubelet_size)
+
+        # Critic step on the detached prediction; fake, real (and penalty points) go through the critic together.
+        fake = logits.detach()
+        real = targets.to(fake.dtype)
+        inputs = [fake, real]
+        if gp_weight > 0:
+            inputs.append(penalty_interpolates(real, fake, gp_generator))
+        scores = critic(torch.cat(inputs)).split(len(fake))
+        d_wasserstein = critic_loss(scores[0], scores[1])
+        gp = gradient_penalty(scores[2], inputs[2]) if gp_weight > 0 else None
+        d_loss = d_wasserstein + gp_weight * gp if gp is not None else d_wasserstein
+    accelerator.backward(d_loss)
+    if accelerator.sync_gradients and accelerator.num_processes > 1:
+        # The critic is small and kept whole on every process (no DDP/FSDP wrapper): average its gradients here.
+        for param in critic.parameters():
+            param.grad = accelerator.reduce(param.grad, reduction="mean")
+    d_optimizer.step()
+    d_optimizer.zero_grad()
+
+    # Generator step: the same prediction, scored by the updated critic, whose weights get no gradient from it.
+    with accelerator.autocast():
+        rec_loss = reconstruction_loss(logits, targets)
+        if adv_weight:
+            critic.requires_grad_(False)
+            adv_loss = generator_adversarial_loss(critic(logits), adv_weight)
+            critic.requires_grad_(True)
+        else:
+            adv_loss = torch.zeros((), device=logits.device)
+        g_loss = rec_loss + adv_loss
+    accelerator.backward(g_loss)
+    g_optimizer.step()
+    g_optimizer.zero_grad()
+
+    losses = {
+        "rec_loss": rec_loss,
+        "adv_loss": adv_loss,
+        "g_loss": g_loss,
+        "d_loss": d_loss,
+        "d_wasserstein": d_wasserstein,
+        "d_real": scores[1].float().mean(),
+        "d_fake": scores[0].float().mean(),
+    }
+    if gp is not None:
+        losses["gp"] = gp
+    return {name: value.detach() for name, value in losses.items()}
+
+
+@torch.no_grad()
+def evaluate(model, eval_batch: dict[str, torch.Tensor], accelerator: Accelerator) -> tuple[float, torch.Tensor]:
+    """Reconstruction MSE on the fixed eval batch, and the predictions (batch, masked, c*pt*ph*pw), for pictures."""
+    model.eval()
+    pixel_values_videos = eval_batch["pixel_values_videos"].to(accelerator.device)
+    bool_masked_pos = eval_batch["bool_masked_pos"].to(accelerator.device)
+    config = accelerator.unwrap_model(model).config
+    with accelerator.autocast():
+        logits = model(pixel_values_videos, bool_masked_pos, return_loss=False).logits
+    targets = masked_patch_targets(pixel_values_videos, bool_masked_pos, config.patch_size, config.tubelet_size)
+    model.train()
+    return reconstruction_loss(logits, targets).item(), logits
+
+
+def save_reconstruction(
+    eval_batch: dict[str, torch.Tensor],
+    logits: torch.Tensor,
+    config: MarlinConfig,
+    path: Path,
+    accelerator: Accelerator,
+    step: int,
+) -> None:
+    """The eval batch's reconstruction picture (`visualization.reconstruction_grid`) to `path` and TensorBoard."""
+    from PIL import Image
+
+    grid = reconstruction_grid(
+        eval_batch["pixel_values_videos"],
+        logits,
+        eval_batch["bool_masked_pos"],
+        config.patch_size,
+        config.tubelet_size,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("reconstruction", grid, step, dataformats="HWC")
+
+
+def append_train_log(path: Path, row: dict[str, float]) -> None:
+    """One row of `train_log.csv` (the header first, when the file is new): the step, then 6 significant digits."""
+    new_file = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new_file:
+            writer.writeheader()
+        writer.writerow({"step": row["step"], **{k: f"{v:.6g}" for k, v in row.items() if k != "step"}})
+
+
+def append_eval_log(path: Path, step: int, mse: float) -> None:
+    """One row `step,mse` of `eval.csv` (no header)."""
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerow([step, f"{mse:.6f}"])
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The `checkpoints/step_N` folder of `output_dir` with the largest N, or None."""
+    checkpoints = sorted((output_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def save_final_model(accelerator: Accelerator, model, critic, folder: Path) -> None:
+    """The generator (gathered from every process) with its critic, as a `save_marlin_folder` folder."""
+    state_dict = accelerator.get_state_dict(model)  # a collective: every process calls it
+    if not accelerator.is_main_process:
+        return
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type == DistributedType.FSDP:  # sharded weights: rebuild a whole model
+        unwrapped = MarlinForPreTraining(unwrapped.config)
+        unwrapped.discriminator = None
+        unwrapped.load_state_dict(state_dict)
+    save_marlin_folder(attach_critic(unwrapped, critic), folder)
+    detach_critic(unwrapped)
+
+
+def train(args: PretrainingArguments) -> PretrainingResult:
+    """Pretrain MARLIN as `args` says, writing the outputs listed in the module docstring under `args.output_dir`."""
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with="tensorboard" if args.tensorboard else None,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False),
+        cpu=args.cpu,
+    )
+    output_dir = Path(args.output_dir)
+    set_seed(args.seed)
+    model = build_model(args.model_config, args.init_from, parse_config_overrides(args.config_override))
+    if args.adv_weight is not None:
+        model.config.adv_weight = args.adv_weight
+    adv_weight = model.config.adv_weight
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    model, critic = detach_critic(model)
+    critic.to(accelerator.device)
+    if accelerator.num_processes > 1:  # identical critics everywhere, whatever each process initialized
+        for param in critic.parameters():
+            param.data = broadcast(param.data)
+
+    train_dataloader, eval_batch = get_dataloaders(args, model.config, accelerator)
+    # The schedule counts optimizer steps: epochs of (batches per process / accumulation) steps.
+    micro_batches = len(train_dataloader) / accelerator.num_processes  # per process, per epoch
+    steps_per_epoch = math.ceil(micro_batches / accelerator.gradient_accumulation_steps)
+    total_steps = args.num_epochs * steps_per_epoch
+    warmup_steps = args.warmup_epochs * steps_per_epoch
+    max_steps = min(args.max_steps or total_steps, total_steps)
+    total_batch_size = args.batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    learning_rate, min_learning_rate = scaled_learning_rates(
+        total_batch_size, args.base_learning_rate, args.base_min_learning_rate
+    )
+    if args.learning_rate is not None:
+        learning_rate = args.learning_rate
+    if args.min_learning_rate is not None:
+        min_learning_rate = args.min_learning_rate
+
+    optimizer_kwargs = dict(lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay)
+    g_optimizer = torch.optim.AdamW(model.parameters(), **optimizer_kwargs)
+    d_optimizer = torch.optim.AdamW(critic.parameters(), **optimizer_kwargs)
+    model, g_optimizer, d_optimizer, train_dataloader = accelerator.prepare(
+        model, g_optimizer, d_optimizer, train_dataloader
+    )
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(critic, progress)
+
+    if args.resume:
+        resume = latest_checkpoint(output_dir) if args.resume == "latest" else Path(args.resume)
+        if resume is not None:
+            accelerator.load_state(str(resume))
+            accelerator.print(f"resumed from {resume} at step {progress.step}")
+    micro_batches_done = progress.step * accelerator.gradient_accumulation_steps
+    first_epoch, skip_batches = divmod(micro_batches_done, len(train_dataloader))
+
+    if args.tensorboard:
+        hparams = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("marlin_pretrain", config=hparams)
+    is_main = accelerator.is_main_process
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "train_config.json").write_text(json.dumps(asdict(args), indent=2, default=str))
+    eval_curve, train_log = [], []
+
+    def run_eval(step: int) -> None:
+        mse, logits = evaluate(model, eval_batch, accelerator)
+        eval_curve.append((step, mse))
+        if not is_main:
+            return
+        accelerator.log({"eval/rec_loss": mse}, step=step)
+        append_eval_log(output_dir / "eval.csv", step, mse)
+        if args.image_steps and (step % args.image_steps == 0 or step == max_steps):
+            picture = output_dir / "reconstructions" / f"step_{step:06d}.png"
+            save_reconstruction(eval_batch, logits, accelerator.unwrap_model(model).config, picture, accelerator, step)
+
+    if progress.step == 0 and args.eval_steps:
+        run_eval(0)
+    for epoch in range(first_epoch, args.num_epochs):
+        if progress.step >= max_steps:
+            break
+        train_dataloader.set_epoch(epoch)
+        train_dataloader.dataset.set_epoch(epoch)  # Accelerate forwards it only in some layouts
+        batches = train_dataloader
+        if epoch == first_epoch and skip_batches:
+            batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
+        for batch in batches:
+            lr = learning_rate_at(progress.step, learning_rate, min_learning_rate, warmup_steps, total_steps)
+            for optimizer in (g_optimizer, d_optimizer):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            gp_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + progress.step)
+            with accelerator.accumulate(model):
+                losses = train_step(
+                    batch,
+                    model,
+                    critic,
+                    g_optimizer,
+                    d_optimizer,
+                    accelerator,
+                    adv_weight,
+                    args.gp_weight,
+                    gp_generator,
+                )
+            if not accelerator.sync_gradients:
+                continue
+            progress.step += 1
+            step = progress.step
+            if step % args.logging_steps == 0 or step == max_steps:
+                logged = {name: accelerator.reduce(value, "mean").item() for name, value in losses.items()}
+                logged["lr"] = lr
+                train_log.append({"step": step, **logged})
+                accelerator.log({f"train/{k}": v for k, v in logged.items()}, step=step)
+                if is_main:
+                    append_train_log(output_dir / "train_log.csv", train_log[-1])
+            if args.eval_steps and (step % args.eval_steps == 0 or step == max_steps):
+                run_eval(step)
+            if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+                accelerator.save_state(str(output_dir / "checkpoints" / f"step_{step}"))
+            if step >= max_steps:
+                break
+
+    accelerator.wait_for_everyone()
+    save_final_model(accelerator, model, critic, output_dir / "model")
+    if is_main and len(eval_curve) > 1:
+        write_curve_png(eval_curve, output_dir / "eval_curve.png", "reconstruction MSE, held-out batch")
+    accelerator.end_training()
+    return PretrainingResult(progress.step, eval_curve, train_log, output_dir / "model")

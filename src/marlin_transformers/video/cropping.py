@@ -1,0 +1,154 @@
+"""Cut square face crops out of frames, given where the face is.
+
+Each frame is cut to a square of side `max(w, h) * margin` centred on its face box (marlin-pytorch's crop when margin
+is 1), zero-padded outside the frame and resized to `crop_size`. Where the boxes come from is not this module's
+concern: `face_tracking.FaceTracker` makes them (a `FaceTrack` per window), and `centre_track` stands in for a video
+without a face.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..constants import MARLIN_CROP_SIZE
+
+
+@dataclass
+class FaceTrack:
+    """Where the tracked face is in each frame of a window (frame pixels).
+
+    Attributes:
+        boxes: (num_frames, 4) float32 smoothed face box (x1, y1, x2, y2).
+        landmarks: (num_frames, 5, 2) float32 (x, y) of the left eye, right eye, nose, left and right mouth corners,
+            as detected, or interpolated where the face was missed.
+        detected: (num_frames,) bool, True where a detection of the tracked face was found on that frame.
+        confidence: (num_frames,) float32 MTCNN probability of that detection, 0 where missed.
+    """
+
+    boxes: np.ndarray
+    landmarks: np.ndarray
+    detected: np.ndarray
+    confidence: np.ndarray
+
+
+@dataclass
+class FaceCrops:
+    """Square face crops of one window and where they came from.
+
+    Attributes:
+        crops: (num_frames, crop_size, crop_size, 3) uint8 RGB.
+        boxes: (num_frames, 4) float32 smoothed face box (x1, y1, x2, y2), frame pixels.
+        crop_boxes: (num_frames, 4) int64 square region cut from the frame (x1, y1, x2, y2), frame pixels; may reach
+            outside the frame, where the crop is zero.
+        landmarks: (num_frames, 5, 2) float32 five landmarks (see FaceTrack), frame pixels.
+        crop_landmarks: (num_frames, 5, 2) float32 the same landmarks in crop pixels.
+        detected: (num_frames,) bool, True where the tracked face was detected on that frame (not interpolated).
+        confidence: (num_frames,) float32 detection probability, 0 where missed.
+    """
+
+    crops: np.ndarray
+    boxes: np.ndarray
+    crop_boxes: np.ndarray
+    landmarks: np.ndarray
+    crop_landmarks: np.ndarray
+    detected: np.ndarray
+    confidence: np.ndarray
+
+    @property
+    def detected_fraction(self) -> float:
+        """Fraction of the window's frames with a real detection of the tracked face, in [0, 1]."""
+        return float(self.detected.mean()) if len(self.detected) else 0.0
+
+
+def crop_with_padding(frame: np.ndarray, region: Sequence[int]) -> np.ndarray:
+    """frame[y1:y2, x1:x2] for an integer region (x1, y1, x2, y2) that may reach outside, zero there.
+
+    marlin-pytorch's `crop_with_padding`; slicing before handing pixels to PIL avoids copying whole frames.
+
+    Args:
+        frame: (H, W, ...) any dtype.
+        region: (x1, y1, x2, y2) frame pixels.
+
+    Returns:
+        (y2 - y1, x2 - x1, ...) of the frame's dtype; a view of the frame when the region lies inside it.
+    """
+    x1, y1, x2, y2 = (int(v) for v in region)
+    height, width = frame.shape[:2]
+    if x1 >= 0 and y1 >= 0 and x2 <= width and y2 <= height:
+        return frame[y1:y2, x1:x2]
+    out = np.zeros((y2 - y1, x2 - x1, *frame.shape[2:]), dtype=frame.dtype)
+    sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+    if sx2 > sx1 and sy2 > sy1:
+        out[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = frame[sy1:sy2, sx1:sx2]
+    return out
+
+
+def centre_boxes(num_frames: int, height: int, width: int) -> np.ndarray:
+    """(num_frames, 4) float32 boxes of the largest centred square, the fallback when a video has no face."""
+    side = min(height, width)
+    x1, y1 = (width - side) / 2, (height - side) / 2
+    return np.tile(np.array([x1, y1, x1 + side, y1 + side], dtype=np.float32), (num_frames, 1))
+
+
+def centre_track(num_frames: int, height: int, width: int) -> FaceTrack:
+    """A track on the largest centred square of (height, width) frames, nothing detected, landmarks NaN."""
+    return FaceTrack(
+        boxes=centre_boxes(num_frames, height, width),
+        landmarks=np.full((num_frames, 5, 2), np.nan, dtype=np.float32),
+        detected=np.zeros(num_frames, dtype=bool),
+        confidence=np.zeros(num_frames, dtype=np.float32),
+    )
+
+
+def crop_faces(
+    frames: np.ndarray,
+    boxes: np.ndarray,
+    landmarks: np.ndarray | None = None,
+    margin: float = 1.0,
+    crop_size: int = MARLIN_CROP_SIZE,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Cut a square of side `max(w, h) * margin` centred on each box, zero-padded outside, resized to `crop_size`.
+
+    Args:
+        frames: (T, H, W, 3) uint8 RGB.
+        boxes: (T, 4) (x1, y1, x2, y2) frame pixels.
+        landmarks: optional (T, K, 2) frame pixels, mapped into crop pixels.
+
+    Returns:
+        crops (T, crop_size, crop_size, 3) uint8, crop_boxes (T, 4) int64 in frame pixels, crop_landmarks
+        (T, K, 2) float32 in crop pixels (None without landmarks).
+    """
+    from PIL import Image
+
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    sides = np.maximum(np.round((boxes[:, 2:] - boxes[:, :2]).max(axis=1) * margin), 2).astype(np.int64)
+    corners = np.round(centres - sides[:, None] / 2).astype(np.int64)
+    crop_boxes = np.concatenate([corners, corners + sides[:, None]], axis=1)
+    crops = np.empty((len(frames), crop_size, crop_size, 3), dtype=np.uint8)
+    for t, (frame, region) in enumerate(zip(frames, crop_boxes)):
+        crop = Image.fromarray(np.ascontiguousarray(crop_with_padding(frame, region)))
+        crops[t] = np.asarray(crop.resize((crop_size, crop_size), Image.BILINEAR))
+    crop_landmarks = None
+    if landmarks is not None:
+        scale = (crop_size / sides)[:, None, None]
+        crop_landmarks = ((landmarks - corners[:, None, :]) * scale).astype(np.float32)
+    return crops, crop_boxes, crop_landmarks
+
+
+def crop_track(
+    frames: np.ndarray, track: FaceTrack, margin: float = 1.0, crop_size: int = MARLIN_CROP_SIZE
+) -> FaceCrops:
+    """Cut the (T, H, W, 3) uint8 frames of a window around its track (see `crop_faces`)."""
+    crops, crop_boxes, crop_landmarks = crop_faces(frames, track.boxes, track.landmarks, margin, crop_size)
+    return FaceCrops(
+        crops=crops,
+        boxes=track.boxes,
+        crop_boxes=crop_boxes,
+        landmarks=track.landmarks,
+        crop_landmarks=crop_landmarks,
+        detected=track.detected,
+        confidence=track.confidence,
+    )

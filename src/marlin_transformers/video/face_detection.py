@@ -1,0 +1,266 @@
+"""Find faces in batches of frames with MTCNN (facenet-pytorch, weights in its wheel).
+
+Whole frames are searched downscaled to `detect_size` pixels on their longest side; a caller that knows roughly where
+the face is (the tracker) may pass a square region of each frame instead, resampled to `region_size` pixels, several
+times cheaper. Every candidate of a cascade stage is resampled in one call. On 2 CPU cores this costs about 20 ms per
+sampled frame, a fifth of a ViT-B window in bf16.
+
+The detector has no memory of earlier frames: following one face through a video is `face_tracking.FaceTracker`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+
+from .cropping import crop_with_padding
+
+# One frame's detections: boxes (n, 4) float32 (x1, y1, x2, y2), probabilities (n,) float32 and landmarks
+# (n, 5, 2) float32 (x, y), all in frame pixels.
+Detections = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the block with `num_threads` torch CPU threads, and torch's previous setting again on leaving it.
+
+    torch's thread count is process-wide, so while the block runs other threads' torch calls get it too; nothing is
+    left changed once it returns or raises. None (or 0) keeps torch's setting.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    if not num_threads or num_threads == previous:
+        yield
+        return
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _mtcnn_cascade(
+    mtcnn, images, min_face_size: float, thresholds: Sequence[float], factor: float, max_per_image: int | None = None
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """facenet-pytorch's MTCNN cascade on a batch, with every candidate of a stage cropped in one `roi_align` call.
+
+    facenet-pytorch (`detect_face`) crops and resizes each candidate box on its own, a few hundred small
+    interpolations per frame that cost more than the three networks on a CPU. This follows its steps (same networks,
+    thresholds, NMS and box regression; candidate regions clipped to the image as it does), resampling all candidates
+    of a stage at once.
+
+    Args:
+        mtcnn: a `facenet_pytorch.MTCNN` (its `pnet`, `rnet` and `onet` are used).
+        images: (N, 3, H, W) float32 RGB in [0, 255].
+        max_per_image: keep at most this many R-Net candidates per image (best scores first) for O-Net, the most
+            expensive stage; None keeps all.
+
+    Returns:
+        per image: boxes (n, 4), probabilities (n,) and landmarks (n, 5, 2), float32 pixels.
+    """
+    import torch
+    import torch.nn.functional as F
+    from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, generateBoundingBox, rerec
+    from torchvision.ops import batched_nms, roi_align
+
+    num_images, _, height, width = images.shape
+
+    def normalise(data):
+        return (data - 127.5) * 0.0078125
+
+    def crops(boxes, image_indices, size):
+        # facenet-pytorch's `pad`: integer corners clipped to the image, pixels x - 1 .. ex - 1.
+        corners = boxes[:, :4].trunc()
+        x1 = corners[:, 0].clamp(min=1) - 1
+        y1 = corners[:, 1].clamp(min=1) - 1
+        x2 = corners[:, 2].clamp(max=width)
+        y2 = corners[:, 3].clamp(max=height)
+        rois = torch.stack([image_indices.to(images.dtype), x1, y1, x2, y2], dim=1)
+        data = roi_align(images, rois, output_size=size, sampling_ratio=2, aligned=True)
+        return normalise(data).contiguous(memory_format=torch.channels_last)
+
+    # Stage 1: P-Net over an image pyramid.
+    scale = 12.0 / min_face_size
+    shortest = min(height, width) * scale
+    candidates, candidate_images = [], []
+    while shortest >= 12:
+        data = F.interpolate(images, size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
+        regression, probs = mtcnn.pnet(normalise(data).contiguous(memory_format=torch.channels_last))
+        boxes, image_indices = generateBoundingBox(regression, probs[:, 1], scale, thresholds[0])
+        keep = batched_nms(boxes[:, :4], boxes[:, 4], image_indices, 0.5)
+        candidates.append(boxes[keep])
+        candidate_images.append(image_indices[keep])
+        scale *= factor
+        shortest *= factor
+    boxes, image_indices = torch.cat(candidates), torch.cat(candidate_images)
+    keep = batched_nms(boxes[:, :4], boxes[:, 4], image_indices, 0.7)
+    boxes, image_indices = boxes[keep], image_indices[keep]
+    sizes = (boxes[:, 2:4] - boxes[:, 0:2]).repeat(1, 2)
+    boxes = rerec(torch.cat([boxes[:, :4] + boxes[:, 5:9] * sizes, boxes[:, 4:5]], dim=1))
+
+    # Stage 2: R-Net on 24x24 crops.
+    if len(boxes):
+        valid = (boxes[:, 2].trunc().clamp(max=width) > boxes[:, 0].trunc().clamp(min=1) - 1) & (
+            boxes[:, 3].trunc().clamp(max=height) > boxes[:, 1].trunc().clamp(min=1) - 1
+        )
+        boxes, image_indices = boxes[valid], image_indices[valid]
+    if len(boxes):
+        regression, probs = mtcnn.rnet(crops(boxes, image_indices, 24))
+        passed = probs[:, 1] > thresholds[1]
+        boxes = torch.cat([boxes[passed, :4], probs[passed, 1:2]], dim=1)
+        image_indices, regression = image_indices[passed], regression[passed]
+        keep = batched_nms(boxes[:, :4], boxes[:, 4], image_indices, 0.7)
+        boxes = rerec(bbreg(boxes[keep], regression[keep]))
+        image_indices = image_indices[keep]
+        if max_per_image is not None and len(boxes):
+            # batched_nms returns candidates by decreasing score: keep the first few of each image.
+            rank = torch.zeros_like(image_indices)
+            for i in image_indices.unique():
+                mine = image_indices == i
+                rank[mine] = torch.arange(int(mine.sum()), device=rank.device)
+            boxes, image_indices = boxes[rank < max_per_image], image_indices[rank < max_per_image]
+
+    # Stage 3: O-Net on 48x48 crops, with landmarks.
+    points = torch.zeros(0, 5, 2, device=images.device)
+    if len(boxes):
+        regression, landmarks, probs = mtcnn.onet(crops(boxes, image_indices, 48))
+        passed = probs[:, 1] > thresholds[2]
+        boxes = torch.cat([boxes[passed, :4], probs[passed, 1:2]], dim=1)
+        image_indices, regression, landmarks = image_indices[passed], regression[passed], landmarks[passed]
+        box_w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+        box_h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+        points_x = box_w * landmarks[:, :5] + boxes[:, 0:1] - 1
+        points_y = box_h * landmarks[:, 5:10] + boxes[:, 1:2] - 1
+        points = torch.stack([points_x, points_y], dim=2)  # (n, 5, 2)
+        boxes = bbreg(boxes, regression)
+        keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_indices, 0.7, "Min")
+        boxes, image_indices, points = boxes[keep], image_indices[keep], points[keep]
+
+    boxes, points, image_indices = boxes.cpu().numpy(), points.cpu().numpy(), image_indices.cpu().numpy()
+    return [
+        (boxes[image_indices == i, :4], boxes[image_indices == i, 4], points[image_indices == i])
+        for i in range(num_images)
+    ]
+
+
+class MtcnnDetector:
+    """MTCNN on batches of frames, whole (downscaled) or in one square region of each; cheap to construct.
+
+    facenet-pytorch and the weights load on the first detection, so building a detector (or a tracker around one)
+    costs nothing until it is used, in the process (e.g. the data loader worker) that uses it.
+
+    Args:
+        min_confidence: MTCNN probability a detection needs to count, in [0, 1].
+        detect_size: whole frames are downscaled so their longest side is at most this many pixels for detection.
+        min_face_size: smallest face MTCNN looks for, in pixels of the image it searches.
+        region_size: side, in pixels, that a region searched on its own is resampled to.
+        thresholds: MTCNN's P-Net, R-Net and O-Net score thresholds (facenet-pytorch's defaults).
+        pyramid_factor: ratio between the scales of MTCNN's image pyramid (facenet-pytorch's default).
+        device: torch device MTCNN runs on.
+        num_threads: torch CPU threads while detecting, restored after each call (`torch_threads`); MTCNN's many
+            small operations gain little from more threads and lose much when the cores are busy. None keeps
+            torch's setting.
+    """
+
+    def __init__(
+        self,
+        min_confidence: float = 0.9,
+        detect_size: int = 320,
+        min_face_size: int = 20,
+        region_size: int = 128,
+        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+        pyramid_factor: float = 0.709,
+        device: str = "cpu",
+        num_threads: int | None = 1,
+    ):
+        self.min_confidence = min_confidence
+        self.detect_size = detect_size
+        self.min_face_size = min_face_size
+        self.region_size = region_size
+        self.thresholds = tuple(thresholds)
+        self.pyramid_factor = pyramid_factor
+        self.device = device
+        self.num_threads = num_threads
+        self._mtcnn = None
+
+    def _load(self):
+        if self._mtcnn is None:
+            import torch
+            from facenet_pytorch import MTCNN
+
+            # Channels-last makes MTCNN's max-pooling several times faster on CPUs.
+            self._mtcnn = MTCNN(device=self.device).eval().to(memory_format=torch.channels_last)
+        return self._mtcnn
+
+    def detect(
+        self,
+        frames: np.ndarray,
+        regions: Sequence[Sequence[int]] | None = None,
+        region_scale: float | None = None,
+    ) -> list[Detections]:
+        """Detect faces in a batch of frames, downscaled to `detect_size`, or in one square region of each.
+
+        Args:
+            frames: (T, H, W, 3) uint8 RGB, all the same size.
+            regions: optional (T, 4) squares (x1, y1, x2, y2) in frame pixels, which may reach outside the frame
+                (zero-padded): search only there, resampled to `region_size` pixels.
+            region_scale: with `regions`, how many times the expected face's size each region's side is: faces much
+                smaller than that (under 0.6 of it) are not looked for. None looks for any down to `min_face_size`.
+
+        Returns:
+            per frame: boxes (n, 4) float32 (x1, y1, x2, y2), probabilities (n,) float32 and landmarks (n, 5, 2)
+            float32, all in frame pixels, keeping only detections with probability >= min_confidence.
+        """
+        import torch
+        from PIL import Image
+
+        mtcnn = self._load()
+        num_frames, height, width = frames.shape[:3]
+        offsets = np.zeros((num_frames, 1, 2), dtype=np.float32)
+        if regions is not None:
+            regions = np.asarray(regions, dtype=np.int64).reshape(num_frames, 4)
+            size = (self.region_size, self.region_size)
+            small = np.stack(
+                [
+                    np.asarray(
+                        Image.fromarray(np.ascontiguousarray(crop_with_padding(f, r))).resize(size, reducing_gap=2.0)
+                    )
+                    for f, r in zip(frames, regions)
+                ]
+            )
+            factors = ((regions[:, 2] - regions[:, 0]) / self.region_size).astype(np.float32)[:, None, None]
+            offsets = regions[:, None, :2].astype(np.float32)
+        elif max(height, width) > self.detect_size:
+            scale = self.detect_size / max(height, width)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            small = np.stack([np.asarray(Image.fromarray(f).resize(size, reducing_gap=2.0)) for f in frames])
+            # Map boxes back with the exact per-axis factors of the rounded size.
+            factors = np.tile(np.array([width / size[0], height / size[1]], dtype=np.float32), (num_frames, 1, 1))
+        else:
+            small, factors = frames, np.ones((num_frames, 1, 2), dtype=np.float32)
+        # (T, 3, h, w), stored channels-last: the (T, h, w, 3) array as it is
+        images = torch.from_numpy(small).to(self.device).permute(0, 3, 1, 2).float()
+        min_face_size = self.min_face_size
+        if regions is not None and region_scale:
+            # The subject fills about 1 / region_scale of the region: skip the pyramid levels for much smaller faces
+            # (a face that shrank that much is searched again in the whole frame).
+            min_face_size = max(min_face_size, 0.6 * self.region_size / region_scale)
+        with torch_threads(self.num_threads), torch.inference_mode():
+            found = _mtcnn_cascade(
+                mtcnn,
+                images,
+                min_face_size,
+                self.thresholds,
+                self.pyramid_factor,
+                4 if regions is not None else None,
+            )
+        results = []
+        for (boxes, probs, landmarks), factor, offset in zip(found, factors, offsets):
+            keep = probs >= self.min_confidence
+            boxes = (boxes[keep].reshape(-1, 2, 2) * factor + offset).reshape(-1, 4).astype(np.float32)
+            landmarks = (landmarks[keep] * factor + offset).astype(np.float32)
+            results.append((boxes, probs[keep].astype(np.float32), landmarks))
+        return results
