@@ -12,6 +12,7 @@ import torch
 from conftest import TINY_CLIP
 from marlin_transformers import MarlinConfig, MarlinModel
 from marlin_transformers.convert_marlin import save_marlin_folder
+from marlin_transformers.data.labels import read_labels
 from marlin_transformers.evaluation import finetuning
 from video_factory import encode_video, indexed_frames, read_frame_index
 
@@ -157,23 +158,23 @@ def test_json_and_saved_dataset_sources(tmp_path):
     (tmp_path / "a.mp4").write_bytes(b"")
     records = {"label_names": ["valence", "arousal"], "videos": [{"path": "a.mp4", "labels": [0.5, -1.0]}]}
     (tmp_path / "data.json").write_text(json.dumps(records))
-    table = finetuning.read_labels(tmp_path / "data.json", "regression")
+    table = read_labels(tmp_path / "data.json", "regression")
     assert table.paths == [str(tmp_path / "a.mp4")] and table.label_names == ["valence", "arousal"]
     np.testing.assert_allclose(table.labels, [[0.5, -1.0]])
 
     (tmp_path / "data.jsonl").write_text('{"path": "a.mp4", "label": "smile"}\n{"path": "b.mp4", "label": "calm"}\n')
-    table = finetuning.read_labels(tmp_path / "data.jsonl", "single_label_classification")
+    table = read_labels(tmp_path / "data.jsonl", "single_label_classification")
     assert table.label_names == ["calm", "smile"] and table.labels.tolist() == [1, 0]
 
     features = datasets.Features({"path": datasets.Value("string"), "labels": datasets.ClassLabel(names=["x", "y"])})
     split = datasets.Dataset.from_dict({"path": [str(tmp_path / "a.mp4")], "labels": [1]}, features=features)
     datasets.DatasetDict({"train": split, "val": split}).save_to_disk(tmp_path / "saved")
-    table = finetuning.read_labels(tmp_path / "saved", "single_label_classification")  # picks "val"
+    table = read_labels(tmp_path / "saved", "single_label_classification")  # picks "val"
     assert table.label_names == ["x", "y"] and table.labels.tolist() == [1]
     with pytest.raises(DatasetError, match="no split 'nope'"):
-        finetuning.read_labels(tmp_path / "saved", "single_label_classification", split="nope")
+        read_labels(tmp_path / "saved", "single_label_classification", split="nope")
     with pytest.raises(DatasetError, match="single-label"):
-        finetuning.read_labels(tmp_path, "multi_label_classification")
+        read_labels(tmp_path, "multi_label_classification")
 
 
 def test_unknown_eval_class_is_a_one_line_error(finetune, tiny_model, class_folders, tmp_path, capsys):

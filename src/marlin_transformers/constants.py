@@ -17,6 +17,9 @@ MARLIN_CROP_SIZE: int = _DEFAULT_CONFIG.image_size
 SAMPLE_RATE = 2
 STRIDE = 16
 
+# transformers' `problem_type` values, which pick the loss of a classification head and the downstream metrics.
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
 CITATION = """@inproceedings{cai2023marlin,
   title     = {MARLIN: Masked Autoencoder for facial video Representation LearnINg},
   author    = {Cai, Zhixi and Ghosh, Shreya and Stefanov, Kalin and Dhall, Abhinav and Cai, Jianfei and

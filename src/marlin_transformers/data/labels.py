@@ -7,7 +7,7 @@ absolute (`input` is accepted as its name too). The other columns are the labels
 - single-label: one column `label` holding a class name or a class index;
 - regression: one numeric column per target.
 
-Also here: `labels_table`, the checks every labels source shares (`evaluation.finetuning.read_labels` reads JSON,
+Also here: `labels_table`, the checks every labels source shares (`read_labels` reads JSON,
 class folders and saved datasets through it), and the two alignments a held-out split needs: its labels re-indexed
 to the training label names (`align_label_names`), and its rows matched to other inputs, such as extracted
 features, by path or file stem (`match_videos`).
@@ -18,6 +18,7 @@ Read by `evaluation.finetuning` and `evaluation.linear_probe`; written by `data.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,8 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import PROBLEM_TYPES
 from ..exceptions import DatasetError
-from ..video.decoding import VIDEO_EXTENSIONS
+from ..video.decoding import VIDEO_EXTENSIONS, videos_in_folder
+
+SAVED_DATASET_FILES = ("dataset_dict.json", "dataset_info.json", "state.json")
+DEFAULT_EVAL_SPLITS = ("validation", "val", "test")
 
 
 def write_labels_csv(
@@ -248,3 +253,86 @@ def labels_dataset(path: str | os.PathLike, problem_type: str):
         label_feature = datasets.Sequence(datasets.Value("float32"), length=len(table.label_names))
     features = datasets.Features({"path": datasets.Value("string"), "labels": label_feature})
     return datasets.Dataset.from_dict({"path": table.paths, "labels": table.labels.tolist()}, features=features)
+
+
+def read_labels(source: str | os.PathLike, problem_type: str, split: str | None = None) -> LabelsTable:
+    """Videos and labels from a labels CSV, a folder of class subfolders, a JSON/JSON Lines file or a saved dataset.
+
+    Args:
+        source: see the module docstring for the layouts.
+        problem_type: one of `metrics.PROBLEM_TYPES`.
+        split: the split of a saved `DatasetDict` (default: the only one, or validation/val/test).
+
+    Returns:
+        `LabelsTable`: absolute paths; labels (num_videos,) int64 class indices, (num_videos, num_labels) 0/1 int64,
+        or (num_videos, num_targets) float32; the class, label or target names.
+    """
+    if problem_type not in PROBLEM_TYPES:
+        raise DatasetError(f"unknown problem type {problem_type!r}; use one of {', '.join(PROBLEM_TYPES)}")
+    path = Path(source)
+    if not path.exists():
+        raise DatasetError(f"{source}: no such labels file or folder")
+    if path.is_dir():
+        if any((path / name).is_file() for name in SAVED_DATASET_FILES):
+            return _read_saved_dataset(path, problem_type, split)
+        return _read_class_folders(path, problem_type)
+    if path.suffix.lower() in (".json", ".jsonl"):
+        return _read_json(path, problem_type)
+    return read_labels_csv(path, problem_type)
+
+
+def _read_class_folders(folder: Path, problem_type: str) -> LabelsTable:
+    if problem_type != "single_label_classification":
+        raise DatasetError(f"{folder}: a folder of class subfolders is single-label; pass a labels CSV instead")
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    paths, labels = [], []
+    for index, name in enumerate(names):
+        videos = videos_in_folder(folder / name)
+        paths.extend(str(p.absolute()) for p in videos)
+        labels.extend([index] * len(videos))
+    if not paths:
+        raise DatasetError(f"{folder}: no videos in class subfolders (expected {folder}/<class>/<video>.mp4)")
+    return LabelsTable(paths, np.array(labels, dtype=np.int64), names)
+
+
+def _read_json(path: Path, problem_type: str) -> LabelsTable:
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".jsonl":
+            raw = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path}: not valid JSON ({error})") from None
+    label_names = None
+    if isinstance(raw, dict):
+        label_names, raw = raw.get("label_names"), raw.get("videos")
+    if not isinstance(raw, list) or not raw or not all(isinstance(r, dict) and "path" in r for r in raw):
+        raise DatasetError(f"{path}: expected a list of records with a 'path' (or {{'videos': [records]}})")
+    paths = [os.path.normpath(path.parent.absolute() / r["path"]) for r in raw]
+    key = "label" if problem_type == "single_label_classification" else "labels"
+    if not all(key in r for r in raw):
+        raise DatasetError(f"{path}: every record needs a {key!r} for {problem_type}")
+    return labels_table(paths, [r[key] for r in raw], problem_type, label_names, str(path))
+
+
+def _read_saved_dataset(folder: Path, problem_type: str, split: str | None) -> LabelsTable:
+    import datasets
+
+    loaded = datasets.load_from_disk(str(folder))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split is None:
+            names = list(loaded) if len(loaded) == 1 else [s for s in DEFAULT_EVAL_SPLITS if s in loaded][:1]
+            if not names:
+                raise DatasetError(f"{folder}: a DatasetDict with splits {list(loaded)}; pick one with --*-split")
+            split = names[0]
+        if split not in loaded:
+            raise DatasetError(f"{folder}: no split {split!r} (has {', '.join(loaded)})")
+        loaded = loaded[split]
+    path_column = next((c for c in ("path", "video", "input") if c in loaded.column_names), None)
+    label_column = next((c for c in ("labels", "label") if c in loaded.column_names), None)
+    if path_column is None or label_column is None:
+        raise DatasetError(f"{folder}: needs a 'path' and a 'labels' column, has {loaded.column_names}")
+    paths = [os.path.normpath(folder.absolute() / p) for p in loaded[path_column]]
+    names = getattr(loaded.features[label_column], "names", None)
+    return labels_table(paths, loaded[label_column], problem_type, names, str(folder))

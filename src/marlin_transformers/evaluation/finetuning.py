@@ -16,12 +16,7 @@ Clips (`num_frames` frames every `sample_rate` decoded frames, the windows of `v
   temporal mean of the window features: the paper's linear-probe protocol. `eval_clips="first"` scores the first
   window only; `max_eval_windows` keeps that many evenly spaced windows of long videos.
 
-Labels (`read_labels`): a labels CSV (`data.labels`); a folder of class subfolders (`DIR/<class>/*.mp4`,
-single-label); a JSON list of records `{"path": ..., "label": ...}` (single-label) or `{"path": ..., "labels": [...]}`
-(multi-label, regression; or `"labels": {name: value}`), or `{"label_names": [...], "videos": [records]}`, JSON Lines
-(`.jsonl`) holding one record a line, paths relative to the file's folder; a `datasets` dataset saved with
-`save_to_disk` (columns `path` and `labels`, as `data.labels.labels_dataset`/`data.celebv_hq.load_celebvhq` make
-them), a split of a `DatasetDict` picked by name.
+Labels come from `data.labels.read_labels` (labels CSV, class folders, JSON, saved datasets).
 
 With a frozen encoder the head is MAE's linear-probe head (`ProbeHead`: BatchNorm without affine parameters, then
 the linear layer), folded into a single linear layer by `export_model` before saving.
@@ -31,11 +26,9 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,104 +36,12 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy
 
 from ..constants import MARLIN_CROP_SIZE, NUM_FRAMES, SAMPLE_RATE
-from ..data.labels import LabelsTable, align_label_names, labels_table, read_labels_csv
+from ..data.labels import align_label_names, read_labels
 from ..exceptions import DatasetError
 from ..modeling_marlin import MarlinForVideoClassification, MarlinModel
 from ..video.face_tracking import FaceTracker
 from .metrics import PROBLEM_TYPES, build_compute_metrics
 from .selection import default_metric_for_best_model, greater_is_better
-
-SAVED_DATASET_FILES = ("dataset_dict.json", "dataset_info.json", "state.json")
-DEFAULT_EVAL_SPLITS = ("validation", "val", "test")
-
-
-# ----------------------------------------------------------------------------------------------------------- labels
-
-
-def read_labels(source: str | os.PathLike, problem_type: str, split: str | None = None) -> LabelsTable:
-    """Videos and labels from a labels CSV, a folder of class subfolders, a JSON/JSON Lines file or a saved dataset.
-
-    Args:
-        source: see the module docstring for the layouts.
-        problem_type: one of `metrics.PROBLEM_TYPES`.
-        split: the split of a saved `DatasetDict` (default: the only one, or validation/val/test).
-
-    Returns:
-        `LabelsTable`: absolute paths; labels (num_videos,) int64 class indices, (num_videos, num_labels) 0/1 int64,
-        or (num_videos, num_targets) float32; the class, label or target names.
-    """
-    if problem_type not in PROBLEM_TYPES:
-        raise DatasetError(f"unknown problem type {problem_type!r}; use one of {', '.join(PROBLEM_TYPES)}")
-    path = Path(source)
-    if not path.exists():
-        raise DatasetError(f"{source}: no such labels file or folder")
-    if path.is_dir():
-        if any((path / name).is_file() for name in SAVED_DATASET_FILES):
-            return _read_saved_dataset(path, problem_type, split)
-        return _read_class_folders(path, problem_type)
-    if path.suffix.lower() in (".json", ".jsonl"):
-        return _read_json(path, problem_type)
-    return read_labels_csv(path, problem_type)
-
-
-def _read_class_folders(folder: Path, problem_type: str) -> LabelsTable:
-    from ..video.decoding import videos_in_folder
-
-    if problem_type != "single_label_classification":
-        raise DatasetError(f"{folder}: a folder of class subfolders is single-label; pass a labels CSV instead")
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    paths, labels = [], []
-    for index, name in enumerate(names):
-        videos = videos_in_folder(folder / name)
-        paths.extend(str(p.absolute()) for p in videos)
-        labels.extend([index] * len(videos))
-    if not paths:
-        raise DatasetError(f"{folder}: no videos in class subfolders (expected {folder}/<class>/<video>.mp4)")
-    return LabelsTable(paths, np.array(labels, dtype=np.int64), names)
-
-
-def _read_json(path: Path, problem_type: str) -> LabelsTable:
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".jsonl":
-            raw = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            raw = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}: not valid JSON ({error})") from None
-    label_names = None
-    if isinstance(raw, dict):
-        label_names, raw = raw.get("label_names"), raw.get("videos")
-    if not isinstance(raw, list) or not raw or not all(isinstance(r, dict) and "path" in r for r in raw):
-        raise DatasetError(f"{path}: expected a list of records with a 'path' (or {{'videos': [records]}})")
-    paths = [os.path.normpath(path.parent.absolute() / r["path"]) for r in raw]
-    key = "label" if problem_type == "single_label_classification" else "labels"
-    if not all(key in r for r in raw):
-        raise DatasetError(f"{path}: every record needs a {key!r} for {problem_type}")
-    return labels_table(paths, [r[key] for r in raw], problem_type, label_names, str(path))
-
-
-def _read_saved_dataset(folder: Path, problem_type: str, split: str | None) -> LabelsTable:
-    import datasets
-
-    loaded = datasets.load_from_disk(str(folder))
-    if isinstance(loaded, datasets.DatasetDict):
-        if split is None:
-            names = list(loaded) if len(loaded) == 1 else [s for s in DEFAULT_EVAL_SPLITS if s in loaded][:1]
-            if not names:
-                raise DatasetError(f"{folder}: a DatasetDict with splits {list(loaded)}; pick one with --*-split")
-            split = names[0]
-        if split not in loaded:
-            raise DatasetError(f"{folder}: no split {split!r} (has {', '.join(loaded)})")
-        loaded = loaded[split]
-    path_column = next((c for c in ("path", "video", "input") if c in loaded.column_names), None)
-    label_column = next((c for c in ("labels", "label") if c in loaded.column_names), None)
-    if path_column is None or label_column is None:
-        raise DatasetError(f"{folder}: needs a 'path' and a 'labels' column, has {loaded.column_names}")
-    paths = [os.path.normpath(folder.absolute() / p) for p in loaded[path_column]]
-    names = getattr(loaded.features[label_column], "names", None)
-    return labels_table(paths, loaded[label_column], problem_type, names, str(folder))
-
 
 # ---------------------------------------------------------------------------------------------------------- dataset
 

@@ -28,9 +28,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from ..constants import CITATION
-
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+from ..constants import CITATION, PROBLEM_TYPES
 
 _INPUTS_DESCRIPTION = """
 Args:
