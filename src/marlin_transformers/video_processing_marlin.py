@@ -13,7 +13,7 @@ from transformers.video_processing_utils import BaseVideoProcessor
 class MarlinVideoProcessorKwargs(VideosKwargs, total=False):
     r"""
     sample_rate (`int`, *optional*, defaults to 2):
-        For video files: take every `sample_rate`-th decoded frame (see `video_io.iter_windows`).
+        For video files: take every `sample_rate`-th decoded frame (see `video.windows.iter_windows`).
     stride (`int`, *optional*, defaults to 16):
         For video files: the next window starts `stride` sampled frames later.
     """
@@ -32,11 +32,11 @@ class MarlinVideoProcessor(BaseVideoProcessor):
 
     Accepts, as one clip or a batch of clips:
     - numpy arrays or torch tensors (frames, height, width, 3) or (frames, 3, height, width), uint8 or [0, 255];
-      5-D arrays are batches. Their frames are used as given (cut longer videos with `video_io.plan_windows`).
+      5-D arrays are batches. Their frames are used as given (cut longer videos with `video.windows.plan_windows`).
     - lists of frames (numpy arrays, tensors or PIL images);
     - paths of video files, decoded with PyAV (no torchcodec needed) and cut into MARLIN windows of `num_frames`
       frames every `sample_rate` frames, `stride` sampled frames apart, each window one row of the batch (the whole
-      video's windows are held in memory: use `video_io.iter_windows` directly for long videos).
+      video's windows are held in memory: use `video.windows.iter_windows` directly for long videos).
     """
 
     resample = PILImageResampling.BILINEAR

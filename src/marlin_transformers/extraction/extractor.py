@@ -96,7 +96,7 @@ class MarlinFeatureExtractor:
         crop_face: track one face through the video and crop around it (else frames are only resized).
         on_no_face: with `crop_face`, "error" (raise NoFaceError) or "centre" (fall back to a centre crop).
         face_margin: crop side as a multiple of max(box width, box height) (1.0 = marlin-pytorch's crop).
-        sample_rate, stride, stride_seconds: the windows (see `video_io.iter_windows`).
+        sample_rate, stride, stride_seconds: the windows (see `video.windows.iter_windows`).
         keep_seq: return every token's feature instead of the pooled one.
     """
 
