@@ -152,6 +152,9 @@ class MarlinForPreTrainingOutput(ModelOutput):
 
 
 _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# oneDNN has bfloat16 matrix products only on CPUs with AVX-512 BF16 or AMX; elsewhere (e.g. AMD Zen 3) the fused call
+# raises "could not create a primitive descriptor", so bfloat16 takes the plain ops there.
+_ONEDNN_BF16 = _ONEDNN_LINEAR and bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
 
 
 def fused_linear(
@@ -170,7 +173,7 @@ def fused_linear(
     if (
         _ONEDNN_LINEAR
         and hidden_states.device.type == "cpu"
-        and hidden_states.dtype in (torch.float32, torch.bfloat16)
+        and (hidden_states.dtype == torch.float32 or (hidden_states.dtype == torch.bfloat16 and _ONEDNN_BF16))
         and weight.dtype == hidden_states.dtype
         and not torch.is_grad_enabled()
         and activation in (None, "gelu")
