@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import MARLIN_CROP_SIZE
 from ..exceptions import DatasetError, VideoError
 from ..video.decoding import resize_frames
 from ..video.face_tracking import FaceTracker
@@ -224,7 +225,7 @@ def bbox_crop_box(bbox: Sequence[float], height: int, width: int) -> tuple[int, 
     return crop_top, crop_left, side
 
 
-def bbox_cropper(size: int = 224) -> FrameCropper:
+def bbox_cropper(size: int = MARLIN_CROP_SIZE) -> FrameCropper:
     """A `FrameCropper` cutting each frame to the clip's `bbox` square (`bbox_crop_box`), resized to `size`."""
 
     def crop(frames: Iterator[np.ndarray], clip: CelebvHqClip) -> Iterator[np.ndarray]:
@@ -244,7 +245,7 @@ def bbox_cropper(size: int = 224) -> FrameCropper:
     return crop
 
 
-def resize_cropper(size: int = 224) -> FrameCropper:
+def resize_cropper(size: int = MARLIN_CROP_SIZE) -> FrameCropper:
     """A `FrameCropper` taking the centred square of each frame, resized to `size` (for already cropped clips)."""
 
     def crop(frames: Iterator[np.ndarray], clip: CelebvHqClip) -> Iterator[np.ndarray]:
@@ -257,7 +258,7 @@ def resize_cropper(size: int = 224) -> FrameCropper:
     return crop
 
 
-def face_tracker_cropper(tracker=None, size: int = 224, chunk_frames: int = 32) -> FrameCropper:
+def face_tracker_cropper(tracker=None, size: int = MARLIN_CROP_SIZE, chunk_frames: int = 32) -> FrameCropper:
     """A `FrameCropper` cropping as the paper did: a face detector on every frame, a square around the face.
 
     Uses `video.face_tracking.FaceTracker` (MTCNN; one subject followed through the clip, square of side max(w, h),
@@ -287,7 +288,11 @@ def face_tracker_cropper(tracker=None, size: int = 224, chunk_frames: int = 32) 
 
 
 def crop_video(
-    source: str | os.PathLike, target: str | os.PathLike, cropper: FrameCropper, clip: CelebvHqClip, size: int = 224
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    cropper: FrameCropper,
+    clip: CelebvHqClip,
+    size: int = MARLIN_CROP_SIZE,
 ) -> int:
     """Decode `source` with PyAV, crop every frame with `cropper`, encode `target` (H.264, source frame rate).
 
@@ -318,7 +323,7 @@ def prepare_celebvhq(
     root: str | os.PathLike,
     out_dir: str | os.PathLike,
     crop: str | FrameCropper | None = "bbox",
-    size: int = 224,
+    size: int = MARLIN_CROP_SIZE,
     seed: int = DEFAULT_SPLIT_SEED,
     fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
     num_workers: int = 1,

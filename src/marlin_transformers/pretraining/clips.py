@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..configuration_marlin import MarlinConfig
-from ..constants import MARLIN_CROP_SIZE
+from ..constants import MARLIN_CROP_SIZE, SAMPLE_RATE
 from ..data.youtube_faces import precomputed_label_maps
 from ..video.decoding import count_frames, decode_frames, resize_frames
 from ..video.face_tracking import FaceTracker
@@ -191,8 +191,8 @@ class FaceClipDataset(torch.utils.data.Dataset):
         self,
         videos: Sequence[str | os.PathLike],
         num_frames: int = 16,
-        sample_rate: int = 2,
-        image_size: int = 224,
+        sample_rate: int = SAMPLE_RATE,
+        image_size: int = MARLIN_CROP_SIZE,
         patch_size: int = 16,
         tubelet_size: int = 2,
         mask_ratio: float = 0.9,
