@@ -14,6 +14,7 @@ by path or by bare file stem.
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from marlin_transformers.evaluation.linear_probe import CACHE_NAME, LinearProbeConfig, run_linear_probe
@@ -43,15 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="metrics JSON (default: FEATURES/linear_probe_metrics.json)")
     args = parser.parse_args(argv)
 
-    config = LinearProbeConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        metric_for_best_model=args.metric_for_best_model,
-        eval_every=args.eval_every,
-    )
+    config = LinearProbeConfig(**{f.name: getattr(args, f.name) for f in fields(LinearProbeConfig)})
     try:
         report = run_linear_probe(
             args.features,

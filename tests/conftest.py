@@ -6,23 +6,6 @@ Test modules import these names directly (`from conftest import TINY_CLIP`); pyt
 from marlin_transformers import MarlinConfig
 from reference_utils import REFERENCE_VIT_BASE  # noqa: F401  (marlin-pytorch's field names, ViT-B; one copy)
 
-# The smallest model: 10-pixel frames of 5-pixel patches (2 x 2 x 2 = 8 tokens), for model-only tests.
-TINY_MODEL = dict(
-    image_size=10,
-    patch_size=5,
-    num_frames=4,
-    tubelet_size=2,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    decoder_hidden_size=16,
-    decoder_num_hidden_layers=1,
-    decoder_num_attention_heads=2,
-    decoder_intermediate_size=32,
-    discriminator_hidden_size=24,
-)
-
 # A tiny model over real 16-pixel patches (32-pixel frames, 2 x 2 x 2 = 8 tokens), for tests that decode videos.
 TINY_CLIP = dict(
     image_size=32,
@@ -38,6 +21,10 @@ TINY_CLIP = dict(
     decoder_num_attention_heads=2,
     decoder_intermediate_size=32,
 )
+
+
+# The smallest model: 10-pixel frames of 5-pixel patches (2 x 2 x 2 = 8 tokens), for model-only tests.
+TINY_MODEL = {**TINY_CLIP, "image_size": 10, "patch_size": 5, "discriminator_hidden_size": 24}
 
 
 def tiny_config(**overrides) -> MarlinConfig:

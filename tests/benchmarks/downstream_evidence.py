@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -359,18 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=defaults.dtype)
     parser.add_argument("--workers", type=int, default=defaults.workers, help="data-loader workers of the fine-tuning")
     args = parser.parse_args(argv)
-    settings = Settings(
-        variant=args.variant,
-        seed=args.seed,
-        clip_frames=args.clip_frames,
-        val_clips=args.val_clips,
-        val_gap=args.val_gap,
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        full_finetune=args.full_finetune,
-        dtype=args.dtype,
-        workers=args.workers,
-    )
+    settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
 
     work = args.work_dir.absolute()
     work.mkdir(parents=True, exist_ok=True)
