@@ -157,19 +157,50 @@ _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkld
 _ONEDNN_BF16 = _ONEDNN_LINEAR and bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
 
 
+def _is_plain_linear(module: nn.Module) -> bool:
+    """True when calling `module` is exactly `F.linear(x, module.weight, module.bias)`: a plain `nn.Linear` that no
+    adapter (PEFT), quantization or tensor-parallel wrapper replaced and no forward hook watches. (PyTorch has no
+    public way to ask for hooks; its hook dictionaries are what `Module.__call__` itself reads.)"""
+    from torch.nn.modules import module as torch_module
+
+    return (
+        type(module) is nn.Linear
+        and not module._forward_hooks
+        and not module._forward_pre_hooks
+        and not torch_module._global_forward_hooks
+        and not torch_module._global_forward_pre_hooks
+    )
+
+
 def fused_linear(
+    module: nn.Module,
     hidden_states: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
+    extra_bias: torch.Tensor | None = None,
     activation: str | None = None,
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`activation(hidden_states @ weight.T + bias) + residual` (activation and residual optional, not both).
+    """`activation(module(hidden_states) + extra_bias) + residual` (each part optional; activation and residual not
+    both).
 
-    In CPU inference (no autograd, float32 or bfloat16) this is one oneDNN call with the bias, GELU or residual add
-    fused into the matrix product, which saves whole passes over memory (PyTorch's `addmm` first copies the bias
-    into the output); elsewhere it is the plain sequence of ops.
+    For a plain `nn.Linear` in CPU inference (no autograd, float32, or bfloat16 where the CPU has bf16 matrix
+    products) this is one oneDNN call with the bias, GELU or residual add fused into the matrix product, which saves
+    whole passes over memory (PyTorch's `addmm` first copies the bias into the output). Any other module (a LoRA
+    layer, a quantized or sharded replacement, one with hooks) is called as it is, so it always takes effect.
+
+    Args:
+        module: the projection, normally an `nn.Linear`.
+        extra_bias: (out_features,) added to the output; for the attention's `qkv`, whose q/v biases are separate
+            parameters (the `nn.Linear` itself has none).
     """
+    if not _is_plain_linear(module):
+        output = module(hidden_states)
+        if extra_bias is not None:
+            output = output + extra_bias
+        if activation is not None:
+            output = ACT2FN[activation](output)
+        return output if residual is None else output + residual
+    weight = module.weight
+    bias = module.bias if extra_bias is None else extra_bias if module.bias is None else module.bias + extra_bias
     if (
         _ONEDNN_LINEAR
         and hidden_states.device.type == "cpu"
@@ -281,7 +312,7 @@ class MarlinSelfAttention(nn.Module):
         bias = None
         if self.q_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        qkv = fused_linear(hidden_states, self.qkv.weight, bias)  # (b, n, 3 * hidden)
+        qkv = fused_linear(self.qkv, hidden_states, bias)  # (b, n, 3 * hidden)
         qkv = qkv.reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)  # each (b, heads, n, head_dim)
 
@@ -300,7 +331,7 @@ class MarlinSelfAttention(nn.Module):
             **kwargs,
         )  # context: (b, n, heads, head_dim)
         context = context.reshape(batch_size, seq_len, hidden_size)
-        return fused_linear(context, self.proj.weight, self.proj.bias, residual=residual), attn_weights
+        return fused_linear(self.proj, context, residual=residual), attn_weights
 
 
 class MarlinMLP(nn.Module):
@@ -313,9 +344,9 @@ class MarlinMLP(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """fc2(dropout(act(fc1(x)))), dropped out, plus `residual` when given (inference only: no dropout then)."""
-        hidden_states = self.dropout(fused_linear(hidden_states, self.fc1.weight, self.fc1.bias, self.activation))
+        hidden_states = self.dropout(fused_linear(self.fc1, hidden_states, activation=self.activation))
         if residual is not None:
-            return fused_linear(hidden_states, self.fc2.weight, self.fc2.bias, residual=residual)
+            return fused_linear(self.fc2, hidden_states, residual=residual)
         return self.dropout(self.fc2(hidden_states))
 
 
