@@ -211,3 +211,30 @@ def test_bfloat16_inference_on_cpu_runs_and_follows_float32():
         features = model.to(torch.bfloat16)(video.bfloat16()).pooler_output.float()
     # Measured over seeds 0-4 on a Zen 3 CPU: cosine >= 0.99998, max abs diff <= 0.012 (bf16 keeps 8 bits).
     assert torch.nn.functional.cosine_similarity(reference, features).min() > 0.9995
+
+
+def test_from_pretrained_with_loading_info(tmp_path):
+    torch.manual_seed(0)
+    MarlinForPreTraining(tiny_config()).save_pretrained(tmp_path)
+    model, info = MarlinForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
+    assert isinstance(model, MarlinForPreTraining)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    encoder, info = MarlinModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert isinstance(encoder, MarlinModel) and not info["missing_keys"]
+    encoder.save_pretrained(tmp_path / "encoder")  # saving after such a load writes our names, loadable again
+    assert isinstance(MarlinModel.from_pretrained(tmp_path / "encoder"), MarlinModel)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_output_attentions_under_every_implementation(implementation):
+    torch.manual_seed(0)
+    model = MarlinModel(tiny_config()).eval()
+    model.set_attn_implementation(implementation)
+    video = random_video(model.config, batch=1)
+    with torch.no_grad():
+        attentions = model(video, output_attentions=True).attentions
+    num_tokens = model.config.num_patches  # 8 for the tiny config
+    assert len(attentions) == model.config.num_hidden_layers  # sdpa gave () here before: it forms no matrix
+    for maps in attentions:
+        assert maps.shape == (1, model.config.num_attention_heads, num_tokens, num_tokens)
+        torch.testing.assert_close(maps.sum(-1), torch.ones_like(maps.sum(-1)))  # rows of softmax weights

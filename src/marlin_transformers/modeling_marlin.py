@@ -316,9 +316,13 @@ class MarlinSelfAttention(nn.Module):
         qkv = qkv.reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)  # each (b, heads, n, head_dim)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        if kwargs.get("output_attentions") and self.config._attn_implementation != "eager":
+            # Fused kernels (sdpa, flash, flex) never form the attention matrix: compute this call eagerly instead.
+            attention_interface: Callable = eager_attention_forward
+        else:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
         context, attn_weights = attention_interface(
             self,
             query,
@@ -492,13 +496,15 @@ class MarlinPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, also reading the authors' Hub layout (`marlin.encoder.blocks...`)."""
-        if "key_mapping" not in kwargs:
-            kwargs["key_mapping"] = dict(REFERENCE_KEY_MAPPING)
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-            # Saving must write our own names, not undo the renaming back to the reference's.
-            model._weight_conversions = None
-            return model
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if "key_mapping" in kwargs:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        kwargs["key_mapping"] = dict(REFERENCE_KEY_MAPPING)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        # With `output_loading_info=True` this is (model, loading info).
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # Saving must write our own names, not undo the renaming back to the reference's.
+        model._weight_conversions = None
+        return loaded
 
 
 class MarlinModel(MarlinPreTrainedModel):
