@@ -64,6 +64,7 @@ def test_mask_keeps_only_visible_tokens():
 
 def test_sdpa_and_eager_agree():
     config = tiny_config()
+    torch.manual_seed(0)
     model = MarlinModel(config).eval()
     eager = MarlinModel(tiny_config(_attn_implementation="eager")).eval()
     eager.load_state_dict(model.state_dict())
@@ -71,7 +72,9 @@ def test_sdpa_and_eager_agree():
     assert eager.config._attn_implementation == "eager"
     video = random_video(config)
     with torch.no_grad():
-        torch.testing.assert_close(model(video).last_hidden_state, eager(video).last_hidden_state, atol=1e-6, rtol=0)
+        # fp32 reordering between the fused and the plain softmax(QK^T)V: max abs diff 1.49e-6 over 200 random models
+        # x 1 and 2 threads (1e-6 failed about one run in eight on unseeded weights).
+        torch.testing.assert_close(model(video).last_hidden_state, eager(video).last_hidden_state, atol=5e-6, rtol=0)
 
 
 def test_gradient_checkpointing_gives_same_gradients():
