@@ -186,18 +186,7 @@ def test_init_from_videomae(tmp_path):
     from transformers import VideoMAEConfig, VideoMAEForPreTraining
 
     videomae_config = VideoMAEConfig(
-        image_size=32,
-        patch_size=16,
-        num_frames=4,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        decoder_hidden_size=16,
-        decoder_num_hidden_layers=2,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=32,
+        **{**TINY_CLIP, "decoder_num_hidden_layers": 2},
         use_mean_pooling=False,
         layer_norm_eps=1e-5,
         norm_pix_loss=False,
