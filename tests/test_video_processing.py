@@ -98,3 +98,21 @@ def test_save_and_load_round_trip(tmp_path):
     # What the package registers: the Auto class finds the processor by its saved type.
     AutoVideoProcessor.register(MarlinConfig, MarlinVideoProcessor, exist_ok=True)
     assert type(AutoVideoProcessor.from_pretrained(tmp_path)) is MarlinVideoProcessor
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_floats_in_unit_range_are_taken_as_already_scaled(processor, as_tensor):
+    frames = clip()
+    scaled = frames.astype(np.float32) / 255
+    video = torch.from_numpy(scaled) if as_tensor else scaled
+    # The README's `torch.rand` input: divided by 255 a second time before (max 0.0039).
+    torch.testing.assert_close(pixels(processor, video), pixels(processor, frames))
+    torch.testing.assert_close(pixels(processor, frames.astype(np.float32)), pixels(processor, frames))  # [0, 255]
+    with pytest.raises(ValueError, match="floats in \\[0, 1\\] and others"):
+        pixels(processor, [scaled, frames])
+
+
+@pytest.mark.parametrize("num_frames", [8, 20])
+def test_clip_of_another_length_is_one_clear_error(processor, num_frames):
+    with pytest.raises(ValueError, match=f"a clip has {num_frames} frames; MARLIN takes clips of 16 frames"):
+        pixels(processor, clip(num_frames=num_frames))

@@ -31,8 +31,10 @@ class MarlinVideoProcessor(BaseVideoProcessor):
     `video.face_tracking.FaceTracker`); non-square frames are squashed, so crop them first.
 
     Accepts, as one clip or a batch of clips:
-    - numpy arrays or torch tensors (frames, height, width, 3) or (frames, 3, height, width), uint8 or [0, 255];
-      5-D arrays are batches. Their frames are used as given (cut longer videos with `video.windows.plan_windows`).
+    - numpy arrays or torch tensors (frames, height, width, 3) or (frames, 3, height, width), uint8 or floats in
+      [0, 255], or floats in [0, 1] (taken as already scaled, not divided by 255 again); 5-D arrays are batches.
+      Each clip must have `num_frames` frames (a clear error otherwise); cut longer videos with
+      `video.windows.plan_windows`.
     - lists of frames (numpy arrays, tensors or PIL images);
     - paths of video files, decoded with PyAV (no torchcodec needed) and cut into MARLIN windows of `num_frames`
       frames every `sample_rate` frames, `stride` sampled frames apart, each window one row of the batch (the whole
@@ -67,7 +69,35 @@ class MarlinVideoProcessor(BaseVideoProcessor):
         clips = self._to_clips(videos, num_frames, sample_rate, stride)
         if not clips:
             raise ValueError("MarlinVideoProcessor got no video; pass a path, an array or a list of frames.")
+        for clip in clips:
+            if len(clip) != num_frames:
+                raise ValueError(
+                    f"a clip has {len(clip)} frames; MARLIN takes clips of {num_frames} frames, (frames, height, "
+                    "width, 3) or (frames, 3, height, width): pass a video file, or cut its windows with "
+                    "marlin_transformers.video.plan_windows."
+                )
+        if "do_rescale" not in kwargs:
+            scaled = [self._is_unit_float(clip) for clip in clips]
+            if all(scaled):
+                kwargs["do_rescale"] = False  # floats in [0, 1] are already MARLIN's input range
+            elif any(scaled):
+                raise ValueError(
+                    "some clips are floats in [0, 1] and others are not; pass all as uint8 (or floats in [0, 255]) "
+                    "or all as floats in [0, 1]."
+                )
         return super().preprocess(clips, **kwargs)
+
+    @staticmethod
+    def _is_unit_float(clip) -> bool:
+        """True for a floating-point clip with every value in [0, 1] (already scaled), False for uint8 or [0, 255]."""
+        import torch
+
+        if isinstance(clip, torch.Tensor):
+            return (
+                clip.is_floating_point() and bool(clip.numel()) and float(clip.max()) <= 1 and float(clip.min()) >= 0
+            )
+        clip = np.asarray(clip)
+        return np.issubdtype(clip.dtype, np.floating) and clip.size > 0 and clip.max() <= 1 and clip.min() >= 0
 
     def _to_clips(self, videos, num_frames: int, sample_rate: int, stride: int) -> list:
         """A flat list of clips, each (frames, H, W, C) or (frames, C, H, W); video files become their windows."""

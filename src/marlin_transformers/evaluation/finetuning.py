@@ -128,7 +128,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
             from ..video_processing_marlin import MarlinVideoProcessor
 
             size = self.options.image_size
-            self._processor = MarlinVideoProcessor(size={"height": size, "width": size})
+            self._processor = MarlinVideoProcessor(
+                size={"height": size, "width": size}, num_frames=self.options.num_frames
+            )
         return self._processor
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

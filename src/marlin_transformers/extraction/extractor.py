@@ -121,7 +121,9 @@ class MarlinFeatureExtractor:
         self.device = torch.device(device)
         self.model = load_encoder(model, self.device, self.dtype)
         config = self.model.config
-        self.processor = MarlinVideoProcessor(size={"height": config.image_size, "width": config.image_size})
+        self.processor = MarlinVideoProcessor(
+            size={"height": config.image_size, "width": config.image_size}, num_frames=config.num_frames
+        )
         self.batch_size = batch_size
         self.crop_face = crop_face
         self.on_no_face = on_no_face
