@@ -1,4 +1,4 @@
-"""Face parsing into LaPa label maps, for Fasking, and a picture of the parsing and the resulting mask.
+"""Face parsing into LaPa label maps, for Fasking (the picture of parsing and mask is `visualization`'s).
 
 A face parser takes face crops and their five landmarks and returns one LaPa label map per crop:
 
