@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules import module as torch_module
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -161,8 +162,6 @@ def _is_plain_linear(module: nn.Module) -> bool:
     """True when calling `module` is exactly `F.linear(x, module.weight, module.bias)`: a plain `nn.Linear` that no
     adapter (PEFT), quantization or tensor-parallel wrapper replaced and no forward hook watches. (PyTorch has no
     public way to ask for hooks; its hook dictionaries are what `Module.__call__` itself reads.)"""
-    from torch.nn.modules import module as torch_module
-
     return (
         type(module) is nn.Linear
         and not module._forward_hooks
@@ -196,27 +195,28 @@ def fused_linear(
         output = module(hidden_states)
         if extra_bias is not None:
             output = output + extra_bias
-        if activation is not None:
-            output = ACT2FN[activation](output)
-        return output if residual is None else output + residual
-    weight = module.weight
-    bias = module.bias if extra_bias is None else extra_bias if module.bias is None else module.bias + extra_bias
-    if (
-        _ONEDNN_LINEAR
-        and hidden_states.device.type == "cpu"
-        and (hidden_states.dtype == torch.float32 or (hidden_states.dtype == torch.bfloat16 and _ONEDNN_BF16))
-        and weight.dtype == hidden_states.dtype
-        and not torch.is_grad_enabled()
-        and activation in (None, "gelu")
-        and (residual is None or (activation is None and residual.dtype == hidden_states.dtype))
-    ):
-        if residual is not None:
-            return torch.ops.mkldnn._linear_pointwise.binary(hidden_states, residual.contiguous(), weight, bias, "add")
-        # algorithm "none" is the exact (erf) GELU, as nn.GELU()
-        return torch.ops.mkldnn._linear_pointwise(
-            hidden_states, weight, bias, activation or "none", [], "none" if activation else ""
-        )
-    output = F.linear(hidden_states, weight, bias)
+    else:
+        weight, bias = module.weight, module.bias
+        if extra_bias is not None:
+            bias = extra_bias if bias is None else bias + extra_bias
+        if (
+            _ONEDNN_LINEAR
+            and hidden_states.device.type == "cpu"
+            and (hidden_states.dtype == torch.float32 or (hidden_states.dtype == torch.bfloat16 and _ONEDNN_BF16))
+            and weight.dtype == hidden_states.dtype
+            and not torch.is_grad_enabled()
+            and activation in (None, "gelu")
+            and (residual is None or (activation is None and residual.dtype == hidden_states.dtype))
+        ):
+            if residual is not None:
+                return torch.ops.mkldnn._linear_pointwise.binary(
+                    hidden_states, residual.contiguous(), weight, bias, "add"
+                )
+            # algorithm "none" is the exact (erf) GELU, as nn.GELU()
+            return torch.ops.mkldnn._linear_pointwise(
+                hidden_states, weight, bias, activation or "none", [], "none" if activation else ""
+            )
+        output = F.linear(hidden_states, weight, bias)
     if activation is not None:
         output = ACT2FN[activation](output)
     return output if residual is None else output + residual
