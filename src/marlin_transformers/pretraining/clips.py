@@ -21,6 +21,7 @@ from ..constants import MARLIN_CROP_SIZE, SAMPLE_RATE
 from ..data.youtube_faces import precomputed_label_maps
 from ..video.decoding import count_frames, decode_frames, resize_frames
 from ..video.face_tracking import FaceTracker
+from .face_parsing import LandmarkFaceParser
 from .masking import generate_mask, seeded_generator
 
 
@@ -42,7 +43,7 @@ class FacePreparer:
         self.image_size = image_size
         self.crop = crop
         self.parse = parse
-        self.face_parser = face_parser
+        self.face_parser = face_parser if face_parser is not None else LandmarkFaceParser()
         self.tracker = FaceTracker(crop_size=image_size, **tracker_kwargs)
 
     def is_cropped(self, height: int, width: int) -> bool:
@@ -88,10 +89,7 @@ class FacePreparer:
             crops, landmarks = face_crops.crops, face_crops.crop_landmarks
             if not self.parse:
                 return crops, None
-        from .face_parsing import LandmarkFaceParser
-
-        parser = self.face_parser or LandmarkFaceParser()
-        label_maps = parser(torch.from_numpy(crops), torch.as_tensor(landmarks, dtype=torch.float32))
+        label_maps = self.face_parser(torch.from_numpy(crops), torch.as_tensor(landmarks, dtype=torch.float32))
         return crops, np.asarray(label_maps, dtype=np.uint8)
 
 
@@ -109,7 +107,7 @@ def prepare_video_cache(
     """
     path = Path(path)
     stat = path.stat()
-    parser_name = type(preparer.face_parser).__name__ if preparer.face_parser else "LandmarkFaceParser"
+    parser_name = type(preparer.face_parser).__name__
     settings = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, preparer.image_size, preparer.crop, parser_name]
     settings.append(preparer.parse)
     key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:12]
