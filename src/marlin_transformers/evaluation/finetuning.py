@@ -40,6 +40,7 @@ from ..data.labels import align_label_names, read_labels
 from ..exceptions import DatasetError
 from ..modeling_marlin import MarlinForVideoClassification, MarlinModel
 from ..video.face_tracking import FaceTracker
+from ..video_processing_marlin import MarlinVideoProcessor
 from .metrics import PROBLEM_TYPES, build_compute_metrics
 from .selection import default_metric_for_best_model, greater_is_better
 
@@ -114,24 +115,14 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.epoch = 0
         # Cheap to build and to pickle: each data-loader worker loads MTCNN on its first detection.
         self.tracker = FaceTracker(margin=options.face_margin, crop_size=options.image_size)
-        self._processor = None
+        size = options.image_size
+        self.processor = MarlinVideoProcessor(size={"height": size, "width": size}, num_frames=options.num_frames)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-
-    @property
-    def processor(self):
-        if self._processor is None:
-            from ..video_processing_marlin import MarlinVideoProcessor
-
-            size = self.options.image_size
-            self._processor = MarlinVideoProcessor(
-                size={"height": size, "width": size}, num_frames=self.options.num_frames
-            )
-        return self._processor
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path = self.paths[index]
