@@ -17,6 +17,7 @@ from marlin_transformers import (
     unpatchify_video,
 )
 from marlin_transformers.modeling_marlin import get_sinusoid_encoding_table
+from marlin_transformers.pretraining import attach_critic, detach_critic
 
 
 def random_video(config: MarlinConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:
@@ -133,8 +134,32 @@ def test_pretraining_loss_is_mse_on_masked_raw_pixels():
     patch_dim = 3 * config.tubelet_size * config.patch_size**2
     assert out.logits.shape == (2, 6, patch_dim)
     target = patchify_video(video, config.patch_size, config.tubelet_size)[mask].reshape(2, 6, patch_dim)
-    torch.testing.assert_close(out.loss, ((out.logits - target) ** 2).mean())
+    torch.testing.assert_close(out.reconstruction_loss, ((out.logits - target) ** 2).mean())
     assert model(video, mask, return_loss=False).loss is None
+
+
+def test_pretraining_loss_is_the_generator_objective_and_trains_every_parameter():
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = MarlinForPreTraining(config).train()
+    video, mask = random_video(config), random_mask(config, num_masked=6)
+    out = model(video, mask)
+    adversarial = config.adv_weight * -model.discriminator(out.logits).mean()
+    torch.testing.assert_close(out.adversarial_loss, adversarial)
+    torch.testing.assert_close(out.loss, out.reconstruction_loss + adversarial)
+    out.loss.backward()
+    no_gradient = [name for name, param in model.named_parameters() if param.grad is None or not param.grad.any()]
+    assert no_gradient == []
+
+    # Without its critic (as the training loop holds it) or without the term, the loss is the reconstruction alone.
+    model.zero_grad()
+    detached, critic = detach_critic(model)
+    out = detached(video, mask)
+    assert out.adversarial_loss is None and out.loss is out.reconstruction_loss
+    attach_critic(detached, critic)
+    model.config.adv_weight = 0.0
+    out = model(video, mask)
+    assert out.adversarial_loss is None and out.loss is out.reconstruction_loss
 
 
 def test_patchify_layout_matches_reference_and_round_trips():

@@ -136,7 +136,7 @@ def test_reconstruction_loss_matches_the_model():
     output = model(pixel_values_videos, bool_masked_pos)
     targets = masked_patch_targets(pixel_values_videos, bool_masked_pos, 16, 2)
     assert targets.shape == output.logits.shape == (2, 4, 3 * 2 * 16 * 16)
-    torch.testing.assert_close(reconstruction_loss(output.logits, targets), output.loss)
+    torch.testing.assert_close(reconstruction_loss(output.logits, targets), output.reconstruction_loss)
     grid = reconstruction_grid(pixel_values_videos, output.logits, bool_masked_pos, 16, 2, num_shown=2)
     assert grid.shape == (2 * 3 * 32, 2 * 32, 3) and grid.dtype == np.uint8
     # Row 0 is the original clip's first frame, unchanged.

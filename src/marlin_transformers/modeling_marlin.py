@@ -114,6 +114,11 @@ def reconstruction_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return F.mse_loss(logits.float(), targets.float())
 
 
+def generator_adversarial_loss(fake_scores: torch.Tensor, adv_weight: float) -> torch.Tensor:
+    """`adv_weight * -mean D(prediction)`: the generator is pushed toward tubelets the critic scores as real."""
+    return adv_weight * -fake_scores.float().mean()
+
+
 def paint_predictions(
     pixel_values_videos: torch.Tensor,
     logits: torch.Tensor,
@@ -141,15 +146,23 @@ def paint_predictions(
 class MarlinForPreTrainingOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`, *optional*):
-        Reconstruction loss: MSE between `logits` and the raw pixels of the masked tubelets.
+        The generator's objective of the paper: `reconstruction_loss + adversarial_loss`, or `reconstruction_loss`
+        alone when the model holds no critic (`detach_critic`) or `config.adv_weight` is 0.
     logits (`torch.FloatTensor` of shape `(batch_size, num_masked, channels * tubelet_size * patch_size**2)`):
         Predicted pixels of the masked tubelets, in `patchify_video`'s layout, in token order.
+    reconstruction_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        MSE between `logits` and the raw pixels of the masked tubelets.
+    adversarial_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        `config.adv_weight * -mean D(logits)`, the critic `D` being `discriminator`; None without a critic.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    # After the fields transformers outputs share, so a tuple output keeps their positions.
+    reconstruction_loss: torch.FloatTensor | None = None
+    adversarial_loss: torch.FloatTensor | None = None
 
 
 _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -560,7 +573,7 @@ class MarlinModel(MarlinPreTrainedModel):
 
 
 class MarlinForPreTraining(MarlinPreTrainedModel):
-    """Encoder, bias-free projection, decoder (and the critic used by the adversarial loss in pretraining)."""
+    """Encoder, bias-free projection, decoder, and the critic of the adversarial term (`discriminator`)."""
 
     def __init__(self, config: MarlinConfig):
         super().__init__(config)
@@ -594,7 +607,12 @@ class MarlinForPreTraining(MarlinPreTrainedModel):
             pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`): [0, 1].
             bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`): True where masked; the same
                 number of masked tokens in every video of the batch.
-            return_loss (`bool`): also return the reconstruction MSE on the raw pixels of the masked tubelets.
+            return_loss (`bool`): also return the losses: the reconstruction MSE on the raw pixels of the masked
+                tubelets plus, while the model holds its critic, the adversarial term (see
+                `MarlinForPreTrainingOutput`), so every parameter, the critic's included, gets a gradient from `loss`.
+                The critic trains on its own objective with its own optimizer: `pretraining.training.train_step` takes
+                it out (`detach_critic`) and scores this same prediction with it after the critic's step, as the
+                reference does.
         """
         if bool_masked_pos is None:
             raise ValueError("MarlinForPreTraining needs `bool_masked_pos` (True where a token is masked).")
@@ -602,14 +620,22 @@ class MarlinForPreTraining(MarlinPreTrainedModel):
         visible = self.encoder_to_decoder(outputs.last_hidden_state)  # (b, visible, decoder_hidden)
         logits = self.decoder(visible, bool_masked_pos)  # (b, masked, c * pt * ph * pw)
 
-        loss = None
+        loss = rec_loss = adv_loss = None
         if return_loss:
             targets = masked_patch_targets(
                 pixel_values_videos, bool_masked_pos, self.config.patch_size, self.config.tubelet_size
             )
-            loss = reconstruction_loss(logits, targets)
+            loss = rec_loss = reconstruction_loss(logits, targets)
+            if self.discriminator is not None and self.config.adv_weight:
+                adv_loss = generator_adversarial_loss(self.discriminator(logits), self.config.adv_weight)
+                loss = rec_loss + adv_loss
         return MarlinForPreTrainingOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            reconstruction_loss=rec_loss,
+            adversarial_loss=adv_loss,
         )
 
 
@@ -654,6 +680,7 @@ __all__ = [
     "MarlinForVideoClassification",
     "MarlinModel",
     "MarlinPreTrainedModel",
+    "generator_adversarial_loss",
     "get_sinusoid_encoding_table",
     "masked_patch_targets",
     "paint_predictions",

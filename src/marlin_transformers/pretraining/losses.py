@@ -2,7 +2,8 @@
 
 - reconstruction: MSE between the decoder's output and the raw [0, 1] pixels of the masked tubelets
   (`masked_patch_targets`, `reconstruction_loss`: defined beside the model, which reports the same loss);
-- generator adversarial term: `adv_weight * -mean D(prediction)` (adv_weight 0.01 in the released configs);
+- generator adversarial term: `adv_weight * -mean D(prediction)` (adv_weight 0.01 in the released configs; defined
+  beside the model too, whose `loss` is reconstruction + this term while it holds its critic);
 - critic (WGAN): `mean D(prediction) - mean D(real tubelets)`, plus `gp_weight * gradient_penalty` (gp_weight 0 in the
   released configs, implemented all the same).
 
@@ -14,10 +15,16 @@ from __future__ import annotations
 
 import torch
 
+from ..modeling_marlin import generator_adversarial_loss
 
-def generator_adversarial_loss(fake_scores: torch.Tensor, adv_weight: float) -> torch.Tensor:
-    """`adv_weight * -mean D(prediction)`: the generator is pushed toward tubelets the critic scores as real."""
-    return adv_weight * -fake_scores.float().mean()
+__all__ = [
+    "attach_critic",
+    "critic_loss",
+    "detach_critic",
+    "generator_adversarial_loss",
+    "gradient_penalty",
+    "penalty_interpolates",
+]
 
 
 def critic_loss(fake_scores: torch.Tensor, real_scores: torch.Tensor) -> torch.Tensor:
@@ -60,8 +67,9 @@ def gradient_penalty(scores: torch.Tensor, interpolates: torch.Tensor) -> torch.
 def detach_critic(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Take the critic out of a `MarlinForPreTraining`, so generator and critic are two models with disjoint weights.
 
-    Distributed wrappers (DDP, FSDP) and the two optimizers then each see one of them; `MarlinForPreTraining.forward`
-    never calls the critic. Put it back with `attach_critic` before saving the full model.
+    Distributed wrappers (DDP, FSDP) and the two optimizers then each see one of them, and
+    `MarlinForPreTraining.forward`, holding no critic, returns the reconstruction loss alone. Put it back with
+    `attach_critic` before saving the full model.
 
     Returns:
         (model without its critic, the critic).
