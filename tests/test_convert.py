@@ -117,3 +117,31 @@ print(type(model).__name__)
     assert "MarlinModel" in result.stdout
     hidden = torch.load(tmp_path / "hidden.pt")
     assert (hidden - reference_io["last_hidden_state"]).abs().max() <= 1e-5
+
+
+def test_saved_folder_processor_loads_as_remote_code_without_the_package(tmp_path):
+    out = tmp_path / "remote"
+    assert main(["convert", str(FIXTURES / "tiny.full.pt"), str(out), *HEADS]) == 0
+    assert json.loads((out / "video_preprocessor_config.json").read_text())["auto_map"] == {
+        "AutoVideoProcessor": "video_processing_marlin.MarlinVideoProcessor"
+    }
+    script = f"""
+import sys
+sys.modules["marlin_transformers"] = None  # not installed, as far as this process knows
+import numpy as np
+from transformers import AutoVideoProcessor
+processor = AutoVideoProcessor.from_pretrained({str(out)!r}, trust_remote_code=True)
+assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+clip = np.random.default_rng(0).integers(0, 256, (16, 40, 40, 3), dtype=np.uint8)
+pixels = processor(clip, return_tensors="pt")["pixel_values_videos"]
+print(type(processor).__name__, tuple(pixels.shape), float(pixels.max()) <= 1.0)
+try:
+    processor("clip.mp4")
+except ImportError as error:
+    print("ERROR", error)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    size = json.loads((out / "config.json").read_text())["image_size"]
+    assert f"MarlinVideoProcessor (1, 16, 3, {size}, {size}) True" in result.stdout
+    assert "ERROR clip.mp4: reading video files needs `pip install marlin-transformers`" in result.stdout

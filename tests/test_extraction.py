@@ -163,3 +163,34 @@ def test_extract_shards_over_two_processes(tiny_model_dir, videos, tmp_path):
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(os.path.basename(r["input"]) for r in records) == ["clip.mkv", "clip.mp4", "short.webm"]
     assert all(r["status"] == "ok" for r in records) and not list(out.glob("manifest.rank*"))
+
+
+def test_cli_extract_other_clip_lengths_and_sizes(tiny_model_dir, videos, tmp_path, capsys):
+    # The tiny model reads 16 frames of 32 pixels (16-pixel patches): 8 frames of 48 pixels are 4 x 3 x 3 tokens.
+    out = tmp_path / "other_shape"
+    args = ["extract", str(videos / "a" / "clip.mp4"), "--model", str(tiny_model_dir), "--quiet"]
+    assert main([*args, "--out", str(out), "--num-frames", "8", "--image-size", "48", "--keep-seq"]) == 0
+    record = json.loads((out / "manifest.jsonl").read_text())
+    assert (record["num_frames"], record["image_size"]) == (8, 48)
+    features = np.load(out / record["output"])
+    assert features.shape == (len(record["windows"]), 36, 32)
+    assert all(len(window["frame_indices"]) == 8 for window in record["windows"])
+    # The same numbers as the model on the same frames, read with interpolate_pos_encoding.
+    frames, _ = read_video(videos / "a" / "clip.mp4")
+    model = MarlinModel.from_pretrained(tiny_model_dir).eval()
+    processor = MarlinVideoProcessor(size={"height": 48, "width": 48}, num_frames=8)
+    pixel_values = processor(frames[record["windows"][0]["frame_indices"]], return_tensors="pt")["pixel_values_videos"]
+    assert pixel_values.shape == (1, 8, 3, 48, 48)
+    with torch.no_grad():
+        expected = model(pixel_values, interpolate_pos_encoding=True).last_hidden_state[0].numpy()
+    np.testing.assert_allclose(features[0], expected, atol=1e-5)
+
+    assert main([*args, "--out", str(tmp_path / "bad"), "--image-size", "40"]) == 1
+    assert "multiples of 16" in capsys.readouterr().err
+
+
+def test_extractor_compiled_encoder_gives_the_eager_features(tiny_model_dir, videos):
+    eager = MarlinFeatureExtractor(tiny_model_dir, batch_size=2)(videos / "a" / "clip.mp4")
+    compiled = MarlinFeatureExtractor(tiny_model_dir, batch_size=2, compile=True)(videos / "a" / "clip.mp4")
+    # Inductor fuses and reorders fp32 arithmetic (see test_modeling's export/compile test for the measured spread).
+    np.testing.assert_allclose(compiled.features, eager.features, atol=5e-6, rtol=0)

@@ -49,9 +49,13 @@ def _extract(args: argparse.Namespace) -> int:
             stride=args.stride,
             stride_seconds=args.stride_seconds,
             keep_seq=args.keep_seq,
+            num_frames=args.num_frames,
+            image_size=args.image_size,
+            compile=args.compile,
         )
 
     metadata = {"model": str(args.model), "dtype": args.dtype, "crop_face": args.crop_face, "keep_seq": args.keep_seq}
+    metadata.update(num_frames=args.num_frames, image_size=args.image_size)
     summary = run_extraction(args.inputs, args.out, make_extractor, metadata, show_progress=not args.quiet)
     print(
         f"marlin extract: {summary.done} done, {summary.skipped} already done, {summary.failed} failed; "
@@ -158,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     extract.add_argument("--device", default=None, help="torch device (default: this process's accelerator or cpu)")
     extract.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    extract.add_argument(
+        "--num-frames",
+        type=int,
+        default=None,
+        help="frames per window, a multiple of 2 (default: the model's, 16; others resample its position table)",
+    )
+    extract.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="frame side in pixels, a multiple of 16 (default: the model's, 224; others resample its position table)",
+    )
+    extract.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the encoder through torch.compile (faster per clip after a one-off compile of each batch shape)",
+    )
     extract.add_argument("--quiet", action="store_true", help="no progress bars")
     extract.set_defaults(handler=_extract)
 

@@ -253,8 +253,12 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, config: Marli
     return output_dir
 
 
+PROCESSOR_AUTO_MAP = "video_processing_marlin.MarlinVideoProcessor"
+
+
 def save_marlin_folder(model, folder: str | Path) -> None:
-    """`save_pretrained` plus the processor config; `auto_map` names every MARLIN class for remote code."""
+    """`save_pretrained` plus the processor; `auto_map` (in `config.json` and the processor's JSON) names every MARLIN
+    class, models and processor, and their three files are copied beside the weights, for remote code."""
     folder = Path(folder)
     model.save_pretrained(folder)
     config_path = folder / "config.json"
@@ -264,17 +268,21 @@ def save_marlin_folder(model, folder: str | Path) -> None:
         "AutoModel": "modeling_marlin.MarlinModel",
         "AutoModelForPreTraining": "modeling_marlin.MarlinForPreTraining",
         "AutoModelForVideoClassification": "modeling_marlin.MarlinForVideoClassification",
+        "AutoVideoProcessor": PROCESSOR_AUTO_MAP,
     }
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     package = Path(__file__).parent
-    for module in ("configuration_marlin.py", "modeling_marlin.py"):
+    for module in ("configuration_marlin.py", "modeling_marlin.py", "video_processing_marlin.py"):
         shutil.copyfile(package / module, folder / module)
     from .video_processing_marlin import MarlinVideoProcessor
 
     size = model.config.image_size
-    MarlinVideoProcessor(size={"height": size, "width": size}, num_frames=model.config.num_frames).save_pretrained(
-        folder
-    )
+    processor = MarlinVideoProcessor(size={"height": size, "width": size}, num_frames=model.config.num_frames)
+    processor.save_pretrained(folder)
+    processor_path = folder / "video_preprocessor_config.json"
+    processor_config = json.loads(processor_path.read_text())
+    processor_config["auto_map"] = {"AutoVideoProcessor": PROCESSOR_AUTO_MAP}
+    processor_path.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n")
 
 
 def write_model_card(folder: Path, config: MarlinConfig, source: str, kind: str, architecture: str) -> None:

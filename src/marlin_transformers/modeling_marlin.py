@@ -64,6 +64,28 @@ def get_sinusoid_encoding_table(num_positions: int, dim: int) -> torch.Tensor:
     return table.unsqueeze(0)
 
 
+def interpolate_position_table(table: torch.Tensor, grid: tuple[int, int, int], new_grid: tuple[int, int, int]):
+    """Resample a position table laid out on a (time, height, width) token grid to another grid.
+
+    Trilinear interpolation of each channel over the grid (`align_corners=False`), in float32, as transformers' ViT
+    and ViViT resample theirs (bicubic there, over 2-D grids). The table itself is returned for the same grid, so
+    clips of the native shape are encoded bit for bit as without interpolation.
+
+    Args:
+        table: (1, t * h * w, dim), tokens in (time, row, column) order.
+        grid, new_grid: (t, h, w) token counts of the table and of the clips to encode.
+
+    Returns:
+        (1, new_t * new_h * new_w, dim), in `table`'s dtype.
+    """
+    if tuple(new_grid) == tuple(grid):
+        return table
+    dim = table.shape[-1]
+    volume = table.float().reshape(1, *grid, dim).permute(0, 4, 1, 2, 3)  # (1, dim, t, h, w)
+    volume = F.interpolate(volume, size=tuple(new_grid), mode="trilinear", align_corners=False)
+    return volume.permute(0, 2, 3, 4, 1).reshape(1, -1, dim).to(table.dtype)
+
+
 def patchify_video(pixel_values_videos: torch.Tensor, patch_size: int, tubelet_size: int) -> torch.Tensor:
     """Cut a video into tubelets in the reference's layout.
 
@@ -194,7 +216,7 @@ def fused_linear(
     """`activation(module(hidden_states) + extra_bias) + residual` (each part optional; activation and residual not
     both).
 
-    For a plain `nn.Linear` in CPU inference (no autograd, float32, or bfloat16 where the CPU has bf16 matrix
+    For a plain `nn.Linear` in eager CPU inference (no autograd, float32, or bfloat16 where the CPU has bf16 matrix
     products) this is one oneDNN call with the bias, GELU or residual add fused into the matrix product, which saves
     whole passes over memory (PyTorch's `addmm` first copies the bias into the output). Any other module (a LoRA
     layer, a quantized or sharded replacement, one with hooks) is called as it is, so it always takes effect.
@@ -218,6 +240,10 @@ def fused_linear(
             and (hidden_states.dtype == torch.float32 or (hidden_states.dtype == torch.bfloat16 and _ONEDNN_BF16))
             and weight.dtype == hidden_states.dtype
             and not torch.is_grad_enabled()
+            # torch.compile and torch.export trace the plain ops (Inductor fuses them itself, and an exported graph
+            # stays free of oneDNN-only ops).
+            and not torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting()
             and activation in (None, "gelu")
             and (residual is None or (activation is None and residual.dtype == hidden_states.dtype))
         ):
@@ -241,17 +267,39 @@ class MarlinPatchEmbeddings(nn.Module):
     def __init__(self, config: MarlinConfig, hidden_size: int):
         super().__init__()
         self.image_size = config.image_size
+        self.num_frames = config.num_frames
         self.num_channels = config.num_channels
+        self.patch_size = config.patch_size
+        self.tubelet_size = config.tubelet_size
+        # The (time, height, width) token grid of the clips the model was built for.
+        self.grid = (config.num_frames // config.tubelet_size,) + (config.image_size // config.patch_size,) * 2
         kernel = (config.tubelet_size, config.patch_size, config.patch_size)
         self.projection = nn.Conv3d(config.num_channels, hidden_size, kernel_size=kernel, stride=kernel)
 
-    def forward(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
-        _, _, num_channels, height, width = pixel_values_videos.shape
-        if num_channels != self.num_channels or height != self.image_size or width != self.image_size:
+    def token_grid(self, pixel_values_videos: torch.Tensor, interpolate_pos_encoding: bool = False):
+        """(time, height, width) token counts of a clip, after checking its shape fits the model."""
+        _, frames, num_channels, height, width = pixel_values_videos.shape
+        native = (self.num_frames, self.num_channels, self.image_size, self.image_size)
+        if not interpolate_pos_encoding and (frames, num_channels, height, width) != native:
             raise ValueError(
-                f"MARLIN expects frames of {self.num_channels}x{self.image_size}x{self.image_size} "
-                f"(batch, frames, channels, height, width); got {tuple(pixel_values_videos.shape)}."
+                f"MARLIN expects clips of {self.num_frames} frames of {self.num_channels}x{self.image_size}x"
+                f"{self.image_size} (batch, frames, channels, height, width); got {tuple(pixel_values_videos.shape)}. "
+                "For other frame counts and sizes pass `interpolate_pos_encoding=True`."
             )
+        if (
+            num_channels != self.num_channels
+            or frames % self.tubelet_size
+            or height % self.patch_size
+            or width % self.patch_size
+        ):
+            raise ValueError(
+                f"MARLIN reads {self.num_channels}-channel clips whose frame count is a multiple of "
+                f"{self.tubelet_size} and whose sides are multiples of {self.patch_size}; "
+                f"got {tuple(pixel_values_videos.shape)}."
+            )
+        return frames // self.tubelet_size, height // self.patch_size, width // self.patch_size
+
+    def forward(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
         x = self.projection(pixel_values_videos.transpose(1, 2))  # (b, hidden, nt, nh, nw)
         return x.flatten(2).transpose(1, 2)  # (b, num_patches, hidden)
 
@@ -268,9 +316,16 @@ class MarlinEmbeddings(nn.Module):
             persistent=False,
         )
 
-    def forward(self, pixel_values_videos: torch.Tensor, bool_masked_pos: torch.BoolTensor | None = None):
+    def forward(
+        self,
+        pixel_values_videos: torch.Tensor,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ):
+        grid = self.patch_embeddings.token_grid(pixel_values_videos, interpolate_pos_encoding)
         embeddings = self.patch_embeddings(pixel_values_videos)
-        embeddings = embeddings + self.position_embeddings.to(embeddings.dtype)
+        positions = interpolate_position_table(self.position_embeddings, self.patch_embeddings.grid, grid)
+        embeddings = embeddings + positions.to(embeddings.dtype)
         if bool_masked_pos is not None:
             batch_size, _, hidden_size = embeddings.shape
             embeddings = embeddings[~bool_masked_pos].reshape(batch_size, -1, hidden_size)
@@ -428,6 +483,7 @@ class MarlinDecoder(nn.Module):
     def __init__(self, config: MarlinConfig):
         super().__init__()
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
+        self.grid = (config.num_frames // config.tubelet_size,) + (config.image_size // config.patch_size,) * 2
         self.register_buffer(
             "position_embeddings",
             get_sinusoid_encoding_table(config.num_patches, config.decoder_hidden_size),
@@ -450,9 +506,14 @@ class MarlinDecoder(nn.Module):
         )
         self.gradient_checkpointing = False
 
-    def forward(self, visible_tokens: torch.Tensor, bool_masked_pos: torch.BoolTensor) -> torch.Tensor:
+    def forward(
+        self, visible_tokens: torch.Tensor, bool_masked_pos: torch.BoolTensor, grid: tuple[int, int, int] | None = None
+    ) -> torch.Tensor:
+        """`grid`: the clip's (time, height, width) token grid when it is not the model's (see
+        `interpolate_position_table`)."""
         batch_size, _, hidden_size = visible_tokens.shape
-        positions = self.position_embeddings.to(visible_tokens.dtype).expand(batch_size, -1, -1)
+        positions = interpolate_position_table(self.position_embeddings, self.grid, grid or self.grid)
+        positions = positions.to(visible_tokens.dtype).expand(batch_size, -1, -1)
         visible_positions = positions[~bool_masked_pos].reshape(batch_size, -1, hidden_size)
         masked_positions = positions[bool_masked_pos].reshape(batch_size, -1, hidden_size)
         num_masked = masked_positions.shape[1]
@@ -548,6 +609,7 @@ class MarlinModel(MarlinPreTrainedModel):
         self,
         pixel_values_videos: torch.Tensor,
         bool_masked_pos: torch.BoolTensor | None = None,
+        interpolate_pos_encoding: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         r"""
@@ -557,6 +619,10 @@ class MarlinModel(MarlinPreTrainedModel):
             bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
                 True where a token is masked (dropped before the encoder). Every video in the batch must mask the
                 same number of tokens.
+            interpolate_pos_encoding (`bool`, defaults to `False`): read clips of another frame count or size (any
+                multiple of the tubelet and of the patch): the fixed position table is resampled from the model's
+                (time, height, width) token grid to the clip's (`interpolate_position_table`). Clips of the model's
+                own shape are encoded exactly as without it.
 
         Returns:
             `last_hidden_state` (batch, tokens, hidden): every (visible) token after the final LayerNorm, the
@@ -564,7 +630,9 @@ class MarlinModel(MarlinPreTrainedModel):
             the token mean, the reference's `keep_seq=False`.
         """
         weight_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
-        hidden_states = self.embeddings(pixel_values_videos.to(weight_dtype), bool_masked_pos)
+        hidden_states = self.embeddings(
+            pixel_values_videos.to(weight_dtype), bool_masked_pos, interpolate_pos_encoding
+        )
         hidden_states = self.encoder(hidden_states, **kwargs)
         return BaseModelOutputWithPooling(
             last_hidden_state=self.layernorm(hidden_states),
@@ -600,6 +668,7 @@ class MarlinForPreTraining(MarlinPreTrainedModel):
         pixel_values_videos: torch.Tensor,
         bool_masked_pos: torch.BoolTensor,
         return_loss: bool = True,
+        interpolate_pos_encoding: bool = False,
         **kwargs,
     ) -> MarlinForPreTrainingOutput:
         r"""
@@ -613,12 +682,20 @@ class MarlinForPreTraining(MarlinPreTrainedModel):
                 The critic trains on its own objective with its own optimizer: `pretraining.training.train_step` takes
                 it out (`detach_critic`) and scores this same prediction with it after the critic's step, as the
                 reference does.
+            interpolate_pos_encoding (`bool`): clips of another frame count or size, as in `MarlinModel`; the
+                decoder's position table is resampled the same way.
         """
         if bool_masked_pos is None:
             raise ValueError("MarlinForPreTraining needs `bool_masked_pos` (True where a token is masked).")
-        outputs = self.marlin(pixel_values_videos, bool_masked_pos=bool_masked_pos, **kwargs)
+        outputs = self.marlin(
+            pixel_values_videos,
+            bool_masked_pos=bool_masked_pos,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            **kwargs,
+        )
+        grid = self.marlin.embeddings.patch_embeddings.token_grid(pixel_values_videos, interpolate_pos_encoding)
         visible = self.encoder_to_decoder(outputs.last_hidden_state)  # (b, visible, decoder_hidden)
-        logits = self.decoder(visible, bool_masked_pos)  # (b, masked, c * pt * ph * pw)
+        logits = self.decoder(visible, bool_masked_pos, grid)  # (b, masked, c * pt * ph * pw)
 
         loss = rec_loss = adv_loss = None
         if return_loss:
@@ -682,6 +759,7 @@ __all__ = [
     "MarlinPreTrainedModel",
     "generator_adversarial_loss",
     "get_sinusoid_encoding_table",
+    "interpolate_position_table",
     "masked_patch_targets",
     "paint_predictions",
     "reconstruction_loss",

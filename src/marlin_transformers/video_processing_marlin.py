@@ -105,8 +105,15 @@ class MarlinVideoProcessor(BaseVideoProcessor):
         from PIL import Image
 
         if isinstance(videos, (str, os.PathLike)):
-            from marlin_transformers.video.windows import iter_windows  # decoding needs the package (PyAV)
-
+            # Decoding is the package's (PyAV); as Hub remote code without the package, this file takes frames only.
+            # (In a try block, so transformers' remote-code import check does not require the package.)
+            try:
+                from marlin_transformers.video.windows import iter_windows
+            except ImportError:
+                raise ImportError(
+                    f"{videos}: reading video files needs `pip install marlin-transformers` (PyAV decoding); "
+                    "or pass decoded frames, (frames, height, width, 3)."
+                ) from None
             return [w.frames for w in iter_windows(videos, num_frames, sample_rate, stride)]
         if isinstance(videos, (np.ndarray, torch.Tensor)):
             if videos.ndim == 5:

@@ -1,11 +1,14 @@
 """Seconds per 16-frame clip: marlin-pytorch 0.3.4 against marlin-transformers, side by side in one run.
 
     python tests/benchmarks/bench_encoder.py [--variant base] [--batch-size 1] [--repeats 3] [--device cpu]
+        [--fp32-only] [--compile]
 
 Both models get the same random weights (every tensor random, via the converter) and the same clip. Prints fp32
 and bf16 timings, the speed-up ratios against the reference's fp32 `extract_features`, the max abs difference of
 ours to the reference in fp32, and the cosine similarity of our bf16 features to our fp32 ones. Machines are
-noisy: the script reports the best of `--repeats` runs after a warm-up, and nothing here is asserted.
+noisy: the script reports the best of `--repeats` runs after a warm-up, and nothing here is asserted. With
+`--compile`, ours is also timed through `torch.compile` (what `marlin extract --compile` runs), its one-off compile
+time (the first call) printed on its own line.
 """
 
 import argparse
@@ -44,6 +47,7 @@ def main() -> None:
     parser.add_argument(
         "--fp32-only", action="store_true", help="skip bf16 (slow where the CPU has no bf16 matrix products)"
     )
+    parser.add_argument("--compile", action="store_true", help="also time ours through torch.compile")
     args = parser.parse_args()
     device = torch.device(args.device)
 
@@ -72,6 +76,18 @@ def main() -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 ref_bf16 = best_time(lambda: reference.extract_features(clip, keep_seq=False), args.repeats, device)
             bf16_features = ours_bf16(ours_clip.bfloat16()).pooler_output.float()
+        compiled_rows, compile_seconds = [], []
+        if args.compile:
+            variants = [("fp32", ours, ours_clip)]
+            if not args.fp32_only:
+                variants.append(("bf16", ours_bf16, ours_clip.bfloat16()))
+            for label, model, inputs in variants:
+                compiled = torch.compile(model)
+                start = time.perf_counter()
+                compiled(inputs)  # the compile itself
+                compile_seconds.append((label, time.perf_counter() - start))
+                seconds = best_time(lambda: compiled(inputs), args.repeats, device)  # noqa: B023 (called here)
+                compiled_rows.append((f"marlin-transformers {label} compiled", seconds))
     diff = (fp32_features - expected).abs().max().item()
 
     name = f"ViT-{args.variant[0].upper()}"
@@ -80,8 +96,11 @@ def main() -> None:
     rows = [("marlin-pytorch fp32", ref_fp32), ("marlin-transformers fp32 (sdpa)", ours_fp32)]
     if not args.fp32_only:
         rows += [("marlin-pytorch bf16 autocast", ref_bf16), ("marlin-transformers bf16 (sdpa)", ours_bf16_time)]
+    rows += compiled_rows
     for label, seconds in rows:
         print(f"{label:<34}{seconds / per_clip:>8.3f}{ref_fp32 / seconds:>12.2f}x")
+    for label, seconds in compile_seconds:
+        print(f"torch.compile time, {label} (first call, batch {args.batch_size}): {seconds:.1f} s")
     print(f"fp32 max abs diff to reference: {diff:.2e}")
     if not args.fp32_only:
         cosine = torch.nn.functional.cosine_similarity(bf16_features, fp32_features).min().item()

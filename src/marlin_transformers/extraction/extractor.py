@@ -16,7 +16,7 @@ import torch
 
 from ..constants import MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
 from ..convert_marlin import HUB_CHECKPOINTS, load_reference_checkpoint
-from ..exceptions import CheckpointError
+from ..exceptions import CheckpointError, MarlinError
 from ..modeling_marlin import MarlinForPreTraining, MarlinModel, MarlinPreTrainedModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -98,6 +98,9 @@ class MarlinFeatureExtractor:
         face_margin: crop side as a multiple of max(box width, box height) (1.0 = marlin-pytorch's crop).
         sample_rate, stride, stride_seconds: the windows (see `video.windows.iter_windows`).
         keep_seq: return every token's feature instead of the pooled one.
+        num_frames, image_size: clips of another frame count (a multiple of the tubelet, 2) or size (a multiple of
+            the patch, 16) than the model's, read with `interpolate_pos_encoding` (default: the model's, 16 x 224).
+        compile: run the encoder through `torch.compile` (the first batches of each shape pay its compile time).
     """
 
     def __init__(
@@ -113,6 +116,9 @@ class MarlinFeatureExtractor:
         stride: int = STRIDE,
         stride_seconds: float | None = None,
         keep_seq: bool = False,
+        num_frames: int | None = None,
+        image_size: int | None = None,
+        compile: bool = False,
     ):
         from ..video.face_tracking import FaceTracker
         from ..video_processing_marlin import MarlinVideoProcessor
@@ -121,15 +127,22 @@ class MarlinFeatureExtractor:
         self.device = torch.device(device)
         self.model = load_encoder(model, self.device, self.dtype)
         config = self.model.config
-        self.processor = MarlinVideoProcessor(
-            size={"height": config.image_size, "width": config.image_size}, num_frames=config.num_frames
-        )
+        num_frames = num_frames or config.num_frames
+        image_size = image_size or config.image_size
+        if num_frames % config.tubelet_size or image_size % config.patch_size:
+            raise MarlinError(
+                f"--num-frames {num_frames} / --image-size {image_size}: MARLIN reads frame counts that are multiples "
+                f"of {config.tubelet_size} and sizes that are multiples of {config.patch_size}."
+            )
+        self.interpolate_pos_encoding = (num_frames, image_size) != (config.num_frames, config.image_size)
+        self.processor = MarlinVideoProcessor(size={"height": image_size, "width": image_size}, num_frames=num_frames)
+        self.encode = torch.compile(self.model) if compile else self.model
         self.batch_size = batch_size
         self.crop_face = crop_face
         self.on_no_face = on_no_face
         self.face_margin = face_margin
         self.window_options = dict(
-            num_frames=config.num_frames, sample_rate=sample_rate, stride=stride, stride_seconds=stride_seconds
+            num_frames=num_frames, sample_rate=sample_rate, stride=stride, stride_seconds=stride_seconds
         )
         self.keep_seq = keep_seq
         # Crops at the released models' size, as marlin-pytorch cuts them; the processor resizes them to the model's.
@@ -160,7 +173,9 @@ class MarlinFeatureExtractor:
             pixel_values = clips
         else:
             pixel_values = self.processor(list(clips), return_tensors="pt")["pixel_values_videos"]
-        outputs = self.model(pixel_values.to(self.device, self.dtype))
+        outputs = self.encode(
+            pixel_values.to(self.device, self.dtype), interpolate_pos_encoding=self.interpolate_pos_encoding
+        )
         features = outputs.last_hidden_state if self.keep_seq else outputs.pooler_output
         return features.float().cpu()
 
