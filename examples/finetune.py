@@ -17,6 +17,10 @@ checkpoint every epoch, the best by `--metric-for-best-model` (default `roc_auc`
 the end and saved to `--output-dir` as a folder `AutoModelForVideoClassification.from_pretrained` loads;
 `--push-to-hub` uploads that folder. Metrics come from `marlin_transformers.evaluation.metrics`.
 
+`--lora` trains LoRA adapters (peft) on the encoder's linear layers (`--lora-rank`, `--lora-alpha`,
+`--lora-target-modules`; the head trains in full) and saves the adapter, or with `--merge-lora` merged weights that
+load like any MARLIN folder (`evaluation.finetuning.save_finetuned` says how to load an adapter).
+
 Several GPUs: `accelerate launch examples/finetune.py ...` or `torchrun --nproc-per-node N examples/finetune.py ...`;
 `--per-device-*-batch-size` are per process.
 """
@@ -26,11 +30,13 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, set_seed
 
 from marlin_transformers.evaluation.finetuning import (
+    LORA_TARGET_MODULES,
     ClipOptions,
     FinetuningArguments,
+    add_lora,
     build_datasets,
     build_model,
     build_trainer,
@@ -46,6 +52,19 @@ from marlin_transformers.extraction import load_encoder
 class ModelArguments:
     model: str = field(metadata={"help": "converted MARLIN folder, Hub id or official .pt/.ckpt file"})
     freeze_encoder: bool = field(default=False, metadata={"help": "train only the head (an on-the-fly probe)"})
+    lora: bool = field(
+        default=False, metadata={"help": "train LoRA adapters on the encoder (peft) instead of its weights"}
+    )
+    lora_rank: int = field(default=8, metadata={"help": "rank of each LoRA adapter"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scale = alpha / rank)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapters' input"})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(LORA_TARGET_MODULES),
+        metadata={"help": "encoder linear layers that get adapters (default: qkv proj fc1 fc2)"},
+    )
+    merge_lora: bool = field(
+        default=False, metadata={"help": "save merged weights (a plain MARLIN folder) instead of the adapter"}
+    )
 
 
 @dataclass
@@ -99,11 +118,25 @@ def main(argv: list[str] | None = None) -> int:
             data_args.train_split,
             data_args.eval_split,
         )
+        if model_args.lora and model_args.freeze_encoder:
+            raise MarlinError("--lora and --freeze-encoder exclude each other: pick one.")
+        set_seed(training_args.seed)  # the new head and the adapters start the same in every run of a seed
         model = build_model(encoder, problem_type, label_names, model_args.freeze_encoder)
+        if model_args.lora:
+            model = add_lora(
+                model,
+                model_args.lora_rank,
+                model_args.lora_alpha,
+                model_args.lora_dropout,
+                model_args.lora_target_modules,
+            )
     except MarlinError as error:
         print(f"finetune: error: {error}", file=sys.stderr)
         return 1
 
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"finetune: {trainable:,} of {total:,} parameters trained ({100 * trainable / total:.2f}%)", file=sys.stderr)
     trainer = build_trainer(model, training_args, problem_type, train_dataset, eval_dataset)
     try:
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -113,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
-        save_finetuned(trainer.model, training_args.output_dir)
-        print(json.dumps({"eval": finite_metrics(metrics), "best_checkpoint": trainer.state.best_model_checkpoint}))
+        save_finetuned(trainer.model, training_args.output_dir, merge_lora=model_args.merge_lora)
+        summary = {"eval": finite_metrics(metrics), "best_checkpoint": trainer.state.best_model_checkpoint}
+        print(json.dumps({**summary, "trainable_parameters": trainable, "parameters": total}))
         if training_args.push_to_hub:
             repo_id = training_args.hub_model_id or Path(training_args.output_dir).absolute().name
             print(f"pushed to {push_folder_to_hub(training_args.output_dir, repo_id, training_args.hub_token)}")

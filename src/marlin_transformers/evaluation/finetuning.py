@@ -277,6 +277,35 @@ def build_model(
     return classifier
 
 
+# Every linear layer of the encoder's blocks: the fused attention projection, its output, and the MLP.
+LORA_TARGET_MODULES = ("qkv", "proj", "fc1", "fc2")
+
+
+def add_lora(
+    model: MarlinForVideoClassification,
+    rank: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    target_modules: Sequence[str] = LORA_TARGET_MODULES,
+):
+    """Freeze `model` and train LoRA adapters (Hu et al. 2021, through `peft`) on the encoder's `target_modules`;
+    the classification head, new, trains in full (`modules_to_save`).
+
+    Returns:
+        The `peft.PeftModel`; `save_finetuned` saves its adapter (or merged weights).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        modules_to_save=["classifier"],
+    )
+    return get_peft_model(model, config)
+
+
 def export_model(model: MarlinForVideoClassification) -> MarlinForVideoClassification:
     """The model as `AutoModelForVideoClassification` loads it: a probe head folded into one linear layer."""
     if isinstance(model.classifier, ProbeHead):
@@ -422,11 +451,27 @@ def build_trainer(
     )
 
 
-def save_finetuned(model: MarlinForVideoClassification, folder: str | os.PathLike) -> None:
-    """Save the model (probe head folded, `export_model`) with `convert_marlin.save_marlin_folder`, so that
-    `AutoModelForVideoClassification.from_pretrained(folder)` loads it."""
+def save_finetuned(model, folder: str | os.PathLike, merge_lora: bool = False) -> None:
+    """Save a fine-tuned model so that `AutoModelForVideoClassification.from_pretrained(folder)` loads it.
+
+    A `MarlinForVideoClassification` (probe head folded, `export_model`) and, with `merge_lora`, a LoRA model whose
+    adapters are merged into the weights, are saved with `convert_marlin.save_marlin_folder`. A LoRA model without
+    `merge_lora` saves its adapter only (`adapter_config.json`, `adapter_model.safetensors`: the adapters and the
+    head, a few MB) plus the classifier's `config.json`; load it onto the encoder it was trained from:
+
+        config = AutoConfig.from_pretrained(folder)
+        base = AutoModelForVideoClassification.from_pretrained(encoder_folder, config=config)
+        model = peft.PeftModel.from_pretrained(base, folder)
+    """
     from ..convert_marlin import save_marlin_folder
 
+    if hasattr(model, "peft_config"):
+        if merge_lora:
+            save_marlin_folder(model.merge_and_unload(), folder)
+            return
+        model.save_pretrained(folder)
+        model.get_base_model().config.save_pretrained(folder)
+        return
     save_marlin_folder(export_model(model), folder)
 
 
