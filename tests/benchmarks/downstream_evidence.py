@@ -76,6 +76,8 @@ class Settings:
             between the kept training clips and the validation ones.
         epochs: fine-tuning epochs; learning_rate: the fine-tuning's (None: 3e-3 frozen, 5e-5 full).
         full_finetune: train the encoder too, not only the head.
+        lora: train LoRA adapters on the encoder (`examples/finetune.py --lora`, rank 8 on qkv, proj, fc1, fc2)
+            and the head, not the encoder's weights.
         dtype: "bfloat16" or "float32", for the fine-tuning and the extraction.
         workers: data-loader workers of the fine-tuning.
     """
@@ -88,6 +90,7 @@ class Settings:
     epochs: int = 10
     learning_rate: float | None = None
     full_finetune: bool = False
+    lora: bool = False
     dtype: str = "bfloat16"
     workers: int = 2
 
@@ -230,15 +233,22 @@ def carve_validation(train_csv: Path, clip_frames: int, val_clips: int, val_gap:
     return fit, val
 
 
-def checkpoint_test_metrics(checkpoint: Path, model: Path, fit_csv: Path, test_csv: Path, bf16: bool) -> dict:
+def checkpoint_test_metrics(
+    checkpoint: Path, model: Path, fit_csv: Path, test_csv: Path, bf16: bool, lora: bool = False
+) -> dict:
     """A fine-tuning checkpoint's metrics on the test split (every window of a clip, as Trainer's evaluation)."""
     from safetensors.torch import load_file
 
     problem = "single_label_classification"
     options = ClipOptions(num_frames=NUM_FRAMES, image_size=CLIP_SIZE, sample_rate=1)
     _, test_dataset, label_names = build_datasets(str(fit_csv), str(test_csv), problem, options)
-    classifier = build_model(str(model), problem, label_names, freeze_encoder=True)
-    classifier.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+    if lora:  # the checkpoint holds the adapters and the head
+        from peft import PeftModel
+
+        classifier = PeftModel.from_pretrained(build_model(str(model), problem, label_names), checkpoint)
+    else:
+        classifier = build_model(str(model), problem, label_names, freeze_encoder=True)
+        classifier.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
     with tempfile.TemporaryDirectory() as scratch:
         training_args = FinetuningArguments(
             output_dir=scratch,
@@ -250,6 +260,18 @@ def checkpoint_test_metrics(checkpoint: Path, model: Path, fit_csv: Path, test_c
         trainer = build_trainer(classifier, training_args, problem, eval_dataset=test_dataset)
         metrics = trainer.evaluate(metric_key_prefix="test")
     return {k: metrics[k] for k in ("test_accuracy", "test_roc_auc", "test_roc_auc_macro")}
+
+
+def parameter_counts(model: Path, fit_csv: Path, mode: str) -> tuple[int, int]:
+    """(trained, all) parameters of the fine-tuning `examples/finetune.py` runs in `mode`, as it counts them."""
+    from marlin_transformers.evaluation.finetuning import add_lora
+
+    with open(fit_csv, newline="", encoding="utf-8") as f:
+        label_names = sorted({row["label"] for row in csv.DictReader(f)})
+    classifier = build_model(str(model), "single_label_classification", label_names, mode == "frozen")
+    classifier = add_lora(classifier) if mode == "lora" else classifier
+    parameters = list(classifier.parameters())
+    return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)
 
 
 def run(command: list[str]) -> None:
@@ -267,8 +289,9 @@ def run_task(task: str, settings: Settings, work: Path, model: Path, train_csv: 
     task_test_csv = write_rows(work / f"{task}_test.csv", read_rows(test_csv), task)
 
     # Fine-tuning with Trainer, clips decoded on the fly; Trainer's evaluation set is the validation split.
-    learning_rate = settings.learning_rate or (5e-5 if settings.full_finetune else 3e-3)
-    finetune_dir = work / f"finetune_{task}_{'full' if settings.full_finetune else 'frozen'}_seed{settings.seed}"
+    mode = "lora" if settings.lora else "full" if settings.full_finetune else "frozen"
+    learning_rate = settings.learning_rate or {"lora": 5e-4, "full": 5e-5, "frozen": 3e-3}[mode]
+    finetune_dir = work / f"finetune_{task}_{mode}_seed{settings.seed}"
     command = [sys.executable, "examples/finetune.py", "--model", str(model)]
     command += ["--train-data", str(fit_csv), "--eval-data", str(val_csv)]
     command += ["--problem-type", "single_label_classification", "--output-dir", str(finetune_dir)]
@@ -277,7 +300,7 @@ def run_task(task: str, settings: Settings, work: Path, model: Path, train_csv: 
     command += ["--per-device-train-batch-size", "8", "--per-device-eval-batch-size", "4"]
     command += ["--dataloader-num-workers", str(settings.workers), "--logging-steps", "4"]
     command += ["--eval-clips", "first"]  # validation: one window a clip (the test below scores every window)
-    command += [] if settings.full_finetune else ["--freeze-encoder"]
+    command += {"lora": ["--lora"], "full": [], "frozen": ["--freeze-encoder"]}[mode]
     command += ["--bf16"] if settings.dtype == "bfloat16" else []
     if not (finetune_dir / "eval_results.json").is_file():
         run(command)
@@ -288,11 +311,12 @@ def run_task(task: str, settings: Settings, work: Path, model: Path, train_csv: 
     best_checkpoint = finetune_dir / best_checkpoint.name
     bf16 = settings.dtype == "bfloat16"
     started = time.time()
-    last_test = checkpoint_test_metrics(checkpoints[-1], model, fit_csv, task_test_csv, bf16)
+    last_test = checkpoint_test_metrics(checkpoints[-1], model, fit_csv, task_test_csv, bf16, settings.lora)
     if best_checkpoint == checkpoints[-1]:
         best_test = last_test
     else:
-        best_test = checkpoint_test_metrics(best_checkpoint, model, fit_csv, task_test_csv, bf16)
+        best_test = checkpoint_test_metrics(best_checkpoint, model, fit_csv, task_test_csv, bf16, settings.lora)
+    trainable, total = parameter_counts(model, fit_csv, mode)
     print(f"test evaluation [{time.time() - started:.0f} s]", flush=True)
     best_step = state["best_global_step"]
 
@@ -320,7 +344,9 @@ def run_task(task: str, settings: Settings, work: Path, model: Path, train_csv: 
         "num_validation": len(val_rows),
         "num_test": probe["num_eval"],
         "finetune": {
-            "mode": "full" if settings.full_finetune else "frozen encoder (--freeze-encoder)",
+            "mode": {"lora": "LoRA (--lora)", "full": "full", "frozen": "frozen encoder (--freeze-encoder)"}[mode],
+            "trainable_parameters": trainable,
+            "parameters": total,
             "epochs": settings.epochs,
             "learning_rate": learning_rate,
             "validation": [{k: e[k] for k in ("epoch", "eval_loss", "eval_accuracy") if k in e} for e in val_evals],
@@ -354,8 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["video", "person"])
     parser.add_argument("--full-finetune", action="store_true", help="train the encoder too (slow on a CPU)")
+    parser.add_argument("--lora", action="store_true", help="train LoRA adapters on the encoder, and the head")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--learning-rate", type=float, default=None, help="default 3e-3 frozen, 5e-5 full")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default 3e-3 frozen, 5e-5 full, 5e-4 LoRA")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=defaults.dtype)
     parser.add_argument("--workers", type=int, default=defaults.workers, help="data-loader workers of the fine-tuning")
     args = parser.parse_args(argv)
