@@ -234,7 +234,7 @@ def carve_validation(train_csv: Path, clip_frames: int, val_clips: int, val_gap:
 
 
 def checkpoint_test_metrics(
-    checkpoint: Path, model: Path, fit_csv: Path, test_csv: Path, bf16: bool, lora: bool = False
+    checkpoint: Path, model: Path, fit_csv: Path, test_csv: Path, bf16: bool, mode: str
 ) -> dict:
     """A fine-tuning checkpoint's metrics on the test split (every window of a clip, as Trainer's evaluation)."""
     from safetensors.torch import load_file
@@ -242,12 +242,12 @@ def checkpoint_test_metrics(
     problem = "single_label_classification"
     options = ClipOptions(num_frames=NUM_FRAMES, image_size=CLIP_SIZE, sample_rate=1)
     _, test_dataset, label_names = build_datasets(str(fit_csv), str(test_csv), problem, options)
-    if lora:  # the checkpoint holds the adapters and the head
+    if mode == "lora":  # the checkpoint holds the adapters and the head
         from peft import PeftModel
 
         classifier = PeftModel.from_pretrained(build_model(str(model), problem, label_names), checkpoint)
-    else:
-        classifier = build_model(str(model), problem, label_names, freeze_encoder=True)
+    else:  # "frozen" (a probe head) or "full"
+        classifier = build_model(str(model), problem, label_names, freeze_encoder=mode == "frozen")
         classifier.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
     with tempfile.TemporaryDirectory() as scratch:
         training_args = FinetuningArguments(
@@ -311,11 +311,11 @@ def run_task(task: str, settings: Settings, work: Path, model: Path, train_csv: 
     best_checkpoint = finetune_dir / best_checkpoint.name
     bf16 = settings.dtype == "bfloat16"
     started = time.time()
-    last_test = checkpoint_test_metrics(checkpoints[-1], model, fit_csv, task_test_csv, bf16, settings.lora)
+    last_test = checkpoint_test_metrics(checkpoints[-1], model, fit_csv, task_test_csv, bf16, mode)
     if best_checkpoint == checkpoints[-1]:
         best_test = last_test
     else:
-        best_test = checkpoint_test_metrics(best_checkpoint, model, fit_csv, task_test_csv, bf16, settings.lora)
+        best_test = checkpoint_test_metrics(best_checkpoint, model, fit_csv, task_test_csv, bf16, mode)
     trainable, total = parameter_counts(model, fit_csv, mode)
     print(f"test evaluation [{time.time() - started:.0f} s]", flush=True)
     best_step = state["best_global_step"]
