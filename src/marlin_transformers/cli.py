@@ -116,8 +116,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="marlin", description="MARLIN facial-video features with Transformers.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"marlin-transformers {__version__}")
+    parser.set_defaults(handler=None)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     convert = commands.add_parser(
         "convert",
@@ -159,9 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     extract.add_argument("--stride-seconds", type=float, default=None, help="window spacing in seconds instead")
     extract.add_argument("--keep-seq", action="store_true", help="save every token (windows x 1568 x hidden)")
-    extract.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    extract.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="encoder precision (default float32; bfloat16 is faster on CPUs with AVX-512 BF16 or AMX and on GPUs)",
+    )
     extract.add_argument("--device", default=None, help="torch device (default: this process's accelerator or cpu)")
-    extract.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    extract.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     extract.add_argument(
         "--num-frames",
         type=int,
@@ -185,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     show_mask = commands.add_parser(
         "show-mask", help="picture of a clip's face parsing and its Fasking mask (first window of a video)"
     )
-    show_mask.add_argument("video")
+    show_mask.add_argument("video", help="a face video; its first window is shown")
     show_mask.add_argument("--out", default="mask.png", help="PNG to write (default: mask.png)")
     show_mask.add_argument(
         "--farl-model",
@@ -193,15 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
         "parsing; default: the built-in landmark approximation",
     )
     show_mask.add_argument(
-        "--strategy", default="fasking", choices=["fasking", "fasking_opp", "random", "tube", "frame"]
+        "--strategy",
+        default="fasking",
+        choices=["fasking", "fasking_opp", "random", "tube", "frame"],
+        help="masking strategy (default fasking: facial parts first, as the paper)",
     )
     show_mask.add_argument(
         "--model", help="converted folder or Hub id whose config sets clip length, crop size, tubelets and mask ratio"
     )
-    show_mask.add_argument("--mask-ratio", type=float, default=None, help="default: the config's (0.9)")
-    show_mask.add_argument("--sample-rate", type=int, default=SAMPLE_RATE)
+    show_mask.add_argument(
+        "--mask-ratio", type=float, default=None, help="fraction of tokens masked (default: the config's, 0.9)"
+    )
+    show_mask.add_argument(
+        "--sample-rate", type=int, default=SAMPLE_RATE, help=f"take every n-th frame (default {SAMPLE_RATE})"
+    )
     show_mask.add_argument("--frames", type=int, default=4, help="frames shown (default 4)")
-    show_mask.add_argument("--seed", type=int, default=0)
+    show_mask.add_argument("--seed", type=int, default=0, help="seed of the mask's random draws (default 0)")
     show_mask.set_defaults(handler=_show_mask)
 
     celebvhq = commands.add_parser(
@@ -217,22 +233,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="bbox: the release's box crop of full frames (default); resize: clips already cropped by the release "
         "script; face: MTCNN tracking, as the paper; none: label CSVs only",
     )
-    celebvhq.add_argument("--size", type=int, default=MARLIN_CROP_SIZE)
-    celebvhq.add_argument("--seed", type=int, default=0)
-    celebvhq.add_argument("--num-workers", type=int, default=1)
+    celebvhq.add_argument(
+        "--size", type=int, default=MARLIN_CROP_SIZE, help=f"side of the square crops (default {MARLIN_CROP_SIZE})"
+    )
+    celebvhq.add_argument("--seed", type=int, default=0, help="seed of the 80/10/10 split (default 0)")
+    celebvhq.add_argument("--num-workers", type=int, default=1, help="videos cropped in parallel (default 1)")
     celebvhq.set_defaults(handler=_prepare_celebvhq)
 
     demo = commands.add_parser(
         "demo", help="the whole pipeline on a face clip it renders itself (works offline, with random weights)"
     )
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    demo.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    demo.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="encoder precision (default float32)"
+    )
     demo.set_defaults(handler=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.handler is None:  # a bare `marlin`
+        parser.print_help()
+        return 0
     try:
         return args.handler(args)
     except MarlinError as error:

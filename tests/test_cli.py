@@ -1,0 +1,41 @@
+"""The `marlin` command line as a newcomer meets it: --version, help on a bare `marlin`, help for every option."""
+
+import argparse
+
+import pytest
+
+from marlin_transformers import __version__
+from marlin_transformers.cli import build_parser, main
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_version_and_bare_marlin(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"marlin-transformers {__version__}"
+    assert main([]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: marlin") and all(name in shown for name in subcommands(build_parser()))
+
+
+def test_every_option_of_every_subcommand_has_help_with_its_default():
+    missing = []
+    for name, parser in subcommands(build_parser()).items():
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            label = f"marlin {name} {'/'.join(action.option_strings) or action.dest}"
+            if not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{label}: no help")
+            elif action.option_strings and action.default not in (None, False):
+                # The default is said in the help: "(default 4)", "(default: ...)" or "... (default) ...".
+                if "default" not in action.help or (
+                    str(action.default) not in action.help and "(default)" not in action.help
+                ):
+                    missing.append(f"{label}: help does not give the default {action.default!r}")
+    assert missing == []
