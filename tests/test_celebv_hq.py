@@ -182,7 +182,7 @@ def test_injected_cropper_and_failed_video(tmp_path):
 def test_bbox_crop_refuses_already_cropped_square_clips(tmp_path):
     root = tmp_path / "CelebV-HQ"
     make_tree(root, num_clips=3, missing=(), square=True)
-    with pytest.raises(DatasetError, match="crop='resize'"):
+    with pytest.raises(DatasetError, match="--crop resize"):
         prepare_celebvhq(root, tmp_path / "out", crop="bbox", num_workers=2, progress=False)
     kept = prepare_celebvhq(root, tmp_path / "out", crop="resize", progress=False)
     assert sum(map(len, kept.values())) == 3

@@ -1,6 +1,8 @@
 """`marlin convert` and the conversion functions, on locally generated checkpoints in the official formats."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +147,18 @@ except ImportError as error:
     size = json.loads((out / "config.json").read_text())["image_size"]
     assert f"MarlinVideoProcessor (1, 16, 3, {size}, {size}) True" in result.stdout
     assert "ERROR clip.mp4: reading video files needs `pip install marlin-transformers`" in result.stdout
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_converted_folder_honours_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        out = tmp_path / "shared_model"
+        assert main(["convert", str(FIXTURES / "tiny.full.pt"), str(out), *HEADS]) == 0
+    finally:
+        os.umask(previous)
+    # safetensors writes 0600 and the staging folder is a mkdtemp (0700): both would hide the model from colleagues.
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()}
+    assert {"model.safetensors", "config.json", "modeling_marlin.py"} <= set(modes)
+    assert set(modes.values()) == {0o666 & ~umask}

@@ -165,6 +165,13 @@ def test_extract_shards_over_two_processes(tiny_model_dir, videos, tmp_path):
     assert all(r["status"] == "ok" for r in records) and not list(out.glob("manifest.rank*"))
 
 
+def test_cli_extract_summary_names_the_manifest_once(tiny_model_dir, videos, tmp_path, capsys):
+    out = f"{tmp_path / 'features'}/"  # as a shell's completion types it
+    assert main(["extract", str(videos / "short.webm"), "--model", str(tiny_model_dir), "--out", out, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"see {tmp_path / 'features' / 'manifest.jsonl'}" in err and "//" not in err
+
+
 def test_cli_extract_other_clip_lengths_and_sizes(tiny_model_dir, videos, tmp_path, capsys):
     # The tiny model reads 16 frames of 32 pixels (16-pixel patches): 8 frames of 48 pixels are 4 x 3 x 3 tokens.
     out = tmp_path / "other_shape"

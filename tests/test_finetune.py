@@ -249,3 +249,10 @@ def test_probe_head_folds_into_one_linear_layer():
     head.train()
     head(features[:1]).sum().backward()  # a last batch of one video trains on the running statistics
     assert head.linear.weight.grad is not None
+
+
+def test_dataloader_workers_default_fits_the_machine():
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert finetuning.FinetuningArguments(output_dir="unused").dataloader_num_workers == min(4, cores)

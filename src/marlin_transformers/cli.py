@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 from .constants import MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
 from .exceptions import MarlinError
@@ -59,7 +60,7 @@ def _extract(args: argparse.Namespace) -> int:
     summary = run_extraction(args.inputs, args.out, make_extractor, metadata, show_progress=not args.quiet)
     print(
         f"marlin extract: {summary.done} done, {summary.skipped} already done, {summary.failed} failed; "
-        f"see {args.out}/manifest.jsonl",
+        f"see {Path(args.out) / 'manifest.jsonl'}",
         file=sys.stderr,
     )
     return 1 if summary.failed else 0

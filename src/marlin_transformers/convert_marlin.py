@@ -244,6 +244,7 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, config: Marli
     try:
         save_marlin_folder(model, staging)
         write_model_card(staging, model.config, source=str(source), kind=kind, architecture=type(model).__name__)
+        honour_umask(staging)
         if output_dir.exists():
             output_dir.rmdir()
         staging.rename(output_dir)
@@ -254,6 +255,21 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, config: Marli
 
 
 PROCESSOR_AUTO_MAP = "video_processing_marlin.MarlinVideoProcessor"
+
+
+def honour_umask(folder: str | Path) -> None:
+    """Give `folder`, and everything in it, the modes a plain `mkdir`/`open` would under this process's umask.
+
+    safetensors writes its files 0600 and `tempfile.mkdtemp` makes folders 0700, so a saved model folder would be
+    unreadable to the colleagues a umask of 022 means to share it with.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    folder = Path(folder)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def save_marlin_folder(model, folder: str | Path) -> None:
@@ -283,6 +299,7 @@ def save_marlin_folder(model, folder: str | Path) -> None:
     processor_config = json.loads(processor_path.read_text())
     processor_config["auto_map"] = {"AutoVideoProcessor": PROCESSOR_AUTO_MAP}
     processor_path.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n")
+    honour_umask(folder)
 
 
 def write_model_card(folder: Path, config: MarlinConfig, source: str, kind: str, architecture: str) -> None:

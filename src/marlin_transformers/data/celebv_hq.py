@@ -236,7 +236,7 @@ def bbox_cropper(size: int = MARLIN_CROP_SIZE) -> FrameCropper:
                 if abs(height - width) <= 2:
                     raise DatasetError(
                         f"{clip.clip_id}: the video is square ({width}x{height}), so the CelebV-HQ script already "
-                        "cropped it; prepare with crop='resize' instead of 'bbox'"
+                        "cropped it; prepare with --crop resize (crop='resize' in Python) instead of bbox"
                     )
                 box = bbox_crop_box(clip.bbox, height, width)
             top, left, side = box
@@ -364,7 +364,9 @@ def prepare_celebvhq(
         raise DatasetError(f"unknown crop {crop!r}: use 'bbox', 'resize', 'face', None or a function (frames, clip)")
 
     if num_workers > 1 and crop not in ("bbox", "resize", None):
-        raise DatasetError(f"crop={crop!r} keeps per-clip state: run it with num_workers=1")
+        raise DatasetError(
+            f"crop {crop!r} keeps per-clip state: run it with --num-workers 1 (num_workers=1 in Python)"
+        )
 
     def prepare_clip(clip_id: str) -> tuple[str, Path | None, str | None]:
         source = root / "downloaded" / f"{clip_id}.mp4"

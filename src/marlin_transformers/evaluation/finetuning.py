@@ -336,6 +336,13 @@ def video_logits(model: torch.nn.Module, videos: torch.Tensor, window_mask: torc
 # ---------------------------------------------------------------------------------------------------------- trainer
 
 
+def _usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS has one, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _training_field(name: str, default=None, default_factory=None):
     """`TrainingArguments`' field `name` (its help kept) with another default."""
     metadata = TrainingArguments.__dataclass_fields__[name].metadata
@@ -373,7 +380,8 @@ class FinetuningArguments(TrainingArguments):
     per_device_eval_batch_size: int = field(
         default=2, metadata={"help": "videos (with all their windows) per evaluation batch and device"}
     )
-    dataloader_num_workers: int = _training_field("dataloader_num_workers", 4)
+    # Decoding workers: up to 4, never more than this process may run on (torch warns past the core count).
+    dataloader_num_workers: int = _training_field("dataloader_num_workers", min(4, _usable_cores()))
     seed: int = _training_field("seed", 0)
     logging_steps: float = _training_field("logging_steps", 10)
     save_total_limit: int | None = _training_field("save_total_limit", 2)
@@ -463,7 +471,7 @@ def save_finetuned(model, folder: str | os.PathLike, merge_lora: bool = False) -
         base = AutoModelForVideoClassification.from_pretrained(encoder_folder, config=config)
         model = peft.PeftModel.from_pretrained(base, folder)
     """
-    from ..convert_marlin import save_marlin_folder
+    from ..convert_marlin import honour_umask, save_marlin_folder
 
     if hasattr(model, "peft_config"):
         if merge_lora:
@@ -471,6 +479,7 @@ def save_finetuned(model, folder: str | os.PathLike, merge_lora: bool = False) -
             return
         model.save_pretrained(folder)
         model.get_base_model().config.save_pretrained(folder)
+        honour_umask(folder)
         return
     save_marlin_folder(export_model(model), folder)
 
