@@ -170,6 +170,7 @@ def test_cli_extract_summary_names_the_manifest_once(tiny_model_dir, videos, tmp
     assert main(["extract", str(videos / "short.webm"), "--model", str(tiny_model_dir), "--out", out, "--quiet"]) == 0
     err = capsys.readouterr().err
     assert f"see {tmp_path / 'features' / 'manifest.jsonl'}" in err and "//" not in err
+    assert "Loading weights" not in err and err.count("\n") == 1  # --quiet: the summary line only
 
 
 def test_cli_extract_other_clip_lengths_and_sizes(tiny_model_dir, videos, tmp_path, capsys):

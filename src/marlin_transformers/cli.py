@@ -37,6 +37,11 @@ def _extract(args: argparse.Namespace) -> int:
     from .extraction import MarlinFeatureExtractor
     from .extraction.job import run_extraction
 
+    if args.quiet:  # transformers' "Loading weights" bar too: only errors and the summary
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
     def make_extractor(device: str):
         return MarlinFeatureExtractor(
             args.model,
