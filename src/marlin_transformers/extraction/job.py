@@ -94,9 +94,12 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 @dataclass
 class JobSummary:
+    """Inputs extracted, skipped as already done, and failed; over every process of a multi-process run."""
+
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    is_main_process: bool = True  # the one process that reports a multi-process run
 
 
 def run_extraction(
@@ -166,7 +169,10 @@ def run_extraction(
         state.wait_for_everyone()
         if state.is_main_process:
             _merge_shards(out_dir)
-        state.wait_for_everyone()
+        counts = torch.tensor([summary.done, summary.skipped, summary.failed], device=state.device)
+        torch.distributed.all_reduce(counts)  # the whole run's counts on every process, so all exit alike
+        done, skipped, failed = (int(count) for count in counts.tolist())
+        summary = JobSummary(done, skipped, failed, is_main_process=state.is_main_process)
     return summary
 
 
