@@ -204,3 +204,21 @@ def test_extractor_compiled_encoder_gives_the_eager_features(tiny_model_dir, vid
     compiled = MarlinFeatureExtractor(tiny_model_dir, batch_size=2, compile=True)(videos / "a" / "clip.mp4")
     # Inductor fuses and reorders fp32 arithmetic (see test_modeling's export/compile test for the measured spread).
     np.testing.assert_allclose(compiled.features, eager.features, atol=5e-6, rtol=0)
+
+
+def test_window_progress_counts_encoded_windows(tiny_model_dir, videos):
+    extractor = MarlinFeatureExtractor(tiny_model_dir, batch_size=2)
+    encoded = []
+    encode = extractor.extract_clips
+    extractor.extract_clips = lambda clips: (encoded.append(len(clips)), encode(clips))[1]
+
+    class Bar:
+        shown = 0
+
+        def update(self, n):
+            self.shown += n
+            assert self.shown == sum(encoded)  # never ahead of the encoder
+
+    bar = Bar()
+    result = extractor(videos / "a" / "clip.mp4", progress=bar)
+    assert bar.shown == len(result.windows) == sum(encoded) > 0

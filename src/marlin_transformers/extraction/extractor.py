@@ -180,20 +180,25 @@ class MarlinFeatureExtractor:
         return features.float().cpu()
 
     def __call__(self, path: str | os.PathLike, progress=None, keep_crops: bool = False) -> VideoFeatures:
-        """Features and window metadata of one video. `progress` (a tqdm bar) is advanced once per window."""
+        """Features and window metadata of one video. `progress` (a tqdm bar) is advanced by each batch's windows
+        once they are encoded, so it counts finished work."""
         records, features, batch, kept = [], [], [], []
+
+        def encode() -> None:
+            features.append(self.extract_clips(batch))
+            if progress is not None:
+                progress.update(len(batch))
+            batch.clear()
+
         for record, frames in self.iter_clips(path):
             records.append(record)
             batch.append(frames)
             if keep_crops:
                 kept.append(frames)
             if len(batch) == self.batch_size:
-                features.append(self.extract_clips(batch))
-                batch = []
-            if progress is not None:
-                progress.update(1)
+                encode()
         if batch:
-            features.append(self.extract_clips(batch))
+            encode()
         return VideoFeatures(
             features=torch.cat(features).numpy(), windows=records, crops=np.stack(kept) if keep_crops else None
         )
