@@ -2,6 +2,7 @@
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import av
@@ -15,6 +16,7 @@ from marlin_transformers.data.celebv_hq import (
     load_celebvhq,
     prepare_celebvhq,
     read_celebvhq_info,
+    resize_cropper,
     split_clip_ids,
 )
 from marlin_transformers.data.labels import read_labels_csv
@@ -237,6 +239,20 @@ def test_face_tracker_cropper_feeds_chunks_in_order_and_resets_per_clip():
     assert tracker.calls == ["reset", [0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     list(cropper(iter(frames[:2]), clip=None))
     assert tracker.calls[-2:] == ["reset", [0, 1]]
+
+
+def test_resize_crop_says_once_that_it_cuts_non_square_clips():
+    from types import SimpleNamespace
+
+    cropper = resize_cropper(size=16)
+    square, wide = np.zeros((32, 32, 3), np.uint8), np.zeros((32, 48, 3), np.uint8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert list(cropper(iter([square] * 2), SimpleNamespace(clip_id="square")))[0].shape == (16, 16, 3)
+        assert not caught
+        for clip_id in ("wide_1", "wide_2"):
+            assert list(cropper(iter([wide] * 3), SimpleNamespace(clip_id=clip_id)))[0].shape == (16, 16, 3)
+    assert len(caught) == 1 and "--crop resize: wide_1 is 48x32, not square" in str(caught[0].message)
 
 
 def test_cli_prepare_celebvhq(tmp_path, capsys):

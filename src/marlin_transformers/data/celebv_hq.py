@@ -46,6 +46,7 @@ around the detection, zero-padded, resized to 224. Here the crop is a choice (`c
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -246,11 +247,22 @@ def bbox_cropper(size: int = MARLIN_CROP_SIZE) -> FrameCropper:
 
 
 def resize_cropper(size: int = MARLIN_CROP_SIZE) -> FrameCropper:
-    """A `FrameCropper` taking the centred square of each frame, resized to `size` (for already cropped clips)."""
+    """A `FrameCropper` taking the centred square of each frame, resized to `size` (for already cropped clips).
+
+    A clip that is not square loses its sides: said once per cropper (one warning a run), naming the first such clip.
+    """
+    warned = []
 
     def crop(frames: Iterator[np.ndarray], clip: CelebvHqClip) -> Iterator[np.ndarray]:
         for frame in frames:  # (H, W, 3)
             height, width = frame.shape[:2]
+            if abs(height - width) > 2 and not warned:
+                warned.append(clip.clip_id)
+                warnings.warn(
+                    f"--crop resize: {clip.clip_id} is {width}x{height}, not square; its centred square is kept and "
+                    "the rest cut (said once a run). For full CelebV-HQ frames use --crop bbox.",
+                    stacklevel=2,
+                )
             side = min(height, width)
             top, left = (height - side) // 2, (width - side) // 2
             yield resize_frames(frame[None, top : top + side, left : left + side], size)[0]
