@@ -367,10 +367,14 @@ def test_command_line_flags_are_the_arguments_fields(pretrain_example, tiny_vide
         pretrain_example.parse_args(["--output-dir", str(tmp_path)])
 
 
-def test_resume_matches_an_uninterrupted_run(tiny_videos, tmp_path):
+def test_resume_matches_an_uninterrupted_run(tiny_videos, tmp_path, capsys):
     """3 batches per epoch: the resumed run restarts mid-epoch 0 (step 2) and crosses into epoch 1."""
     full = train(tiny_run(tiny_videos, tmp_path / "full"))
     assert full.steps == 5 and len(full.train_log) == 5
+    # On the terminal: the step bar (stderr), with the latest losses, and one line per evaluation (stdout; steps 0, 5).
+    shown = capsys.readouterr()
+    assert "pretraining: 100%" in shown.err and "5/5" in shown.err and "rec=" in shown.err
+    assert shown.out.count("held-out reconstruction MSE") == 2 and "step 5/5: held-out reconstruction MSE" in shown.out
     # Gradient checkpointing recomputes the same numbers: the resumed run uses it.
     checkpoint = str(tmp_path / "full" / "checkpoints" / "step_2")
     resumed = train(tiny_run(tiny_videos, tmp_path / "resumed", resume=checkpoint, gradient_checkpointing=True))

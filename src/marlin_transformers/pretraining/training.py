@@ -26,6 +26,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 from accelerate.utils import DataLoaderConfiguration, broadcast, set_seed
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from ..configuration_marlin import MarlinConfig
 from ..constants import SAMPLE_RATE
@@ -135,6 +136,7 @@ class PretrainingArguments:
     checkpointing_steps: int = field(default=1000, metadata={"help": "save_state every N steps (0: never)"})
     resume: str | None = field(default=None, metadata={"help": "a checkpoints/step_N folder, or 'latest'"})
     logging_steps: int = field(default=1, metadata={"help": "log the losses every N steps"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bar and no loss lines on the terminal"})
     eval_steps: int = field(default=500, metadata={"help": "evaluate every N steps (0: never)"})
     image_steps: int = field(default=1000, metadata={"help": "reconstruction picture every N steps (0: never)"})
     tensorboard: bool = field(default=True, metadata={"help": "log to TensorBoard (--no-tensorboard: don't)"})
@@ -478,11 +480,18 @@ def train(args: PretrainingArguments) -> PretrainingResult:
         (output_dir / "train_config.json").write_text(json.dumps(asdict(args), indent=2, default=str))
     eval_curve, train_log = [], []
 
+    # The terminal: a bar over optimizer steps with the latest losses, and one line per evaluation (main process).
+    bar = tqdm(
+        total=max_steps, initial=progress.step, desc="pretraining", unit="step", disable=args.quiet or not is_main
+    )
+
     def run_eval(step: int) -> None:
         mse, logits = evaluate(model, eval_batch, accelerator)
         eval_curve.append((step, mse))
         if not is_main:
             return
+        if not args.quiet:
+            bar.write(f"step {step}/{max_steps}: held-out reconstruction MSE {mse:.5f}")
         accelerator.log({"eval/rec_loss": mse}, step=step)
         append_eval_log(output_dir / "eval.csv", step, mse)
         if args.image_steps and (step % args.image_steps == 0 or step == max_steps):
@@ -521,10 +530,12 @@ def train(args: PretrainingArguments) -> PretrainingResult:
                 continue
             progress.step += 1
             step = progress.step
+            bar.update(1)
             if step % args.logging_steps == 0 or step == max_steps:
                 logged = {name: accelerator.reduce(value, "mean").item() for name, value in losses.items()}
                 logged["lr"] = lr
                 train_log.append({"step": step, **logged})
+                bar.set_postfix(rec=f"{logged['rec_loss']:.4f}", d=f"{logged['d_loss']:.3g}", lr=f"{lr:.2e}")
                 accelerator.log({f"train/{k}": v for k, v in logged.items()}, step=step)
                 if is_main:
                     append_train_log(output_dir / "train_log.csv", train_log[-1])
@@ -535,6 +546,7 @@ def train(args: PretrainingArguments) -> PretrainingResult:
             if step >= max_steps:
                 break
 
+    bar.close()
     accelerator.wait_for_everyone()
     save_final_model(accelerator, model, critic, output_dir / "model")
     if is_main and len(eval_curve) > 1:
