@@ -3,6 +3,8 @@ pieces of `evaluation.finetuning` it calls."""
 
 import importlib.util
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,11 @@ def test_single_label_end_to_end(finetune, tiny_model, class_folders, tmp_path):
 
     metrics = json.loads((out / "eval_results.json").read_text())
     assert {"eval_accuracy", "eval_roc_auc", "eval_roc_auc_macro", "eval_loss"} <= set(metrics)
+    # The weights the run wrote, Trainer's checkpoints included, have the umask's modes (safetensors writes 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    weights = [out / "model.safetensors", *out.glob("checkpoint-*/model.safetensors")]
+    assert len(weights) > 1 and {stat.S_IMODE(w.stat().st_mode) for w in weights} == {0o666 & ~umask}
     best = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())["best_metric"]
     assert best is not None
     model = AutoModelForVideoClassification.from_pretrained(out)

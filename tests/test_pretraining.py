@@ -4,6 +4,8 @@ import csv
 import importlib.util
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -371,6 +373,11 @@ def test_resume_matches_an_uninterrupted_run(tiny_videos, tmp_path, capsys):
     """3 batches per epoch: the resumed run restarts mid-epoch 0 (step 2) and crosses into epoch 1."""
     full = train(tiny_run(tiny_videos, tmp_path / "full"))
     assert full.steps == 5 and len(full.train_log) == 5
+    umask = os.umask(0)
+    os.umask(umask)
+    weights = list((tmp_path / "full").glob("**/*.safetensors"))
+    assert any("checkpoints" in str(w) for w in weights)
+    assert {stat.S_IMODE(w.stat().st_mode) for w in weights} == {0o666 & ~umask}  # safetensors writes 0600
     # On the terminal: the step bar (stderr), with the latest losses, and one line per evaluation (stdout; steps 0, 5).
     shown = capsys.readouterr()
     assert "pretraining: 100%" in shown.err and "5/5" in shown.err and "rec=" in shown.err

@@ -30,7 +30,12 @@ from tqdm.auto import tqdm
 
 from ..configuration_marlin import MarlinConfig
 from ..constants import SAMPLE_RATE
-from ..convert_marlin import load_reference_checkpoint, resolve_checkpoint_folder, save_marlin_folder
+from ..convert_marlin import (
+    honour_umask,
+    load_reference_checkpoint,
+    resolve_checkpoint_folder,
+    save_marlin_folder,
+)
 from ..data.youtube_faces import youtube_faces_clips
 from ..exceptions import CheckpointError
 from ..modeling_marlin import MarlinForPreTraining, masked_patch_targets, reconstruction_loss
@@ -542,7 +547,10 @@ def train(args: PretrainingArguments) -> PretrainingResult:
             if args.eval_steps and (step % args.eval_steps == 0 or step == max_steps):
                 run_eval(step)
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                accelerator.save_state(str(output_dir / "checkpoints" / f"step_{step}"))
+                checkpoint = output_dir / "checkpoints" / f"step_{step}"
+                accelerator.save_state(str(checkpoint))
+                if is_main:
+                    honour_umask(checkpoint)  # safetensors writes 0600
             if step >= max_steps:
                 break
 
