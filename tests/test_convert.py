@@ -162,3 +162,43 @@ def test_converted_folder_honours_the_umask(tmp_path, umask):
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()}
     assert {"model.safetensors", "config.json", "modeling_marlin.py"} <= set(modes)
     assert set(modes.values()) == {0o666 & ~umask}
+
+
+def test_model_card_says_only_what_the_converter_knows(tmp_path):
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    unknown = tmp_path / "unknown"
+    assert main(["convert", str(FIXTURES / "tiny.encoder.pt"), str(unknown), *HEADS]) == 0
+    card = ModelCard.load(unknown / "README.md")  # the metadata block parses as the Hub reads it
+    assert card.data.license == "cc-by-nc-4.0" and card.data.datasets is None
+    assert "random or unknown origin" in card.text and "pretrained on YouTube Faces);" not in card.text
+
+    # A file named as a release: said as a name, with whether its shapes fit that variant (the tiny ones do not).
+    named = tmp_path / "marlin_vit_small_ytf.encoder.pt"
+    shutil.copyfile(FIXTURES / "tiny.encoder.pt", named)
+    assert main(["convert", str(named), str(tmp_path / "named"), *HEADS]) == 0
+    card = ModelCard.load(tmp_path / "named" / "README.md")
+    assert card.data.datasets == ["youtube_faces"]
+    assert "named as the authors' release `marlin_vit_small_ytf`" in card.text
+    assert "its shapes are not those of that variant" in card.text and "not checksummed" in card.text
+    assert "random or unknown origin" not in card.text
+
+
+@pytest.mark.parametrize(
+    "source, release",
+    [
+        ("ControlNet/marlin_vit_base_ytf", "marlin_vit_base_ytf"),
+        ("/models/marlin_vit_large_ytf.full.pt", "marlin_vit_large_ytf"),
+        ("marlin_vit_small_ytf.ckpt", "marlin_vit_small_ytf"),
+        ("hub/marlin_vit_base_ytf/", "marlin_vit_base_ytf"),
+        ("my_marlin_vit_base_ytf.pt", None),
+        ("marlin_vit_base_ytf_finetuned.encoder.pt", None),
+        ("tiny.encoder.pt", None),
+    ],
+)
+def test_official_release_is_recognised_by_its_name_only(source, release):
+    from marlin_transformers.model_card import official_release
+
+    assert official_release(source) == release

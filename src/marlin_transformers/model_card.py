@@ -1,5 +1,7 @@
 """Model cards (README.md) for converted and trained MARLIN folders."""
 
+import re
+
 from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
 from .constants import CITATION
 
@@ -11,14 +13,45 @@ def variant_name(config: MarlinConfig) -> str:
     return f"custom ({config.hidden_size} wide, {config.num_hidden_layers} layers)"
 
 
+# The authors' released checkpoints, by the name they ship under (file stem or Hub id).
+OFFICIAL_NAME = re.compile(r"(?:^|/)(marlin_vit_(?:small|base|large)_ytf)(?:\.(?:encoder|full)\.pt|\.ckpt)?$")
+
+
+def official_release(source: str) -> str | None:
+    """The release `source` is named as (`marlin_vit_base_ytf`...), or None. A name only: nothing is checksummed."""
+    match = OFFICIAL_NAME.search(str(source).rstrip("/"))
+    return match.group(1) if match else None
+
+
+def origin_paragraph(source: str, kind: str, config: MarlinConfig) -> str:
+    """What the converter can say of where the weights come from, and no more."""
+    release = official_release(source)
+    if release is None:
+        return (
+            f"This folder was made by marlin-transformers from `{source}` (format: {kind}). **The weights are of "
+            "random or unknown origin**: the file is not named as one of the authors' releases, so nothing here says "
+            "what, if anything, they were trained on."
+        )
+    variant = release.split("_")[2]
+    matches = all(getattr(config, k) == v for k, v in MARLIN_VARIANTS[variant].items())
+    shape = "its shapes are those of that variant" if matches else "**its shapes are not those of that variant**"
+    return (
+        f"This folder was made by marlin-transformers from `{source}` (format: {kind}), named as the authors' "
+        f"release `{release}` (pretrained on YouTube Faces); {shape}. The file's contents were not checksummed "
+        "against the release."
+    )
+
+
 def render_model_card(config: MarlinConfig, source: str, kind: str, architecture: str) -> str:
-    """A Hub model card for a MARLIN folder: what it is, how it was made, how to use it, licence, citation."""
+    """A Hub model card for a converted MARLIN folder: what it is, where its weights come from (as far as the
+    converter can tell), how to use it, licence, citation."""
     variant = variant_name(config)
+    datasets = "datasets:\n- youtube_faces\n" if official_release(source) else ""
     return f"""---
 license: cc-by-nc-4.0
 library_name: transformers
 pipeline_tag: feature-extraction
-tags:
+{datasets}tags:
 - marlin
 - video
 - face
@@ -28,15 +61,15 @@ tags:
 
 # MARLIN {variant} ({architecture})
 
-MARLIN (Cai et al., CVPR 2023) is a masked autoencoder for facial video: 16 RGB frames of
+MARLIN (Cai et al., CVPR 2023) is a masked autoencoder for facial video: {config.num_frames} RGB frames of
 {config.image_size}x{config.image_size} in [0, 1] (no mean/std normalization), cut into
-{config.tubelet_size}x{config.patch_size}x{config.patch_size} tubelets ({config.num_patches} tokens), pretrained on
-YouTube Faces with *Fasking* (eyes, nose, mouth and hair masked first) and an adversarial loss. Its features
-transfer to facial attributes, expression, deepfake detection and lip sync.
+{config.tubelet_size}x{config.patch_size}x{config.patch_size} tubelets ({config.num_patches} tokens). The authors
+pretrained it on YouTube Faces with *Fasking* (eyes, nose, mouth and hair masked first) and an adversarial loss;
+their features transfer to facial attributes, expression, deepfake detection and lip sync.
 
-This folder was made by marlin-transformers from `{source}` (format: {kind}). Encoder:
-{config.hidden_size} wide, {config.num_hidden_layers} layers, {config.num_attention_heads} heads; outputs match the
-reference implementation (marlin-pytorch 0.3.4) to 1e-5 in fp32.
+{origin_paragraph(source, kind, config)} Encoder: {config.hidden_size} wide, {config.num_hidden_layers} layers,
+{config.num_attention_heads} heads. The converter is tested to reproduce the reference implementation
+(marlin-pytorch 0.3.4) to 1e-5 in fp32 on checkpoints of every official format; that was not re-checked on this file.
 
 ## Use
 
@@ -55,9 +88,9 @@ From a video file, with face tracking and cropping:
 ## Intended use and limitations
 
 Research on facial video: features for attribute, expression, deepfake and lip-sync probes and fine-tuning. The
-inputs must be face crops (the `--crop-face` pipeline makes them). The model was pretrained on YouTube Faces
-(celebrities, mostly frontal, web video quality); expect weaker features on other populations, poses and capture
-conditions, and evaluate before relying on it. Do not use it to identify or surveil people.
+inputs must be face crops (the `--crop-face` pipeline makes them). The released models were pretrained on YouTube
+Faces (celebrities, mostly frontal, web video quality); expect weaker features on other populations, poses and
+capture conditions, and evaluate before relying on it. Do not use it to identify or surveil people.
 
 ## Licence
 
