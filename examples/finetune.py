@@ -32,6 +32,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser, set_seed
 
+from marlin_transformers import MarlinConfig
+from marlin_transformers.convert_marlin import push_folder_to_hub
 from marlin_transformers.evaluation.finetuning import (
     LORA_TARGET_MODULES,
     ClipOptions,
@@ -40,12 +42,12 @@ from marlin_transformers.evaluation.finetuning import (
     build_datasets,
     build_model,
     build_trainer,
-    push_folder_to_hub,
     save_finetuned,
 )
 from marlin_transformers.evaluation.selection import finite_metrics
 from marlin_transformers.exceptions import MarlinError
 from marlin_transformers.extraction import load_encoder
+from marlin_transformers.model_card import render_finetuned_card
 
 
 @dataclass
@@ -147,11 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         save_finetuned(trainer.model, training_args.output_dir, merge_lora=model_args.merge_lora)
+        card = render_finetuned_card(
+            MarlinConfig.from_pretrained(training_args.output_dir),
+            model_args.model,
+            data_args.train_data,
+            data_args.eval_data,
+            finite_metrics(metrics),
+            trainable,
+        )
+        (Path(training_args.output_dir) / "README.md").write_text(card)
         summary = {"eval": finite_metrics(metrics), "best_checkpoint": trainer.state.best_model_checkpoint}
         print(json.dumps({**summary, "trainable_parameters": trainable, "parameters": total}))
         if training_args.push_to_hub:
             repo_id = training_args.hub_model_id or Path(training_args.output_dir).absolute().name
-            print(f"pushed to {push_folder_to_hub(training_args.output_dir, repo_id, training_args.hub_token)}")
+            url = push_folder_to_hub(training_args.output_dir, repo_id, training_args.hub_token, "MARLIN fine-tuned")
+            print(f"pushed to {url}")
     return 0
 
 

@@ -202,3 +202,28 @@ def test_official_release_is_recognised_by_its_name_only(source, release):
     from marlin_transformers.model_card import official_release
 
     assert official_release(source) == release
+
+
+def test_cli_convert_push_to_hub_uploads_the_folder(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:  # offline: everything up to the upload call is real
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, exist_ok=False):
+            calls.append(("create_repo", repo_id, exist_ok))
+            return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def upload_folder(self, folder_path, repo_id, ignore_patterns, commit_message):
+            calls.append(("upload_folder", sorted(p.name for p in Path(folder_path).iterdir()), repo_id))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    out = tmp_path / "to_push"
+    assert main(["convert", str(FIXTURES / "tiny.encoder.pt"), str(out), *HEADS, "--push-to-hub", "me/marlin"]) == 0
+    assert "pushed to https://huggingface.co/me/marlin" in capsys.readouterr().out
+    assert calls[1] == ("create_repo", "me/marlin", True)
+    assert calls[2][0] == "upload_folder" and calls[2][2] == "me/marlin"
+    assert {"model.safetensors", "config.json", "README.md"} <= set(calls[2][1])

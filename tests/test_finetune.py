@@ -60,6 +60,7 @@ def class_folders(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_single_label_end_to_end(finetune, tiny_model, class_folders, tmp_path):
+    from huggingface_hub import ModelCard
     from transformers import AutoModelForVideoClassification
 
     out = tmp_path / "run"
@@ -76,6 +77,12 @@ def test_single_label_end_to_end(finetune, tiny_model, class_folders, tmp_path):
     assert len(weights) > 1 and {stat.S_IMODE(w.stat().st_mode) for w in weights} == {0o666 & ~umask}
     best = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())["best_metric"]
     assert best is not None
+    # The card: base model, data and the evaluation's metrics, also as model-index results the Hub reads.
+    card = ModelCard.load(out / "README.md")
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results["accuracy"] == pytest.approx(metrics["eval_accuracy"]) and "loss" in results
+    assert card.data.base_model is None and "(a local checkpoint)" in card.text  # a local path is no Hub id
+    assert str(class_folders[0]) in card.text and "labels: blue, green, red" in card.text
     model = AutoModelForVideoClassification.from_pretrained(out)
     assert type(model).__name__ == "MarlinForVideoClassification"
     assert model.config.id2label == {0: "blue", 1: "green", 2: "red"}

@@ -30,6 +30,12 @@ def _convert(args: argparse.Namespace) -> int:
         f"wrote {out} ({loaded.architectures[0]}, {loaded.hidden_size} wide, {loaded.num_hidden_layers} layers); "
         f'load it with AutoModel.from_pretrained("{out}")'
     )
+    if args.push_to_hub:
+        from .convert_marlin import push_folder_to_hub
+
+        message = f"MARLIN converted from {Path(args.source).name}"
+        url = push_folder_to_hub(out, args.push_to_hub, commit_message=message)
+        print(f"pushed to {url}")
     return 0
 
 
@@ -139,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output_dir", help="folder to write (must not exist or be empty)")
     convert.add_argument("--num-attention-heads", type=int, help="encoder heads (default: width / 64, as released)")
     convert.add_argument("--decoder-num-attention-heads", type=int, help="decoder heads (default: width / 64)")
+    convert.add_argument(
+        "--push-to-hub",
+        metavar="REPO_ID",
+        help="then upload the folder to this Hub repo (made if missing; token: HF_TOKEN or `hf auth login`)",
+    )
     convert.set_defaults(handler=_convert)
 
     extract = commands.add_parser(

@@ -308,3 +308,21 @@ def write_model_card(folder: Path, config: MarlinConfig, source: str, kind: str,
     (Path(folder) / "README.md").write_text(
         render_model_card(config, source=source, kind=kind, architecture=architecture)
     )
+
+
+def push_folder_to_hub(
+    folder: str | Path, repo_id: str, token: str | None = None, commit_message: str = "MARLIN from marlin-transformers"
+) -> str:
+    """Upload a model folder (not Trainer's checkpoints or logs) to the Hub repo `repo_id`, made if missing; returns
+    its URL. The token is `token`, else huggingface_hub's own (`HF_TOKEN`, `hf auth login`)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(
+        folder_path=str(folder),
+        repo_id=url.repo_id,
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.partial"],
+        commit_message=commit_message,
+    )
+    return str(url)

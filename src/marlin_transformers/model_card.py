@@ -103,3 +103,91 @@ is Apache-2.0.
 {CITATION}
 ```
 """
+
+
+# Trainer's evaluation keys that are timings or counters, not results.
+_NOT_RESULTS = ("runtime", "per_second", "epoch", "steps")
+
+
+def render_finetuned_card(
+    config: MarlinConfig,
+    base_model: str,
+    train_data: str,
+    eval_data: str,
+    metrics: dict,
+    trainable_parameters: int | None = None,
+) -> str:
+    """The model card `examples/finetune.py` writes: base model, data, the evaluation's metrics (also as `model-index`
+    results, which the Hub shows), labels, how to load it."""
+    import math
+
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from .convert_marlin import HUB_CHECKPOINTS, HUB_ID
+
+    release = official_release(base_model)
+    hub_base = HUB_CHECKPOINTS[release] if release else base_model if HUB_ID.fullmatch(base_model) else None
+    results = {
+        name.removeprefix("eval_"): float(value)
+        for name, value in metrics.items()
+        if isinstance(value, (int, float)) and not math.isnan(value) and not any(k in name for k in _NOT_RESULTS)
+    }
+    dataset = eval_data.rstrip("/").rsplit("/", 1)[-1]
+    data = ModelCardData(
+        license="cc-by-nc-4.0",
+        library_name="transformers",
+        pipeline_tag="video-classification",
+        base_model=hub_base,
+        tags=["marlin", "video", "face", "video-classification"],
+        model_name=f"MARLIN {variant_name(config)} fine-tuned ({config.problem_type})",
+        eval_results=[
+            EvalResult(
+                task_type="video-classification",
+                dataset_type="custom",
+                dataset_name=dataset,
+                metric_type=name,
+                metric_value=value,
+            )
+            for name, value in results.items()
+        ],
+    )
+    labels = ", ".join(config.id2label[i] for i in sorted(config.id2label))
+    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in results.items())
+    trained = f" ({trainable_parameters:,} parameters trained)" if trainable_parameters else ""
+    text = f"""
+# {data.model_name}
+
+MARLIN (Cai et al., CVPR 2023) with a linear head, fine-tuned by marlin-transformers' `examples/finetune.py`{trained}.
+
+- Base model: `{base_model}`{"" if hub_base else " (a local checkpoint)"}
+- Training data: `{train_data}`
+- Evaluation data: `{eval_data}` (the checkpoint kept is the best on it)
+- Problem type: {config.problem_type}; labels: {labels}
+
+## Results on the evaluation data
+
+| metric | value |
+| --- | --- |
+{rows}
+
+## Use
+
+```python
+import marlin_transformers  # registers MARLIN with the Auto classes
+from transformers import AutoModelForVideoClassification
+
+model = AutoModelForVideoClassification.from_pretrained("path/to/this/folder")
+logits = model(pixel_values_videos).logits  # (batch, {config.num_labels})
+```
+
+## Licence
+
+Weights derived from the official MARLIN release are under CC BY-NC 4.0 (non-commercial).
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{text}"))

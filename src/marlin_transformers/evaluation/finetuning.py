@@ -360,7 +360,7 @@ class FinetuningArguments(TrainingArguments):
     `greater_is_better` follows the metric) loaded at the end; 10 epochs at learning rate 1e-4, weight decay 0.05;
     2 videos (all their windows) per evaluation batch; 4 data-loader workers; seed 0; a log every 10 steps; at most 2
     checkpoints kept; `hub_strategy="end"` (with `push_to_hub`, the Trainer only creates the repo: upload the final
-    folder with `push_folder_to_hub`). Without an accelerator it runs on the CPU (`use_cpu`).
+    folder with `convert_marlin.push_folder_to_hub`). Without an accelerator it runs on the CPU (`use_cpu`).
     """
 
     output_dir: str = field(metadata={"help": "where checkpoints, metrics and the final model folder are written"})
@@ -482,18 +482,3 @@ def save_finetuned(model, folder: str | os.PathLike, merge_lora: bool = False) -
         honour_umask(folder)
         return
     save_marlin_folder(export_model(model), folder)
-
-
-def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None) -> str:
-    """Upload the final model folder (not the Trainer's checkpoints); returns the repo's URL."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    url = api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(
-        folder_path=str(folder),
-        repo_id=url.repo_id,
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.partial"],
-        commit_message="MARLIN fine-tuned with marlin_transformers.evaluation.finetuning",
-    )
-    return str(url)
