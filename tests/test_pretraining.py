@@ -381,7 +381,8 @@ def test_resume_matches_an_uninterrupted_run(tiny_videos, tmp_path, capsys):
     # On the terminal: the step bar (stderr), with the latest losses, and one line per evaluation (stdout; steps 0, 5).
     shown = capsys.readouterr()
     assert "pretraining: 100%" in shown.err and "5/5" in shown.err and "rec=" in shown.err
-    assert shown.out.count("held-out reconstruction MSE") == 2 and "step 5/5: held-out reconstruction MSE" in shown.out
+    assert shown.out.count("held-out reconstruction MSE") == 2 and "step 0/5: held-out reconstruction MSE" in shown.out
+    assert f"step 5/5: rec_loss {full.train_log[-1]['rec_loss']:.5f}, d_loss" in shown.out
     # Gradient checkpointing recomputes the same numbers: the resumed run uses it.
     checkpoint = str(tmp_path / "full" / "checkpoints" / "step_2")
     resumed = train(tiny_run(tiny_videos, tmp_path / "resumed", resume=checkpoint, gradient_checkpointing=True))

@@ -496,7 +496,13 @@ def train(args: PretrainingArguments) -> PretrainingResult:
         if not is_main:
             return
         if not args.quiet:
-            bar.write(f"step {step}/{max_steps}: held-out reconstruction MSE {mse:.5f}")
+            latest = train_log[-1] if train_log else None
+            losses = (
+                f"rec_loss {latest['rec_loss']:.5f}, d_loss {latest['d_loss']:.4g}, lr {latest['lr']:.2e}; "
+                if latest
+                else ""
+            )
+            bar.write(f"step {step}/{max_steps}: {losses}held-out reconstruction MSE {mse:.5f}")
         accelerator.log({"eval/rec_loss": mse}, step=step)
         append_eval_log(output_dir / "eval.csv", step, mse)
         if args.image_steps and (step % args.image_steps == 0 or step == max_steps):
