@@ -173,6 +173,8 @@ def test_cli_extract_summary_names_the_manifest_once(tiny_model_dir, videos, tmp
     err = capsys.readouterr().err
     assert f"see {tmp_path / 'features' / 'manifest.jsonl'}" in err and "//" not in err
     assert "Loading weights" not in err and err.count("\n") == 1  # --quiet: the summary line only
+    record = json.loads((tmp_path / "features" / "manifest.jsonl").read_text())
+    assert (record["num_frames"], record["image_size"], record["sample_rate"]) == (16, 32, 2)  # the model's, in effect
 
 
 def test_cli_extract_other_clip_lengths_and_sizes(tiny_model_dir, videos, tmp_path, capsys):

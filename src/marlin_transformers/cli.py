@@ -67,7 +67,6 @@ def _extract(args: argparse.Namespace) -> int:
         )
 
     metadata = {"model": str(args.model), "dtype": args.dtype, "crop_face": args.crop_face, "keep_seq": args.keep_seq}
-    metadata.update(num_frames=args.num_frames, image_size=args.image_size)
     summary = run_extraction(args.inputs, args.out, make_extractor, metadata, show_progress=not args.quiet)
     if not summary.is_main_process:  # one summary for a multi-process run, counting every process
         return 1 if summary.failed else 0

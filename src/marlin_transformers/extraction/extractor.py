@@ -135,6 +135,8 @@ class MarlinFeatureExtractor:
                 f"of {config.tubelet_size} and sizes that are multiples of {config.patch_size}."
             )
         self.interpolate_pos_encoding = (num_frames, image_size) != (config.num_frames, config.image_size)
+        # What a manifest line records of how its features were made (beside the model and dtype).
+        self.settings = {"num_frames": num_frames, "image_size": image_size, "sample_rate": sample_rate}
         self.processor = MarlinVideoProcessor(size={"height": image_size, "width": image_size}, num_frames=num_frames)
         self.encode = torch.compile(self.model) if compile else self.model
         self.batch_size = batch_size

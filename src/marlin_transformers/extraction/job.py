@@ -146,6 +146,7 @@ def run_extraction(
     for path in videos_bar:
         videos_bar.set_postfix_str(path.name[-40:])
         record = {"input": str(path), "status": "ok", "error": None, "output": names[path], **(metadata or {})}
+        record.update(getattr(extractor, "settings", {}))
         started = time.perf_counter()
         windows_bar = tqdm(desc=f"{label}windows", unit="window", disable=not show_progress, position=1, leave=False)
         try:
