@@ -224,3 +224,34 @@ def test_window_progress_counts_encoded_windows(tiny_model_dir, videos):
     bar = Bar()
     result = extractor(videos / "a" / "clip.mp4", progress=bar)
     assert bar.shown == len(result.windows) == sum(encoded) > 0
+
+
+def test_outputs_are_bound_to_their_input_and_settings(tiny_model_dir, tmp_path, capsys):
+    day1, day2, out = tmp_path / "day1", tmp_path / "day2", tmp_path / "features"
+    day1.mkdir()
+    day2.mkdir()
+    encode_video(day1 / "clip.mp4", indexed_frames(20, 64, 64))
+    encode_video(day2 / "clip.mp4", indexed_frames(24, 64, 64))
+    run = ["extract", "--model", str(tiny_model_dir), "--out", str(out), "--quiet"]
+
+    # Same name in two runs: the second input gets its own file, and the first stays done and untouched.
+    assert main([run[0], str(day1 / "clip.mp4"), *run[1:]]) == 0
+    first = (out / "clip.npy").read_bytes()
+    assert main([run[0], str(day2 / "clip.mp4"), *run[1:]]) == 0
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len({r["output"] for r in records}) == 2 and (out / "clip.npy").read_bytes() == first
+    capsys.readouterr()
+    assert main([run[0], str(day1 / "clip.mp4"), *run[1:]]) == 0
+    assert "0 done, 1 already done" in capsys.readouterr().err
+
+    # The input changed since: done again, not skipped.
+    encode_video(day1 / "clip.mp4", indexed_frames(40, 64, 64))
+    assert main([run[0], str(day1 / "clip.mp4"), *run[1:]]) == 0
+    assert "1 done, 0 already done" in capsys.readouterr().err
+
+    # Other settings into the same folder: one line, nothing written.
+    before = (out / "manifest.jsonl").read_text()
+    assert main([run[0], str(day1 / "clip.mp4"), *run[1:], "--keep-seq"]) == 1
+    err = capsys.readouterr().err
+    assert "holds features made with other settings (keep_seq)" in err and err.count("\n") == 1
+    assert (out / "manifest.jsonl").read_text() == before

@@ -67,7 +67,17 @@ def _extract(args: argparse.Namespace) -> int:
         )
 
     metadata = {"model": str(args.model), "dtype": args.dtype, "crop_face": args.crop_face, "keep_seq": args.keep_seq}
-    summary = run_extraction(args.inputs, args.out, make_extractor, metadata, show_progress=not args.quiet)
+    from .extraction.job import model_identity
+
+    # What makes the features (not --batch-size, --device or --compile, which change only how fast they come).
+    settings = {
+        "model": model_identity(args.model),
+        **{k: getattr(args, k) for k in ("dtype", "crop_face", "no_face", "face_margin", "keep_seq")},
+        **{k: getattr(args, k) for k in ("sample_rate", "stride", "stride_seconds", "num_frames", "image_size")},
+    }
+    summary = run_extraction(
+        args.inputs, args.out, make_extractor, metadata, show_progress=not args.quiet, settings=settings
+    )
     if not summary.is_main_process:  # one summary for a multi-process run, counting every process
         return 1 if summary.failed else 0
     print(

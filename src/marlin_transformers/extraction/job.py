@@ -4,6 +4,11 @@ Each input gets `OUT/<name>.npy` (written to a temporary file and renamed, so a 
 file) and one JSON line in `OUT/manifest.jsonl`. A re-run skips inputs whose last line says `ok` and whose npy
 exists, and retries the rest. Under `accelerate launch`, process `r` of `n` takes every n-th input, appends to its
 own `manifest.rank<r>.jsonl`, and the main process folds those into `manifest.jsonl` at the end.
+
+Outputs are bound to their input and settings: a record holds the input's identity (resolved path, size, mtime) and
+the fingerprint of the model and options; a re-run skips an input only when both match (a changed file is done
+again), a folder made with other settings is refused with one line, and an output name once given to one input is
+never given to another in a later run.
 """
 
 from __future__ import annotations
@@ -63,6 +68,37 @@ def output_names(inputs: list[Path]) -> dict[Path, str]:
     return names
 
 
+def input_identity(path: Path) -> dict | None:
+    """What a record binds its output to: the input's resolved path, size and modification time (None if missing)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return {"resolved": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def model_identity(model: str | os.PathLike) -> str | dict:
+    """A model as outputs are bound to it: a Hub id as given; a local file or folder by its resolved path and the
+    size and modification time of its weight and config files (so a folder overwritten in place is another model)."""
+    path = Path(model)
+    if not path.exists():
+        return str(model)
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".pt", ".bin", ".ckpt"})
+    )
+    return {
+        "resolved": str(path.resolve()),
+        "files": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files},
+    }
+
+
+def settings_fingerprint(settings: dict) -> str:
+    """16 hex digits of SHA-256 over the settings that make the features (model identity and options)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def read_manifest_records(out_dir: Path) -> dict[str, dict]:
     """Last record per input over `manifest.jsonl` and any per-process shards left by an interrupted run."""
     records: dict[str, dict] = {}
@@ -108,6 +144,7 @@ def run_extraction(
     make_extractor: Callable[[str], object],
     metadata: dict | None = None,
     show_progress: bool = True,
+    settings: dict | None = None,
 ) -> JobSummary:
     """Extract every input into `out_dir`, resuming and sharding as described in the module docstring.
 
@@ -116,6 +153,9 @@ def run_extraction(
             `MarlinFeatureExtractor`-like callable `(path, progress=bar) -> VideoFeatures`. Called only if there is
             something to do.
         metadata: extra fields for every manifest line (model, dtype...).
+        settings: what makes the features (model identity, dtype, cropping, windows...): each line records their
+            `settings_fingerprint`, and a folder holding features made with other settings is refused (one folder,
+            one feature set: the linear probe and the readers of a folder take its features as comparable).
     """
     import torch
     from accelerate import PartialState
@@ -128,6 +168,21 @@ def run_extraction(
     all_inputs = discover_inputs(inputs)
     names = output_names(all_inputs)
     previous = read_manifest_records(out_dir)
+    fingerprint = settings_fingerprint(settings or {})
+    done_before = [r for r in previous.values() if r.get("status") == "ok"]
+    other = [r for r in done_before if r.get("fingerprint") != fingerprint]
+    if other:
+        changed = sorted(k for k in (settings or {}) if other[0].get("settings", {}).get(k) != settings[k])
+        said = ", ".join(changed) if changed else "unrecorded: made by an earlier version"
+        raise MarlinError(
+            f"{out_dir}: holds features made with other settings ({said}); extract into another --out folder "
+            "(one folder holds one model's features made one way)."
+        )
+    # An output name a previous run gave another input is never reused: this input gets its hashed name.
+    taken = {r["output"]: r["input"] for r in done_before if r.get("output")}
+    for path in all_inputs:
+        if taken.get(names[path], str(path)) != str(path):
+            names[path] = f"{path.stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}.npy"
     shard = all_inputs[state.process_index :: state.num_processes]
     manifest = out_dir / (MANIFEST if state.num_processes == 1 else f"manifest.rank{state.process_index}.jsonl")
 
@@ -135,7 +190,12 @@ def run_extraction(
     todo = []
     for path in shard:
         record = previous.get(str(path))
-        if record and record.get("status") == "ok" and (out_dir / record["output"]).is_file():
+        if (
+            record
+            and record.get("status") == "ok"
+            and record.get("identity") == input_identity(path)  # the same file, unchanged since
+            and (out_dir / record["output"]).is_file()
+        ):
             summary.skipped += 1
         else:
             todo.append(path)
@@ -147,6 +207,7 @@ def run_extraction(
         videos_bar.set_postfix_str(path.name[-40:])
         record = {"input": str(path), "status": "ok", "error": None, "output": names[path], **(metadata or {})}
         record.update(getattr(extractor, "settings", {}))
+        record.update(identity=input_identity(path), fingerprint=fingerprint, settings=settings or {})
         started = time.perf_counter()
         windows_bar = tqdm(desc=f"{label}windows", unit="window", disable=not show_progress, position=1, leave=False)
         try:
