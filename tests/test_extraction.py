@@ -255,3 +255,26 @@ def test_outputs_are_bound_to_their_input_and_settings(tiny_model_dir, tmp_path,
     err = capsys.readouterr().err
     assert "holds features made with other settings (keep_seq)" in err and err.count("\n") == 1
     assert (out / "manifest.jsonl").read_text() == before
+
+
+def test_manifest_survives_a_torn_line_and_stranded_process_records(tiny_model_dir, videos, tmp_path, capsys):
+    out = tmp_path / "features"
+    run = ["extract", "--model", str(tiny_model_dir), "--out", str(out), "--quiet"]
+    assert main([run[0], str(videos / "short.webm"), *run[1:]]) == 0
+    done = (out / "manifest.jsonl").read_text()
+    # A crash mid-write left half a line; a killed multi-process run left a process's records in its shard.
+    (out / "manifest.jsonl").write_text(done + '{"input": "/cut/short')
+    record = json.loads(done)
+    stranded = {**record, "input": str(videos / "a" / "clip.mp4"), "output": "stranded.npy"}
+    (out / "manifest.rank1.jsonl").write_text(json.dumps(stranded))  # no final newline either
+    np.save(out / "stranded.npy", np.zeros((2, 32), np.float32))
+    assert main([run[0], str(videos / "b" / "clip.mkv"), *run[1:]]) == 0
+    assert not list(out.glob("manifest.rank*"))
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError:
+            assert line == '{"input": "/cut/short'  # the torn fragment alone, nothing glued to it
+    assert [os.path.basename(r["input"]) for r in parsed] == ["short.webm", "clip.mp4", "clip.mkv"]

@@ -114,11 +114,22 @@ def read_manifest_records(out_dir: Path) -> dict[str, dict]:
     return records
 
 
-def _append_line(path: Path, record: dict) -> None:
+def _append_lines(path: Path, lines: list[str]) -> None:
+    """Append whole lines, synced; after a line torn by a crash (no final newline), start on a new line, so the torn
+    fragment stays one unreadable line (skipped on read) and never swallows a record."""
+    torn = False
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as file:
+            file.seek(-1, os.SEEK_END)
+            torn = file.read(1) != b"\n"
     with open(path, "a") as file:
-        file.write(json.dumps(record) + "\n")
+        file.write(("\n" if torn else "") + "".join(line + "\n" for line in lines))
         file.flush()
         os.fsync(file.fileno())
+
+
+def _append_line(path: Path, record: dict) -> None:
+    _append_lines(path, [json.dumps(record)])
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
@@ -167,6 +178,10 @@ def run_extraction(
     out_dir.mkdir(parents=True, exist_ok=True)
     all_inputs = discover_inputs(inputs)
     names = output_names(all_inputs)
+    # Per-process records an interrupted multi-process run left behind join the manifest before anything else.
+    if state.is_main_process and any(out_dir.glob("manifest.rank*.jsonl")):
+        _merge_shards(out_dir)
+    state.wait_for_everyone()
     previous = read_manifest_records(out_dir)
     fingerprint = settings_fingerprint(settings or {})
     done_before = [r for r in previous.values() if r.get("status") == "ok"]
@@ -241,10 +256,6 @@ def run_extraction(
 def _merge_shards(out_dir: Path) -> None:
     """Append the per-process shards to `manifest.jsonl`, then remove them (main process only)."""
     shards = sorted(out_dir.glob("manifest.rank*.jsonl"))
-    with open(out_dir / MANIFEST, "a") as manifest:
-        for shard in shards:
-            manifest.write(shard.read_text())
-        manifest.flush()
-        os.fsync(manifest.fileno())
+    _append_lines(out_dir / MANIFEST, [line for shard in shards for line in shard.read_text().splitlines() if line])
     for shard in shards:
         shard.unlink()
