@@ -278,3 +278,31 @@ def test_manifest_survives_a_torn_line_and_stranded_process_records(tiny_model_d
         except json.JSONDecodeError:
             assert line == '{"input": "/cut/short'  # the torn fragment alone, nothing glued to it
     assert [os.path.basename(r["input"]) for r in parsed] == ["short.webm", "clip.mp4", "clip.mkv"]
+
+
+def test_a_folder_another_run_holds_is_refused_and_a_dead_run_leaves_no_lock(tiny_model_dir, videos, tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "features"
+    out.mkdir()
+    run = ["extract", str(videos / "short.webm"), "--model", str(tiny_model_dir), "--out", str(out), "--quiet"]
+    with open(out / ".marlin-extract.lock", "a") as held:  # another run, alive, holds the folder
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(run) == 1
+        assert "another marlin extract is writing into this folder" in capsys.readouterr().err
+        assert not (out / "manifest.jsonl").exists()
+    # A run killed with -9 while holding the folder: the OS drops its lock, and the next run goes ahead.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import fcntl, time; f = open({str(out / '.marlin-extract.lock')!r}, 'a'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    assert main(run) == 0

@@ -68,6 +68,25 @@ def output_names(inputs: list[Path]) -> dict[Path, str]:
     return names
 
 
+LOCK = ".marlin-extract.lock"
+
+
+def lock_folder(out_dir: Path):
+    """Hold `out_dir` for this run: an exclusive `flock` on its lock file, which the OS drops when the process ends,
+    however it ends (so a killed run never leaves the folder locked). Returns the open file; keep it open."""
+    import fcntl
+
+    handle = open(out_dir / LOCK, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise MarlinError(
+            f"{out_dir}: another marlin extract is writing into this folder; wait for it to end or use another --out."
+        ) from None
+    return handle
+
+
 def input_identity(path: Path) -> dict | None:
     """What a record binds its output to: the input's resolved path, size and modification time (None if missing)."""
     try:
@@ -178,6 +197,8 @@ def run_extraction(
     out_dir.mkdir(parents=True, exist_ok=True)
     all_inputs = discover_inputs(inputs)
     names = output_names(all_inputs)
+    # One run at a time per folder (the main process holds it for the run's processes).
+    lock = lock_folder(out_dir) if state.is_main_process else None
     # Per-process records an interrupted multi-process run left behind join the manifest before anything else.
     if state.is_main_process and any(out_dir.glob("manifest.rank*.jsonl")):
         _merge_shards(out_dir)
@@ -250,6 +271,8 @@ def run_extraction(
         torch.distributed.all_reduce(counts)  # the whole run's counts on every process, so all exit alike
         done, skipped, failed = (int(count) for count in counts.tolist())
         summary = JobSummary(done, skipped, failed, is_main_process=state.is_main_process)
+    if lock is not None:
+        lock.close()
     return summary
 
 
