@@ -39,3 +39,26 @@ def test_every_option_of_every_subcommand_has_help_with_its_default():
                 ):
                     missing.append(f"{label}: help does not give the default {action.default!r}")
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--sample-rate", "0"),
+        ("--stride", "0"),
+        ("--stride-seconds", "-1"),
+        ("--face-margin", "0"),
+        ("--face-margin", "-2"),
+        ("--face-margin", "1000"),
+        ("--batch-size", "0"),
+        ("--num-frames", "-8"),
+        ("--image-size", "abc"),
+    ],
+)
+def test_extract_ranges_are_checked_up_front(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", "video.mp4", "--model", "m", "--out", str(tmp_path / "out"), flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"marlin extract: error: argument {flag}: ") and value in err[-1]
+    assert not (tmp_path / "out").exists()  # nothing read, nothing written

@@ -8,6 +8,26 @@ from .constants import MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
 from .exceptions import MarlinError
 
 
+def _positive(kind: type, maximum: float | None = None):
+    """An argparse type: a number of `kind` above 0 (and at most `maximum`), else argparse's one-line error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not value > 0 or (maximum is not None and value > maximum):
+            bound = f" and at most {maximum:g}" if maximum is not None else ""
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give a value above 0{bound}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT = _positive(int)
+POSITIVE_FLOAT = _positive(float)
+
+
 def _convert(args: argparse.Namespace) -> int:
     from .configuration_marlin import MarlinConfig
     from .convert_marlin import convert_checkpoint, infer_config, load_reference_state_dict
@@ -182,14 +202,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="error",
         help="with --crop-face, a video without any face is an error (default) or gets a centre crop",
     )
-    extract.add_argument("--face-margin", type=float, default=1.0, help="crop side / face box side (default 1.0)")
     extract.add_argument(
-        "--sample-rate", type=int, default=SAMPLE_RATE, help=f"take every n-th frame (default {SAMPLE_RATE})"
+        "--face-margin",
+        type=_positive(float, 4.0),
+        default=1.0,
+        help="crop side / face box side, above 0 and at most 4 (default 1.0)",
     )
     extract.add_argument(
-        "--stride", type=int, default=STRIDE, help=f"next window after this many sampled frames (default {STRIDE})"
+        "--sample-rate", type=POSITIVE_INT, default=SAMPLE_RATE, help=f"take every n-th frame (default {SAMPLE_RATE})"
     )
-    extract.add_argument("--stride-seconds", type=float, default=None, help="window spacing in seconds instead")
+    extract.add_argument(
+        "--stride",
+        type=POSITIVE_INT,
+        default=STRIDE,
+        help=f"next window after this many sampled frames (default {STRIDE})",
+    )
+    extract.add_argument(
+        "--stride-seconds", type=POSITIVE_FLOAT, default=None, help="window spacing in seconds instead"
+    )
     extract.add_argument("--keep-seq", action="store_true", help="save every token (windows x 1568 x hidden)")
     extract.add_argument(
         "--dtype",
@@ -198,16 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="encoder precision (default float32; bfloat16 is faster on CPUs with AVX-512 BF16 or AMX and on GPUs)",
     )
     extract.add_argument("--device", default=None, help="torch device (default: this process's accelerator or cpu)")
-    extract.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    extract.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="windows per forward pass (default 4)")
     extract.add_argument(
         "--num-frames",
-        type=int,
+        type=POSITIVE_INT,
         default=None,
         help="frames per window, a multiple of 2 (default: the model's, 16; others resample its position table)",
     )
     extract.add_argument(
         "--image-size",
-        type=int,
+        type=POSITIVE_INT,
         default=None,
         help="frame side in pixels, a multiple of 16 (default: the model's, 224; others resample its position table)",
     )
@@ -242,9 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask-ratio", type=float, default=None, help="fraction of tokens masked (default: the config's, 0.9)"
     )
     show_mask.add_argument(
-        "--sample-rate", type=int, default=SAMPLE_RATE, help=f"take every n-th frame (default {SAMPLE_RATE})"
+        "--sample-rate", type=POSITIVE_INT, default=SAMPLE_RATE, help=f"take every n-th frame (default {SAMPLE_RATE})"
     )
-    show_mask.add_argument("--frames", type=int, default=4, help="frames shown (default 4)")
+    show_mask.add_argument("--frames", type=POSITIVE_INT, default=4, help="frames shown (default 4)")
     show_mask.add_argument("--seed", type=int, default=0, help="seed of the mask's random draws (default 0)")
     show_mask.set_defaults(handler=_show_mask)
 
@@ -262,10 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
         "script; face: MTCNN tracking, as the paper; none: label CSVs only",
     )
     celebvhq.add_argument(
-        "--size", type=int, default=MARLIN_CROP_SIZE, help=f"side of the square crops (default {MARLIN_CROP_SIZE})"
+        "--size",
+        type=POSITIVE_INT,
+        default=MARLIN_CROP_SIZE,
+        help=f"side of the square crops (default {MARLIN_CROP_SIZE})",
     )
     celebvhq.add_argument("--seed", type=int, default=0, help="seed of the 80/10/10 split (default 0)")
-    celebvhq.add_argument("--num-workers", type=int, default=1, help="videos cropped in parallel (default 1)")
+    celebvhq.add_argument("--num-workers", type=POSITIVE_INT, default=1, help="videos cropped in parallel (default 1)")
     celebvhq.set_defaults(handler=_prepare_celebvhq)
 
     demo = commands.add_parser(
