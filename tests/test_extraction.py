@@ -256,6 +256,19 @@ def test_outputs_are_bound_to_their_input_and_settings(tiny_model_dir, tmp_path,
     assert "holds features made with other settings (keep_seq)" in err and err.count("\n") == 1
     assert (out / "manifest.jsonl").read_text() == before
 
+    # A refused run releases the folder at once, even while its error (and so its frames) is still held, as a
+    # notebook holds the last traceback.
+    import fcntl
+
+    from marlin_transformers.exceptions import MarlinError
+    from marlin_transformers.extraction.job import run_extraction
+
+    with pytest.raises(MarlinError) as refused:
+        run_extraction([day1 / "clip.mp4"], out, lambda device: None, settings={"other": True}, show_progress=False)
+    with open(out / ".marlin-extract.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if the refused run still held it
+    assert refused.value.__traceback__ is not None
+
 
 def test_manifest_survives_a_torn_line_and_stranded_process_records(tiny_model_dir, videos, tmp_path, capsys):
     out = tmp_path / "features"

@@ -61,7 +61,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _extract(args: argparse.Namespace) -> int:
     from .extraction import MarlinFeatureExtractor
-    from .extraction.job import run_extraction
+    from .extraction.job import model_identity, run_extraction
 
     if args.quiet:  # transformers' "Loading weights" bar too: only errors and the summary
         from transformers.utils import logging as transformers_logging
@@ -87,8 +87,6 @@ def _extract(args: argparse.Namespace) -> int:
         )
 
     metadata = {"model": str(args.model), "dtype": args.dtype, "crop_face": args.crop_face, "keep_seq": args.keep_seq}
-    from .extraction.job import model_identity
-
     # What makes the features (not --batch-size, --device or --compile, which change only how fast they come).
     settings = {
         "model": model_identity(args.model),

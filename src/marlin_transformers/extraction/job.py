@@ -13,6 +13,7 @@ never given to another in a later run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -58,14 +59,12 @@ def output_names(inputs: list[Path]) -> dict[Path, str]:
     counts: dict[str, int] = {}
     for path in inputs:
         counts[path.stem] = counts.get(path.stem, 0) + 1
-    names = {}
-    for path in inputs:
-        if counts[path.stem] == 1:
-            names[path] = f"{path.stem}.npy"
-        else:
-            digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
-            names[path] = f"{path.stem}-{digest}.npy"
-    return names
+    return {path: f"{path.stem}.npy" if counts[path.stem] == 1 else hashed_output_name(path) for path in inputs}
+
+
+def hashed_output_name(path: Path) -> str:
+    """`<stem>-<8 hex of the path>.npy`: the name of an input whose stem another input has (in this run or before)."""
+    return f"{path.stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}.npy"
 
 
 LOCK = ".marlin-extract.lock"
@@ -73,7 +72,8 @@ LOCK = ".marlin-extract.lock"
 
 def lock_folder(out_dir: Path):
     """Hold `out_dir` for this run: an exclusive `flock` on its lock file, which the OS drops when the process ends,
-    however it ends (so a killed run never leaves the folder locked). Returns the open file; keep it open."""
+    however it ends (so a killed run never leaves the folder locked). Returns the open file: closing it (as a `with`
+    block does, on any exit) releases the folder."""
     import fcntl
 
     handle = open(out_dir / LOCK, "a")
@@ -107,10 +107,8 @@ def model_identity(model: str | os.PathLike) -> str | dict:
         if path.is_file()
         else sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".pt", ".bin", ".ckpt"})
     )
-    return {
-        "resolved": str(path.resolve()),
-        "files": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files},
-    }
+    stats = {f.name: f.stat() for f in files}
+    return {"resolved": str(path.resolve()), "files": {name: [s.st_size, s.st_mtime_ns] for name, s in stats.items()}}
 
 
 def settings_fingerprint(settings: dict) -> str:
@@ -197,82 +195,82 @@ def run_extraction(
     out_dir.mkdir(parents=True, exist_ok=True)
     all_inputs = discover_inputs(inputs)
     names = output_names(all_inputs)
-    # One run at a time per folder (the main process holds it for the run's processes).
-    lock = lock_folder(out_dir) if state.is_main_process else None
-    # Per-process records an interrupted multi-process run left behind join the manifest before anything else.
-    if state.is_main_process and any(out_dir.glob("manifest.rank*.jsonl")):
-        _merge_shards(out_dir)
-    state.wait_for_everyone()
-    previous = read_manifest_records(out_dir)
-    fingerprint = settings_fingerprint(settings or {})
-    done_before = [r for r in previous.values() if r.get("status") == "ok"]
-    other = [r for r in done_before if r.get("fingerprint") != fingerprint]
-    if other:
-        changed = sorted(k for k in (settings or {}) if other[0].get("settings", {}).get(k) != settings[k])
-        said = ", ".join(changed) if changed else "unrecorded: made by an earlier version"
-        raise MarlinError(
-            f"{out_dir}: holds features made with other settings ({said}); extract into another --out folder "
-            "(one folder holds one model's features made one way)."
-        )
-    # An output name a previous run gave another input is never reused: this input gets its hashed name.
-    taken = {r["output"]: r["input"] for r in done_before if r.get("output")}
-    for path in all_inputs:
-        if taken.get(names[path], str(path)) != str(path):
-            names[path] = f"{path.stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}.npy"
-    shard = all_inputs[state.process_index :: state.num_processes]
-    manifest = out_dir / (MANIFEST if state.num_processes == 1 else f"manifest.rank{state.process_index}.jsonl")
-
-    summary = JobSummary()
-    todo = []
-    for path in shard:
-        record = previous.get(str(path))
-        if (
-            record
-            and record.get("status") == "ok"
-            and record.get("identity") == input_identity(path)  # the same file, unchanged since
-            and (out_dir / record["output"]).is_file()
-        ):
-            summary.skipped += 1
-        else:
-            todo.append(path)
-
-    extractor = make_extractor(str(state.device)) if todo else None
-    label = f"[{state.process_index}] " if state.num_processes > 1 else ""
-    videos_bar = tqdm(todo, desc=f"{label}videos", unit="video", disable=not show_progress, position=0)
-    for path in videos_bar:
-        videos_bar.set_postfix_str(path.name[-40:])
-        record = {"input": str(path), "status": "ok", "error": None, "output": names[path], **(metadata or {})}
-        record.update(getattr(extractor, "settings", {}))
-        record.update(identity=input_identity(path), fingerprint=fingerprint, settings=settings or {})
-        started = time.perf_counter()
-        windows_bar = tqdm(desc=f"{label}windows", unit="window", disable=not show_progress, position=1, leave=False)
-        try:
-            result = extractor(path, progress=windows_bar)
-            save_npy_atomic(out_dir / names[path], result.features)
-            record.update(windows=result.windows, shape=list(result.features.shape))
-            summary.done += 1
-        except Exception as error:  # one bad input never stops the job
-            message = str(error) if isinstance(error, MarlinError) else f"{type(error).__name__}: {error}"
-            message = " ".join(message.split())
-            record.update(status="error", error=message, output=None, windows=[])
-            summary.failed += 1
-            named = message if str(path) in message else f"{path}: {message}"  # our errors name the input already
-            tqdm.write(f"marlin extract: {named}", file=sys.stderr)
-        finally:
-            windows_bar.close()
-        record["seconds"] = round(time.perf_counter() - started, 3)
-        _append_line(manifest, record)
-
-    if state.num_processes > 1:
-        state.wait_for_everyone()
-        if state.is_main_process:
+    # One run at a time per folder (the main process holds it for the run's processes, released on any exit).
+    with lock_folder(out_dir) if state.is_main_process else contextlib.nullcontext():
+        # Per-process records an interrupted multi-process run left behind join the manifest before anything else.
+        if state.is_main_process and any(out_dir.glob("manifest.rank*.jsonl")):
             _merge_shards(out_dir)
-        counts = torch.tensor([summary.done, summary.skipped, summary.failed], device=state.device)
-        torch.distributed.all_reduce(counts)  # the whole run's counts on every process, so all exit alike
-        done, skipped, failed = (int(count) for count in counts.tolist())
-        summary = JobSummary(done, skipped, failed, is_main_process=state.is_main_process)
-    if lock is not None:
-        lock.close()
+        state.wait_for_everyone()
+        previous = read_manifest_records(out_dir)
+        fingerprint = settings_fingerprint(settings or {})
+        done_before = [r for r in previous.values() if r.get("status") == "ok"]
+        other = [r for r in done_before if r.get("fingerprint") != fingerprint]
+        if other:
+            changed = sorted(k for k in (settings or {}) if other[0].get("settings", {}).get(k) != settings[k])
+            said = ", ".join(changed) if changed else "unrecorded: made by an earlier version"
+            raise MarlinError(
+                f"{out_dir}: holds features made with other settings ({said}); extract into another --out folder "
+                "(one folder holds one model's features made one way)."
+            )
+        # An output name a previous run gave another input is never reused: this input gets its hashed name.
+        taken = {r["output"]: r["input"] for r in done_before if r.get("output")}
+        for path in all_inputs:
+            if taken.get(names[path], str(path)) != str(path):
+                names[path] = hashed_output_name(path)
+        shard = all_inputs[state.process_index :: state.num_processes]
+        manifest = out_dir / (MANIFEST if state.num_processes == 1 else f"manifest.rank{state.process_index}.jsonl")
+
+        summary = JobSummary()
+        todo = []
+        for path in shard:
+            record = previous.get(str(path))
+            if (
+                record
+                and record.get("status") == "ok"
+                and record.get("identity") == input_identity(path)  # the same file, unchanged since
+                and (out_dir / record["output"]).is_file()
+            ):
+                summary.skipped += 1
+            else:
+                todo.append(path)
+
+        extractor = make_extractor(str(state.device)) if todo else None
+        label = f"[{state.process_index}] " if state.num_processes > 1 else ""
+        videos_bar = tqdm(todo, desc=f"{label}videos", unit="video", disable=not show_progress, position=0)
+        for path in videos_bar:
+            videos_bar.set_postfix_str(path.name[-40:])
+            record = {"input": str(path), "status": "ok", "error": None, "output": names[path], **(metadata or {})}
+            record.update(getattr(extractor, "settings", {}))
+            record.update(identity=input_identity(path), fingerprint=fingerprint, settings=settings or {})
+            started = time.perf_counter()
+            windows_bar = tqdm(
+                desc=f"{label}windows", unit="window", disable=not show_progress, position=1, leave=False
+            )
+            try:
+                result = extractor(path, progress=windows_bar)
+                save_npy_atomic(out_dir / names[path], result.features)
+                record.update(windows=result.windows, shape=list(result.features.shape))
+                summary.done += 1
+            except Exception as error:  # one bad input never stops the job
+                message = str(error) if isinstance(error, MarlinError) else f"{type(error).__name__}: {error}"
+                message = " ".join(message.split())
+                record.update(status="error", error=message, output=None, windows=[])
+                summary.failed += 1
+                named = message if str(path) in message else f"{path}: {message}"  # our errors name the input already
+                tqdm.write(f"marlin extract: {named}", file=sys.stderr)
+            finally:
+                windows_bar.close()
+            record["seconds"] = round(time.perf_counter() - started, 3)
+            _append_line(manifest, record)
+
+        if state.num_processes > 1:
+            state.wait_for_everyone()
+            if state.is_main_process:
+                _merge_shards(out_dir)
+            counts = torch.tensor([summary.done, summary.skipped, summary.failed], device=state.device)
+            torch.distributed.all_reduce(counts)  # the whole run's counts on every process, so all exit alike
+            done, skipped, failed = (int(count) for count in counts.tolist())
+            summary = JobSummary(done, skipped, failed, is_main_process=state.is_main_process)
     return summary
 
 
