@@ -39,11 +39,16 @@ PACKAGE = "transformers_release_tests"
 
 def _load_suite():
     """Import the release's `test_modeling_common` and `test_configuration_common` as a package, with the stand-ins."""
-    if PACKAGE in sys.modules:
-        return (
-            importlib.import_module(f"{PACKAGE}.test_modeling_common"),
-            importlib.import_module(f"{PACKAGE}.test_configuration_common"),
-        )
+    if PACKAGE not in sys.modules:
+        _register_package()
+    return (
+        importlib.import_module(f"{PACKAGE}.test_modeling_common"),
+        importlib.import_module(f"{PACKAGE}.test_configuration_common"),
+    )
+
+
+def _register_package() -> None:
+    """The fetched `tests/` folder as package `PACKAGE`, with stand-ins for the modules the sdist leaves out."""
     package = types.ModuleType(PACKAGE)
     package.__path__ = [str(SUITE_DIR)]
     sys.modules[PACKAGE] = package
@@ -79,10 +84,6 @@ def _load_suite():
     init = SUITE_DIR / "__init__.py"
     if not init.exists():
         init.write_text("")
-    return (
-        importlib.import_module(f"{PACKAGE}.test_modeling_common"),
-        importlib.import_module(f"{PACKAGE}.test_configuration_common"),
-    )
 
 
 if not (SUITE_DIR / "test_modeling_common.py").is_file():
