@@ -284,13 +284,13 @@ def test_manifest_survives_a_torn_line_and_stranded_process_records(tiny_model_d
     assert main([run[0], str(videos / "b" / "clip.mkv"), *run[1:]]) == 0
     assert not list(out.glob("manifest.rank*"))
     lines = (out / "manifest.jsonl").read_text().splitlines()
-    parsed = []
-    for line in lines:
-        try:
-            parsed.append(json.loads(line))
-        except json.JSONDecodeError:
-            assert line == '{"input": "/cut/short'  # the torn fragment alone, nothing glued to it
+    parsed = [json.loads(line) for line in lines]  # the torn fragment was cut off, nothing glued to it
     assert [os.path.basename(r["input"]) for r in parsed] == ["short.webm", "clip.mp4", "clip.mkv"]
+
+    # A whole record that only lacks its newline (saved by an editor, say) is kept and completed.
+    (out / "manifest.jsonl").write_text("\n".join(lines))
+    assert main([run[0], str(videos / "short.webm"), *run[1:]]) == 0
+    assert [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()] == parsed
 
 
 def test_a_folder_another_run_holds_is_refused_and_a_dead_run_leaves_no_lock(tiny_model_dir, videos, tmp_path, capsys):

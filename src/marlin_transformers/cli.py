@@ -43,7 +43,10 @@ def _convert(args: argparse.Namespace) -> int:
             )
             if v
         }
-        config = infer_config(state_dict, **overrides)
+        try:
+            config = infer_config(state_dict, **overrides)
+        except MarlinError as error:
+            raise MarlinError(f"{args.source}: {error}") from None
     out = convert_checkpoint(args.source, args.output_dir, config=config)
     loaded = MarlinConfig.from_pretrained(out)
     print(
@@ -61,7 +64,11 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _extract(args: argparse.Namespace) -> int:
     from .extraction import MarlinFeatureExtractor
+    from .extraction.extractor import check_device
     from .extraction.job import model_identity, run_extraction
+
+    if args.device:  # before any input is looked at
+        check_device(args.device)
 
     if args.quiet:  # transformers' "Loading weights" bar too: only errors and the summary
         from transformers.utils import logging as transformers_logging

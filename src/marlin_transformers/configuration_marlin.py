@@ -37,6 +37,9 @@ MARLIN_VARIANTS = {
     ),
 }
 
+# Pretraining's masking strategies (`pretraining.masking` implements them; the config names the one in use).
+MASKING_STRATEGIES = ("random", "tube", "frame", "fasking", "fasking_opp")
+
 # Field names of the authors' Hub config (`ControlNet/marlin_vit_*_ytf`) and of marlin-pytorch -> ours.
 _REFERENCE_FIELD_NAMES = {
     "img_size": "image_size",
@@ -126,6 +129,53 @@ class MarlinConfig(PreTrainedConfig):
             self.discriminator_hidden_size = 4 * self.decoder_hidden_size
         super().__post_init__(**kwargs)
 
+    def validate_architecture(self):
+        """Part of `@strict` validation, run when a config is made or loaded: values that build a working MARLIN
+        (a zero-layer encoder, a width the heads do not divide or a negative LayerNorm epsilon build a model that
+        gives empty or NaN features). Raises ValueError naming the field."""
+        super().validate_architecture()
+        for name in (
+            "image_size",
+            "patch_size",
+            "num_channels",
+            "num_frames",
+            "tubelet_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "decoder_hidden_size",
+            "decoder_num_hidden_layers",
+            "decoder_num_attention_heads",
+            "decoder_intermediate_size",
+            "discriminator_hidden_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for width, heads in (
+            ("hidden_size", "num_attention_heads"),
+            ("decoder_hidden_size", "decoder_num_attention_heads"),
+        ):
+            if getattr(self, width) % getattr(self, heads):
+                raise ValueError(
+                    f"{width} ({getattr(self, width)}) must be a multiple of {heads} ({getattr(self, heads)})"
+                )
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+        if self.num_frames % self.tubelet_size:
+            raise ValueError(
+                f"num_frames ({self.num_frames}) must be a multiple of tubelet_size ({self.tubelet_size})"
+            )
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be above 0, got {self.layer_norm_eps}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.mask_strategy not in MASKING_STRATEGIES:
+            raise ValueError(f"mask_strategy {self.mask_strategy!r} is not one of {', '.join(MASKING_STRATEGIES)}")
+
     @classmethod
     def from_variant(cls, variant: str, **kwargs) -> "MarlinConfig":
         """The config of a released variant ("small", "base" or "large"); `kwargs` override fields."""
@@ -139,4 +189,4 @@ class MarlinConfig(PreTrainedConfig):
         return (self.num_frames // self.tubelet_size) * (self.image_size // self.patch_size) ** 2
 
 
-__all__ = ["MarlinConfig", "MARLIN_VARIANTS"]
+__all__ = ["MarlinConfig", "MARLIN_VARIANTS", "MASKING_STRATEGIES"]

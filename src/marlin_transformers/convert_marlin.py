@@ -10,6 +10,7 @@ Formats read (the variant is inferred from tensor shapes):
   `marlin.encoder.*`), as a local folder or a Hub id -> `MarlinModel`.
 """
 
+import glob
 import json
 import os
 import re
@@ -51,8 +52,11 @@ def load_reference_state_dict(source: str | Path) -> tuple[dict[str, torch.Tenso
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:100]}"
-        raise CheckpointError(f"{source}: not a readable PyTorch checkpoint ({reason}).") from None
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:100]}"  # an empty file's message is empty
+        raise CheckpointError(
+            f"{source}: not a readable PyTorch checkpoint ({reason}); it is truncated or not a MARLIN file, download "
+            "it again."
+        ) from None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         return dict(checkpoint["state_dict"]), "lightning"
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
@@ -106,6 +110,86 @@ def resolve_checkpoint_folder(source: str | os.PathLike, example: str = "a local
         ) from None
 
 
+def config_error_reason(error: Exception) -> str:
+    """One line of what is wrong in a config, from `MarlinConfig`'s validation error (`@strict` wraps the cause)."""
+    cause = error.__cause__ or error
+    return " ".join(str(cause).split())
+
+
+def load_pretrained_checked(model_class, source: str | os.PathLike, allow_missing: tuple[str, ...] = (), **kwargs):
+    """`model_class.from_pretrained(source, **kwargs)` held to the converter's rules, so a folder that would load a
+    quietly random or broken model stops with one `CheckpointError` line naming it: no, unreadable or invalid
+    `config.json`; a truncated or unreadable weight file; weights missing (but those starting with an `allow_missing`
+    prefix, e.g. a new classifier head), unexpected or of other shapes; non-finite weights or outputs
+    (`check_model_outputs`). transformers' load report is not printed: this says what matters in its place."""
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        model, info = model_class.from_pretrained(
+            source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+    except StrictDataclassError as error:
+        raise CheckpointError(
+            f"{source}: invalid config.json ({config_error_reason(error)}); fix that value or convert the checkpoint "
+            "again."
+        ) from None
+    except (OSError, ValueError) as error:  # no or unreadable config.json, no weights, not a MARLIN folder, offline
+        reason = " ".join(str(error).split())[:200]
+        raise CheckpointError(
+            f"{source}: cannot load this model ({reason}); without the Hub, pass a folder made by `marlin convert` or "
+            "an official checkpoint file, e.g. path/to/marlin_vit_base_ytf.encoder.pt."
+        ) from None
+    except Exception as error:  # safetensors' own errors: a truncated or corrupt weight file
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
+        raise CheckpointError(
+            f"{source}: cannot read its weights ({reason}); the weight file is truncated or corrupt, convert or "
+            "download it again."
+        ) from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    missing = sorted(k for k in info["missing_keys"] if not k.startswith(allow_missing))
+    unexpected = sorted(info["unexpected_keys"])
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info["mismatched_keys"])
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{source}: weights do not match its config ({type(model).__name__}): missing {_abbreviate(missing)}, "
+            f"unexpected {_abbreviate(unexpected)}, other shapes {_abbreviate(mismatched)}; convert the checkpoint "
+            "again with `marlin convert`."
+        )
+    check_model_outputs(model, source)
+    return model
+
+
+def check_model_outputs(model, source: str | os.PathLike) -> None:
+    """Refuse a model whose weights hold NaN/inf, or whose encoder gives non-finite features on a small seeded clip
+    (one tubelet of 2x2 patches through every layer, with the position table resampled to that grid: milliseconds)."""
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not tensor.isfinite().all()
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{source}: weights hold NaN or inf values ({_abbreviate(bad)}); the checkpoint is broken."
+        )
+    encoder = getattr(model, "marlin", model)
+    config = encoder.config
+    generator = torch.Generator().manual_seed(0)
+    side = 2 * config.patch_size
+    clip = torch.rand(1, config.tubelet_size, config.num_channels, side, side, generator=generator)
+    parameter = next(encoder.parameters())
+    with torch.no_grad():
+        features = encoder(clip.to(parameter.device, parameter.dtype), interpolate_pos_encoding=True).last_hidden_state
+    if not features.isfinite().all():
+        raise CheckpointError(
+            f"{source}: the model gives NaN or inf features on a test clip; check its config (layer_norm_eps, sizes) "
+            "and weights, or convert the checkpoint again."
+        )
+
+
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> MarlinConfig:
     """Build the config from tensor shapes (reference key names). Heads are width / 64 in every release."""
     try:
@@ -123,7 +207,7 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> MarlinConf
         patch_size=patch_size,
         num_hidden_layers=_count_blocks(state_dict, "encoder"),
         num_attention_heads=max(1, hidden_size // 64),
-        intermediate_size=state_dict["encoder.blocks.0.mlp.layers.0.linear.weight"].shape[0],
+        intermediate_size=_tensor(state_dict, "encoder.blocks.0.mlp.layers.0.linear.weight").shape[0],
         qkv_bias="encoder.blocks.0.attn.q_bias" in state_dict,
     )
     if "decoder.head.weight" in state_dict:
@@ -132,7 +216,7 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> MarlinConf
             decoder_hidden_size=decoder_hidden,
             decoder_num_hidden_layers=_count_blocks(state_dict, "decoder"),
             decoder_num_attention_heads=max(1, decoder_hidden // 64),
-            decoder_intermediate_size=state_dict["decoder.blocks.0.mlp.layers.0.linear.weight"].shape[0],
+            decoder_intermediate_size=_tensor(state_dict, "decoder.blocks.0.mlp.layers.0.linear.weight").shape[0],
         )
     else:  # encoder only: keep the released decoder that goes with this encoder width
         for variant in MARLIN_VARIANTS.values():
@@ -148,7 +232,18 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> MarlinConf
         if (num_frames // tubelet_size) * side**2 == num_patches:
             fields.update(num_frames=num_frames, image_size=side * patch_size)
     fields.update(overrides)
-    return MarlinConfig(**fields)
+    from huggingface_hub.errors import StrictDataclassError
+
+    try:
+        return MarlinConfig(**fields)
+    except StrictDataclassError as error:
+        raise CheckpointError(f"not a valid MARLIN config ({config_error_reason(error)}).") from None
+
+
+def _tensor(state_dict: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in state_dict:
+        raise CheckpointError(f"not a complete MARLIN checkpoint: missing key {key}.")
+    return state_dict[key]
 
 
 def _count_blocks(state_dict: dict[str, torch.Tensor], part: str) -> int:
@@ -222,7 +317,19 @@ def _abbreviate(keys: list[str], limit: int = 6) -> str:
 def load_reference_checkpoint(source: str | Path, config: MarlinConfig | None = None):
     """Any released checkpoint (file, folder or Hub id) -> loaded `MarlinModel` or `MarlinForPreTraining`."""
     state_dict, _ = load_reference_state_dict(source)
-    return convert_state_dict(state_dict, config)
+    return _convert_named(state_dict, config, source)
+
+
+def _convert_named(state_dict: dict[str, torch.Tensor], config: MarlinConfig | None, source) -> MarlinModel:
+    """`convert_state_dict`, then `check_model_outputs`, with every error line naming the source."""
+    try:
+        model = convert_state_dict(state_dict, config)
+        check_model_outputs(model, source)
+    except CheckpointError as error:
+        if str(source) in str(error):
+            raise
+        raise CheckpointError(f"{source}: {error}") from None
+    return model
 
 
 def convert_checkpoint(source: str | Path, output_dir: str | Path, config: MarlinConfig | None = None) -> Path:
@@ -235,12 +342,15 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, config: Marli
     import tempfile
 
     state_dict, kind = load_reference_state_dict(source)
-    model = convert_state_dict(state_dict, config)
+    model = _convert_named(state_dict, config, source)
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise CheckpointError(f"{output_dir}: output folder exists and is not empty; choose another or remove it.")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    remove_stale_staging(output_dir)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{output_dir.name}.{os.getpid()}.", suffix=".partial", dir=output_dir.parent)
+    )
     try:
         save_marlin_folder(model, staging)
         write_model_card(staging, model.config, source=str(source), kind=kind, architecture=type(model).__name__)
@@ -252,6 +362,25 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, config: Marli
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
+
+
+def remove_stale_staging(output_dir: Path) -> None:
+    """Remove the staging folders (`.<name>.<pid>.<random>.partial` beside `output_dir`) of conversions whose
+    process is gone: a killed `marlin convert` leaves its half-written folder hidden there."""
+    for staging in output_dir.parent.glob(f".{glob.escape(output_dir.name)}.*.partial"):
+        pid = staging.name[len(output_dir.name) + 2 :].split(".")[0]
+        if staging.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 PROCESSOR_AUTO_MAP = "video_processing_marlin.MarlinVideoProcessor"

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..constants import MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
-from ..convert_marlin import HUB_CHECKPOINTS, load_reference_checkpoint
+from ..convert_marlin import HUB_CHECKPOINTS, load_pretrained_checked, load_reference_checkpoint
 from ..exceptions import CheckpointError, MarlinError
 from ..modeling_marlin import MarlinForPreTraining, MarlinModel, MarlinPreTrainedModel
 
@@ -53,17 +53,24 @@ def load_encoder(
     return encoder.to(device=device, dtype=dtype).eval()
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a `torch.device`, once a tensor has been placed there; else one `MarlinError` line (a misspelt
+    device, or `cuda` on a machine without a GPU)."""
+    try:
+        device = torch.device(device)
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as error:  # torch says "Torch not compiled with CUDA..." as an assertion
+        reason = " ".join(str(error).split()).split(". ")[0][:120]
+        raise MarlinError(
+            f"--device {device}: not usable here ({reason}); use --device cpu or a device this machine has."
+        ) from None
+    return device
+
+
 def _from_pretrained(name: str) -> MarlinModel:
     from transformers import AutoModel
 
-    try:
-        model = AutoModel.from_pretrained(name)
-    except OSError as error:  # missing folder files, no network, unknown repo
-        reason = str(error).splitlines()[0][:160]
-        raise CheckpointError(
-            f"{name}: cannot load this model ({reason}); without the Hub, pass a local checkpoint, e.g. "
-            "--model path/to/marlin_vit_base_ytf.encoder.pt."
-        ) from None
+    model = load_pretrained_checked(AutoModel, name)
     if not isinstance(model, MarlinModel):
         raise CheckpointError(f"{name}: not a MARLIN model (got {type(model).__name__}).")
     return model
@@ -124,7 +131,7 @@ class MarlinFeatureExtractor:
         from ..video_processing_marlin import MarlinVideoProcessor
 
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.model = load_encoder(model, self.device, self.dtype)
         config = self.model.config
         num_frames = num_frames or config.num_frames
@@ -201,6 +208,11 @@ class MarlinFeatureExtractor:
                 encode()
         if batch:
             encode()
+        if not all(bool(f.isfinite().all()) for f in features):  # fp16 overflow, say: never an "ok" of NaNs
+            raise MarlinError(
+                f"{path}: the model gave NaN or inf features in {str(self.dtype).removeprefix('torch.')}; "
+                "extract in float32 (--dtype float32)."
+            )
         return VideoFeatures(
             features=torch.cat(features).numpy(), windows=records, crops=np.stack(kept) if keep_crops else None
         )

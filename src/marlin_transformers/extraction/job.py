@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import sys
@@ -26,45 +27,64 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import MarlinError
-from ..video.decoding import videos_in_folder
+from ..video.decoding import VIDEO_EXTENSIONS, videos_in_folder
 
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 MANIFEST = "manifest.jsonl"
 
 
-def discover_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+def discover_inputs(inputs: Iterable[str | os.PathLike], empty_folders: list[Path] | None = None) -> list[Path]:
     """Expand files, folders (recursively, by video extension) and text files listing paths (one per line).
 
-    Paths that do not exist are kept, so that they get their own error line. Duplicates are dropped, order kept.
+    Paths are made absolute and normalized (`sub/../sub/a.mp4` is `sub/a.mp4`); two spellings of one file (a
+    symbolic link, say) count once, the first kept. Paths that do not exist are kept, so that they get their own error
+    line. Folders holding no video are appended to `empty_folders` when it is given.
     """
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found.extend(videos_in_folder(path))
+            videos = videos_in_folder(path)
+            found.extend(videos)
+            if not videos and empty_folders is not None:
+                empty_folders.append(path)
         elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
-            for line in path.read_text().splitlines():
+            for line in path.read_text(errors="replace").splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
                     listed = Path(line)
                     found.append(listed if listed.is_absolute() else path.parent / listed)
         else:
             found.append(path)
-    unique = dict.fromkeys(p.absolute() for p in found)
-    return list(unique)
+    unique: dict[Path, Path] = {}
+    for path in found:
+        path = Path(os.path.normpath(path.absolute()))
+        unique.setdefault(path.resolve() if path.exists() else path, path)
+    return list(unique.values())
+
+
+NAME_MAX = 255  # bytes in a file name on Linux and macOS file systems
 
 
 def output_names(inputs: list[Path]) -> dict[Path, str]:
-    """`<stem>.npy` per input; inputs sharing a stem all get `<stem>-<8 hex of their path>.npy` instead."""
+    """`<stem>.npy` per input; inputs sharing a stem all get `<stem>-<8 hex of their path>.npy` instead, and so does
+    a stem too long for a file name (shortened to fit)."""
     counts: dict[str, int] = {}
     for path in inputs:
         counts[path.stem] = counts.get(path.stem, 0) + 1
-    return {path: f"{path.stem}.npy" if counts[path.stem] == 1 else hashed_output_name(path) for path in inputs}
+    names = {}
+    for path in inputs:
+        name = f"{path.stem}.npy"
+        names[path] = name if counts[path.stem] == 1 and len(name.encode()) <= NAME_MAX else hashed_output_name(path)
+    return names
 
 
 def hashed_output_name(path: Path) -> str:
-    """`<stem>-<8 hex of the path>.npy`: the name of an input whose stem another input has (in this run or before)."""
-    return f"{path.stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}.npy"
+    """`<stem>-<8 hex of the path>.npy`: the name of an input whose stem another input has (in this run or before),
+    the stem cut (on a character boundary) so that the name fits in `NAME_MAX` bytes."""
+    suffix = f"-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}.npy"
+    stem = path.stem.encode()[: NAME_MAX - len(suffix)].decode(errors="ignore")
+    return stem + suffix
 
 
 LOCK = ".marlin-extract.lock"
@@ -76,7 +96,12 @@ def lock_folder(out_dir: Path):
     block does, on any exit) releases the folder."""
     import fcntl
 
-    handle = open(out_dir / LOCK, "a")
+    try:
+        handle = open(out_dir / LOCK, "a")
+    except OSError as error:  # a read-only file system, no permission
+        raise MarlinError(
+            f"{out_dir}: cannot write in this folder ({error.strerror}); pass a writable --out."
+        ) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -117,43 +142,119 @@ def settings_fingerprint(settings: dict) -> str:
 
 
 def read_manifest_records(out_dir: Path) -> dict[str, dict]:
-    """Last record per input over `manifest.jsonl` and any per-process shards left by an interrupted run."""
+    """Last record per input over `manifest.jsonl` and any per-process shards left by an interrupted run.
+
+    A line that is not a whole record of this format (cut short by a crash, garbage, another program's lines, an
+    output name that is not a plain file name of this folder) is skipped: that input is simply done again."""
     records: dict[str, dict] = {}
     for manifest in [out_dir / MANIFEST, *sorted(out_dir.glob("manifest.rank*.jsonl"))]:
         if not manifest.is_file():
             continue
-        for line in manifest.read_text().splitlines():
+        for line in manifest.read_bytes().decode(errors="replace").splitlines():
             try:
                 record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if is_manifest_record(record):
                 records[record["input"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a line cut short by a crash: that input is simply done again
     return records
 
 
+def is_manifest_record(record) -> bool:
+    """A manifest line as `run_extraction` writes it: an `input`, a `status`, and an `output` that is a file name in
+    the folder (or None for a failed input)."""
+    if not isinstance(record, dict) or not isinstance(record.get("input"), str):
+        return False
+    output = record.get("output")
+    if record.get("status") == "ok":
+        return isinstance(output, str) and output == Path(output).name and output not in ("", ".", "..")
+    return record.get("status") == "error"
+
+
+class OutputWriteError(MarlinError):
+    """An output that could not be written whole: the disk is full, a quota or a file-size limit was hit.
+
+    `stops_run`: the device itself is full (every later write would fail too), not just this file too large."""
+
+    def __init__(self, message: str, stops_run: bool = True):
+        super().__init__(message)
+        self.stops_run = stops_run
+
+
+def _write_error(path: Path, error: OSError) -> OutputWriteError:
+    import errno
+
+    what = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "file larger than this process may write (ulimit -f)",
+    }.get(error.errno, error.strerror or type(error).__name__)
+    return OutputWriteError(
+        f"{path}: cannot write ({what}); nothing partial was left, free space or raise the limit and run again: "
+        "what is done is kept.",
+        stops_run=error.errno != errno.EFBIG,
+    )
+
+
 def _append_lines(path: Path, lines: list[str]) -> None:
-    """Append whole lines, synced; after a line torn by a crash (no final newline), start on a new line, so the torn
-    fragment stays one unreadable line (skipped on read) and never swallows a record."""
-    torn = False
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb") as file:
-            file.seek(-1, os.SEEK_END)
-            torn = file.read(1) != b"\n"
-    with open(path, "a") as file:
-        file.write(("\n" if torn else "") + "".join(line + "\n" for line in lines))
-        file.flush()
-        os.fsync(file.fileno())
+    """Append whole lines, synced, in one write: if it fails (disk full, file-size limit) the file is cut back to
+    where it was, so a record is written whole or not at all. After a line torn by a crash (no final newline), start
+    on a new line, so the torn fragment stays one unreadable line (skipped on read) and never swallows a record."""
+    if not lines:
+        return
+    data = "".join(line + "\n" for line in lines).encode()
+    descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(descriptor).st_size
+        if size and os.pread(descriptor, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(descriptor, data[written:])
+            os.fsync(descriptor)
+        except OSError as error:
+            os.ftruncate(descriptor, size)
+            raise _write_error(path, error) from None
+    finally:
+        os.close(descriptor)
 
 
 def _append_line(path: Path, record: dict) -> None:
     _append_lines(path, [json.dumps(record)])
 
 
+PARTIAL_SUFFIX = ".partial"
+
+
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as file:
-        np.save(file, array)
-    os.replace(partial, path)
+    """`np.save` to a hidden temporary file beside `path`, renamed onto it when whole. On any failure the temporary
+    file is removed; a disk-full or file-size error is an `OutputWriteError` line. The temporary name is short
+    (`.<8 hex>.<pid>.partial`), so the longest output name still has one."""
+    tag = hashlib.sha1(path.name.encode()).hexdigest()[:8]
+    partial = path.with_name(f".{tag}.{os.getpid()}{PARTIAL_SUFFIX}")
+    buffer = io.BytesIO()
+    np.save(buffer, array)  # in memory: numpy's own file writes lose the errno that tells a full disk
+    try:
+        with open(partial, "wb") as file:
+            file.write(buffer.getbuffer())
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException as error:
+        partial.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _write_error(path, error) from None
+        raise
+
+
+def remove_stale_partials(out_dir: Path) -> int:
+    """Remove the temporary files a killed run left in `out_dir` (called while holding the folder's lock, so no
+    live run of ours is writing them); returns how many."""
+    stale = [p for p in out_dir.glob(f".*{PARTIAL_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 @dataclass
@@ -192,21 +293,43 @@ def run_extraction(
     # Without a GPU, processes started by `accelerate launch`/`torchrun` share the work over gloo.
     state = PartialState(cpu=not torch.cuda.is_available())
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    all_inputs = discover_inputs(inputs)
+    inputs = [os.fspath(i) for i in inputs]
+    empty_folders: list[Path] = []
+    all_inputs = discover_inputs(inputs, empty_folders)
+    if state.is_main_process:
+        for folder in empty_folders:
+            print(f"marlin extract: {folder}: folder holds no video files; skipped.", file=sys.stderr)
+    if not all_inputs:
+        raise MarlinError(
+            f"{' '.join(inputs)}: no video found (folders are searched for {', '.join(VIDEO_EXTENSIONS)}); pass video "
+            "files, folders holding them, or a .txt list."
+        )
     names = output_names(all_inputs)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file of that name, a read-only parent
+        raise MarlinError(
+            f"{out_dir}: cannot make this output folder ({error.strerror}); pass another --out."
+        ) from None
     # One run at a time per folder (the main process holds it for the run's processes, released on any exit).
     with lock_folder(out_dir) if state.is_main_process else contextlib.nullcontext():
         # Per-process records an interrupted multi-process run left behind join the manifest before anything else.
+        if state.is_main_process:
+            repair_torn_tail(out_dir / MANIFEST)
         if state.is_main_process and any(out_dir.glob("manifest.rank*.jsonl")):
             _merge_shards(out_dir)
+        if state.is_main_process:
+            remove_stale_partials(
+                out_dir
+            )  # a killed run's temporary files (none of ours is writing: we hold the lock)
         state.wait_for_everyone()
         previous = read_manifest_records(out_dir)
         fingerprint = settings_fingerprint(settings or {})
         done_before = [r for r in previous.values() if r.get("status") == "ok"]
         other = [r for r in done_before if r.get("fingerprint") != fingerprint]
         if other:
-            changed = sorted(k for k in (settings or {}) if other[0].get("settings", {}).get(k) != settings[k])
+            before = other[0].get("settings") if isinstance(other[0].get("settings"), dict) else {}
+            changed = sorted(k for k in (settings or {}) if before.get(k) != settings[k])
             said = ", ".join(changed) if changed else "unrecorded: made by an earlier version"
             raise MarlinError(
                 f"{out_dir}: holds features made with other settings ({said}); extract into another --out folder "
@@ -251,6 +374,12 @@ def run_extraction(
                 save_npy_atomic(out_dir / names[path], result.features)
                 record.update(windows=result.windows, shape=list(result.features.shape))
                 summary.done += 1
+            except OutputWriteError as error:
+                if error.stops_run:  # a full disk: every later write would fail too
+                    raise
+                record.update(status="error", error=str(error), output=None, windows=[])
+                summary.failed += 1
+                tqdm.write(f"marlin extract: {error}", file=sys.stderr)
             except Exception as error:  # one bad input never stops the job
                 message = str(error) if isinstance(error, MarlinError) else f"{type(error).__name__}: {error}"
                 message = " ".join(message.split())
@@ -274,9 +403,41 @@ def run_extraction(
     return summary
 
 
+def repair_torn_tail(path: Path) -> None:
+    """A manifest that does not end with a newline was cut by a crash mid-record: a whole record there gets its
+    newline, a fragment is cut off (that input was not recorded, so it is done again). Called holding the lock."""
+    if not path.is_file() or not path.stat().st_size:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    try:
+        whole = is_manifest_record(json.loads(data[start:]))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        whole = False
+    with open(path, "r+b") as file:
+        if whole:
+            file.seek(0, os.SEEK_END)
+            file.write(b"\n")
+        else:
+            file.truncate(start)
+        file.flush()
+        os.fsync(file.fileno())
+
+
 def _merge_shards(out_dir: Path) -> None:
-    """Append the per-process shards to `manifest.jsonl`, then remove them (main process only)."""
+    """Append the whole records of the per-process shards to `manifest.jsonl`, then remove them (main process only;
+    a shard's line cut by a crash is left out)."""
     shards = sorted(out_dir.glob("manifest.rank*.jsonl"))
-    _append_lines(out_dir / MANIFEST, [line for shard in shards for line in shard.read_text().splitlines() if line])
+    lines = []
+    for shard in shards:
+        for line in shard.read_bytes().decode(errors="replace").splitlines():
+            try:
+                if is_manifest_record(json.loads(line)):
+                    lines.append(line)
+            except json.JSONDecodeError:
+                continue
+    _append_lines(out_dir / MANIFEST, lines)
     for shard in shards:
         shard.unlink()

@@ -30,7 +30,7 @@ import math
 import numpy as np
 import torch
 
-MASKING_STRATEGIES = ("random", "tube", "frame", "fasking", "fasking_opp")
+from ..configuration_marlin import MASKING_STRATEGIES
 
 NUM_LAPA_LABELS = 11
 # LaPa labels: 0 background, 1 skin, 2/3 brows, 4/5 eyes, 6 nose, 7 upper lip, 8 inner mouth, 9 lower lip, 10 hair.

@@ -31,6 +31,8 @@ def open_video(path: str | os.PathLike):
         raise VideoError(f"{name}: file not found; check the path.")
     if os.path.isdir(name):
         raise VideoError(f"{name}: is a folder, not a video file; pass a video file.")
+    if not os.path.isfile(name):  # a FIFO or a device: reading it could block forever
+        raise VideoError(f"{name}: not a regular file (a pipe or a device); save the video to a file and pass that.")
     if os.path.getsize(name) == 0:
         raise VideoError(f"{name}: file is empty (0 bytes); re-export or re-download the video.")
     try:

@@ -95,6 +95,9 @@ def _mtcnn_cascade(
         candidate_images.append(image_indices[keep])
         scale *= factor
         shortest *= factor
+    if not candidates:  # frames smaller than the smallest face looked for: no pyramid level, no face
+        nothing = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+        return [nothing] * num_images
     boxes, image_indices = torch.cat(candidates), torch.cat(candidate_images)
     keep = batched_nms(boxes[:, :4], boxes[:, 4], image_indices, 0.7)
     boxes, image_indices = boxes[keep], image_indices[keep]
