@@ -650,9 +650,8 @@ def test_resume_does_not_unpickle_a_planted_pickle(saved_checkpoint, tiny_videos
     marker = tmp_path / "code_ran"
     torch.save(Planted(marker), folder / planted)
     # Whoever planted it also lists it in progress.json, so that the folder looks complete.
-    progress = json.loads((folder / PROGRESS_FILENAME).read_text())
-    progress["files"] = {p.name: p.stat().st_size for p in folder.iterdir() if p.name != PROGRESS_FILENAME}
-    (folder / PROGRESS_FILENAME).write_text(json.dumps(progress))
+    files = {p.name: p.stat().st_size for p in folder.iterdir() if p.name != PROGRESS_FILENAME}
+    (folder / PROGRESS_FILENAME).write_text(json.dumps({"step": 2, "files": files}))
 
     args = tiny_run(tiny_videos, tmp_path / "run", resume=str(folder), max_steps=3, tensorboard=False)
     with pytest.raises(CheckpointError) as error:
