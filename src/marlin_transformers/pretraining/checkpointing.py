@@ -13,9 +13,10 @@ How `load_checkpoint` reads each file:
 
 - `model.safetensors`, `critic.safetensors`: safetensors (tensors only; nothing runs).
 - `progress.json`: JSON.
-- `optimizer*.bin`, `scaler.pt`: Accelerate's `torch.load(weights_only=True)`, which builds only tensors, numbers,
-  strings and containers; a file holding anything else is refused, unless `trust=True` (`--trust-checkpoint`), which
-  loads these with `weights_only=False`: a full unpickling, which can run code.
+- `optimizer*.bin`: Accelerate's `torch.load(weights_only=True)`, which builds only tensors, numbers, strings and
+  containers; a file holding anything else is refused, unless `trust=True` (`--trust-checkpoint`), which loads them
+  with `weights_only=False`: a full unpickling, which can run code.
+- `scaler.pt` (fp16 runs): Accelerate's `torch.load(weights_only=True)` whatever `trust` says; refused if that fails.
 - `random_states_P.pkl`: Accelerate's `torch.load(weights_only=True)` with numpy arrays and dtypes allowed. Accelerate
   skips this file silently when it does not load that way (the resumed run would then not be exact), so it is
   checked first and refused unless `trust=True` (then skipped, as Accelerate does; it is never fully unpickled).
