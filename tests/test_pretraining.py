@@ -1,10 +1,13 @@
-"""Pretraining: loss signs, the gradient penalty, the schedule, VideoMAE init, the clip dataset, exact resume."""
+"""Pretraining: loss signs, the gradient penalty, the schedule, VideoMAE init, the clip dataset, exact resume,
+crash-safe checkpoints that never unpickle code, and one-line argument errors."""
 
 import csv
 import importlib.util
 import json
 import math
 import os
+import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -18,7 +21,7 @@ from torch import nn
 from conftest import TINY_CLIP
 from marlin_transformers import MarlinConfig, MarlinForPreTraining
 from marlin_transformers.data import precomputed_label_maps, youtube_faces_clips
-from marlin_transformers.exceptions import DatasetError
+from marlin_transformers.exceptions import CheckpointError, DatasetError
 from marlin_transformers.pretraining import (
     EpochShuffleSampler,
     FaceClipDataset,
@@ -34,6 +37,7 @@ from marlin_transformers.pretraining import (
     scaled_learning_rates,
     videomae_to_marlin_state_dict,
 )
+from marlin_transformers.pretraining.checkpointing import PROGRESS_FILENAME, checkpoint_problem
 from marlin_transformers.pretraining.masking import num_visible_tokens, seeded_generator
 from marlin_transformers.pretraining.training import (
     PretrainingArguments,
@@ -526,3 +530,191 @@ def test_pretrain_on_youtube_faces(youtube_faces_root, tmp_path):
     eval_steps = [int(line.split(",")[0]) for line in (run / "eval.csv").read_text().splitlines()]
     assert steps == [1, 2] and eval_steps == [0, 2]
     assert (run / "model" / "config.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints: written whole, pruned, never unpickling code; argument errors
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+# Run as a script: examples/pretrain.py with Accelerate's file writer patched to SIGKILL the process right after the
+# first optimizer file of the step-4 checkpoint, i.e. inside `save_state`, with some of its files written.
+KILLED_IN_SAVE_STATE = """
+import os, runpy, signal, sys
+import accelerate.checkpointing as checkpointing
+
+write = checkpointing.save
+
+def write_then_die(obj, path, *args, **kwargs):
+    write(obj, path, *args, **kwargs)
+    if "step_4" in str(path) and os.path.basename(str(path)) == "optimizer.bin":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+checkpointing.save = write_then_die
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def checkpoint_names(output_dir: Path) -> list[str]:
+    return sorted(p.name for p in (output_dir / "checkpoints").iterdir())
+
+
+def test_run_killed_while_saving_resumes_from_the_last_whole_checkpoint(
+    pretrain_example, tiny_videos, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    argv = ["--train-data", str(tiny_videos), "--output-dir", str(run), "--model-config=small", *TINY_RUN_FLAGS]
+    argv.append("--no-tensorboard")
+    script = tmp_path / "killed_in_save_state.py"
+    script.write_text(KILLED_IN_SAVE_STATE)
+    killed = subprocess.run([sys.executable, str(script), str(EXAMPLE), *argv], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # The step-4 save was cut after optimizer.bin: its files are in the hidden partial folder, no step_4 exists.
+    assert checkpoint_names(run) == [".step_4.partial", "step_2"]
+    assert sorted(p.name for p in (run / "checkpoints" / ".step_4.partial").iterdir()) == [
+        "model.safetensors",
+        "optimizer.bin",
+    ]
+
+    capsys.readouterr()
+    assert pretrain_example.main([*argv, "--resume", "latest"]) == 0
+    shown = capsys.readouterr().out
+    assert f"removed {run / 'checkpoints' / '.step_4.partial'}, an unfinished checkpoint" in shown
+    assert f"resumed from {run / 'checkpoints' / 'step_2'} at step 2" in shown
+    assert checkpoint_names(run) == ["step_2", "step_4"] and checkpoint_problem(run / "checkpoints" / "step_4") is None
+    # The killed and resumed run ends where an uninterrupted one does.
+    full = train(tiny_run(tiny_videos, tmp_path / "full", tensorboard=False))
+    resumed, expected = (MarlinForPreTraining.from_pretrained(r / "model") for r in (run, full.model_dir.parent))
+    for (name, a), (_, b) in zip(expected.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+
+
+def test_keep_checkpoints_leaves_the_newest(tiny_videos, tmp_path):
+    train(tiny_run(tiny_videos, tmp_path, checkpointing_steps=1, keep_checkpoints=2, tensorboard=False))
+    assert checkpoint_names(tmp_path) == ["step_4", "step_5"]
+    assert all(checkpoint_problem(tmp_path / "checkpoints" / name) is None for name in ("step_4", "step_5"))
+    assert json.loads((tmp_path / "checkpoints" / "step_5" / PROGRESS_FILENAME).read_text())["step"] == 5
+
+
+def test_resume_latest_skips_incomplete_checkpoints(tiny_videos, tmp_path, capsys):
+    train(tiny_run(tiny_videos, tmp_path, max_steps=2, tensorboard=False))
+    checkpoints = tmp_path / "checkpoints"
+    # step_6: a copy cut short (one file shorter than progress.json says); step_8: no progress.json at all (a save of
+    # an older version, killed after its first file); step_x: not a step.
+    shutil.copytree(checkpoints / "step_2", checkpoints / "step_6")
+    with open(checkpoints / "step_6" / "optimizer_1.bin", "r+b") as f:
+        f.truncate(100)
+    (checkpoints / "step_8").mkdir()
+    shutil.copy(checkpoints / "step_2" / "model.safetensors", checkpoints / "step_8")
+    (checkpoints / "step_x").mkdir()
+    capsys.readouterr()
+    result = train(tiny_run(tiny_videos, tmp_path, max_steps=3, resume="latest", tensorboard=False))
+    shown = capsys.readouterr().out
+    assert f"--resume latest: skipping {checkpoints / 'step_8'}, not a complete checkpoint: no progress.json" in shown
+    assert f"skipping {checkpoints / 'step_6'}, not a complete checkpoint: optimizer_1.bin has 100 bytes" in shown
+    assert f"resumed from {checkpoints / 'step_2'} at step 2" in shown
+    assert [row["step"] for row in result.train_log] == [3]
+    # --resume of an incomplete folder is refused, in one line naming it; 'latest' without checkpoints starts afresh.
+    with pytest.raises(CheckpointError, match=r"--resume .*step_6: not a complete pretraining checkpoint \(") as error:
+        train(tiny_run(tiny_videos, tmp_path, resume=str(checkpoints / "step_6")))
+    assert "\n" not in str(error.value)
+    fresh = train(tiny_run(tiny_videos, tmp_path / "fresh", max_steps=1, resume="latest", tensorboard=False))
+    assert fresh.steps == 1
+    assert "--resume latest: no complete checkpoint in" in capsys.readouterr().out
+
+
+class Planted:
+    """A pickle that, when unpickled in full, creates the folder `marker`: proof that loading ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tiny_videos, tmp_path_factory):
+    """The step_2 checkpoint of a tiny run."""
+    output_dir = tmp_path_factory.mktemp("planted")
+    train(tiny_run(tiny_videos, output_dir, max_steps=2, eval_steps=0, tensorboard=False))
+    return output_dir / "checkpoints" / "step_2"
+
+
+# custom_checkpoint_1.pkl is where `register_for_checkpointing` put the step, which Accelerate unpickles in full.
+@pytest.mark.parametrize("planted", ["custom_checkpoint_1.pkl", "random_states_0.pkl", "optimizer.bin"])
+def test_resume_does_not_unpickle_a_planted_pickle(saved_checkpoint, tiny_videos, tmp_path, planted):
+    folder = tmp_path / "downloaded" / "step_2"
+    shutil.copytree(saved_checkpoint, folder)
+    marker = tmp_path / "code_ran"
+    torch.save(Planted(marker), folder / planted)
+    # Whoever planted it also lists it in progress.json, so that the folder looks complete.
+    files = {p.name: p.stat().st_size for p in folder.iterdir() if p.name != PROGRESS_FILENAME}
+    (folder / PROGRESS_FILENAME).write_text(json.dumps({"step": 2, "files": files}))
+
+    args = tiny_run(tiny_videos, tmp_path / "run", resume=str(folder), max_steps=3, tensorboard=False)
+    with pytest.raises(CheckpointError) as error:
+        train(args)
+    assert not marker.exists()
+    assert "\n" not in str(error.value)
+    if planted == "custom_checkpoint_1.pkl":
+        assert "custom_checkpoint_1.pkl: a pickle pretraining checkpoints neither hold nor read" in str(error.value)
+    else:
+        assert "pass --trust-checkpoint only if you trust the folder's origin" in str(error.value)
+    if planted == "optimizer.bin":  # the flag does what it says: a full unpickling, which runs the planted code
+        with pytest.raises(Exception):  # noqa: B017  (whatever the optimizer makes of the planted object)
+            train(tiny_run(tiny_videos, tmp_path / "run", resume=str(folder), trust_checkpoint=True))
+        assert marker.is_dir()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--config-override=hiden_size=32"],
+            "--config-override hiden_size=32: hiden_size is not a MarlinConfig field; did you mean hidden_size?",
+        ),
+        (["--config-override=hidden_size"], "--config-override hidden_size: give KEY=VALUE"),
+        (["--num-epochs=0"], "num_epochs (--num-epochs) is 0; give at least 1"),
+        (["--batch-size=-2"], "batch_size (--batch-size) is -2; give at least 1"),
+        (["--keep-checkpoints=-1"], "keep_checkpoints (--keep-checkpoints) is -1; give at least 0"),
+        (["--logging-steps=0"], "logging_steps (--logging-steps) is 0; give at least 1"),
+    ],
+)
+def test_bad_arguments_are_refused_up_front(pretrain_example, tiny_videos, tmp_path, capsys, flags, message):
+    argv = ["--train-data", str(tiny_videos), "--output-dir", str(tmp_path), *TINY_RUN_FLAGS, *flags]
+    with pytest.raises(SystemExit) as exit_:
+        pretrain_example.parse_args(argv)
+    assert exit_.value.code == 2
+    shown = capsys.readouterr().err
+    assert f"error: {message}" in shown.splitlines()[-1]
+    assert "Traceback" not in shown
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--config-override=num_attention_heads=3"], "hidden_size=32 is not a multiple of num_attention_heads=3"),
+        (["--config-override=num_attention_heads=0"], "num_attention_heads=0; give a positive integer"),
+        (["--config-override=num_hidden_layers=-1"], "num_hidden_layers=-1; give a positive integer"),
+        (["--config-override=hidden_size=wide"], "Field 'hidden_size' expected int, got str"),
+        (["--model-config=huge"], "Unknown MARLIN variant 'huge'"),
+        (["--train-data={tmp}/MISSING"], "MISSING: no such video file or folder"),
+        (["--train-data={tmp}/EMPTY"], "no video files"),
+        (
+            ["--resume={tmp}/NOT_A_CHECKPOINT"],
+            "NOT_A_CHECKPOINT: not a complete pretraining checkpoint (no progress.json",
+        ),
+    ],
+)
+def test_bad_inputs_are_one_line(pretrain_example, tiny_videos, tmp_path, capsys, flags, message):
+    (tmp_path / "EMPTY").mkdir()
+    (tmp_path / "NOT_A_CHECKPOINT").mkdir()
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    argv = ["--train-data", str(tiny_videos), "--output-dir", str(tmp_path / "run"), *TINY_RUN_FLAGS, *flags]
+    capsys.readouterr()
+    assert pretrain_example.main(argv) == 1
+    shown = capsys.readouterr().err
+    (line,) = [line for line in shown.splitlines() if line.startswith("pretrain: error:")]
+    assert message in line and "Traceback" not in shown

@@ -19,3 +19,7 @@ class NoFaceError(VideoError):
 
 class DatasetError(MarlinError):
     """A dataset folder, info file, labels file or feature folder that does not have the expected layout."""
+
+
+class ConfigError(MarlinError):
+    """A model config (a variant name, a config file or `--config-override` values) no model can be built from."""

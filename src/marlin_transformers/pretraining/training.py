@@ -5,7 +5,8 @@ Masked reconstruction of Fasking-masked face clips plus a WGAN critic on the rec
 warm-up and a cosine decay applied per optimizer step, one critic step per generator step. The generator's prediction
 is computed once per step: the critic trains on it detached, then the generator's loss reuses it (`train_step`).
 
-Outputs under `output_dir`: `checkpoints/step_N/` (`accelerator.save_state`, resumable with `resume`), TensorBoard
+Outputs under `output_dir`: `checkpoints/step_N/` (see `checkpointing`: written whole or not at all, resumable with
+`resume`, read without unpickling code unless `trust_checkpoint`), TensorBoard
 logs (`tensorboard --logdir OUTPUT_DIR`) of every loss term and the learning rate, `train_log.csv`, `eval.csv` (the
 reconstruction MSE on a fixed held-out batch, rows `step,mse`) and its plot `eval_curve.png`, reconstruction pictures
 `reconstructions/step_N.png` (per clip: original / masked input / reconstruction), `train_config.json` (the
@@ -16,6 +17,8 @@ arguments), and the final model in `model/` (a `save_pretrained` folder that `Au
 from __future__ import annotations
 
 import csv
+import dataclasses
+import difflib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -25,22 +28,25 @@ from typing import Literal
 import torch
 from accelerate import Accelerator, DistributedType
 from accelerate.utils import DataLoaderConfiguration, broadcast, set_seed
+from huggingface_hub.errors import StrictDataclassError
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..configuration_marlin import MarlinConfig
 from ..constants import SAMPLE_RATE
-from ..convert_marlin import (
-    honour_umask,
-    load_reference_checkpoint,
-    resolve_checkpoint_folder,
-    save_marlin_folder,
-)
+from ..convert_marlin import load_reference_checkpoint, resolve_checkpoint_folder, save_marlin_folder
 from ..data.youtube_faces import youtube_faces_clips
-from ..exceptions import CheckpointError
+from ..exceptions import CheckpointError, ConfigError
 from ..modeling_marlin import MarlinForPreTraining, masked_patch_targets, reconstruction_loss
 from ..video.decoding import find_videos
 from ..visualization import reconstruction_grid, write_curve_png
+from .checkpointing import (
+    checkpoint_problem,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_unfinished_checkpoints,
+    save_checkpoint,
+)
 from .clips import EpochShuffleSampler, FaceClipDataset
 from .losses import (
     attach_critic,
@@ -50,6 +56,7 @@ from .losses import (
     gradient_penalty,
     penalty_interpolates,
 )
+from .masking import MASKING_STRATEGIES
 from .schedule import BASE_LEARNING_RATE, BASE_MIN_LEARNING_RATE, learning_rate_at, scaled_learning_rates
 from .videomae import load_videomae_weights, marlin_config_from_videomae
 
@@ -138,8 +145,27 @@ class PretrainingArguments:
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even if a GPU is present"})
 
     # output
-    checkpointing_steps: int = field(default=1000, metadata={"help": "save_state every N steps (0: never)"})
-    resume: str | None = field(default=None, metadata={"help": "a checkpoints/step_N folder, or 'latest'"})
+    checkpointing_steps: int = field(
+        default=1000, metadata={"help": "save a checkpoint (checkpoints/step_N) every N steps (0: never)"}
+    )
+    keep_checkpoints: int | None = field(
+        default=None,
+        metadata={
+            "metavar": "N",
+            "help": "after each save, delete all but the N newest checkpoints (default: keep all)",
+        },
+    )
+    resume: str | None = field(
+        default=None,
+        metadata={"help": "a checkpoints/step_N folder, or 'latest' (the newest complete one; none: start at step 0)"},
+    )
+    trust_checkpoint: bool = field(
+        default=False,
+        metadata={
+            "help": "let --resume fully unpickle optimizer files that hold more than tensors and numbers (this can "
+            "run code: only for a folder whose origin you trust); this package's own checkpoints never need it"
+        },
+    )
     logging_steps: int = field(default=1, metadata={"help": "log the losses every N steps"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar and no loss lines on the terminal"})
     eval_steps: int = field(default=500, metadata={"help": "evaluate every N steps (0: never)"})
@@ -147,8 +173,39 @@ class PretrainingArguments:
     tensorboard: bool = field(default=True, metadata={"help": "log to TensorBoard (--no-tensorboard: don't)"})
 
     def __post_init__(self):
+        # ValueErrors: `examples/pretrain.py` prints each as one argparse line, before anything is loaded.
         if not self.train_data and not self.youtube_faces:
             raise ValueError("give train_data (--train-data) or youtube_faces (--youtube-faces)")
+        for name, minimum in ARGUMENT_MINIMUMS.items():
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{name} ({flag}) is {value}; give at least {minimum}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction (--holdout-fraction) is {self.holdout_fraction}; give one in [0, 1)")
+        try:
+            parse_config_overrides(self.config_override)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+
+
+# The smallest value of each count of PretrainingArguments (None, where allowed, is always fine).
+ARGUMENT_MINIMUMS = {
+    "batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "num_epochs": 1,
+    "warmup_epochs": 0,
+    "max_steps": 1,
+    "clips_per_video": 1,
+    "eval_batch_size": 1,
+    "sample_rate": 1,
+    "num_workers": 0,
+    "checkpointing_steps": 0,
+    "keep_checkpoints": 0,
+    "logging_steps": 1,
+    "eval_steps": 0,
+    "image_steps": 0,
+}
 
 
 @dataclass
@@ -162,24 +219,44 @@ class PretrainingResult:
     model_dir: Path
 
 
-class TrainingProgress:
-    """Optimizer steps done so far, saved with `accelerator.save_state` so that a resumed run knows where it is."""
-
-    def __init__(self):
-        self.step = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
+# What `--config-override` may set: MarlinConfig's fields (the reference's names, which MarlinConfig also takes, are
+# left to config files: one spelling on the command line).
+CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(MarlinConfig))
+# MarlinConfig fields that must be positive integers for a model to be built.
+POSITIVE_CONFIG_FIELDS = (
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "num_frames",
+    "tubelet_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "decoder_hidden_size",
+    "decoder_num_hidden_layers",
+    "decoder_num_attention_heads",
+    "decoder_intermediate_size",
+    "discriminator_hidden_size",
+)
 
 
 def parse_config_overrides(items: list[str]) -> dict[str, object]:
-    """`["KEY=VALUE", ...]` -> `{KEY: VALUE}`, each VALUE read as JSON (`112`, `0.75`, `true`), else kept a string."""
+    """`["KEY=VALUE", ...]` -> `{KEY: VALUE}`, each VALUE read as JSON (`112`, `0.75`, `true`), else kept a string.
+
+    Raises:
+        ConfigError: an item without `=`, or a KEY that is not a MarlinConfig field (which the config would keep
+            as an unused attribute: a misspelt override would silently do nothing).
+    """
     overrides = {}
     for item in items:
-        key, _, value = item.partition("=")
+        key, equals, value = item.partition("=")
+        if not equals:
+            raise ConfigError(f"--config-override {item}: give KEY=VALUE, e.g. image_size=112.")
+        if key not in CONFIG_FIELDS:
+            close = difflib.get_close_matches(key, sorted(CONFIG_FIELDS), n=1)
+            hint = f"did you mean {close[0]}?" if close else "see MarlinConfig's docstring for the fields."
+            raise ConfigError(f"--config-override {item}: {key} is not a MarlinConfig field; {hint}")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -187,20 +264,59 @@ def parse_config_overrides(items: list[str]) -> dict[str, object]:
     return overrides
 
 
+def check_model_config(config: MarlinConfig, source: str) -> None:
+    """Refuse a config no pretraining model can be built from (`source` names where it came from, for the message).
+
+    Raises:
+        ConfigError: a size that is not a positive integer, a width not divisible by its heads, a frame or clip size
+            not divisible by its patch or tubelet, a mask ratio outside [0, 1), an unknown masking strategy.
+    """
+    for name in POSITIVE_CONFIG_FIELDS:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{source}: {name}={value!r}; give a positive integer (--config-override {name}=...).")
+    for whole, part in (
+        ("hidden_size", "num_attention_heads"),
+        ("decoder_hidden_size", "decoder_num_attention_heads"),
+        ("image_size", "patch_size"),
+        ("num_frames", "tubelet_size"),
+    ):
+        if getattr(config, whole) % getattr(config, part):
+            raise ConfigError(
+                f"{source}: {whole}={getattr(config, whole)} is not a multiple of {part}={getattr(config, part)}; "
+                "change one of them (--config-override)."
+            )
+    if not 0.0 <= config.mask_ratio < 1.0:
+        raise ConfigError(f"{source}: mask_ratio={config.mask_ratio}; give one in [0, 1).")
+    if config.mask_strategy not in MASKING_STRATEGIES:
+        raise ConfigError(
+            f"{source}: mask_strategy={config.mask_strategy!r}; give one of {', '.join(MASKING_STRATEGIES)}."
+        )
+
+
 def build_model(
     model_config: str = "base", init_from: str | None = None, config_overrides: dict | None = None
 ) -> MarlinForPreTraining:
     """A fresh model of `model_config` (a variant name, a config JSON or a model folder), or one initialized from
     `init_from`: a VideoMAE or MARLIN folder / Hub id, or a released MARLIN `.full.pt` / Lightning `.ckpt` file.
-    `config_overrides` (MarlinConfig fields) apply to either, except a released file."""
+    `config_overrides` (MarlinConfig fields) apply to either, except a released file.
+
+    Raises:
+        ConfigError: `model_config` with the overrides is no buildable config (`check_model_config`).
+    """
     overrides = config_overrides or {}
+    source = f"model config {model_config if init_from is None else init_from}" + (" with overrides" * bool(overrides))
     if init_from is None:
-        if Path(model_config).is_file():
-            config = MarlinConfig(**{**json.loads(Path(model_config).read_text()), **overrides})
-        elif Path(model_config).is_dir():
-            config = MarlinConfig.from_pretrained(model_config, **overrides)
-        else:
-            config = MarlinConfig.from_variant(model_config, **overrides)
+        try:
+            if Path(model_config).is_file():
+                config = MarlinConfig(**{**json.loads(Path(model_config).read_text()), **overrides})
+            elif Path(model_config).is_dir():
+                config = MarlinConfig.from_pretrained(model_config, **overrides)
+            else:
+                config = MarlinConfig.from_variant(model_config, **overrides)
+        except (ValueError, TypeError, StrictDataclassError) as error:  # the strict dataclass's message spans lines
+            raise ConfigError(f"{source}: {' '.join(str(error).split())}") from None
+        check_model_config(config, source)
         return MarlinForPreTraining(config)
     if Path(init_from).is_file():  # a released MARLIN .pt / Lightning .ckpt
         model = load_reference_checkpoint(init_from)
@@ -212,11 +328,15 @@ def build_model(
     folder = resolve_checkpoint_folder(init_from)
     hub_config = json.loads((folder / "config.json").read_text())
     if hub_config.get("model_type") == "videomae":
-        model = MarlinForPreTraining(marlin_config_from_videomae(hub_config, **overrides))
+        config = marlin_config_from_videomae(hub_config, **overrides)
+        check_model_config(config, source)
+        model = MarlinForPreTraining(config)
         kept = load_videomae_weights(model, folder)
         print(f"initialized from VideoMAE {init_from}; left at init: {kept}")
         return model
-    return MarlinForPreTraining.from_pretrained(folder, **overrides)
+    config = MarlinConfig.from_pretrained(folder, **overrides)
+    check_model_config(config, source)
+    return MarlinForPreTraining.from_pretrained(folder, config=config)
 
 
 def get_dataloaders(
@@ -398,12 +518,6 @@ def append_eval_log(path: Path, step: int, mse: float) -> None:
         csv.writer(f).writerow([step, f"{mse:.6f}"])
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The `checkpoints/step_N` folder of `output_dir` with the largest N, or None."""
-    checkpoints = sorted((output_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
-    return checkpoints[-1] if checkpoints else None
-
-
 def save_final_model(accelerator: Accelerator, model, critic, folder: Path) -> None:
     """The generator (gathered from every process) with its critic, as a `save_marlin_folder` folder."""
     state_dict = accelerator.get_state_dict(model)  # a collective: every process calls it
@@ -429,6 +543,21 @@ def train(args: PretrainingArguments) -> PretrainingResult:
         cpu=args.cpu,
     )
     output_dir = Path(args.output_dir)
+    checkpoints_dir = output_dir / "checkpoints"
+    # Which checkpoint to resume from is settled before anything is built, so that a wrong --resume fails at once.
+    resume = None
+    if args.resume == "latest":
+        resume = latest_checkpoint(output_dir, report=accelerator.print)
+        if resume is None:
+            accelerator.print(f"--resume latest: no complete checkpoint in {checkpoints_dir}; starting at step 0.")
+    elif args.resume:
+        resume = Path(args.resume)
+        problem = checkpoint_problem(resume)
+        if problem is not None:
+            raise CheckpointError(
+                f"--resume {resume}: not a complete pretraining checkpoint ({problem}); give a checkpoints/step_N "
+                "folder a run saved whole, or 'latest'."
+            )
     set_seed(args.seed)
     model = build_model(args.model_config, args.init_from, parse_config_overrides(args.config_override))
     if args.adv_weight is not None:
@@ -465,15 +594,11 @@ def train(args: PretrainingArguments) -> PretrainingResult:
     model, g_optimizer, d_optimizer, train_dataloader = accelerator.prepare(
         model, g_optimizer, d_optimizer, train_dataloader
     )
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(critic, progress)
-
-    if args.resume:
-        resume = latest_checkpoint(output_dir) if args.resume == "latest" else Path(args.resume)
-        if resume is not None:
-            accelerator.load_state(str(resume))
-            accelerator.print(f"resumed from {resume} at step {progress.step}")
-    micro_batches_done = progress.step * accelerator.gradient_accumulation_steps
+    step = 0  # optimizer steps done
+    if resume is not None:
+        step = load_checkpoint(accelerator, resume, critic, trust=args.trust_checkpoint)
+        accelerator.print(f"resumed from {resume} at step {step}")
+    micro_batches_done = step * accelerator.gradient_accumulation_steps
     first_epoch, skip_batches = divmod(micro_batches_done, len(train_dataloader))
 
     if args.tensorboard:
@@ -482,13 +607,13 @@ def train(args: PretrainingArguments) -> PretrainingResult:
     is_main = accelerator.is_main_process
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in remove_unfinished_checkpoints(checkpoints_dir) if checkpoints_dir.is_dir() else []:
+            accelerator.print(f"removed {leftover}, an unfinished checkpoint of an interrupted run")
         (output_dir / "train_config.json").write_text(json.dumps(asdict(args), indent=2, default=str))
     eval_curve, train_log = [], []
 
     # The terminal: a bar over optimizer steps with the latest losses, and one line per evaluation (main process).
-    bar = tqdm(
-        total=max_steps, initial=progress.step, desc="pretraining", unit="step", disable=args.quiet or not is_main
-    )
+    bar = tqdm(total=max_steps, initial=step, desc="pretraining", unit="step", disable=args.quiet or not is_main)
 
     def run_eval(step: int) -> None:
         mse, logits = evaluate(model, eval_batch, accelerator)
@@ -509,10 +634,10 @@ def train(args: PretrainingArguments) -> PretrainingResult:
             picture = output_dir / "reconstructions" / f"step_{step:06d}.png"
             save_reconstruction(eval_batch, logits, accelerator.unwrap_model(model).config, picture, accelerator, step)
 
-    if progress.step == 0 and args.eval_steps:
+    if step == 0 and args.eval_steps:
         run_eval(0)
     for epoch in range(first_epoch, args.num_epochs):
-        if progress.step >= max_steps:
+        if step >= max_steps:
             break
         train_dataloader.set_epoch(epoch)
         train_dataloader.dataset.set_epoch(epoch)  # Accelerate forwards it only in some layouts
@@ -520,11 +645,11 @@ def train(args: PretrainingArguments) -> PretrainingResult:
         if epoch == first_epoch and skip_batches:
             batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
         for batch in batches:
-            lr = learning_rate_at(progress.step, learning_rate, min_learning_rate, warmup_steps, total_steps)
+            lr = learning_rate_at(step, learning_rate, min_learning_rate, warmup_steps, total_steps)
             for optimizer in (g_optimizer, d_optimizer):
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-            gp_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + progress.step)
+            gp_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
             with accelerator.accumulate(model):
                 losses = train_step(
                     batch,
@@ -539,8 +664,7 @@ def train(args: PretrainingArguments) -> PretrainingResult:
                 )
             if not accelerator.sync_gradients:
                 continue
-            progress.step += 1
-            step = progress.step
+            step += 1
             bar.update(1)
             if step % args.logging_steps == 0 or step == max_steps:
                 logged = {name: accelerator.reduce(value, "mean").item() for name, value in losses.items()}
@@ -553,10 +677,7 @@ def train(args: PretrainingArguments) -> PretrainingResult:
             if args.eval_steps and (step % args.eval_steps == 0 or step == max_steps):
                 run_eval(step)
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                checkpoint = output_dir / "checkpoints" / f"step_{step}"
-                accelerator.save_state(str(checkpoint))
-                if is_main:
-                    honour_umask(checkpoint)  # safetensors writes 0600
+                save_checkpoint(accelerator, critic, step, checkpoints_dir, keep=args.keep_checkpoints)
             if step >= max_steps:
                 break
 
@@ -566,4 +687,4 @@ def train(args: PretrainingArguments) -> PretrainingResult:
     if is_main and len(eval_curve) > 1:
         write_curve_png(eval_curve, output_dir / "eval_curve.png", "reconstruction MSE, held-out batch")
     accelerator.end_training()
-    return PretrainingResult(progress.step, eval_curve, train_log, output_dir / "model")
+    return PretrainingResult(step, eval_curve, train_log, output_dir / "model")
