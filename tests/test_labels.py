@@ -74,3 +74,6 @@ def test_json_labels_are_checked_too(tmp_path):
     (tmp_path / "data.jsonl").write_text('{"path": "a.mp4", "label": "smile"}\n{"path": "b.mp4", "label": ""}\n')
     with pytest.raises(DatasetError, match="b.mp4 has an empty class label"):
         read_labels(tmp_path / "data.jsonl", "single_label_classification")
+    (tmp_path / "data.jsonl").write_bytes('{"path": "é.mp4", "label": "smile"}\n'.encode("latin-1"))
+    with pytest.raises(DatasetError, match="data.jsonl: not UTF-8 text; save the file as UTF-8$"):
+        read_labels(tmp_path / "data.jsonl", "single_label_classification")

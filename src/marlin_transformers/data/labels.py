@@ -354,6 +354,8 @@ def _read_json(path: Path, problem_type: str) -> LabelsTable:
             raw = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
             raw = json.loads(text)
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
     except json.JSONDecodeError as error:
         raise DatasetError(f"{path}: not valid JSON ({error})") from None
     label_names = None
