@@ -104,48 +104,55 @@ class ClipArguments:
 
 def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser((ModelArguments, DataArguments, ClipArguments, FinetuningArguments))
-    model_args, data_args, clip_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    problem_type = training_args.problem_type
     try:
-        encoder = load_encoder(model_args.model)
-        options = ClipOptions(
-            num_frames=encoder.config.num_frames, image_size=encoder.config.image_size, **asdict(clip_args)
-        )
-        train_dataset, eval_dataset, label_names = build_datasets(
-            data_args.train_data,
-            data_args.eval_data,
-            problem_type,
-            options,
-            training_args.seed,
-            data_args.train_split,
-            data_args.eval_split,
-        )
-        if model_args.lora and model_args.freeze_encoder:
-            raise MarlinError("--lora and --freeze-encoder exclude each other: pick one.")
-        set_seed(training_args.seed)  # the new head and the adapters start the same in every run of a seed
-        model = build_model(encoder, problem_type, label_names, model_args.freeze_encoder)
-        if model_args.lora:
-            model = add_lora(
-                model,
-                model_args.lora_rank,
-                model_args.lora_alpha,
-                model_args.lora_dropout,
-                model_args.lora_target_modules,
-            )
+        model_args, data_args, clip_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        ClipOptions(**asdict(clip_args))  # its checks, before the model loads
+    except ValueError as error:  # FinetuningArguments' (TrainingArguments') and ClipOptions' own checks
+        parser.error(str(error))
+    try:
+        return finetune(model_args, data_args, clip_args, training_args)
     except MarlinError as error:
         print(f"finetune: error: {error}", file=sys.stderr)
         return 1
+
+
+def finetune(
+    model_args: ModelArguments, data_args: DataArguments, clip_args: ClipArguments, training_args: FinetuningArguments
+) -> int:
+    """Load, fine-tune, evaluate and save (and push); user errors propagate as `MarlinError`s. Returns 0."""
+    if model_args.lora and model_args.freeze_encoder:
+        raise MarlinError("--lora and --freeze-encoder exclude each other: pick one.")
+    problem_type = training_args.problem_type
+    encoder = load_encoder(model_args.model)
+    options = ClipOptions(
+        num_frames=encoder.config.num_frames, image_size=encoder.config.image_size, **asdict(clip_args)
+    )
+    train_dataset, eval_dataset, label_names = build_datasets(
+        data_args.train_data,
+        data_args.eval_data,
+        problem_type,
+        options,
+        training_args.seed,
+        data_args.train_split,
+        data_args.eval_split,
+    )
+    set_seed(training_args.seed)  # the new head and the adapters start the same in every run of a seed
+    model = build_model(encoder, problem_type, label_names, model_args.freeze_encoder)
+    if model_args.lora:
+        model = add_lora(
+            model,
+            model_args.lora_rank,
+            model_args.lora_alpha,
+            model_args.lora_dropout,
+            model_args.lora_target_modules,
+        )
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"finetune: {trainable:,} of {total:,} parameters trained ({100 * trainable / total:.2f}%)", file=sys.stderr)
     trainer = build_trainer(model, training_args, problem_type, train_dataset, eval_dataset)
-    try:
-        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        metrics = trainer.evaluate()  # the best checkpoint, reloaded by load_best_model_at_end
-    except MarlinError as error:
-        print(f"finetune: error: {error}", file=sys.stderr)
-        return 1
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = trainer.evaluate()  # the best checkpoint, reloaded by load_best_model_at_end
     trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         save_finetuned(trainer.model, training_args.output_dir, merge_lora=model_args.merge_lora)

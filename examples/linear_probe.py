@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="metrics JSON (default: FEATURES/linear_probe_metrics.json)")
     args = parser.parse_args(argv)
 
-    config = LinearProbeConfig(**{f.name: getattr(args, f.name) for f in fields(LinearProbeConfig)})
+    try:
+        config = LinearProbeConfig(**{f.name: getattr(args, f.name) for f in fields(LinearProbeConfig)})
+    except ValueError as error:  # its own checks: --epochs 0, --batch-size -1, --learning-rate 0...
+        parser.error(str(error))
     try:
         report = run_linear_probe(
             args.features,
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             skip_missing=args.skip_missing,
         )
     except MarlinError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"linear_probe: error: {error}", file=sys.stderr)
         return 1
     output = Path(args.output) if args.output else Path(args.features) / "linear_probe_metrics.json"
     output.parent.mkdir(parents=True, exist_ok=True)

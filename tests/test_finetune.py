@@ -270,3 +270,86 @@ def test_dataloader_workers_default_fits_the_machine():
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert finetuning.FinetuningArguments(output_dir="unused").dataloader_num_workers == min(4, cores)
+
+
+def write_corrupt_videos(folder: Path, good_video: Path) -> list[Path]:
+    """Random bytes named .mp4, and the first half of a real mp4 (its index, written last, is gone)."""
+    noise, truncated = folder / "noise.mp4", folder / "truncated.mp4"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    data = good_video.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    return [noise, truncated]
+
+
+def test_corrupt_videos_are_skipped_with_a_line_each(finetune, tiny_model, class_folders, tmp_path, capsys):
+    videos = sorted(class_folders[0].rglob("*.mp4"))
+    corrupt = write_corrupt_videos(tmp_path, videos[0])
+    rows = [f"{v},{v.parent.name}" for v in [corrupt[0], *videos, corrupt[1]]]
+    (tmp_path / "train.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    argv = ["--model", str(tiny_model), "--train-data", str(tmp_path / "train.csv")]
+    argv += ["--eval-data", str(class_folders[1]), "--problem-type", "single_label_classification", *FAST]
+    argv += ["--num-train-epochs", "1", "--save-strategy", "no", "--load-best-model-at-end", "false"]
+    assert finetune.main([*argv, "--output-dir", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    skipped = [line for line in err if line.startswith("skipping ")]
+    assert [line.split(":")[0] for line in skipped] == [f"skipping {c}" for c in corrupt]
+    assert f"skipped 2 of 8 videos of {tmp_path / 'train.csv'}: unreadable; see the lines above" in err
+    assert "Traceback" not in "\n".join(err)
+
+    (tmp_path / "bad.csv").write_text(f"path,label\n{corrupt[0]},red\n{corrupt[1]},blue\n")
+    argv[3] = argv[5] = str(tmp_path / "bad.csv")
+    assert finetune.main([*argv, "--output-dir", str(tmp_path / "bad")]) == 1
+    message = capsys.readouterr().err.splitlines()[-1]
+    assert message.startswith(f"finetune: error: none of the 2 videos of {tmp_path / 'bad.csv'} is readable")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--num-train-epochs", "0"],
+        ["--per-device-train-batch-size", "0"],
+        ["--per-device-train-batch-size", "-2"],
+        ["--per-device-eval-batch-size", "0"],
+        ["--learning-rate", "0"],
+        ["--gradient-accumulation-steps", "0"],
+        ["--sample-rate", "0"],
+        ["--max-eval-windows", "-1"],
+    ],
+)
+def test_settings_that_train_nothing_are_refused_up_front(finetune, tmp_path, capsys, flags):
+    # The model is not even looked at: the check comes first (and this one does not exist).
+    argv = ["--model", str(tmp_path / "no_model"), "--train-data", "t.csv", "--eval-data", "e.csv"]
+    with pytest.raises(SystemExit) as exit_:
+        finetune.main([*argv, "--output-dir", str(tmp_path / "out"), *flags])
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ": error: " in last and flags[0][2:].replace("-", "_") in last and f"got {flags[1]}" in last
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_regression_label_stops_before_training(finetune, tiny_model, class_folders, tmp_path, capsys):
+    videos = sorted(class_folders[0].rglob("*.mp4"))
+    (tmp_path / "train.csv").write_text(f"path,score\n{videos[0]},0.5\n{videos[1]},nan\n")
+    argv = ["--model", str(tiny_model), "--train-data", str(tmp_path / "train.csv"), "--eval-data"]
+    argv += [str(tmp_path / "train.csv"), "--problem-type", "regression", "--output-dir", str(tmp_path / "out"), *FAST]
+    assert finetune.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()  # above the error: transformers' loading progress
+    assert err[-1] == (
+        f"finetune: error: {tmp_path / 'train.csv'}:3: column 'score' holds 'nan', not a finite number; "
+        "give a real value or remove the row"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_user_errors_past_loading_are_one_line(finetune, tiny_model, class_folders, tmp_path, capsys, monkeypatch):
+    from marlin_transformers.exceptions import CheckpointError
+
+    def refuse(*args, **kwargs):
+        raise CheckpointError("somewhere: cannot be written; free some space")
+
+    monkeypatch.setattr(finetune, "build_trainer", refuse)
+    argv = ["--model", str(tiny_model), "--train-data", str(class_folders[0]), "--eval-data", str(class_folders[1])]
+    assert finetune.main([*argv, "--output-dir", str(tmp_path / "out"), *FAST]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "finetune: error: somewhere: cannot be written; free some space"
+    )

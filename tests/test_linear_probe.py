@@ -177,7 +177,7 @@ def test_missing_features_are_an_error_unless_skipped(linear_probe, tmp_path, ca
             "--problem-type", "single_label_classification", "--epochs", "1"]  # fmt: skip
     assert linear_probe.main(argv) == 1
     message = capsys.readouterr().err.strip()
-    assert message.startswith("error: ") and "broken.mp4" in message and "\n" not in message
+    assert message.startswith("linear_probe: error: ") and "broken.mp4" in message and "\n" not in message
     assert linear_probe.main([*argv, "--skip-missing"]) == 0
     report = json.loads((tmp_path / "features" / "linear_probe_metrics.json").read_text())
     assert report["skipped_without_features"] == {"train": 1, "eval": 1}
@@ -213,3 +213,33 @@ def test_validation_keeps_the_best_epoch():
             LinearProbeConfig(epochs=1),
             validation=(features[val], targets[val]),
         )
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--epochs", "0"], ["--batch-size", "-1"], ["--learning-rate", "0"], ["--learning-rate", "-0.001"],
+     ["--weight-decay", "-1"], ["--eval-every", "0"]],
+)  # fmt: skip
+def test_settings_that_train_nothing_are_refused_up_front(linear_probe, tmp_path, capsys, flags):
+    argv = ["--features", str(tmp_path / "none"), "--train-labels", "t.csv", "--eval-labels", "e.csv", *flags]
+    with pytest.raises(SystemExit) as exit_:
+        linear_probe.main(argv)
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ": error: " in last and f"{flags[0][2:].replace('-', '_')} must be" in last and f"got {flags[1]}" in last
+
+
+def test_nan_label_is_one_line_naming_file_line_and_column(linear_probe, tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    inputs = write_extract_output(tmp_path / "features", rng.normal(size=(4, HIDDEN)), rng)
+    labels = write_csv(
+        tmp_path / "labels.csv", ["path", "score"], [[p, v] for p, v in zip(inputs, [0.1, 2, "inf", 1])]
+    )
+    argv = ["--features", str(tmp_path / "features"), "--train-labels", str(labels), "--eval-labels", str(labels),
+            "--problem-type", "regression", "--epochs", "1"]  # fmt: skip
+    assert linear_probe.main(argv) == 1
+    assert capsys.readouterr().err == (
+        f"linear_probe: error: {labels}:4: column 'score' holds 'inf', not a finite number; "
+        "give a real value or remove the row\n"
+    )
+    assert not (tmp_path / "features" / "linear_probe_metrics.json").exists()

@@ -18,7 +18,9 @@ Read by `evaluation.finetuning` and `evaluation.linear_probe`; written by `data.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,16 +75,33 @@ class LabelsTable:
 
 
 def read_labels_csv(path: str | os.PathLike, problem_type: str) -> LabelsTable:
-    """Read a labels CSV (layout in the module docstring) for `problem_type` (transformers' names)."""
+    """Read a labels CSV (layout in the module docstring) for `problem_type` (transformers' names).
+
+    Every cell is checked before anything trains: an empty cell, a label that is not a number (multi-label,
+    regression), NaN or infinity (regression), or anything but 0/1 (multi-label) is a `DatasetError` naming the file,
+    the line and the column. Rows whose cells are all blank are skipped, as blank lines are.
+    """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such labels file") from None
-    if not rows or not rows[0]:
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: is a folder, not a labels CSV") from None
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: Excel's "CSV UTF-8" starts the file with a byte-order mark
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); save the file as UTF-8 "
+            "(Excel: 'CSV UTF-8')"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = [(reader.line_num, row) for row in reader]  # line_num: the (last) line the row ends on, for errors
+    if not rows or not rows[0][1]:
         raise DatasetError(f"{path}: empty labels file; expected a header 'path,<label columns>'")
-    header, body = [name.strip() for name in rows[0]], [row for row in rows[1:] if row]
+    header = [name.strip() for name in rows[0][1]]
+    body = [(line, row) for line, row in rows[1:] if any(cell.strip() for cell in row)]
     key = "path" if "path" in header else "input" if "input" in header else None
     if key is None:
         raise DatasetError(f"{path}: no 'path' (or 'input') column in the header {header}")
@@ -91,11 +110,14 @@ def read_labels_csv(path: str | os.PathLike, problem_type: str) -> LabelsTable:
     key_index = header.index(key)
     label_columns = [i for i in range(len(header)) if i != key_index]
     label_names = [header[i] for i in label_columns]
-    for line_number, row in enumerate(body, start=2):
+    for line, row in body:
         if len(row) != len(header):
-            raise DatasetError(f"{path}:{line_number}: {len(row)} fields, the header has {len(header)}")
-    paths = [os.path.normpath(os.path.abspath(path.parent / row[key_index])) for row in body]
-    values = [[row[i].strip() for i in label_columns] for row in body]
+            raise DatasetError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
+        for name, cell in zip(header, row):
+            if not cell.strip():
+                raise DatasetError(f"{path}:{line}: column {name!r} is empty; fill it in or remove the row")
+    paths = [os.path.normpath(os.path.abspath(path.parent / row[key_index])) for _, row in body]
+    values = [[row[i].strip() for i in label_columns] for _, row in body]
 
     if problem_type == "single_label_classification":
         if label_names != ["label"]:
@@ -109,11 +131,28 @@ def read_labels_csv(path: str | os.PathLike, problem_type: str) -> LabelsTable:
         raise DatasetError(f"unknown problem type {problem_type!r} for {path}")
     if not label_names:
         raise DatasetError(f"{path}: no label columns besides {key!r}")
+    numbers = [
+        [_label_number(cell, name, problem_type, f"{path}:{line}") for cell, name in zip(row, label_names)]
+        for (line, _), row in zip(body, values)
+    ]
+    return labels_table(paths, numbers, problem_type, label_names, str(path))
+
+
+def _label_number(cell: str, column: str, problem_type: str, where: str) -> float:
+    """One multi-label (0 or 1) or regression (finite) cell as a number; `where` is "file:line", named in errors."""
     try:
-        rows = [[float(v) for v in row] for row in values]
-    except ValueError as error:
-        raise DatasetError(f"{path}: a label is not a number ({error})") from None
-    return labels_table(paths, rows, problem_type, label_names, str(path))
+        value = float(cell)
+    except ValueError:
+        raise DatasetError(
+            f"{where}: column {column!r} holds {cell!r}, not a number; fix it or remove the row"
+        ) from None
+    if problem_type == "multi_label_classification" and value not in (0.0, 1.0):
+        raise DatasetError(f"{where}: column {column!r} holds {cell!r}; multi-label columns hold 0 or 1 only")
+    if not math.isfinite(value):
+        raise DatasetError(
+            f"{where}: column {column!r} holds {cell!r}, not a finite number; give a real value or remove the row"
+        )
+    return value
 
 
 def labels_table(
@@ -137,6 +176,10 @@ def labels_table(
     Returns:
         `LabelsTable` with labels (num_videos,) int64, (num_videos, num_labels) int64 0/1 or (num_videos,
         num_targets) float32.
+
+    Raises:
+        DatasetError: an empty or missing class name, a number that is NaN, infinite or missing, a multi-label value
+            other than 0/1, or rows of different lengths; the message names `source` and the video.
     """
     paths = list(paths)
     if problem_type == "single_label_classification":
@@ -146,6 +189,9 @@ def labels_table(
                 raise DatasetError(f"{source}: class indices must be >= 0, found {labels.min()}")
             names = list(label_names) if label_names else [str(i) for i in range(int(labels.max()) + 1)]
             return LabelsTable(paths, labels, names)
+        blank = next((i for i, v in enumerate(values) if v is None or not str(v).strip()), None)
+        if blank is not None:  # it would become a class of its own
+            raise DatasetError(f"{source}: {paths[blank]} has an empty class label; give every video a class")
         names = sorted({str(v) for v in values})
         index = {name: i for i, name in enumerate(names)}
         return LabelsTable(paths, np.array([index[str(v)] for v in values], dtype=np.int64), names)
@@ -161,6 +207,12 @@ def labels_table(
     names = list(label_names) if label_names else [f"LABEL_{i}" for i in range(matrix.shape[1])]
     if len(names) != matrix.shape[1]:
         raise DatasetError(f"{source}: {len(names)} label names for {matrix.shape[1]} labels per video")
+    if not np.isfinite(matrix).all():  # NaN (also a missing value, None) or infinity: a model of NaNs
+        row, column = np.argwhere(~np.isfinite(matrix))[0]
+        raise DatasetError(
+            f"{source}: label {names[column]!r} of {paths[row]} is {matrix[row, column]}, not a finite number; "
+            "give a real value or leave the video out"
+        )
     if problem_type == "regression":
         return LabelsTable(paths, matrix.astype(np.float32), names)
     if not np.isin(matrix, (0.0, 1.0)).all():
@@ -302,6 +354,8 @@ def _read_json(path: Path, problem_type: str) -> LabelsTable:
             raw = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
             raw = json.loads(text)
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
     except json.JSONDecodeError as error:
         raise DatasetError(f"{path}: not valid JSON ({error})") from None
     label_names = None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from ..constants import MARLIN_CROP_SIZE, NUM_FRAMES, SAMPLE_RATE
 from ..data.labels import align_label_names, read_labels
 from ..exceptions import DatasetError
 from ..modeling_marlin import MarlinForVideoClassification, MarlinModel
+from ..video.decoding import skip_unreadable
 from ..video.face_tracking import FaceTracker
 from ..video_processing_marlin import MarlinVideoProcessor
 from .metrics import PROBLEM_TYPES, build_compute_metrics
@@ -74,6 +76,20 @@ class ClipOptions:
     crop_face: bool = False
     face_margin: float = 1.0
 
+    def __post_init__(self):
+        # ValueError, as `TrainingArguments` raises: examples/finetune.py turns it into an argparse error line.
+        for name in ("num_frames", "image_size", "sample_rate", "train_stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_stride is not None and self.eval_stride < 1:
+            raise ValueError(f"eval_stride must be at least 1 (or None: num_frames), got {self.eval_stride}")
+        if self.eval_clips not in ("all", "first"):
+            raise ValueError(f"eval_clips must be 'all' or 'first', got {self.eval_clips!r}")
+        if self.max_eval_windows < 0:
+            raise ValueError(f"max_eval_windows must be >= 0 (0: all), got {self.max_eval_windows}")
+        if not self.face_margin > 0:
+            raise ValueError(f"face_margin must be > 0, got {self.face_margin}")
+
 
 class VideoClipDataset(torch.utils.data.Dataset):
     """Labelled videos, decoded and cropped on the fly.
@@ -88,6 +104,10 @@ class VideoClipDataset(torch.utils.data.Dataset):
         options: the clip sampling.
         training: one seeded random window per item (True) or the evaluation windows (False).
         seed: with the epoch (`set_epoch`) and the item's index, seeds its window draw.
+        source: where the videos are listed (e.g. the labels file), named in messages.
+
+    A missing video is an error; one that does not open or decode its first frame (`video.decoding.probe_video`) is
+    left out with a line on stderr, and a count (`video.decoding.skip_unreadable`), before anything trains.
     """
 
     def __init__(
@@ -98,15 +118,19 @@ class VideoClipDataset(torch.utils.data.Dataset):
         options: ClipOptions,
         training: bool,
         seed: int = 0,
+        source: str = "the labels",
     ):
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
             raise DatasetError(
                 f"{missing[0]}: video not found ({len(missing)} of {len(paths)} labelled videos missing)"
             )
-        self.paths = list(paths)
+        # A corrupt video would otherwise stop the run at its first batch, in a data-loader worker.
+        readable = list(skip_unreadable(paths, what=f"videos of {source}"))
+        self.paths = [paths[i] for i in readable]
         dtype = torch.long if problem_type == "single_label_classification" else torch.float32
-        self.labels = torch.as_tensor(np.asarray(labels), dtype=dtype)
+        labels = np.asarray(labels)[readable]  # (num_readable,) or (num_readable, num_labels)
+        self.labels = torch.as_tensor(labels, dtype=dtype)
         if problem_type != "single_label_classification":
             self.labels = self.labels.reshape(len(self.paths), -1)
         self.options = options
@@ -205,8 +229,8 @@ def build_datasets(
     evaluated = read_labels(eval_source, problem_type, eval_split)
     eval_labels = align_label_names(train, evaluated, problem_type, str(eval_source))
     return (
-        VideoClipDataset(train.paths, train.labels, problem_type, options, training=True, seed=seed),
-        VideoClipDataset(evaluated.paths, eval_labels, problem_type, options, training=False, seed=seed),
+        VideoClipDataset(train.paths, train.labels, problem_type, options, True, seed, source=str(train_source)),
+        VideoClipDataset(evaluated.paths, eval_labels, problem_type, options, False, seed, source=str(eval_source)),
         list(train.label_names),
     )
 
@@ -361,6 +385,7 @@ class FinetuningArguments(TrainingArguments):
     2 videos (all their windows) per evaluation batch; 4 data-loader workers; seed 0; a log every 10 steps; at most 2
     checkpoints kept; `hub_strategy="end"` (with `push_to_hub`, the Trainer only creates the repo: upload the final
     folder with `convert_marlin.push_folder_to_hub`). Without an accelerator it runs on the CPU (`use_cpu`).
+    Settings that would train nothing (no epochs, batches of no video, a learning rate <= 0) raise ValueError.
     """
 
     output_dir: str = field(metadata={"help": "where checkpoints, metrics and the final model folder are written"})
@@ -390,6 +415,7 @@ class FinetuningArguments(TrainingArguments):
     label_names: list[str] | None = _training_field("label_names", default_factory=lambda: ["labels"])
 
     def __post_init__(self):
+        self._check_training_settings()
         if self.metric_for_best_model is None:
             self.metric_for_best_model = default_metric_for_best_model(self.problem_type)
         if self.greater_is_better is None:
@@ -400,6 +426,21 @@ class FinetuningArguments(TrainingArguments):
             self.use_cpu = True
             self.dataloader_pin_memory = False
         super().__post_init__()
+
+    def _check_training_settings(self) -> None:
+        """Raise ValueError (as `TrainingArguments` does) on settings that would train nothing, or nonsense, and
+        still exit 0: no epochs (without `max_steps`), batches of no video, no or a negative learning rate."""
+        if self.max_steps <= 0 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise ValueError(
+                f"num_train_epochs (--num-train-epochs) must be > 0, got {self.num_train_epochs}; "
+                "that would train nothing (or give --max-steps)"
+            )
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{name} ({flag}) must be at least 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate (--learning-rate) must be > 0, got {self.learning_rate}")
 
 
 class VideoClipTrainer(Trainer):

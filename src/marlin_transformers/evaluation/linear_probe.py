@@ -46,6 +46,10 @@ class LinearProbeConfig:
         metric_for_best_model: with a validation split, the `evaluation.metrics` key the best epoch is chosen by
             (lower is better for mse and mae).
         eval_every: with a validation split, epochs between its evaluations (the last epoch is always evaluated).
+
+    Raises:
+        ValueError: a setting that would train nothing or nonsense (epochs < 1, a negative batch size, a learning
+            rate <= 0, ...).
     """
 
     epochs: int = 100
@@ -55,6 +59,19 @@ class LinearProbeConfig:
     seed: int = 0
     metric_for_best_model: str = "roc_auc"
     eval_every: int = 5
+
+    def __post_init__(self):
+        # ValueError, as a dataclass of arguments raises: examples/linear_probe.py turns it into an argparse error.
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}; 0 would train nothing")
+        if self.batch_size < 0:
+            raise ValueError(f"batch_size must be >= 0 (0: full batch), got {self.batch_size}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be at least 1, got {self.eval_every}")
 
 
 def _feature_path(extract_dir: Path, output: str) -> Path:
@@ -95,7 +112,11 @@ def load_features(
                 return cache["inputs"].tolist(), cache["features"]
 
     entries: dict[str, dict] = {}
-    for line_number, line in enumerate(manifest_bytes.decode("utf-8").splitlines(), start=1):
+    try:
+        manifest_text = manifest_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DatasetError(f"{manifest}: not UTF-8 text; it is not a `marlin extract` manifest") from None
+    for line_number, line in enumerate(manifest_text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -108,13 +129,19 @@ def load_features(
         if entry.get("status") != "ok":
             continue
         path = _feature_path(extract_dir, entry["output"])
-        array = np.load(path)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise DatasetError(f"{path}: not a readable .npy file ({error}); extract {name} again") from None
         if array.ndim < 2 or array.shape[0] == 0:
             raise DatasetError(f"{path}: expected (windows, hidden) features, got shape {array.shape}")
         inputs.append(name)
         features.append(array.reshape(-1, array.shape[-1]).astype(np.float64).mean(axis=0))  # (hidden,)
     if not inputs:
         raise DatasetError(f"{manifest}: no input has status ok; nothing to probe")
+    sizes = sorted({len(feature) for feature in features})
+    if len(sizes) > 1:
+        raise DatasetError(f"{extract_dir}: features of sizes {sizes} mixed; extract every video with one model")
     stacked = np.stack(features).astype(np.float32)  # (num_videos, hidden)
 
     buffer = io.BytesIO()

@@ -19,7 +19,7 @@ import torch
 from ..configuration_marlin import MarlinConfig
 from ..constants import MARLIN_CROP_SIZE, SAMPLE_RATE
 from ..data.youtube_faces import precomputed_label_maps
-from ..video.decoding import count_frames, decode_frames, resize_frames
+from ..video.decoding import count_frames, decode_frames, probe_video, resize_frames, skip_unreadable
 from ..video.face_tracking import FaceTracker
 from .face_parsing import LandmarkFaceParser
 from .masking import generate_mask, seeded_generator
@@ -160,6 +160,13 @@ def _iter_chunks(path: Path, chunk_size: int, num_frames: int):
             written = int(indices[new].max()) + 1
 
 
+def _probed_frame_count(video: Path) -> int:
+    """`count_frames` of a video whose first frame decodes (`probe_video`): counting demuxes packets only, so a file
+    whose packets do not decode would pass it."""
+    probe_video(video)
+    return count_frames(video)
+
+
 class FaceClipDataset(torch.utils.data.Dataset):
     """Random clips of face videos with their pretraining masks, as MARLIN samples YouTube Faces.
 
@@ -183,6 +190,10 @@ class FaceClipDataset(torch.utils.data.Dataset):
         crop, face_parser: see `FacePreparer`.
         frame_range: the part of each video clips come from, as fractions of its frames: (0, 0.7) and (0.7, 1)
             give disjoint training and held-out clips of the same videos.
+
+    A video that cannot be read (it does not open or decode its first frame, or, with `cache_dir`, fails to decode
+    while cached) is left out with a line on stderr and a count (`video.decoding.skip_unreadable`): `videos` lists
+    the videos kept. None readable is a VideoError.
     """
 
     def __init__(
@@ -218,11 +229,15 @@ class FaceClipDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self.preparer = FacePreparer(image_size, crop, mask_strategy.startswith("fasking"), face_parser)
         self.cache_entries = None
+        # One corrupt video among thousands would otherwise abort the run: it is left out, with a line on stderr.
         if cache_dir is not None:
-            self.cache_entries = [prepare_video_cache(v, cache_dir, self.preparer) for v in self.videos]
+            kept = skip_unreadable(self.videos, lambda video: prepare_video_cache(video, cache_dir, self.preparer))
+            self.cache_entries = list(kept.values())
             self.frame_counts = [len(np.load(e / "crops.npy", mmap_mode="r")) for e in self.cache_entries]
         else:
-            self.frame_counts = [count_frames(v) for v in self.videos]
+            kept = skip_unreadable(self.videos, _probed_frame_count)
+            self.frame_counts = list(kept.values())
+        self.videos = [self.videos[i] for i in kept]
 
     @classmethod
     def from_config(cls, config: MarlinConfig, videos: Sequence[str | os.PathLike], **kwargs) -> FaceClipDataset:

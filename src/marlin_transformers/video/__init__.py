@@ -14,7 +14,9 @@ from .decoding import (
     frame_files,
     frame_rate,
     iter_frames,
+    probe_video,
     read_video,
+    skip_unreadable,
     videos_in_folder,
 )
 from .face_detection import MtcnnDetector
@@ -41,7 +43,9 @@ __all__ = [
     "iter_frames",
     "iter_windows",
     "plan_windows",
+    "probe_video",
     "read_video",
+    "skip_unreadable",
     "videos_in_folder",
     "write_video",
 ]

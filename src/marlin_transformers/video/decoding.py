@@ -8,9 +8,11 @@ whichever stage decodes: extraction, pretraining, CelebV-HQ preparation or the e
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -20,6 +22,8 @@ from ..exceptions import VideoError
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 # Images taken as the frames of a clip in a folder of frames (YouTube Faces' layout).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+T = TypeVar("T")
 
 
 def open_video(path: str | os.PathLike):
@@ -226,3 +230,54 @@ def resize_frames(frames: np.ndarray, size: int, nearest: bool = False) -> np.nd
     images = [Image.fromarray(f[..., 0] if squeeze else f) for f in frames]
     resized = np.stack([np.asarray(image.resize((size, size), resample)) for image in images])
     return resized[..., None] if squeeze else resized
+
+
+def probe_video(path: str | os.PathLike) -> None:
+    """Raise a one-line VideoError unless `path` opens and its first frame decodes (a folder of frames: unless its
+    first image reads). Costs one frame's decoding: a check before a long run relies on the file, not a proof that
+    every frame decodes."""
+    if Path(path).is_dir():
+        from PIL import Image
+
+        files = frame_files(path)
+        if not files:
+            raise VideoError(f"{os.fspath(path)}: folder without frame images ({', '.join(IMAGE_EXTENSIONS)}).")
+        try:
+            with Image.open(files[0]) as image:
+                image.load()
+        except OSError as error:
+            raise VideoError(f"{files[0]}: cannot be read as an image ({error}); re-export the frames.") from None
+        return
+    for _ in iter_frames(path, strict=False):
+        return  # closing the generator closes the container
+
+
+def skip_unreadable(
+    paths: Sequence[str | os.PathLike], read: Callable[[Path], T] = probe_video, what: str = "videos"
+) -> dict[int, T]:
+    """`read(path)` of every path, leaving out those it raises VideoError for, so one corrupt file does not stop a
+    run over many. Each one left out gets a line on stderr (`skipping <its error>`), then a count (`skipped 2 of 40
+    videos: unreadable; see the lines above`).
+
+    Args:
+        read: reads or checks one video (default `probe_video`: opens it and decodes its first frame).
+        what: names the paths in the count, e.g. "videos of train.csv".
+
+    Returns:
+        {index in `paths`: what `read` returned}, in order, for the readable paths.
+
+    Raises:
+        VideoError: none of the paths is readable (one line: the count and the first path's error).
+    """
+    results, errors = {}, []
+    for index, path in enumerate(paths):
+        try:
+            results[index] = read(Path(path))
+        except VideoError as error:
+            errors.append(error)
+            print(f"skipping {error}", file=sys.stderr)
+    if errors and not results:
+        raise VideoError(f"none of the {len(paths)} {what} is readable (the first: {errors[0]})")
+    if errors:
+        print(f"skipped {len(errors)} of {len(paths)} {what}: unreadable; see the lines above", file=sys.stderr)
+    return results
