@@ -695,13 +695,17 @@ def test_bad_arguments_are_refused_up_front(pretrain_example, tiny_videos, tmp_p
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--config-override=num_attention_heads=3"], "hidden_size=32 is not a multiple of num_attention_heads=3"),
-        (["--config-override=num_attention_heads=0"], "num_attention_heads=0; give a positive integer"),
-        (["--config-override=num_hidden_layers=-1"], "num_hidden_layers=-1; give a positive integer"),
+        (
+            ["--config-override=num_attention_heads=3"],
+            "hidden_size (32) must be a multiple of num_attention_heads (3)",
+        ),
+        (["--config-override=num_attention_heads=0"], "num_attention_heads must be at least 1, got 0"),
+        (["--config-override=num_hidden_layers=-1"], "num_hidden_layers must be at least 1, got -1"),
         (["--config-override=hidden_size=wide"], "Field 'hidden_size' expected int, got str"),
         (["--model-config=huge"], "Unknown MARLIN variant 'huge'"),
         (["--train-data={tmp}/MISSING"], "MISSING: no such video file or folder"),
         (["--train-data={tmp}/EMPTY"], "no video files"),
+        (["--batch-size=64"], "training clips, fewer than one batch of 64; lower --batch-size"),
         (
             ["--resume={tmp}/NOT_A_CHECKPOINT"],
             "NOT_A_CHECKPOINT: not a complete pretraining checkpoint (no progress.json",

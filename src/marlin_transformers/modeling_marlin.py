@@ -584,12 +584,14 @@ class MarlinPreTrainedModel(PreTrainedModel):
 class MarlinModel(MarlinPreTrainedModel):
     """The MARLIN encoder: video -> per-token features and a pooled clip feature."""
 
-    # A pretraining folder also holds the decoder, its projection and the critic: the encoder leaves them, as meant.
+    # A pretraining folder also holds the decoder, its projection and the critic, a fine-tuned one its classifier:
+    # the encoder leaves them, as meant.
     _keys_to_ignore_on_load_unexpected = [
         *MarlinPreTrainedModel._keys_to_ignore_on_load_unexpected,
         r"^decoder\.",
         r"^encoder_to_decoder\.",
         r"^discriminator\.",
+        r"^classifier\.",
     ]
 
     def __init__(self, config: MarlinConfig):

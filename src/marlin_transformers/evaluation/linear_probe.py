@@ -112,21 +112,16 @@ def load_features(
                 return cache["inputs"].tolist(), cache["features"]
 
     entries: dict[str, dict] = {}
-    try:
-        manifest_text = manifest_bytes.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DatasetError(f"{manifest}: not UTF-8 text; it is not a `marlin extract` manifest") from None
-    for line_number, line in enumerate(manifest_text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for line in manifest_bytes.decode("utf-8", errors="replace").splitlines():
         try:
             entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash, as `marlin extract` skips it (and cuts it off on its next run)
+        if isinstance(entry, dict) and isinstance(entry.get("input"), str):
             entries[entry["input"]] = entry
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DatasetError(f"{manifest}:{line_number}: not a manifest line with an 'input'") from None
     inputs, features = [], []
     for name, entry in entries.items():
-        if entry.get("status") != "ok":
+        if entry.get("status") != "ok" or not isinstance(entry.get("output"), str):
             continue
         path = _feature_path(extract_dir, entry["output"])
         try:

@@ -34,9 +34,15 @@ from tqdm.auto import tqdm
 
 from ..configuration_marlin import MarlinConfig
 from ..constants import SAMPLE_RATE
-from ..convert_marlin import load_reference_checkpoint, resolve_checkpoint_folder, save_marlin_folder
+from ..convert_marlin import (
+    config_error_reason,
+    load_pretrained_checked,
+    load_reference_checkpoint,
+    resolve_checkpoint_folder,
+    save_marlin_folder,
+)
 from ..data.youtube_faces import youtube_faces_clips
-from ..exceptions import CheckpointError, ConfigError
+from ..exceptions import CheckpointError, ConfigError, DatasetError
 from ..modeling_marlin import MarlinForPreTraining, masked_patch_targets, reconstruction_loss
 from ..video.decoding import find_videos
 from ..visualization import reconstruction_grid, write_curve_png
@@ -56,7 +62,6 @@ from .losses import (
     gradient_penalty,
     penalty_interpolates,
 )
-from .masking import MASKING_STRATEGIES
 from .schedule import BASE_LEARNING_RATE, BASE_MIN_LEARNING_RATE, learning_rate_at, scaled_learning_rates
 from .videomae import load_videomae_weights, marlin_config_from_videomae
 
@@ -222,23 +227,6 @@ class PretrainingResult:
 # What `--config-override` may set: MarlinConfig's fields (the reference's names, which MarlinConfig also takes, are
 # left to config files: one spelling on the command line).
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(MarlinConfig))
-# MarlinConfig fields that must be positive integers for a model to be built.
-POSITIVE_CONFIG_FIELDS = (
-    "image_size",
-    "patch_size",
-    "num_channels",
-    "num_frames",
-    "tubelet_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "decoder_hidden_size",
-    "decoder_num_hidden_layers",
-    "decoder_num_attention_heads",
-    "decoder_intermediate_size",
-    "discriminator_hidden_size",
-)
 
 
 def parse_config_overrides(items: list[str]) -> dict[str, object]:
@@ -264,36 +252,6 @@ def parse_config_overrides(items: list[str]) -> dict[str, object]:
     return overrides
 
 
-def check_model_config(config: MarlinConfig, source: str) -> None:
-    """Refuse a config no pretraining model can be built from (`source` names where it came from, for the message).
-
-    Raises:
-        ConfigError: a size that is not a positive integer, a width not divisible by its heads, a frame or clip size
-            not divisible by its patch or tubelet, a mask ratio outside [0, 1), an unknown masking strategy.
-    """
-    for name in POSITIVE_CONFIG_FIELDS:
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{source}: {name}={value!r}; give a positive integer (--config-override {name}=...).")
-    for whole, part in (
-        ("hidden_size", "num_attention_heads"),
-        ("decoder_hidden_size", "decoder_num_attention_heads"),
-        ("image_size", "patch_size"),
-        ("num_frames", "tubelet_size"),
-    ):
-        if getattr(config, whole) % getattr(config, part):
-            raise ConfigError(
-                f"{source}: {whole}={getattr(config, whole)} is not a multiple of {part}={getattr(config, part)}; "
-                "change one of them (--config-override)."
-            )
-    if not 0.0 <= config.mask_ratio < 1.0:
-        raise ConfigError(f"{source}: mask_ratio={config.mask_ratio}; give one in [0, 1).")
-    if config.mask_strategy not in MASKING_STRATEGIES:
-        raise ConfigError(
-            f"{source}: mask_strategy={config.mask_strategy!r}; give one of {', '.join(MASKING_STRATEGIES)}."
-        )
-
-
 def build_model(
     model_config: str = "base", init_from: str | None = None, config_overrides: dict | None = None
 ) -> MarlinForPreTraining:
@@ -302,21 +260,27 @@ def build_model(
     `config_overrides` (MarlinConfig fields) apply to either, except a released file.
 
     Raises:
-        ConfigError: `model_config` with the overrides is no buildable config (`check_model_config`).
+        ConfigError: `model_config` with the overrides is no buildable config (`MarlinConfig`'s own validation).
+        CheckpointError: an `init_from` whose weights do not fit (`load_pretrained_checked`).
     """
     overrides = config_overrides or {}
     source = f"model config {model_config if init_from is None else init_from}" + (" with overrides" * bool(overrides))
-    if init_from is None:
+
+    def make_config(build) -> MarlinConfig:
         try:
-            if Path(model_config).is_file():
-                config = MarlinConfig(**{**json.loads(Path(model_config).read_text()), **overrides})
-            elif Path(model_config).is_dir():
-                config = MarlinConfig.from_pretrained(model_config, **overrides)
-            else:
-                config = MarlinConfig.from_variant(model_config, **overrides)
-        except (ValueError, TypeError, StrictDataclassError) as error:  # the strict dataclass's message spans lines
+            return build()
+        except StrictDataclassError as error:  # the strict dataclass's message spans lines
+            raise ConfigError(f"{source}: {config_error_reason(error)}") from None
+        except (ValueError, TypeError) as error:
             raise ConfigError(f"{source}: {' '.join(str(error).split())}") from None
-        check_model_config(config, source)
+
+    if init_from is None:
+        if Path(model_config).is_file():
+            config = make_config(lambda: MarlinConfig(**{**json.loads(Path(model_config).read_text()), **overrides}))
+        elif Path(model_config).is_dir():
+            config = make_config(lambda: MarlinConfig.from_pretrained(model_config, **overrides))
+        else:
+            config = make_config(lambda: MarlinConfig.from_variant(model_config, **overrides))
         return MarlinForPreTraining(config)
     if Path(init_from).is_file():  # a released MARLIN .pt / Lightning .ckpt
         model = load_reference_checkpoint(init_from)
@@ -328,15 +292,13 @@ def build_model(
     folder = resolve_checkpoint_folder(init_from)
     hub_config = json.loads((folder / "config.json").read_text())
     if hub_config.get("model_type") == "videomae":
-        config = marlin_config_from_videomae(hub_config, **overrides)
-        check_model_config(config, source)
-        model = MarlinForPreTraining(config)
+        model = MarlinForPreTraining(make_config(lambda: marlin_config_from_videomae(hub_config, **overrides)))
         kept = load_videomae_weights(model, folder)
         print(f"initialized from VideoMAE {init_from}; left at init: {kept}")
         return model
-    config = MarlinConfig.from_pretrained(folder, **overrides)
-    check_model_config(config, source)
-    return MarlinForPreTraining.from_pretrained(folder, config=config)
+    config = make_config(lambda: MarlinConfig.from_pretrained(folder, **overrides))
+    # A folder without a critic (an encoder-and-decoder export) gets a fresh one, as a released .full.pt does.
+    return load_pretrained_checked(MarlinForPreTraining, folder, allow_missing=("discriminator.",), config=config)
 
 
 def get_dataloaders(
@@ -573,6 +535,12 @@ def train(args: PretrainingArguments) -> PretrainingResult:
             param.data = broadcast(param.data)
 
     train_dataloader, eval_batch = get_dataloaders(args, model.config, accelerator)
+    if len(train_dataloader) == 0:  # fewer clips than one batch: the loader drops the partial batch
+        data = " ".join(args.train_data) or args.youtube_faces
+        raise DatasetError(
+            f"{data}: {len(train_dataloader.dataset)} training clips, fewer than one batch of {args.batch_size}; "
+            "lower --batch-size or add videos."
+        )
     # The schedule counts optimizer steps: epochs of (batches per process / accumulation) steps.
     micro_batches = len(train_dataloader) / accelerator.num_processes  # per process, per epoch
     steps_per_epoch = math.ceil(micro_batches / accelerator.gradient_accumulation_steps)
