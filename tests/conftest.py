@@ -3,7 +3,10 @@
 Test modules import these names directly (`from conftest import TINY_CLIP`); pytest puts this folder on the path.
 """
 
-from marlin_transformers import MarlinConfig
+import pytest
+import torch
+
+from marlin_transformers import MarlinConfig, MarlinModel
 from reference_utils import REFERENCE_VIT_BASE  # noqa: F401  (marlin-pytorch's field names, ViT-B; one copy)
 
 # A tiny model over real 16-pixel patches (32-pixel frames, 2 x 2 x 2 = 8 tokens), for tests that decode videos.
@@ -30,3 +33,15 @@ TINY_MODEL = {**TINY_CLIP, "image_size": 10, "patch_size": 5, "discriminator_hid
 def tiny_config(**overrides) -> MarlinConfig:
     """`MarlinConfig(**TINY_MODEL)` with `overrides` on top."""
     return MarlinConfig(**{**TINY_MODEL, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A converted folder of a tiny encoder that reads 16 frames of 32 pixels (one layer), for extraction tests."""
+    from marlin_transformers.convert_marlin import save_marlin_folder
+
+    config = MarlinConfig(**{**TINY_CLIP, "num_frames": 16, "num_hidden_layers": 1})
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    save_marlin_folder(MarlinModel(config), folder)
+    return folder

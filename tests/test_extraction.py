@@ -9,23 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_CLIP
-from marlin_transformers import MarlinConfig, MarlinModel, MarlinVideoProcessor
+from marlin_transformers import MarlinModel, MarlinVideoProcessor
 from marlin_transformers.cli import main
-from marlin_transformers.convert_marlin import save_marlin_folder
 from marlin_transformers.extraction import MarlinFeatureExtractor, extract_features, extract_video
 from marlin_transformers.extraction.job import discover_inputs, output_names
 from marlin_transformers.video import read_video
 from video_factory import encode_video, indexed_frames, moving_face_frames, write_audio_only
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    config = MarlinConfig(**{**TINY_CLIP, "num_frames": 16, "num_hidden_layers": 1})
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models") / "tiny"
-    save_marlin_folder(MarlinModel(config), folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -25,21 +25,12 @@ import torch
 from conftest import TINY_CLIP
 from marlin_transformers import MarlinConfig, MarlinModel
 from marlin_transformers.cli import main
-from marlin_transformers.convert_marlin import check_model_outputs, save_marlin_folder
+from marlin_transformers.convert_marlin import check_model_outputs
 from marlin_transformers.exceptions import CheckpointError
 from marlin_transformers.extraction.job import MANIFEST, read_manifest_records
 from video_factory import encode_video, indexed_frames
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity"
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    config = MarlinConfig(**{**TINY_CLIP, "num_frames": 16, "num_hidden_layers": 1})
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models") / "tiny"
-    save_marlin_folder(MarlinModel(config), folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

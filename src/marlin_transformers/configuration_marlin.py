@@ -37,6 +37,23 @@ MARLIN_VARIANTS = {
     ),
 }
 
+# The fields that are sizes or counts of the architecture (each at least 1).
+SIZE_FIELDS = (
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "num_frames",
+    "tubelet_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "decoder_hidden_size",
+    "decoder_num_hidden_layers",
+    "decoder_num_attention_heads",
+    "decoder_intermediate_size",
+)
+
 # Pretraining's masking strategies (`pretraining.masking` implements them; the config names the one in use).
 MASKING_STRATEGIES = ("random", "tube", "frame", "fasking", "fasking_opp")
 
@@ -134,22 +151,7 @@ class MarlinConfig(PreTrainedConfig):
         (a zero-layer encoder, a width the heads do not divide or a negative LayerNorm epsilon build a model that
         gives empty or NaN features). Raises ValueError naming the field."""
         super().validate_architecture()
-        for name in (
-            "image_size",
-            "patch_size",
-            "num_channels",
-            "num_frames",
-            "tubelet_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "decoder_hidden_size",
-            "decoder_num_hidden_layers",
-            "decoder_num_attention_heads",
-            "decoder_intermediate_size",
-            "discriminator_hidden_size",
-        ):
+        for name in (*SIZE_FIELDS, "discriminator_hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for width, heads in (
@@ -189,4 +191,4 @@ class MarlinConfig(PreTrainedConfig):
         return (self.num_frames // self.tubelet_size) * (self.image_size // self.patch_size) ** 2
 
 
-__all__ = ["MarlinConfig", "MARLIN_VARIANTS", "MASKING_STRATEGIES"]
+__all__ = ["MarlinConfig", "MARLIN_VARIANTS", "MASKING_STRATEGIES", "SIZE_FIELDS"]

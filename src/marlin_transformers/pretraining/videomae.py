@@ -7,7 +7,7 @@ import re
 
 import torch
 
-from ..configuration_marlin import MarlinConfig
+from ..configuration_marlin import SIZE_FIELDS, MarlinConfig
 from ..convert_marlin import read_checkpoint_folder, resolve_checkpoint_folder
 from ..exceptions import CheckpointError
 
@@ -76,25 +76,7 @@ def videomae_to_marlin_state_dict(
 def marlin_config_from_videomae(videomae_config: dict, **overrides) -> MarlinConfig:
     """A `MarlinConfig` with the sizes of a VideoMAE `config.json` (MARLIN's own defaults for everything else:
     LayerNorm eps 1e-5, raw [0, 1] inputs, no normalized-pixel loss)."""
-    fields = {
-        name: videomae_config[name]
-        for name in (
-            "image_size",
-            "patch_size",
-            "num_channels",
-            "num_frames",
-            "tubelet_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "decoder_hidden_size",
-            "decoder_num_hidden_layers",
-            "decoder_num_attention_heads",
-            "decoder_intermediate_size",
-        )
-        if name in videomae_config
-    }
+    fields = {name: videomae_config[name] for name in SIZE_FIELDS if name in videomae_config}
     fields["qkv_bias"] = videomae_config.get("qv_bias", videomae_config.get("qkv_bias", True))
     return MarlinConfig(**{**fields, **overrides})
 
