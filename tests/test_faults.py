@@ -25,7 +25,7 @@ import torch
 from conftest import TINY_CLIP
 from marlin_transformers import MarlinConfig, MarlinModel
 from marlin_transformers.cli import main
-from marlin_transformers.convert_marlin import check_model_outputs
+from marlin_transformers.convert_marlin import check_model_outputs, save_marlin_folder
 from marlin_transformers.exceptions import CheckpointError
 from marlin_transformers.extraction.job import MANIFEST, read_manifest_records
 from video_factory import encode_video, indexed_frames
@@ -255,12 +255,14 @@ def test_a_full_disk_is_one_line_leaves_nothing_partial_and_a_rerun_completes(
         assert_consistent(out, expected_inputs=8)
 
 
-def test_a_file_size_limit_fails_only_the_large_outputs_and_leaves_no_partial_file(tiny_model_dir, corpus, tmp_path):
+def test_a_file_size_limit_fails_only_the_large_outputs_and_leaves_no_partial_file(corpus, tmp_path):
+    config = MarlinConfig(**{**TINY_CLIP, "num_frames": 16, "num_hidden_layers": 1, "hidden_size": 256})
+    save_marlin_folder(MarlinModel(config), tmp_path / "wide")  # 32 tokens x 256 x 4 bytes: 32 KiB per window
     out = tmp_path / "features"
-    args = extract_args([corpus], tiny_model_dir, out, "--keep-seq")
+    args = extract_args([corpus], tmp_path / "wide", out, "--keep-seq")
 
-    def limit():  # 11 kB: outputs of 1 or 2 windows (4.2, 8.3 kB) fit, of 3 or 4 do not; so does the manifest
-        resource.setrlimit(resource.RLIMIT_FSIZE, (11_000, 11_000))
+    def limit():  # 80 kB: outputs of 1 or 2 windows fit, of 3 or 4 do not; the manifest (about 10 kB) does
+        resource.setrlimit(resource.RLIMIT_FSIZE, (80_000, 80_000))
 
     result = run_cli(args, preexec_fn=limit)
     assert result.returncode == 1 and "Traceback" not in result.stderr
