@@ -91,17 +91,26 @@ def _extract(args: argparse.Namespace) -> int:
             num_frames=args.num_frames,
             image_size=args.image_size,
             compile=args.compile,
+            all_faces=args.all_faces,
         )
 
     metadata = {"model": str(args.model), "dtype": args.dtype, "crop_face": args.crop_face, "keep_seq": args.keep_seq}
     # What makes the features (not --batch-size, --device or --compile, which change only how fast they come).
     settings = {
         "model": model_identity(args.model),
-        **{k: getattr(args, k) for k in ("dtype", "crop_face", "no_face", "face_margin", "keep_seq")},
+        **{k: getattr(args, k) for k in ("dtype", "crop_face", "no_face", "face_margin", "keep_seq", "all_faces")},
         **{k: getattr(args, k) for k in ("sample_rate", "stride", "stride_seconds", "num_frames", "image_size")},
     }
+    if args.all_faces and not args.crop_face:
+        raise MarlinError("--all-faces follows faces: use it with --crop-face.")
     summary = run_extraction(
-        args.inputs, args.out, make_extractor, metadata, show_progress=not args.quiet, settings=settings
+        args.inputs,
+        args.out,
+        make_extractor,
+        metadata,
+        show_progress=not args.quiet,
+        settings=settings,
+        output_suffix=".npz" if args.all_faces else ".npy",
     )
     if not summary.is_main_process:  # one summary for a multi-process run, counting every process
         return 1 if summary.failed else 0
@@ -226,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--stride-seconds", type=POSITIVE_FLOAT, default=None, help="window spacing in seconds instead"
     )
     extract.add_argument("--keep-seq", action="store_true", help="save every token (windows x 1568 x hidden)")
+    extract.add_argument(
+        "--all-faces",
+        action="store_true",
+        help="with --crop-face, every face seen in at least 16 sampled frames is its own subject: OUT/<name>.npz "
+        "holds features_<id>, boxes_<id>, frame_indices_<id>; the manifest lists each subject's windows and span "
+        "(default: one subject per video, OUT/<name>.npy)",
+    )
     extract.add_argument(
         "--dtype",
         choices=["float32", "bfloat16", "float16"],

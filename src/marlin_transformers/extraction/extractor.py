@@ -77,6 +77,42 @@ def _from_pretrained(name: str) -> MarlinModel:
 
 
 @dataclass
+class SubjectFeatures:
+    """Features of one face of a video (`MarlinFeatureExtractor.extract_subjects`).
+
+    Attributes:
+        id: the subject's number in the video, from 0 in order of first appearance.
+        features: (num_windows, hidden_size) float32 (or (num_windows, num_patches, hidden_size) with `keep_seq`),
+            one per window of the video that falls within the subject's time span.
+        windows: one dict per window, as `VideoFeatures.windows`, plus `box`: the subject's median box (x1, y1, x2,
+            y2) in that window, frame pixels.
+        frame_indices, boxes: (K,) frames where the subject was detected and (K, 4) its boxes there, frame pixels.
+        start_time, end_time: its first and last detection, seconds.
+        detected_fraction: its detections over the distinct frames of its windows within its span, in [0, 1].
+    """
+
+    id: int
+    features: np.ndarray
+    windows: list[dict]
+    frame_indices: np.ndarray
+    boxes: np.ndarray
+    start_time: float
+    end_time: float
+    detected_fraction: float
+
+    def record(self) -> dict:
+        """What the manifest says of the subject (its arrays go to the output file)."""
+        return {
+            "id": self.id,
+            "start_time": round(self.start_time, 6),
+            "end_time": round(self.end_time, 6),
+            "num_detections": len(self.frame_indices),
+            "detected_fraction": round(self.detected_fraction, 6),
+            "windows": self.windows,
+        }
+
+
+@dataclass
 class VideoFeatures:
     """Features of one video.
 
@@ -86,11 +122,26 @@ class VideoFeatures:
         windows: one dict per window: `frame_indices`, `start_time` and `end_time` (seconds), `num_padded`, and
             `face_detected_fraction` (fraction of the window's frames with a detected face; None without cropping).
         crops: the model's input frames of each window when asked for (num_windows, frames, 224, 224, 3) uint8.
+        subjects: with `all_faces`, one `SubjectFeatures` per face (then `features` is empty and `windows` lists
+            nothing).
     """
 
     features: np.ndarray
     windows: list[dict] = field(default_factory=list)
     crops: np.ndarray | None = None
+    subjects: list[SubjectFeatures] | None = None
+
+    def arrays(self) -> dict[str, np.ndarray] | np.ndarray:
+        """What `marlin extract` saves: the features, or with subjects `features_<id>`, `frame_indices_<id>` and
+        `boxes_<id>` for each (an `.npz`)."""
+        if self.subjects is None:
+            return self.features
+        arrays = {}
+        for subject in self.subjects:
+            arrays[f"features_{subject.id}"] = subject.features
+            arrays[f"frame_indices_{subject.id}"] = subject.frame_indices
+            arrays[f"boxes_{subject.id}"] = subject.boxes
+        return arrays
 
 
 class MarlinFeatureExtractor:
@@ -108,6 +159,8 @@ class MarlinFeatureExtractor:
         num_frames, image_size: clips of another frame count (a multiple of the tubelet, 2) or size (a multiple of
             the patch, 16) than the model's, read with `interpolate_pos_encoding` (default: the model's, 16 x 224).
         compile: run the encoder through `torch.compile` (the first batches of each shape pay its compile time).
+        all_faces: with `crop_face`, follow every face that stays long enough as its own subject
+            (`video.multi_face_tracking`), and give each its features (`__call__` returns them in `subjects`).
     """
 
     def __init__(
@@ -126,6 +179,7 @@ class MarlinFeatureExtractor:
         num_frames: int | None = None,
         image_size: int | None = None,
         compile: bool = False,
+        all_faces: bool = False,
     ):
         from ..video.face_tracking import FaceTracker
         from ..video_processing_marlin import MarlinVideoProcessor
@@ -156,6 +210,9 @@ class MarlinFeatureExtractor:
         self.keep_seq = keep_seq
         # Crops at the released models' size, as marlin-pytorch cuts them; the processor resizes them to the model's.
         self.tracker = FaceTracker(margin=face_margin, crop_size=MARLIN_CROP_SIZE, device=str(self.device))
+        if all_faces and not crop_face:
+            raise MarlinError("--all-faces follows faces: use it with --crop-face.")
+        self.all_faces = all_faces
 
     def iter_clips(self, path: str | os.PathLike):
         """Yield (window metadata dict, frames (T, H, W, 3) uint8) for each window of a video, cropped if asked."""
@@ -189,8 +246,10 @@ class MarlinFeatureExtractor:
         return features.float().cpu()
 
     def __call__(self, path: str | os.PathLike, progress=None, keep_crops: bool = False) -> VideoFeatures:
-        """Features and window metadata of one video. `progress` (a tqdm bar) is advanced by each batch's windows
-        once they are encoded, so it counts finished work."""
+        """Features and window metadata of one video (of each face in it, with `all_faces`). `progress` (a tqdm bar)
+        is advanced by each batch's windows once they are encoded, so it counts finished work."""
+        if self.all_faces:
+            return VideoFeatures(features=np.zeros((0,), np.float32), subjects=self.extract_subjects(path, progress))
         records, features, batch, kept = [], [], [], []
 
         def encode() -> None:
@@ -216,6 +275,76 @@ class MarlinFeatureExtractor:
         return VideoFeatures(
             features=torch.cat(features).numpy(), windows=records, crops=np.stack(kept) if keep_crops else None
         )
+
+    def extract_subjects(self, path: str | os.PathLike, progress=None) -> list[SubjectFeatures]:
+        """Every face of a video that stays long enough, each with its own features: one pass over the windows finds
+        the subjects (detections only are kept), a second cuts and encodes each window around each subject present.
+
+        Raises:
+            NoFaceError: no subject found, unless `on_no_face="centre"` (then an empty list).
+        """
+        from ..exceptions import NoFaceError
+        from ..video.multi_face_tracking import MultiFaceTracker
+        from ..video.windows import iter_windows
+
+        tracker = MultiFaceTracker(self.tracker.detector, margin=self.face_margin, crop_size=MARLIN_CROP_SIZE)
+        subjects = tracker.find_subjects(iter_windows(path, **self.window_options))
+        if not subjects:
+            if self.on_no_face == "error":
+                raise NoFaceError(
+                    f"{os.fspath(path)}: no face stays long enough to follow (at least {tracker.min_detections} "
+                    "sampled frames); check the video, or allow it (`--no-face centre` records no subject)."
+                )
+            return []
+        records = {s.id: [] for s in subjects}
+        features = {s.id: [] for s in subjects}
+        seen = {s.id: set() for s in subjects}
+        batch: list[tuple[int, np.ndarray]] = []
+
+        def encode() -> None:
+            encoded = self.extract_clips([clip for _, clip in batch])
+            for (subject_id, _), feature in zip(batch, encoded):
+                features[subject_id].append(feature)
+            if progress is not None:
+                progress.update(len(batch))
+            batch.clear()
+
+        for window in iter_windows(path, **self.window_options):
+            for subject in subjects:
+                if not subject.overlaps(window.frame_indices):
+                    continue
+                crops = tracker.crop(window, subject)
+                record = _window_record(window, crops.detected_fraction)
+                record["box"] = [round(float(v), 1) for v in np.median(crops.boxes, axis=0)]
+                records[subject.id].append(record)
+                span = [i for i in window.frame_indices if subject.first_frame <= i <= subject.last_frame]
+                seen[subject.id].update(span)
+                batch.append((subject.id, crops.crops))
+                if len(batch) == self.batch_size:
+                    encode()
+        if batch:
+            encode()
+        results = []
+        for subject in subjects:
+            stacked = torch.stack(features[subject.id])
+            if not bool(stacked.isfinite().all()):
+                raise MarlinError(
+                    f"{path}: the model gave NaN or inf features in {str(self.dtype).removeprefix('torch.')}; "
+                    "extract in float32 (--dtype float32)."
+                )
+            results.append(
+                SubjectFeatures(
+                    id=subject.id,
+                    features=stacked.numpy(),
+                    windows=records[subject.id],
+                    frame_indices=subject.frame_indices,
+                    boxes=subject.boxes,
+                    start_time=subject.start_time,
+                    end_time=subject.end_time,
+                    detected_fraction=len(subject.frame_indices) / max(len(seen[subject.id]), 1),
+                )
+            )
+        return results
 
 
 def _window_record(window, face_detected_fraction: float | None) -> dict:

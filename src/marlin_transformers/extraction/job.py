@@ -66,23 +66,24 @@ def discover_inputs(inputs: Iterable[str | os.PathLike], empty_folders: list[Pat
 NAME_MAX = 255  # bytes in a file name on Linux and macOS file systems
 
 
-def output_names(inputs: list[Path]) -> dict[Path, str]:
-    """`<stem>.npy` per input; inputs sharing a stem all get `<stem>-<8 hex of their path>.npy` instead, and so does
-    a stem too long for a file name (shortened to fit)."""
+def output_names(inputs: list[Path], suffix: str = ".npy") -> dict[Path, str]:
+    """`<stem><suffix>` per input; inputs sharing a stem all get `<stem>-<8 hex of their path><suffix>` instead, and
+    so does a stem too long for a file name (shortened to fit)."""
     counts: dict[str, int] = {}
     for path in inputs:
         counts[path.stem] = counts.get(path.stem, 0) + 1
     names = {}
     for path in inputs:
-        name = f"{path.stem}.npy"
-        names[path] = name if counts[path.stem] == 1 and len(name.encode()) <= NAME_MAX else hashed_output_name(path)
+        name = f"{path.stem}{suffix}"
+        fits = counts[path.stem] == 1 and len(name.encode()) <= NAME_MAX
+        names[path] = name if fits else hashed_output_name(path, suffix)
     return names
 
 
-def hashed_output_name(path: Path) -> str:
-    """`<stem>-<8 hex of the path>.npy`: the name of an input whose stem another input has (in this run or before),
-    the stem cut (on a character boundary) so that the name fits in `NAME_MAX` bytes."""
-    suffix = f"-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}.npy"
+def hashed_output_name(path: Path, suffix: str = ".npy") -> str:
+    """`<stem>-<8 hex of the path><suffix>`: the name of an input whose stem another input has (in this run or
+    before), the stem cut (on a character boundary) so that the name fits in `NAME_MAX` bytes."""
+    suffix = f"-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}{suffix}"
     stem = path.stem.encode()[: NAME_MAX - len(suffix)].decode(errors="ignore")
     return stem + suffix
 
@@ -227,14 +228,18 @@ def _append_line(path: Path, record: dict) -> None:
 PARTIAL_SUFFIX = ".partial"
 
 
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """`np.save` to a hidden temporary file beside `path`, renamed onto it when whole. On any failure the temporary
-    file is removed; a disk-full or file-size error is an `OutputWriteError` line. The temporary name is short
-    (`.<8 hex>.<pid>.partial`), so the longest output name still has one."""
+def save_npy_atomic(path: Path, array: np.ndarray | dict[str, np.ndarray]) -> None:
+    """`np.save` (a dict of arrays: `np.savez`) to a hidden temporary file beside `path`, renamed onto it when whole.
+    On any failure the temporary file is removed; a disk-full or file-size error is an `OutputWriteError` line. The
+    temporary name is short (`.<8 hex>.<pid>.partial`), so the longest output name still has one."""
     tag = hashlib.sha1(path.name.encode()).hexdigest()[:8]
     partial = path.with_name(f".{tag}.{os.getpid()}{PARTIAL_SUFFIX}")
     buffer = io.BytesIO()
-    np.save(buffer, array)  # in memory: numpy's own file writes lose the errno that tells a full disk
+    # In memory: numpy's own file writes lose the errno that tells a full disk.
+    if isinstance(array, dict):
+        np.savez(buffer, **array)
+    else:
+        np.save(buffer, array)
     try:
         with open(partial, "wb") as file:
             file.write(buffer.getbuffer())
@@ -274,6 +279,7 @@ def run_extraction(
     metadata: dict | None = None,
     show_progress: bool = True,
     settings: dict | None = None,
+    output_suffix: str = ".npy",
 ) -> JobSummary:
     """Extract every input into `out_dir`, resuming and sharding as described in the module docstring.
 
@@ -285,6 +291,7 @@ def run_extraction(
         settings: what makes the features (model identity, dtype, cropping, windows...): each line records their
             `settings_fingerprint`, and a folder holding features made with other settings is refused (one folder,
             one feature set: the linear probe and the readers of a folder take its features as comparable).
+        output_suffix: ".npy", or ".npz" for an extractor whose results hold one set of arrays per face.
     """
     import torch
     from accelerate import PartialState
@@ -304,7 +311,7 @@ def run_extraction(
             f"{' '.join(inputs)}: no video found (folders are searched for {', '.join(VIDEO_EXTENSIONS)}); pass video "
             "files, folders holding them, or a .txt list."
         )
-    names = output_names(all_inputs)
+    names = output_names(all_inputs, output_suffix)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file of that name, a read-only parent
@@ -339,7 +346,7 @@ def run_extraction(
         taken = {r["output"]: r["input"] for r in done_before if r.get("output")}
         for path in all_inputs:
             if taken.get(names[path], str(path)) != str(path):
-                names[path] = hashed_output_name(path)
+                names[path] = hashed_output_name(path, output_suffix)
         shard = all_inputs[state.process_index :: state.num_processes]
         manifest = out_dir / (MANIFEST if state.num_processes == 1 else f"manifest.rank{state.process_index}.jsonl")
 
@@ -371,8 +378,11 @@ def run_extraction(
             )
             try:
                 result = extractor(path, progress=windows_bar)
-                save_npy_atomic(out_dir / names[path], result.features)
-                record.update(windows=result.windows, shape=list(result.features.shape))
+                save_npy_atomic(out_dir / names[path], result.arrays())
+                if result.subjects is None:
+                    record.update(windows=result.windows, shape=list(result.features.shape))
+                else:  # every face: its windows and time span here, its features and boxes in the .npz
+                    record.update(windows=[], subjects=[subject.record() for subject in result.subjects])
                 summary.done += 1
             except OutputWriteError as error:
                 if error.stops_run:  # a full disk: every later write would fail too

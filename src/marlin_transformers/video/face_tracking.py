@@ -22,7 +22,7 @@ from .face_detection import Detections, MtcnnDetector
 from .windows import VideoWindow
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one (4,) box with (n, 4) boxes."""
     x1 = np.maximum(box[0], boxes[:, 0])
     y1 = np.maximum(box[1], boxes[:, 1])
@@ -45,6 +45,45 @@ def _gaussian_smooth(values: np.ndarray, sigma: float) -> np.ndarray:
     flat = padded.reshape(len(padded), -1)
     smoothed = np.stack([np.convolve(flat[:, j], kernel, mode="valid") for j in range(flat.shape[1])], axis=1)
     return smoothed.reshape(values.shape).astype(values.dtype)
+
+
+def interpolate_track(
+    frame_indices: Sequence[int],
+    known: np.ndarray,
+    boxes: np.ndarray,
+    landmarks: np.ndarray,
+    confidence: np.ndarray,
+    smoothing: float,
+) -> FaceTrack:
+    """A face's `FaceTrack` over one window from its detections elsewhere in the video.
+
+    Args:
+        frame_indices: (T,) the window's frame indices.
+        known: (K,) sorted frame indices where the face was detected; `boxes` (K, 4), `landmarks` (K, 5, 2) and
+            `confidence` (K,) are its detections there.
+        smoothing: standard deviation, in the window's frames, of the Gaussian that smooths the boxes (0: none).
+
+    Boxes and landmarks are interpolated between the detections (np.interp carries the nearest one beyond them), then
+    centre and size are smoothed, rather than corners, so smoothing never shrinks or shifts a steady box.
+    """
+    positions = np.asarray(frame_indices, dtype=np.float64)
+    known = np.asarray(known, dtype=np.float64)
+    flat_landmarks = landmarks.reshape(len(known), 10)
+    window_boxes = np.stack([np.interp(positions, known, boxes[:, j]) for j in range(4)], axis=1)
+    window_landmarks = np.stack([np.interp(positions, known, flat_landmarks[:, j]) for j in range(10)], axis=1)
+    centres = (window_boxes[:, :2] + window_boxes[:, 2:]) / 2
+    sizes = window_boxes[:, 2:] - window_boxes[:, :2]
+    smooth = _gaussian_smooth(np.concatenate([centres, sizes], axis=1), smoothing)
+    window_boxes = np.concatenate([smooth[:, :2] - smooth[:, 2:] / 2, smooth[:, :2] + smooth[:, 2:] / 2], axis=1)
+    where = {int(index): k for k, index in enumerate(known)}
+    return FaceTrack(
+        boxes=window_boxes.astype(np.float32),
+        landmarks=window_landmarks.reshape(-1, 5, 2).astype(np.float32),
+        detected=np.array([int(i) in where for i in frame_indices]),
+        confidence=np.array(
+            [confidence[where[int(i)]] if int(i) in where else 0.0 for i in frame_indices], np.float32
+        ),
+    )
 
 
 class FaceTracker:
@@ -157,7 +196,7 @@ class FaceTracker:
         if nearest is None:
             return int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))  # largest face
         gap, reference = nearest
-        overlaps = _iou(reference, boxes)
+        overlaps = box_iou(reference, boxes)
         if overlaps.max() >= self.min_iou:
             return int(np.argmax(overlaps))
         size = max(reference[2] - reference[0], reference[3] - reference[1])
@@ -194,27 +233,14 @@ class FaceTracker:
         while len(self._subject) > self._MEMORY:
             self._subject.popitem(last=False)
 
-        # Interpolate between the subject's detections; np.interp carries the nearest one beyond them.
-        known = np.fromiter(self._subject.keys(), dtype=np.float64)
-        box_table = np.stack([box for box, _, _ in self._subject.values()])  # (K, 4)
-        landmark_table = np.stack([points for _, points, _ in self._subject.values()]).reshape(len(known), 10)
-        positions = np.asarray(frame_indices, dtype=np.float64)
-        boxes = np.stack([np.interp(positions, known, box_table[:, j]) for j in range(4)], axis=1)
-        landmarks = np.stack([np.interp(positions, known, landmark_table[:, j]) for j in range(10)], axis=1)
-
-        # Smooth centre and size rather than corners, so smoothing never shrinks or shifts a steady box.
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        sizes = boxes[:, 2:] - boxes[:, :2]
-        smooth = _gaussian_smooth(np.concatenate([centres, sizes], axis=1), self.smoothing)
-        boxes = np.concatenate([smooth[:, :2] - smooth[:, 2:] / 2, smooth[:, :2] + smooth[:, 2:] / 2], axis=1)
-
-        detected = np.array([i in self._subject for i in frame_indices])
-        confidence = np.array([self._subject[i][2] if i in self._subject else 0.0 for i in frame_indices])
-        return FaceTrack(
-            boxes=boxes.astype(np.float32),
-            landmarks=landmarks.reshape(-1, 5, 2).astype(np.float32),
-            detected=detected,
-            confidence=confidence.astype(np.float32),
+        known = np.fromiter(self._subject.keys(), dtype=np.int64)
+        return interpolate_track(
+            frame_indices,
+            known,
+            np.stack([box for box, _, _ in self._subject.values()]),
+            np.stack([points for _, points, _ in self._subject.values()]),
+            np.array([probability for _, _, probability in self._subject.values()]),
+            self.smoothing,
         )
 
     def crop(self, frames: np.ndarray, track: FaceTrack) -> FaceCrops:
