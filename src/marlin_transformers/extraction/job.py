@@ -9,6 +9,11 @@ Outputs are bound to their input and settings: a record holds the input's identi
 the fingerprint of the model and options; a re-run skips an input only when both match (a changed file is done
 again), a folder made with other settings is refused with one line, and an output name once given to one input is
 never given to another in a later run.
+
+Faults: a record is appended in one write, cut back if the write fails; the next run cuts off a torn tail, skips lines
+that are not records, merges stranded shards and removes temporary files; a full disk stops the run in one line, a
+file-size limit fails the inputs it hits (docs/reliability.md). With `--all-faces` the output is `OUT/<name>.npz`,
+one set of arrays per face.
 """
 
 from __future__ import annotations
@@ -228,7 +233,7 @@ def _append_line(path: Path, record: dict) -> None:
 PARTIAL_SUFFIX = ".partial"
 
 
-def save_npy_atomic(path: Path, array: np.ndarray | dict[str, np.ndarray]) -> None:
+def save_arrays_atomic(path: Path, array: np.ndarray | dict[str, np.ndarray]) -> None:
     """`np.save` (a dict of arrays: `np.savez`) to a hidden temporary file beside `path`, renamed onto it when whole.
     On any failure the temporary file is removed; a disk-full or file-size error is an `OutputWriteError` line. The
     temporary name is short (`.<8 hex>.<pid>.partial`), so the longest output name still has one."""
@@ -320,15 +325,13 @@ def run_extraction(
         ) from None
     # One run at a time per folder (the main process holds it for the run's processes, released on any exit).
     with lock_folder(out_dir) if state.is_main_process else contextlib.nullcontext():
-        # Per-process records an interrupted multi-process run left behind join the manifest before anything else.
+        # The main process, holding the lock (so no run of ours is writing here), tidies what a crash left: a torn
+        # manifest tail, records stranded in per-process shards, temporary files.
         if state.is_main_process:
             repair_torn_tail(out_dir / MANIFEST)
-        if state.is_main_process and any(out_dir.glob("manifest.rank*.jsonl")):
-            _merge_shards(out_dir)
-        if state.is_main_process:
-            remove_stale_partials(
-                out_dir
-            )  # a killed run's temporary files (none of ours is writing: we hold the lock)
+            if any(out_dir.glob("manifest.rank*.jsonl")):
+                _merge_shards(out_dir)
+            remove_stale_partials(out_dir)
         state.wait_for_everyone()
         previous = read_manifest_records(out_dir)
         fingerprint = settings_fingerprint(settings or {})
@@ -378,7 +381,7 @@ def run_extraction(
             )
             try:
                 result = extractor(path, progress=windows_bar)
-                save_npy_atomic(out_dir / names[path], result.arrays())
+                save_arrays_atomic(out_dir / names[path], result.arrays())
                 if result.subjects is None:
                     record.update(windows=result.windows, shape=list(result.features.shape))
                 else:  # every face: its windows and time span here, its features and boxes in the .npz
