@@ -5,10 +5,8 @@ import pytest
 import torch
 
 from conftest import TINY_CLIP
-from marlin_transformers import MarlinConfig
 from marlin_transformers.cli import main
-from marlin_transformers.convert_marlin import save_marlin_folder
-from marlin_transformers.modeling_marlin import MarlinForPreTraining, patchify_video
+from marlin_transformers.modeling_marlin import patchify_video
 from marlin_transformers.pretraining.reconstruction import load_pretraining_model, reconstruct_video
 from marlin_transformers.video.decoding import read_video
 from marlin_transformers.visualization import reconstruction_panels
@@ -20,15 +18,6 @@ SIZE = TINY_CLIP["image_size"]  # 32-pixel panels
 # 0.42 (masked input), 10.9 (reconstruction: the tiny random model predicts noise, H.264's worst case) and 5.27
 # (parts); bounds at twice those. A panel in the wrong place is off by 49 or more.
 PANEL_TOLERANCE = (6.0, 1.0, 22.0, 11.0)
-
-
-@pytest.fixture(scope="module")
-def tiny_pretraining_dir(tmp_path_factory):
-    """A converted folder of a tiny MarlinForPreTraining reading 16 frames of 32 pixels (8 x 2 x 2 = 32 tokens)."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models") / "tiny-pretraining"
-    save_marlin_folder(MarlinForPreTraining(MarlinConfig(**{**TINY_CLIP, "num_frames": 16})), folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -337,9 +337,11 @@ def save_similarity_picture(features: np.ndarray, path: str | Path, cell: int = 
     similarity = (unit @ unit.T).clamp(-1, 1).numpy()
     count, margin = len(similarity), 64
     side = margin + cell * count
-    image = Image.new("RGB", (side + 8, side + 24), "white")
+    image = Image.new("RGB", (max(side + 8, 240), side + 24), "white")  # wide enough for the title
     draw = ImageDraw.Draw(image)
-    draw.text((4, 4), "cosine similarity of window features", fill="black")
+    draw.text(
+        (4, side + 6), "cosine similarity of window features", fill="black"
+    )  # under the map: app labels sit on top
     for row in range(count):
         draw.text((4, margin + row * cell + cell // 2 - 5), f"window {row}", fill="black")
         draw.text((margin + row * cell + 4, margin - 16), f"w{row}", fill="black")
