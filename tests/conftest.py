@@ -45,3 +45,16 @@ def tiny_model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "tiny"
     save_marlin_folder(MarlinModel(config), folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_pretraining_dir(tmp_path_factory):
+    """A converted folder of a tiny MarlinForPreTraining reading 16 frames of 32 pixels (8 x 2 x 2 = 32 tokens), for
+    reconstruction and app tests."""
+    from marlin_transformers.convert_marlin import save_marlin_folder
+    from marlin_transformers.modeling_marlin import MarlinForPreTraining
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models") / "tiny-pretraining"
+    save_marlin_folder(MarlinForPreTraining(MarlinConfig(**{**TINY_CLIP, "num_frames": 16})), folder)
+    return folder

@@ -62,3 +62,34 @@ def test_extract_ranges_are_checked_up_front(flag, value, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"marlin extract: error: argument {flag}: ") and value in err[-1]
     assert not (tmp_path / "out").exists()  # nothing read, nothing written
+
+
+def test_reconstruct_and_app_options_are_there_with_help():
+    commands = subcommands(build_parser())
+    expected = {
+        "reconstruct": {
+            "--model",
+            "--out",
+            "--mask-strategy",
+            "--mask-ratio",
+            "--crop-face",
+            "--seed",
+            "--farl-model",
+        },
+        "app": {"--model", "--port", "--host"},
+    }
+    for name, options in expected.items():
+        helped = {o for a in commands[name]._actions if a.help for o in a.option_strings}
+        assert options <= helped, f"marlin {name}: no help for {sorted(options - helped)}"
+    strategies = next(a for a in commands["reconstruct"]._actions if "--mask-strategy" in a.option_strings).choices
+    assert list(strategies) == ["fasking", "fasking_opp", "random", "tube", "frame"]
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "x"])
+def test_reconstruct_mask_ratio_is_checked_up_front(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reconstruct", "video.mp4", "--model", "m", "--mask-ratio", value])
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1].startswith("marlin reconstruct: error: argument --mask-ratio")
+    )

@@ -154,6 +154,43 @@ def _show_mask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconstruct(args: argparse.Namespace) -> int:
+    from .pretraining.face_parsing import FarlFaceParser
+    from .pretraining.reconstruction import load_pretraining_model, reconstruct_video
+    from .video.decoding import frame_rate
+    from .visualization import save_reconstruction
+
+    model = load_pretraining_model(args.model)  # checked before any video is read
+    parser = FarlFaceParser(args.farl_model) if args.farl_model else None
+    fps = frame_rate(args.video) / args.sample_rate  # the sampled frames at their real speed
+    windows = reconstruct_video(
+        args.video,
+        model,
+        strategy=args.mask_strategy,
+        mask_ratio=args.mask_ratio,
+        crop_face=args.crop_face,
+        seed=args.seed,
+        parser=parser,
+        sample_rate=args.sample_rate,
+    )
+    config = model.config
+    done = save_reconstruction(windows, args.out, fps, config.patch_size, config.tubelet_size)
+    losses = [float(((w.reconstruction - w.original) ** 2).mean()) for w in done]
+    print(
+        f"wrote {args.out} ({len(done)} windows, panels: frames | masked input | reconstruction | face parts) and "
+        f"{Path(args.out).with_suffix('.png')}; mean squared error per window: "
+        + ", ".join(f"{loss:.4f}" for loss in losses)
+    )
+    return 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    from .app import launch_app
+
+    launch_app(model=args.model, host=args.host, port=args.port)
+    return 0
+
+
 def _prepare_celebvhq(args: argparse.Namespace) -> int:
     from .data.celebv_hq import prepare_celebvhq
 
@@ -298,6 +335,55 @@ def build_parser() -> argparse.ArgumentParser:
     show_mask.add_argument("--frames", type=POSITIVE_INT, default=4, help="frames shown (default 4)")
     show_mask.add_argument("--seed", type=int, default=0, help="seed of the mask's random draws (default 0)")
     show_mask.set_defaults(handler=_show_mask)
+
+    reconstruct = commands.add_parser(
+        "reconstruct",
+        help="what a pretrained MARLIN sees: mask each window, reconstruct it, write a side-by-side video and a PNG",
+        description="Writes OUT (frames | masked input | reconstruction | face parts, window after window) and "
+        "OUT with .png (a grid of frames, masked inputs and reconstructions). Needs the decoder: a .full.pt, a "
+        "Lightning .ckpt or a folder converted from one.",
+    )
+    reconstruct.add_argument("video", help="a face video")
+    reconstruct.add_argument(
+        "--model", required=True, help="a .full.pt or .ckpt file, or a converted pretraining folder (with decoder)"
+    )
+    reconstruct.add_argument(
+        "--out", default="reconstruction.mp4", help="video to write (default: reconstruction.mp4)"
+    )
+    reconstruct.add_argument(
+        "--mask-strategy",
+        default="fasking",
+        choices=["fasking", "fasking_opp", "random", "tube", "frame"],
+        help="masking strategy (default fasking: facial parts first, as the paper)",
+    )
+    reconstruct.add_argument(
+        "--mask-ratio",
+        type=_positive(float, 0.99),
+        default=None,
+        help="fraction of tokens masked, above 0 and at most 0.99 (default: the model config's, 0.9)",
+    )
+    reconstruct.add_argument("--crop-face", action="store_true", help="track the face and crop around it")
+    reconstruct.add_argument(
+        "--farl-model",
+        help="FaRL LaPa TorchScript file for the paper's parsing; default: the built-in landmark approximation",
+    )
+    reconstruct.add_argument(
+        "--sample-rate", type=POSITIVE_INT, default=SAMPLE_RATE, help=f"take every n-th frame (default {SAMPLE_RATE})"
+    )
+    reconstruct.add_argument("--seed", type=int, default=0, help="seed of the masks' random draws (default 0)")
+    reconstruct.set_defaults(handler=_reconstruct)
+
+    app = commands.add_parser(
+        "app", help="a web app (Gradio): tracked faces, crops, Fasking mask, reconstruction and features of a video"
+    )
+    app.add_argument(
+        "--model",
+        help="a .full.pt/.ckpt file or a converted pretraining folder; default: randomly initialized ViT-B weights "
+        "(labelled as such: the pictures then show the pipeline, not what MARLIN learnt)",
+    )
+    app.add_argument("--port", type=POSITIVE_INT, default=7860, help="port to serve on (default 7860)")
+    app.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0 for all)")
+    app.set_defaults(handler=_app)
 
     celebvhq = commands.add_parser(
         "prepare-celebvhq",

@@ -110,12 +110,10 @@ def render_mask_overlay(
     masked_pixels = masked.repeat_interleave(patch_size, dim=1).repeat_interleave(patch_size, dim=2)
 
     shown = torch.linspace(0, grid_t - 1, min(num_shown, grid_t)).round().long().unique()
-    palette = torch.tensor(LAPA_PALETTE, dtype=torch.float32)
     rows = []
     for tubelet in shown.tolist():
         frame = frames[tubelet * tubelet_size].float()  # (h, w, 3)
-        colours = palette[label_maps[tubelet * tubelet_size]]
-        parsing = torch.where(label_maps[tubelet * tubelet_size, ..., None] > 0, 0.4 * frame + 0.6 * colours, frame)
+        parsing = colour_parsing(frame, label_maps[tubelet * tubelet_size])
         greyed = torch.where(masked_pixels[tubelet, ..., None], 0.15 * frame + 0.85 * 128, frame)
         rows.append(torch.cat([frame, parsing, greyed], dim=0))  # (3 h, w, 3)
     grid = torch.cat(rows, dim=1).round().clamp(0, 255).to(torch.uint8).numpy()  # (3 h, shown * w, 3)
@@ -136,6 +134,23 @@ def render_mask_overlay(
         draw.text((x + 14, y), name, fill=(0, 0, 0), font=font)
     picture.save(path)
     return picture
+
+
+def colour_parsing(frames: torch.Tensor, label_maps: torch.Tensor) -> torch.Tensor:
+    """Frames with their face parsing blended in (40% frame, 60% the label's `LAPA_PALETTE` colour; background kept).
+
+    Args:
+        frames: `(..., height, width, 3)` float RGB in [0, 255].
+        label_maps: `(..., height, width)` LaPa labels 0..10.
+
+    Returns:
+        `(..., height, width, 3)` float RGB in [0, 255].
+    """
+    from .pretraining.face_parsing import LAPA_PALETTE
+
+    label_maps = torch.as_tensor(label_maps).long()
+    colours = torch.tensor(LAPA_PALETTE, dtype=torch.float32)[label_maps]
+    return torch.where(label_maps[..., None] > 0, 0.4 * frames + 0.6 * colours, frames)
 
 
 def render_fasking_preview(
@@ -194,3 +209,149 @@ def write_curve_png(points: list[tuple[int, float]], path: Path, title: str) -> 
     draw.line([xy(s, v) for s, v in points], fill=(200, 30, 30), width=2)
     draw.text((margin, 15), title, fill="black")
     image.save(path)
+
+
+def reconstruction_panels(
+    original: torch.Tensor,
+    masked: torch.Tensor,
+    reconstruction: torch.Tensor,
+    label_maps: torch.Tensor,
+    bool_masked_pos: torch.Tensor,
+    patch_size: int,
+    tubelet_size: int,
+) -> np.ndarray:
+    """One window's frames as four panels side by side: frames | masked input | reconstruction | Fasking parts.
+
+    The parts panel blends the face parsing into the frame (`colour_parsing`) and darkens the masked tubelets, so the
+    parts Fasking hides first show at a glance.
+
+    Args:
+        original, masked, reconstruction: `(num_frames, 3, size, size)` in [0, 1] (`pretraining.reconstruction`).
+        label_maps: `(num_frames, size, size)` LaPa labels 0..10.
+        bool_masked_pos: `(num_tokens,)` bool, True where masked, tokens in (time, row, column) order.
+
+    Returns:
+        `(num_frames, size, 4 * size, 3)` uint8 RGB.
+    """
+    num_frames, _, height, width = original.shape
+    grid = (num_frames // tubelet_size, height // patch_size, width // patch_size)
+    hidden = bool_masked_pos.reshape(grid).repeat_interleave(tubelet_size, 0)  # (t, h / p, w / p)
+    hidden = hidden.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)  # (t, h, w)
+    frames = original.permute(0, 2, 3, 1).float() * 255  # (t, h, w, 3)
+    parts = colour_parsing(frames, label_maps)
+    parts = torch.where(hidden[..., None], 0.55 * parts, parts)
+    panels = [video.permute(0, 2, 3, 1).float() * 255 for video in (original, masked, reconstruction)] + [parts]
+    return torch.cat(panels, dim=2).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def save_reconstruction(
+    windows,
+    path: str | Path,
+    fps: float,
+    patch_size: int,
+    tubelet_size: int,
+    grid_windows: int = 8,
+    grid_frames: int = 4,
+) -> list:
+    """Write the side-by-side video of every window (`reconstruction_panels`, window after window) and, beside it
+    (same name, `.png`), the picture of `reconstruction_grid` for the first `grid_windows` windows.
+
+    Args:
+        windows: `pretraining.reconstruction.WindowReconstruction`s, or anything with their tensor attributes; an
+            iterator is drawn as it comes (the video is written streaming).
+        path: the video to write (H.264, written whole or not at all, `video.writing.write_video`).
+        fps: frames per second of the video (the sampled frames' rate plays them at their real speed).
+
+    Returns:
+        The windows, in a list (their tensors kept: about 30 MB per window at 224 pixels).
+    """
+    from PIL import Image
+
+    from .video.writing import write_video
+
+    path = Path(path)
+    kept = []
+
+    def frames():
+        for window in windows:
+            kept.append(window)
+            arguments = (window.original, window.masked, window.reconstruction, window.label_maps)
+            yield from reconstruction_panels(*arguments, window.bool_masked_pos, patch_size, tubelet_size)
+
+    write_video(path, frames(), fps)
+    shown = kept[:grid_windows]
+    if shown:
+        grid = reconstruction_grid(
+            torch.stack([w.original for w in shown]),
+            torch.stack([w.logits for w in shown]),
+            torch.stack([w.bool_masked_pos for w in shown]),
+            patch_size,
+            tubelet_size,
+            num_shown=grid_frames,
+            max_clips=len(shown),
+        )
+        Image.fromarray(grid).save(path.with_suffix(".png"))
+    return kept
+
+
+def draw_face_boxes(frames: np.ndarray, boxes: np.ndarray, detected: np.ndarray | None = None) -> np.ndarray:
+    """Frames with the tracked face's box drawn: green where the face was detected, orange where interpolated.
+
+    Args:
+        frames: `(num_frames, height, width, 3)` uint8 RGB.
+        boxes: `(num_frames, 4)` (x1, y1, x2, y2) frame pixels.
+        detected: `(num_frames,)` bool (default: all True).
+
+    Returns:
+        `(num_frames, height, width, 3)` uint8 RGB, a copy.
+    """
+    from PIL import Image, ImageDraw
+
+    detected = np.ones(len(frames), dtype=bool) if detected is None else detected
+    width = max(2, round(max(frames.shape[1:3]) / 160))  # visible on big frames, not a blot on small ones
+    drawn = []
+    for frame, box, found in zip(frames, boxes, detected):
+        image = Image.fromarray(frame)
+        ImageDraw.Draw(image).rectangle(
+            [float(v) for v in box], outline=(0, 220, 0) if found else (255, 150, 0), width=width
+        )
+        drawn.append(np.asarray(image))
+    return np.stack(drawn)
+
+
+def save_similarity_picture(features: np.ndarray, path: str | Path, cell: int = 48) -> np.ndarray:
+    """A heat map of the cosine similarity between windows' features, with its values written in each cell.
+
+    Args:
+        features: `(num_windows, hidden_size)` pooled features.
+        path: the PNG to write.
+        cell: side of one window's cell, pixels.
+
+    Returns:
+        `(num_windows, num_windows)` float32 cosine similarities in [-1, 1].
+    """
+    from PIL import Image, ImageDraw
+
+    features = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    unit = torch.nn.functional.normalize(features, dim=1)
+    similarity = (unit @ unit.T).clamp(-1, 1).numpy()
+    count, margin = len(similarity), 64
+    side = margin + cell * count
+    image = Image.new("RGB", (max(side + 8, 240), side + 24), "white")  # wide enough for the title
+    draw = ImageDraw.Draw(image)
+    draw.text(
+        (4, side + 6), "cosine similarity of window features", fill="black"
+    )  # under the map: app labels sit on top
+    for row in range(count):
+        draw.text((4, margin + row * cell + cell // 2 - 5), f"window {row}", fill="black")
+        draw.text((margin + row * cell + 4, margin - 16), f"w{row}", fill="black")
+        for column in range(count):
+            value = float(similarity[row, column])
+            # White at 0, red toward +1, blue toward -1.
+            strength = round(255 * (1 - abs(value)))
+            colour = (255, strength, strength) if value >= 0 else (strength, strength, 255)
+            x, y = margin + column * cell, margin + row * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour, outline=(200, 200, 200))
+            draw.text((x + 6, y + cell // 2 - 5), f"{value:.2f}", fill="black")
+    image.save(path)
+    return similarity

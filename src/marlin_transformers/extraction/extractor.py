@@ -221,12 +221,12 @@ class MarlinFeatureExtractor:
         windows = iter_windows(path, **self.window_options)
         if not self.crop_face:
             for window in windows:
-                yield _window_record(window, None), window.frames
+                yield window_record(window, None), window.frames
             return
         from ..video.face_tracking import iter_face_windows
 
         for window, crops in iter_face_windows(windows, self.tracker, source=path, on_no_face=self.on_no_face):
-            yield _window_record(window, crops.detected_fraction), crops.crops
+            yield window_record(window, crops.detected_fraction), crops.crops
 
     @torch.inference_mode()
     def extract_clips(self, clips: list[np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -347,7 +347,8 @@ class MarlinFeatureExtractor:
         return results
 
 
-def _window_record(window, face_detected_fraction: float | None) -> dict:
+def window_record(window, face_detected_fraction: float | None) -> dict:
+    """One window's manifest entry (see `VideoFeatures.windows`), from a `video.windows.VideoWindow`."""
     return {
         "frame_indices": [int(i) for i in window.frame_indices],
         "start_time": round(float(window.start_time), 6),
