@@ -314,7 +314,7 @@ class MarlinFeatureExtractor:
                 if not subject.overlaps(window.frame_indices):
                     continue
                 crops = tracker.crop(window, subject)
-                record = _window_record(window, crops.detected_fraction)
+                record = window_record(window, crops.detected_fraction)
                 record["box"] = [round(float(v), 1) for v in np.median(crops.boxes, axis=0)]
                 records[subject.id].append(record)
                 span = [i for i in window.frame_indices if subject.first_frame <= i <= subject.last_frame]
