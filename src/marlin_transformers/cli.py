@@ -260,6 +260,20 @@ def _add_preparation_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=_prepare)
 
 
+def _push_dataset(args: argparse.Namespace) -> int:
+    from .data.dataset_hub import export_for_hub, push_dataset
+
+    if args.export_only:
+        folder = export_for_hub(args.prepared, args.folder or Path(args.prepared) / "hub")
+        print(f"wrote {folder}: Parquet shards and README.md; load it with datasets.load_dataset({str(folder)!r})")
+        return 0
+    if not args.repo_id:
+        raise MarlinError("give the Hub REPO_ID to push to (or --export-only).")
+    url = push_dataset(args.prepared, args.repo_id, folder=args.folder, private=not args.public)
+    print(f"pushed to {url} ({'public' if args.public else 'private'})")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -442,6 +456,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     faces.add_argument("inputs", nargs="+", metavar="VIDEOS", help="video files, folders (recursive) or .txt lists")
     _add_preparation_options(faces)
+
+    push = commands.add_parser(
+        "push-dataset",
+        help="a prepared folder -> Parquet shards and a dataset card, uploaded to a Hub dataset repo (private)",
+    )
+    push.add_argument("prepared", metavar="OUT", help="a folder prepare-ytf or prepare-faces wrote")
+    push.add_argument("repo_id", metavar="REPO_ID", nargs="?", help="the Hub dataset repo (made if missing)")
+    privacy = push.add_mutually_exclusive_group()
+    privacy.add_argument("--private", action="store_true", help="a private repo (the default)")
+    privacy.add_argument("--public", action="store_true", help="a public repo (refused for YouTube Faces)")
+    push.add_argument("--folder", help="where the shards and card are written first (default: OUT/hub)")
+    push.add_argument("--export-only", action="store_true", help="write the shards and card, upload nothing")
+    push.set_defaults(handler=_push_dataset)
 
     demo = commands.add_parser(
         "demo", help="the whole pipeline on a face clip it renders itself (works offline, with random weights)"
