@@ -256,3 +256,44 @@ def test_push_dataset_creates_a_private_dataset_repo_and_uploads(prepared, tmp_p
     calls.clear()
     assert main(["push-dataset", str(out), "me/ytf", "--public", "--folder", str(folder)]) == 1
     assert "may not be redistributed publicly" in capsys.readouterr().err and calls == []
+
+
+def test_collator_samples_the_papers_clips_with_fasking_masks_from_stored_maps(prepared, tmp_path):
+    from marlin_transformers import MarlinConfig
+    from marlin_transformers.pretraining.dataset_clips import (
+        PreparedClipCollator,
+        PreparedClipDataset,
+        clip_frame_indices,
+        load_prepared_rows,
+    )
+    from marlin_transformers.pretraining.masking import seeded_generator
+
+    _, out = prepared
+    config = MarlinConfig(num_frames=4, image_size=32, patch_size=16, tubelet_size=2, mask_ratio=0.75)
+    rows = load_prepared_rows(str(out), "train", cache_dir=str(tmp_path / "cache"))
+    batch = PreparedClipCollator(config, seed=0)([rows[0], rows[1], rows[2]])
+    assert batch["pixel_values_videos"].shape == (3, 4, 3, 32, 32) and batch["pixel_values_videos"].max() <= 1
+    assert batch["bool_masked_pos"].shape == (3, 2 * 2 * 2) and (batch["bool_masked_pos"].sum(1) == 6).all()
+    # 16 frames every 2nd from a random start; a 10-frame video repeats its last frame.
+    indices = clip_frame_indices(100, 16, 2, seeded_generator(0))
+    assert len(indices) == 16 and set(np.diff(indices)) == {2}
+    assert clip_frame_indices(10, 16, 2, seeded_generator(0))[-1] == 9
+    dataset = PreparedClipDataset(rows, config, seed=3, clips_per_video=2)
+    assert len(dataset) == 8
+    first, again = dataset[5], dataset[5]
+    assert torch_equal(first["pixel_values_videos"], again["pixel_values_videos"])
+    assert torch_equal(first["bool_masked_pos"], again["bool_masked_pos"])
+    full = PreparedClipCollator(MarlinConfig(), seed=0)([rows[0]])
+    assert full["pixel_values_videos"].shape == (1, 16, 3, 224, 224) and full["bool_masked_pos"].sum() == 1412
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
+
+
+def test_pretrain_takes_a_prepared_dataset(prepared, tmp_path):
+    from marlin_transformers.pretraining.training import PretrainingArguments
+
+    _, out = prepared
+    args = PretrainingArguments(output_dir=str(tmp_path / "run"), dataset=str(out))
+    assert args.dataset == str(out) and not args.train_data
