@@ -203,6 +203,114 @@ def _prepare_celebvhq(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preparation_settings(args: argparse.Namespace):
+    from .pretraining.preparation import PreparationSettings
+
+    return PreparationSettings(
+        crop_style=args.crop_style,
+        frame_order=getattr(args, "frame_order", "numeric"),
+        lossless=args.lossless,
+        crf=args.crf,
+        frame_folder_fps=getattr(args, "fps", None) or PreparationSettings.frame_folder_fps,
+        farl_model=args.farl_model,
+    )
+
+
+def _split(args: argparse.Namespace, videos) -> tuple[dict, dict]:
+    from .data.face_videos import person_disjoint_split
+    from .data.youtube_faces import read_split_files
+
+    if args.split_files:
+        info = {"method": "files", "files": [str(Path(f).resolve()) for f in args.split_files]}
+        return read_split_files(*args.split_files), info
+    info = {"method": "person-disjoint", "seed": args.seed, "validation_fraction": args.validation_fraction}
+    return person_disjoint_split(videos, args.validation_fraction, args.seed), info
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from .data.face_videos import list_face_videos
+    from .data.youtube_faces import ytf_videos
+    from .pretraining.preparation import prepare_corpus
+
+    command = f"marlin {args.command}"
+    settings = _preparation_settings(args)  # checked before any video is listed
+    ytf = args.command == "prepare-ytf"
+    videos = ytf_videos(args.root) if ytf else list_face_videos(args.inputs)
+    split, split_info = _split(args, videos)
+    summary = prepare_corpus(
+        videos,
+        args.out,
+        settings,
+        split,
+        split_info,
+        name="youtube_faces" if ytf else "face_videos",
+        num_workers=args.num_workers,
+        show_progress=not args.quiet,
+        command=command,
+    )
+    if not summary.is_main_process:
+        return 1 if summary.failed else 0
+    print(
+        f"{command}: {summary.done} done, {summary.skipped} already done, {summary.failed} failed; see "
+        f"{Path(args.out) / 'manifest.jsonl'}",
+        file=sys.stderr,
+    )
+    return 1 if summary.failed else 0
+
+
+def _add_preparation_options(parser: argparse.ArgumentParser) -> None:
+    from .data.face_videos import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION
+
+    parser.add_argument("out", help="the prepared folder to write (re-running it resumes)")
+    parser.add_argument(
+        "--crop-style",
+        choices=["tracker", "reference"],
+        default="tracker",
+        help="tracker: square of side max(w, h) around the tracked, smoothed face (default); reference: the paper "
+        "code's square of side 2*int(max(w, h)/2) around each detector box",
+    )
+    parser.add_argument(
+        "--split-files",
+        nargs=2,
+        metavar=("TRAIN_CSV", "VAL_CSV"),
+        help="the paper's train_set.csv and val_set.csv (path,len rows); default: a seeded person-disjoint split",
+    )
+    parser.add_argument(
+        "--validation-fraction",
+        type=_positive(float, 0.99),
+        default=DEFAULT_VALIDATION_FRACTION,
+        help=f"without --split-files, fraction of the persons held out (default {DEFAULT_VALIDATION_FRACTION})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SPLIT_SEED, help=f"seed of that split (default {DEFAULT_SPLIT_SEED})"
+    )
+    parser.add_argument("--lossless", action="store_true", help="lossless RGB H.264 clips (about 5-10x larger)")
+    parser.add_argument("--crf", type=int, default=18, help="H.264 quality of the clips, lower is better (default 18)")
+    parser.add_argument(
+        "--farl-model",
+        help="FaRL LaPa TorchScript file for the paper's parsing maps; default: the built-in landmark approximation",
+    )
+    parser.add_argument(
+        "--num-workers", type=POSITIVE_INT, default=1, help="videos prepared at once, in processes (default 1)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_prepare)
+
+
+def _push_dataset(args: argparse.Namespace) -> int:
+    from .data.dataset_hub import export_for_hub, push_dataset
+
+    if args.export_only:
+        folder = export_for_hub(args.prepared, args.folder or Path(args.prepared) / "hub")
+        print(f"wrote {folder}: Parquet shards and README.md; load it with datasets.load_dataset({str(folder)!r})")
+        return 0
+    if not args.repo_id:
+        raise MarlinError("give the Hub REPO_ID to push to (or --export-only).")
+    url = push_dataset(args.prepared, args.repo_id, folder=args.folder, private=not args.public)
+    print(f"pushed to {url} ({'public' if args.public else 'private'})")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -407,6 +515,46 @@ def build_parser() -> argparse.ArgumentParser:
     celebvhq.add_argument("--seed", type=int, default=0, help="seed of the 80/10/10 split (default 0)")
     celebvhq.add_argument("--num-workers", type=POSITIVE_INT, default=1, help="videos cropped in parallel (default 1)")
     celebvhq.set_defaults(handler=_prepare_celebvhq)
+
+    ytf = commands.add_parser(
+        "prepare-ytf",
+        help="YouTube Faces frame folders -> face clips, landmarks and parsing maps, split train/validation",
+        description="Tracks and crops the face of every frame_images_DB/<person>/<video>, writes OUT/clips/ and "
+        "OUT/annotations/ (see docs/datasets.md); re-running skips the videos done.",
+    )
+    ytf.add_argument("root", help="the YouTube Faces folder (holding frame_images_DB/) or frame_images_DB itself")
+    _add_preparation_options(ytf)
+    ytf.add_argument(
+        "--frame-order",
+        choices=["numeric", "reference"],
+        default="numeric",
+        help="numeric: frame files by their numbers, 0.555.jpg before 0.1000.jpg (default); reference: sorted as "
+        "strings, as the paper code did",
+    )
+    ytf.add_argument(
+        "--fps", type=POSITIVE_FLOAT, default=None, help="frame rate stored for the frame folders (default 25)"
+    )
+
+    faces = commands.add_parser(
+        "prepare-faces",
+        help="any face videos -> face clips, landmarks and parsing maps, split train/validation",
+        description="Videos under a folder get their path relative to it as id and its first folder as person.",
+    )
+    faces.add_argument("inputs", nargs="+", metavar="VIDEOS", help="video files, folders (recursive) or .txt lists")
+    _add_preparation_options(faces)
+
+    push = commands.add_parser(
+        "push-dataset",
+        help="a prepared folder -> Parquet shards and a dataset card, uploaded to a Hub dataset repo (private)",
+    )
+    push.add_argument("prepared", metavar="OUT", help="a folder prepare-ytf or prepare-faces wrote")
+    push.add_argument("repo_id", metavar="REPO_ID", nargs="?", help="the Hub dataset repo (made if missing)")
+    privacy = push.add_mutually_exclusive_group()
+    privacy.add_argument("--private", action="store_true", help="a private repo (the default)")
+    privacy.add_argument("--public", action="store_true", help="a public repo (refused for YouTube Faces)")
+    push.add_argument("--folder", help="where the shards and card are written first (default: OUT/hub)")
+    push.add_argument("--export-only", action="store_true", help="write the shards and card, upload nothing")
+    push.set_defaults(handler=_push_dataset)
 
     demo = commands.add_parser(
         "demo", help="the whole pipeline on a face clip it renders itself (works offline, with random weights)"

@@ -96,10 +96,10 @@ def hashed_output_name(path: Path, suffix: str = ".npy") -> str:
 LOCK = ".marlin-extract.lock"
 
 
-def lock_folder(out_dir: Path):
-    """Hold `out_dir` for this run: an exclusive `flock` on its lock file, which the OS drops when the process ends,
-    however it ends (so a killed run never leaves the folder locked). Returns the open file: closing it (as a `with`
-    block does, on any exit) releases the folder."""
+def lock_folder(out_dir: Path, command: str = "marlin extract"):
+    """Hold `out_dir` for this run of `command`: an exclusive `flock` on its lock file, which the OS drops when the
+    process ends, however it ends (so a killed run never leaves the folder locked). Returns the open file: closing it
+    (as a `with` block does, on any exit) releases the folder."""
     import fcntl
 
     try:
@@ -113,7 +113,8 @@ def lock_folder(out_dir: Path):
     except BlockingIOError:
         handle.close()
         raise MarlinError(
-            f"{out_dir}: another marlin extract is writing into this folder; wait for it to end or use another --out."
+            f"{out_dir}: another {command} is writing into this folder; wait for it to end or use another output "
+            "folder."
         ) from None
     return handle
 
@@ -202,7 +203,7 @@ def _write_error(path: Path, error: OSError) -> OutputWriteError:
     )
 
 
-def _append_lines(path: Path, lines: list[str]) -> None:
+def append_lines(path: Path, lines: list[str]) -> None:
     """Append whole lines, synced, in one write: if it fails (disk full, file-size limit) the file is cut back to
     where it was, so a record is written whole or not at all. After a line torn by a crash (no final newline), start
     on a new line, so the torn fragment stays one unreadable line (skipped on read) and never swallows a record."""
@@ -227,14 +228,15 @@ def _append_lines(path: Path, lines: list[str]) -> None:
 
 
 def _append_line(path: Path, record: dict) -> None:
-    _append_lines(path, [json.dumps(record)])
+    append_lines(path, [json.dumps(record)])
 
 
 PARTIAL_SUFFIX = ".partial"
 
 
-def save_arrays_atomic(path: Path, array: np.ndarray | dict[str, np.ndarray]) -> None:
-    """`np.save` (a dict of arrays: `np.savez`) to a hidden temporary file beside `path`, renamed onto it when whole.
+def save_arrays_atomic(path: Path, array: np.ndarray | dict[str, np.ndarray], compressed: bool = False) -> None:
+    """`np.save` (a dict of arrays: `np.savez`, or `np.savez_compressed` with `compressed`) to a hidden temporary file
+    beside `path`, renamed onto it when whole.
     On any failure the temporary file is removed; a disk-full or file-size error is an `OutputWriteError` line. The
     temporary name is short (`.<8 hex>.<pid>.partial`), so the longest output name still has one."""
     tag = hashlib.sha1(path.name.encode()).hexdigest()[:8]
@@ -242,7 +244,7 @@ def save_arrays_atomic(path: Path, array: np.ndarray | dict[str, np.ndarray]) ->
     buffer = io.BytesIO()
     # In memory: numpy's own file writes lose the errno that tells a full disk.
     if isinstance(array, dict):
-        np.savez(buffer, **array)
+        (np.savez_compressed if compressed else np.savez)(buffer, **array)
     else:
         np.save(buffer, array)
     try:
@@ -451,6 +453,6 @@ def _merge_shards(out_dir: Path) -> None:
                     lines.append(line)
             except json.JSONDecodeError:
                 continue
-    _append_lines(out_dir / MANIFEST, lines)
+    append_lines(out_dir / MANIFEST, lines)
     for shard in shards:
         shard.unlink()

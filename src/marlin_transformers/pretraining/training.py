@@ -87,6 +87,15 @@ class PretrainingArguments:
             "split",
         },
     )
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "PATH_OR_REPO_ID",
+            "help": "instead of --train-data: a prepared face-video dataset (a folder of marlin prepare-ytf / "
+            "prepare-faces, a folder of its Parquet shards, or a Hub dataset id); the eval batch comes from its "
+            "validation split",
+        },
+    )
     eval_data: list[str] = field(default_factory=list, metadata={"help": "held-out videos for the fixed eval batch"})
     holdout_fraction: float = field(
         default=0.0,
@@ -179,8 +188,8 @@ class PretrainingArguments:
 
     def __post_init__(self):
         # ValueErrors: `examples/pretrain.py` prints each as one argparse line, before anything is loaded.
-        if not self.train_data and not self.youtube_faces:
-            raise ValueError("give train_data (--train-data) or youtube_faces (--youtube-faces)")
+        if not self.train_data and not self.youtube_faces and not self.dataset:
+            raise ValueError("give train_data (--train-data), youtube_faces (--youtube-faces) or dataset (--dataset)")
         for name, minimum in ARGUMENT_MINIMUMS.items():
             value = getattr(self, name)
             if value is not None and value < minimum:
@@ -320,30 +329,42 @@ def get_dataloaders(
     dataset_kwargs = dict(
         cache_dir=args.cache_dir, crop=args.crop, sample_rate=args.sample_rate, face_parser=face_parser
     )
-    if args.youtube_faces:  # the reference's layout: train_set.csv / val_set.csv over crop_images_DB/<clip>/
-        train_videos = youtube_faces_clips(args.youtube_faces, "train")
-        eval_videos = youtube_faces_clips(args.youtube_faces, "val")[: args.eval_batch_size]
+    if args.dataset:  # a prepared face-video dataset: clips and Fasking masks from its stored maps
+        from .dataset_clips import PreparedClipDataset, load_prepared_rows
+
+        with accelerator.main_process_first():  # the main process builds the Arrow cache, the others then read it
+            rows = {split: load_prepared_rows(args.dataset, split) for split in ("train", "validation")}
+        train_dataset = PreparedClipDataset(
+            rows["train"], model_config, args.sample_rate, args.seed, clips_per_video=args.clips_per_video
+        )
+        eval_rows = rows["validation"].select(range(min(args.eval_batch_size, len(rows["validation"]))))
+        per_video = math.ceil(args.eval_batch_size / len(eval_rows))
+        eval_dataset = PreparedClipDataset(eval_rows, model_config, args.sample_rate, args.seed + 1, per_video)
     else:
-        train_videos = find_videos(args.train_data)
-        eval_videos = find_videos(args.eval_data) if args.eval_data else train_videos
-    holdout = 0.0 if args.eval_data or args.youtube_faces else args.holdout_fraction
-    with accelerator.main_process_first():  # the main process fills the cache, the others then read it
-        train_dataset = FaceClipDataset.from_config(
-            model_config,
-            train_videos,
-            seed=args.seed,
-            clips_per_video=args.clips_per_video,
-            frame_range=(0.0, 1.0 - holdout),
-            **dataset_kwargs,
-        )
-        eval_dataset = FaceClipDataset.from_config(
-            model_config,
-            eval_videos,
-            seed=args.seed + 1,
-            clips_per_video=math.ceil(args.eval_batch_size / len(eval_videos)),
-            frame_range=(1.0 - holdout, 1.0) if holdout else (0.0, 1.0),
-            **dataset_kwargs,
-        )
+        if args.youtube_faces:  # the reference's layout: train_set.csv / val_set.csv over crop_images_DB/<clip>/
+            train_videos = youtube_faces_clips(args.youtube_faces, "train")
+            eval_videos = youtube_faces_clips(args.youtube_faces, "val")[: args.eval_batch_size]
+        else:
+            train_videos = find_videos(args.train_data)
+            eval_videos = find_videos(args.eval_data) if args.eval_data else train_videos
+        holdout = 0.0 if args.eval_data or args.youtube_faces else args.holdout_fraction
+        with accelerator.main_process_first():  # the main process fills the cache, the others then read it
+            train_dataset = FaceClipDataset.from_config(
+                model_config,
+                train_videos,
+                seed=args.seed,
+                clips_per_video=args.clips_per_video,
+                frame_range=(0.0, 1.0 - holdout),
+                **dataset_kwargs,
+            )
+            eval_dataset = FaceClipDataset.from_config(
+                model_config,
+                eval_videos,
+                seed=args.seed + 1,
+                clips_per_video=math.ceil(args.eval_batch_size / len(eval_videos)),
+                frame_range=(1.0 - holdout, 1.0) if holdout else (0.0, 1.0),
+                **dataset_kwargs,
+            )
     train_dataloader = DataLoader(
         train_dataset,
         batch_size=args.batch_size,
@@ -536,7 +557,7 @@ def train(args: PretrainingArguments) -> PretrainingResult:
 
     train_dataloader, eval_batch = get_dataloaders(args, model.config, accelerator)
     if len(train_dataloader) == 0:  # fewer clips than one batch: the loader drops the partial batch
-        data = " ".join(args.train_data) or args.youtube_faces
+        data = " ".join(args.train_data) or args.youtube_faces or args.dataset
         raise DatasetError(
             f"{data}: {len(train_dataloader.dataset)} training clips, fewer than one batch of {args.batch_size}; "
             "lower --batch-size or add videos."

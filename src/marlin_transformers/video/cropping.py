@@ -103,6 +103,53 @@ def centre_track(num_frames: int, height: int, width: int) -> FaceTrack:
     )
 
 
+def square_crop_boxes(boxes: np.ndarray, margin: float = 1.0) -> np.ndarray:
+    """(T, 4) int64 squares (x1, y1, x2, y2) of side `round(max(w, h) * margin)` (at least 2) centred on each box."""
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    sides = np.maximum(np.round((boxes[:, 2:] - boxes[:, :2]).max(axis=1) * margin), 2).astype(np.int64)
+    corners = np.round(centres - sides[:, None] / 2).astype(np.int64)
+    return np.concatenate([corners, corners + sides[:, None]], axis=1)
+
+
+def reference_crop_boxes(boxes: np.ndarray) -> np.ndarray:
+    """(T, 4) int64 squares as the MARLIN reference's preprocessing cuts them: side `2 * int(max(w, h) / 2)` around
+    the integer centre `int(x1 + w / 2), int(y1 + h / 2)` of each detector box (at least 2 pixels)."""
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    halves = np.maximum((sizes.max(axis=1) / 2).astype(np.int64), 1)
+    centres = (boxes[:, :2] + sizes / 2).astype(np.int64)
+    return np.concatenate([centres - halves[:, None], centres + halves[:, None]], axis=1)
+
+
+def crop_regions(
+    frames: np.ndarray,
+    crop_boxes: np.ndarray,
+    landmarks: np.ndarray | None = None,
+    crop_size: int = MARLIN_CROP_SIZE,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Cut each frame's square `crop_boxes[t]` (zero-padded outside the frame) and resize it to `crop_size`.
+
+    Args:
+        frames: (T, H, W, 3) uint8 RGB.
+        crop_boxes: (T, 4) int64 squares (x1, y1, x2, y2), frame pixels.
+        landmarks: optional (T, K, 2) frame pixels, mapped into crop pixels.
+
+    Returns:
+        crops (T, crop_size, crop_size, 3) uint8 and crop_landmarks (T, K, 2) float32 (None without landmarks).
+    """
+    from PIL import Image
+
+    crops = np.empty((len(frames), crop_size, crop_size, 3), dtype=np.uint8)
+    for t, (frame, region) in enumerate(zip(frames, crop_boxes)):
+        crop = Image.fromarray(np.ascontiguousarray(crop_with_padding(frame, region)))
+        crops[t] = np.asarray(crop.resize((crop_size, crop_size), Image.BILINEAR))
+    crop_landmarks = None
+    if landmarks is not None:
+        sides = (crop_boxes[:, 2] - crop_boxes[:, 0]).astype(np.float64)
+        scale = (crop_size / sides)[:, None, None]
+        crop_landmarks = ((landmarks - crop_boxes[:, None, :2]) * scale).astype(np.float32)
+    return crops, crop_landmarks
+
+
 def crop_faces(
     frames: np.ndarray,
     boxes: np.ndarray,
@@ -121,20 +168,8 @@ def crop_faces(
         crops (T, crop_size, crop_size, 3) uint8, crop_boxes (T, 4) int64 in frame pixels, crop_landmarks
         (T, K, 2) float32 in crop pixels (None without landmarks).
     """
-    from PIL import Image
-
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-    sides = np.maximum(np.round((boxes[:, 2:] - boxes[:, :2]).max(axis=1) * margin), 2).astype(np.int64)
-    corners = np.round(centres - sides[:, None] / 2).astype(np.int64)
-    crop_boxes = np.concatenate([corners, corners + sides[:, None]], axis=1)
-    crops = np.empty((len(frames), crop_size, crop_size, 3), dtype=np.uint8)
-    for t, (frame, region) in enumerate(zip(frames, crop_boxes)):
-        crop = Image.fromarray(np.ascontiguousarray(crop_with_padding(frame, region)))
-        crops[t] = np.asarray(crop.resize((crop_size, crop_size), Image.BILINEAR))
-    crop_landmarks = None
-    if landmarks is not None:
-        scale = (crop_size / sides)[:, None, None]
-        crop_landmarks = ((landmarks - corners[:, None, :]) * scale).astype(np.float32)
+    crop_boxes = square_crop_boxes(boxes, margin)
+    crops, crop_landmarks = crop_regions(frames, crop_boxes, landmarks, crop_size)
     return crops, crop_boxes, crop_landmarks
 
 

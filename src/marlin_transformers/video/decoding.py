@@ -8,6 +8,7 @@ whichever stage decodes: extraction, pretraining, CelebV-HQ preparation or the e
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
@@ -170,9 +171,54 @@ def find_videos(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return videos
 
 
-def frame_files(folder: str | os.PathLike) -> list[Path]:
-    """The images of a folder of frames (`IMAGE_EXTENSIONS`), sorted by name: one clip source, like a video."""
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+FRAME_ORDERS = ("name", "numeric")
+
+
+def numeric_frame_key(path: Path) -> tuple:
+    """Sort key of a frame file by the numbers in its name: YouTube Faces' `0.555.jpg` before `0.1000.jpg`.
+
+    The name's stem is cut at dots and other non-digits; runs of digits compare as integers, the rest as text."""
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.stem) if part
+    )
+
+
+def frame_files(folder: str | os.PathLike, order: str = "name") -> list[Path]:
+    """The images of a folder of frames (`IMAGE_EXTENSIONS`): one clip source, like a video.
+
+    Args:
+        order: "name" sorts the file names as strings (`0.1000.jpg` before `0.555.jpg`, as the MARLIN reference
+            does); "numeric" by the numbers in them (`numeric_frame_key`: `0.555.jpg` before `0.1000.jpg`).
+    """
+    if order not in FRAME_ORDERS:
+        raise ValueError(f"order must be one of {FRAME_ORDERS}, got {order!r}")
+    files = [p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(files, key=numeric_frame_key) if order == "numeric" else sorted(files)
+
+
+def read_images(files: Sequence[str | os.PathLike]) -> np.ndarray:
+    """(len(files), height, width, 3) uint8 RGB of image files of one size, e.g. a clip's `frame_files`.
+
+    Raises:
+        VideoError: an image that cannot be read, or images of different sizes (one line naming the file).
+    """
+    from PIL import Image
+
+    frames = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                frames.append(np.asarray(image.convert("RGB")))
+        except OSError as error:
+            raise VideoError(
+                f"{os.fspath(file)}: cannot be read as an image ({error}); re-export the frames."
+            ) from None
+        if frames[-1].shape != frames[0].shape:
+            raise VideoError(
+                f"{os.fspath(file)}: {frames[-1].shape[1]}x{frames[-1].shape[0]} pixels, but the clip's first is "
+                f"{frames[0].shape[1]}x{frames[0].shape[0]}; a clip's frames must share one size."
+            )
+    return np.stack(frames)
 
 
 def count_frames(path: str | os.PathLike) -> int:

@@ -1,4 +1,5 @@
-"""Write RGB frames to a video file with PyAV: H.264 (MPEG-4 part 2 where libx264 is missing), yuv420p, atomic."""
+"""Write RGB frames to a video file with PyAV: H.264 (MPEG-4 part 2 where libx264 is missing), yuv420p or lossless
+RGB, atomic."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ def write_video(
     fps: float | Fraction,
     crf: int | None = 18,
     preset: str | None = None,
+    lossless: bool = False,
 ) -> int:
     """Encode `frames` into `path`, which appears only once complete (written beside it, then renamed).
 
@@ -27,6 +29,8 @@ def write_video(
         fps: frames per second; a float is turned into a fraction (29.97 -> 30000/1001).
         crf: H.264 quality (lower is better, 18 is visually lossless); None leaves the encoder's default.
         preset: x264 speed preset ("fast", "medium", ...); None leaves the encoder's default.
+        lossless: RGB H.264 at qp 0 (libx264rgb, rgb24: every pixel decodes as given, about 5-10x larger; no
+            chroma subsampling, so any side works), instead of yuv420p at `crf`.
 
     Returns:
         The number of frames written (0 writes nothing and leaves no file).
@@ -38,6 +42,10 @@ def write_video(
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     rate = Fraction(fps).limit_denominator(1001)
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    if lossless:
+        if "libx264rgb" not in av.codecs_available:
+            raise RuntimeError("lossless writing needs PyAV built with libx264rgb (PyPI's av wheels are)")
+        codec = "libx264rgb"
     num_frames = 0
     try:
         with av.open(str(partial), mode="w") as container:
@@ -46,8 +54,10 @@ def write_video(
                 if stream is None:
                     stream = container.add_stream(codec, rate=rate)
                     stream.height, stream.width = frame.shape[:2]
-                    stream.pix_fmt = "yuv420p"
-                    if codec == "libx264":
+                    stream.pix_fmt = "rgb24" if lossless else "yuv420p"
+                    if lossless:
+                        stream.options = {"qp": "0", "preset": preset or "veryfast"}
+                    elif codec == "libx264":
                         options = {"crf": None if crf is None else str(crf), "preset": preset}
                         stream.options = {k: v for k, v in options.items() if v is not None}
                 video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")

@@ -1,0 +1,118 @@
+"""Pretraining clips from a prepared face-video dataset (`data.face_video_builder` rows, from a folder or the Hub).
+
+A row holds a whole video (its clip as mp4 bytes, its parsing maps as compressed bytes); a sample is the paper's
+clip of it: `num_frames` frames every `sample_rate` frames from a random start (the last frame repeats in a video
+too short for one clip), with its Fasking mask made from the stored maps (`masking.generate_mask`). Every random
+choice of sample `i` comes from `seeded_generator(seed, epoch, i)`, as in `clips.FaceClipDataset`.
+
+- `PreparedClipDataset` wraps a map-style `datasets.Dataset` split (what `examples/pretrain.py --dataset` uses);
+- `PreparedClipCollator` turns a list of rows (a streaming `IterableDataset`'s, say) into a batch, drawing each clip
+  from `seeded_generator(seed, epoch, call, position)`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..configuration_marlin import MarlinConfig
+from ..constants import SAMPLE_RATE
+from ..data.face_video_builder import decode_clip, decode_parsing_maps
+from ..video.decoding import resize_frames
+from .masking import generate_mask, seeded_generator
+
+
+def clip_frame_indices(total: int, num_frames: int, sample_rate: int, generator: torch.Generator) -> list[int]:
+    """`num_frames` indices every `sample_rate` frames from a random start in a video of `total` frames."""
+    span = (num_frames - 1) * sample_rate + 1
+    start = int(torch.randint(0, max(total - span, 0) + 1, (), generator=generator))
+    return [min(start + i * sample_rate, total - 1) for i in range(num_frames)]
+
+
+def sample_clip(row: dict, config: MarlinConfig, sample_rate: int, generator: torch.Generator) -> dict:
+    """`pixel_values_videos` (num_frames, 3, image_size, image_size) float32 in [0, 1] and `bool_masked_pos`
+    (num_tokens,) bool (True where masked) of one random clip of a dataset row."""
+    indices = clip_frame_indices(int(row["num_frames"]), config.num_frames, sample_rate, generator)
+    frames = resize_frames(decode_clip(row["clip"], indices), config.image_size)
+    maps = None
+    if config.mask_strategy.startswith("fasking"):
+        maps = decode_parsing_maps(row["parsing_maps"])[indices]
+        maps = resize_frames(maps[..., None], config.image_size, nearest=True)[..., 0]
+        maps = torch.from_numpy(maps.copy())
+    bool_masked_pos = generate_mask(
+        config.mask_strategy,
+        config.num_frames,
+        config.image_size,
+        config.patch_size,
+        config.tubelet_size,
+        config.mask_ratio,
+        generator,
+        label_maps=maps,
+    )
+    pixel_values_videos = torch.from_numpy(frames.copy()).permute(0, 3, 1, 2).float() / 255
+    return {"pixel_values_videos": pixel_values_videos, "bool_masked_pos": bool_masked_pos}
+
+
+class PreparedClipDataset(torch.utils.data.Dataset):
+    """`clips_per_video` random clips per row of a `datasets.Dataset` split; item `i` is a clip of row
+    `i // clips_per_video` (see the module docstring). Call `set_epoch` to draw new clips each epoch."""
+
+    def __init__(
+        self, rows, config: MarlinConfig, sample_rate: int = SAMPLE_RATE, seed: int = 0, clips_per_video: int = 1
+    ):
+        self.rows = rows
+        self.config = config
+        self.sample_rate = sample_rate
+        self.seed = seed
+        self.clips_per_video = clips_per_video
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows) * self.clips_per_video
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        generator = seeded_generator(self.seed, self.epoch, index)
+        return sample_clip(self.rows[index // self.clips_per_video], self.config, self.sample_rate, generator)
+
+
+class PreparedClipCollator:
+    """Rows of a prepared face-video dataset -> `pixel_values_videos` (batch, num_frames, 3, size, size) in [0, 1]
+    and `bool_masked_pos` (batch, num_tokens); for streaming datasets, where rows come already in order."""
+
+    def __init__(self, config: MarlinConfig, sample_rate: int = SAMPLE_RATE, seed: int = 0):
+        self.config = config
+        self.sample_rate = sample_rate
+        self.seed = seed
+        self.epoch = 0
+        self.calls = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.calls = epoch, 0
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        samples = [
+            sample_clip(row, self.config, self.sample_rate, seeded_generator(self.seed, self.epoch, self.calls, i))
+            for i, row in enumerate(rows)
+        ]
+        self.calls += 1
+        return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+
+
+def load_prepared_rows(path_or_repo_id: str, split: str, streaming: bool = False, cache_dir: str | None = None):
+    """A split of a prepared face-video dataset: a folder `prepare-ytf`/`prepare-faces` wrote (built with
+    `face_video_builder`), a folder of Parquet shards (`push-dataset --export-only`) or a Hub dataset repo id."""
+    from pathlib import Path
+
+    import datasets
+
+    from ..data.prepared_faces import INFO_FILE
+
+    path = Path(path_or_repo_id)
+    if (path / INFO_FILE).is_file():
+        from ..data.face_video_builder import load_prepared_faces
+
+        rows = load_prepared_faces(path, cache_dir=cache_dir)[split]
+        return rows.to_iterable_dataset() if streaming else rows
+    return datasets.load_dataset(path_or_repo_id, split=split, streaming=streaming, cache_dir=cache_dir)
