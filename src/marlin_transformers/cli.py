@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .constants import MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
+from .constants import FARL_CHANNEL_ORDERS, MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
 from .exceptions import MarlinError
 
 
@@ -128,7 +128,10 @@ def _show_mask(args: argparse.Namespace) -> int:
     window, crops = next(iter(tracked))
     landmarks = crops.crop_landmarks.copy()
     landmarks[~crops.detected] = np.nan  # frames without a detection fall back to random masking
-    parser = FarlFaceParser(args.farl_model) if args.farl_model else LandmarkFaceParser()
+    if args.farl_model:
+        parser = FarlFaceParser(args.farl_model, channel_order=args.farl_channel_order)
+    else:
+        parser = LandmarkFaceParser()
     render_fasking_preview(
         crops.crops,
         landmarks,
@@ -263,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--farl-model",
         help="FaRL LaPa TorchScript file (face_parsing.farl.lapa.main_ema_136500_jit191.pt) for the paper's "
         "parsing; default: the built-in landmark approximation",
+    )
+    show_mask.add_argument(
+        "--farl-channel-order",
+        default=FARL_CHANNEL_ORDERS[0],
+        choices=FARL_CHANNEL_ORDERS,
+        help="channels fed to --farl-model: rgb (default, FaRL's own: right maps) or bgr (the paper code's: the maps "
+        "the released models were pretrained with)",
     )
     show_mask.add_argument(
         "--strategy",

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..configuration_marlin import MarlinConfig
-from ..constants import SAMPLE_RATE
+from ..constants import FARL_CHANNEL_ORDERS, SAMPLE_RATE
 from ..convert_marlin import (
     config_error_reason,
     load_pretrained_checked,
@@ -105,6 +105,14 @@ class PretrainingArguments:
             "metavar": "PATH",
             "help": "FaRL LaPa TorchScript file (face_parsing.FARL_LAPA_FILENAME) for Fasking, as in the paper; "
             "default: the built-in landmark parser",
+        },
+    )
+    farl_channel_order: str = field(
+        default=FARL_CHANNEL_ORDERS[0],
+        metadata={
+            "help": "channel order fed to the FaRL parser: rgb (FaRL's own, right maps) or bgr (the paper code's, the "
+            "maps the released models were pretrained with)",
+            "choices": list(FARL_CHANNEL_ORDERS),
         },
     )
     num_workers: int = field(default=2, metadata={"help": "dataloader workers"})
@@ -316,7 +324,9 @@ def get_dataloaders(
     if args.farl_parser:  # the paper's parser; default: the built-in landmark approximation
         from .face_parsing import FarlFaceParser
 
-        face_parser = FarlFaceParser(args.farl_parser, device=accelerator.device)
+        face_parser = FarlFaceParser(
+            args.farl_parser, device=accelerator.device, channel_order=args.farl_channel_order
+        )
     dataset_kwargs = dict(
         cache_dir=args.cache_dir, crop=args.crop, sample_rate=args.sample_rate, face_parser=face_parser
     )
