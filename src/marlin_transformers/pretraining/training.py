@@ -62,7 +62,14 @@ from .losses import (
     gradient_penalty,
     penalty_interpolates,
 )
-from .schedule import BASE_LEARNING_RATE, BASE_MIN_LEARNING_RATE, learning_rate_at, scaled_learning_rates
+from .schedule import (
+    BASE_LEARNING_RATE,
+    BASE_MIN_LEARNING_RATE,
+    LR_SCHEDULES,
+    learning_rate_at,
+    reference_learning_rate_at,
+    scaled_learning_rates,
+)
 from .videomae import load_videomae_weights, marlin_config_from_videomae
 
 
@@ -143,6 +150,14 @@ class PretrainingArguments:
     num_epochs: int = field(default=2000, metadata={"help": "the schedule's length"})
     warmup_epochs: int = field(default=40, metadata={"help": "linear warm-up from lr 0"})
     max_steps: int | None = field(default=None, metadata={"help": "stop early (the schedule still spans num_epochs)"})
+    lr_schedule: str = field(
+        default=LR_SCHEDULES[0],
+        metadata={
+            "help": "step: a new lr every optimizer step; reference: one per epoch as the paper code steps it (the "
+            "first step at lr 0, then each epoch's value from its second step on)",
+            "choices": list(LR_SCHEDULES),
+        },
+    )
     base_learning_rate: float = field(default=BASE_LEARNING_RATE, metadata={"help": "peak lr per 256 clips"})
     base_min_learning_rate: float = field(default=BASE_MIN_LEARNING_RATE, metadata={"help": "final lr per 256 clips"})
     learning_rate: float | None = field(default=None, metadata={"help": "absolute peak lr, overriding the scaled one"})
@@ -194,6 +209,9 @@ class PretrainingArguments:
             if value is not None and value < minimum:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{name} ({flag}) is {value}; give at least {minimum}")
+        for name, choices in (("lr_schedule", LR_SCHEDULES), ("farl_channel_order", FARL_CHANNEL_ORDERS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} is {getattr(self, name)!r}; give one of {', '.join(choices)}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction (--holdout-fraction) is {self.holdout_fraction}; give one in [0, 1)")
         try:
@@ -623,7 +641,12 @@ def train(args: PretrainingArguments) -> PretrainingResult:
         if epoch == first_epoch and skip_batches:
             batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
         for batch in batches:
-            lr = learning_rate_at(step, learning_rate, min_learning_rate, warmup_steps, total_steps)
+            if args.lr_schedule == "reference":
+                lr = reference_learning_rate_at(
+                    step, steps_per_epoch, learning_rate, min_learning_rate, args.warmup_epochs, args.num_epochs
+                )
+            else:
+                lr = learning_rate_at(step, learning_rate, min_learning_rate, warmup_steps, total_steps)
             for optimizer in (g_optimizer, d_optimizer):
                 for group in optimizer.param_groups:
                     group["lr"] = lr
