@@ -70,7 +70,13 @@ from .schedule import (
     reference_learning_rate_at,
     scaled_learning_rates,
 )
-from .videomae import load_videomae_weights, marlin_config_from_videomae
+from .videomae import (
+    VIDEOMAE_HEAD_LAYOUTS,
+    load_videomae_release,
+    load_videomae_weights,
+    marlin_config_from_videomae,
+    read_videomae_release,
+)
 
 
 @dataclass
@@ -137,8 +143,16 @@ class PretrainingArguments:
     init_from: str | None = field(
         default=None,
         metadata={
-            "help": "VideoMAE (Transformers format, e.g. MCG-NJU/videomae-base), a MARLIN folder, or a released "
-            "MARLIN .full.pt/.ckpt"
+            "help": "VideoMAE (Transformers format, e.g. MCG-NJU/videomae-base, or an original VideoMAE .pth), a "
+            "MARLIN folder, or a released MARLIN .full.pt/.ckpt"
+        },
+    )
+    videomae_head: str = field(
+        default=VIDEOMAE_HEAD_LAYOUTS[0],
+        metadata={
+            "help": "an original VideoMAE .pth's decoder head: marlin (re-ordered to MARLIN's (c, t, y, x) pixels) or "
+            "reference (loaded unchanged, as the paper code: its (t, y, x, c) outputs land on the wrong pixels)",
+            "choices": list(VIDEOMAE_HEAD_LAYOUTS),
         },
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each layer in the backward"})
@@ -209,7 +223,12 @@ class PretrainingArguments:
             if value is not None and value < minimum:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{name} ({flag}) is {value}; give at least {minimum}")
-        for name, choices in (("lr_schedule", LR_SCHEDULES), ("farl_channel_order", FARL_CHANNEL_ORDERS)):
+        choice_fields = (
+            ("lr_schedule", LR_SCHEDULES),
+            ("farl_channel_order", FARL_CHANNEL_ORDERS),
+            ("videomae_head", VIDEOMAE_HEAD_LAYOUTS),
+        )
+        for name, choices in choice_fields:
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} is {getattr(self, name)!r}; give one of {', '.join(choices)}")
         if not 0.0 <= self.holdout_fraction < 1.0:
@@ -279,11 +298,15 @@ def parse_config_overrides(items: list[str]) -> dict[str, object]:
 
 
 def build_model(
-    model_config: str = "base", init_from: str | None = None, config_overrides: dict | None = None
+    model_config: str = "base",
+    init_from: str | None = None,
+    config_overrides: dict | None = None,
+    videomae_head: str = VIDEOMAE_HEAD_LAYOUTS[0],
 ) -> MarlinForPreTraining:
     """A fresh model of `model_config` (a variant name, a config JSON or a model folder), or one initialized from
-    `init_from`: a VideoMAE or MARLIN folder / Hub id, or a released MARLIN `.full.pt` / Lightning `.ckpt` file.
-    `config_overrides` (MarlinConfig fields) apply to either, except a released file.
+    `init_from`: a VideoMAE or MARLIN folder / Hub id, an original VideoMAE `.pth` (its decoder head loaded as
+    `videomae_head` says, see `videomae.load_videomae_release`), or a released MARLIN `.full.pt` / Lightning `.ckpt`
+    file. `config_overrides` (MarlinConfig fields) apply to all but a released MARLIN file.
 
     Raises:
         ConfigError: `model_config` with the overrides is no buildable config (`MarlinConfig`'s own validation).
@@ -308,6 +331,11 @@ def build_model(
         else:
             config = make_config(lambda: MarlinConfig.from_variant(model_config, **overrides))
         return MarlinForPreTraining(config)
+    release = read_videomae_release(init_from) if Path(init_from).is_file() else None
+    if release is not None:  # an original VideoMAE .pth
+        model, kept = load_videomae_release(init_from, videomae_head, release, **overrides)
+        print(f"initialized from VideoMAE {init_from} (decoder head: {videomae_head}); left at init: {kept}")
+        return model.train()
     if Path(init_from).is_file():  # a released MARLIN .pt / Lightning .ckpt
         model = load_reference_checkpoint(init_from)
         if not isinstance(model, MarlinForPreTraining):
@@ -549,7 +577,9 @@ def train(args: PretrainingArguments) -> PretrainingResult:
                 "folder a run saved whole, or 'latest'."
             )
     set_seed(args.seed)
-    model = build_model(args.model_config, args.init_from, parse_config_overrides(args.config_override))
+    model = build_model(
+        args.model_config, args.init_from, parse_config_overrides(args.config_override), args.videomae_head
+    )
     if args.adv_weight is not None:
         model.config.adv_weight = args.adv_weight
     adv_weight = model.config.adv_weight
