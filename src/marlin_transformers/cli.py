@@ -301,10 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     celebvhq.add_argument("out", help="where the prepared layout goes")
     celebvhq.add_argument(
         "--crop",
-        choices=["bbox", "resize", "face", "none"],
+        choices=["bbox", "resize", "face", "reference", "none"],
         default="bbox",
         help="bbox: the release's box crop of full frames (default); resize: clips already cropped by the release "
-        "script; face: MTCNN tracking, as the paper; none: label CSVs only",
+        "script; face: MTCNN tracking, square around the face; reference: as the paper code, a detector box per "
+        "frame (MTCNN for its RetinaFace), no smoothing, square of side 2*int(max(w,h)/2); none: label CSVs only",
     )
     celebvhq.add_argument(
         "--size",
