@@ -21,10 +21,16 @@ the end and saved to `--output-dir` as a folder `AutoModelForVideoClassification
 `--lora-target-modules`; the head trains in full) and saves the adapter, or with `--merge-lora` merged weights that
 load like any MARLIN folder (`evaluation.finetuning.save_finetuned` says how to load an adapter).
 
+`--recipe marlin` starts from the MARLIN paper code's recipe instead of ours (`marlin_transformers.evaluation.recipes`:
+Adam 0.5/0.9, learning rate halved on plateaus of the training loss, stop at lr 1e-6, batch 32, one random clip per
+video, per-batch-mean validation AUC); any flag given overrides its value. The recipe's values are printed at start
+and written to `OUTPUT_DIR/recipe.json`; with one random clip per video, the all-windows evaluation is reported too.
+
 Several GPUs: `accelerate launch examples/finetune.py ...` or `torchrun --nproc-per-node N examples/finetune.py ...`;
 `--per-device-*-batch-size` are per process.
 """
 
+import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass, field
@@ -35,6 +41,7 @@ from transformers import HfArgumentParser, set_seed
 from marlin_transformers import MarlinConfig
 from marlin_transformers.convert_marlin import push_folder_to_hub
 from marlin_transformers.evaluation.finetuning import (
+    EVAL_CLIPS,
     LORA_TARGET_MODULES,
     ClipOptions,
     FinetuningArguments,
@@ -44,6 +51,7 @@ from marlin_transformers.evaluation.finetuning import (
     build_trainer,
     save_finetuned,
 )
+from marlin_transformers.evaluation.recipes import RECIPES, describe, get_recipe
 from marlin_transformers.evaluation.selection import finite_metrics
 from marlin_transformers.exceptions import MarlinError
 from marlin_transformers.extraction import load_encoder
@@ -95,7 +103,7 @@ class ClipArguments:
         default=ClipOptions.eval_stride, metadata={"help": "evaluation windows (default: num_frames)"}
     )
     eval_clips: str = field(
-        default=ClipOptions.eval_clips, metadata={"help": "windows scored per video", "choices": ["all", "first"]}
+        default=ClipOptions.eval_clips, metadata={"help": "windows scored per video", "choices": list(EVAL_CLIPS)}
     )
     max_eval_windows: int = field(
         default=ClipOptions.max_eval_windows, metadata={"help": "at most n evaluation windows a video (0: all)"}
@@ -104,6 +112,11 @@ class ClipArguments:
 
 def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser((ModelArguments, DataArguments, ClipArguments, FinetuningArguments))
+    # The recipe sets the defaults; a flag given on the command line still wins.
+    recipe_parser = argparse.ArgumentParser(add_help=False)
+    recipe_parser.add_argument("--recipe", default="ours", choices=list(RECIPES))
+    recipe = get_recipe(recipe_parser.parse_known_args(argv)[0].recipe)
+    parser.set_defaults(**recipe.finetuning)
     try:
         model_args, data_args, clip_args, training_args = parser.parse_args_into_dataclasses(args=argv)
         ClipOptions(**asdict(clip_args))  # its checks, before the model loads
@@ -122,6 +135,11 @@ def finetune(
     """Load, fine-tune, evaluate and save (and push); user errors propagate as `MarlinError`s. Returns 0."""
     if model_args.lora and model_args.freeze_encoder:
         raise MarlinError("--lora and --freeze-encoder exclude each other: pick one.")
+    recipe = get_recipe(training_args.recipe)
+    settings = {**asdict(clip_args), **training_args.to_dict()}
+    recipe_values = {name: settings[name] for name in recipe.finetuning}
+    if recipe_values:  # a preset, not our defaults
+        print(f"finetune: {describe(recipe, recipe_values)}", file=sys.stderr)
     problem_type = training_args.problem_type
     encoder = load_encoder(model_args.model)
     options = ClipOptions(
@@ -151,9 +169,17 @@ def finetune(
     total = sum(p.numel() for p in model.parameters())
     print(f"finetune: {trainable:,} of {total:,} parameters trained ({100 * trainable / total:.2f}%)", file=sys.stderr)
     trainer = build_trainer(model, training_args, problem_type, train_dataset, eval_dataset)
+    if trainer.is_world_process_zero():  # once the inputs are known good: a failed start leaves no folder
+        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+        recipe_record = {"recipe": recipe.name, "description": recipe.description, "values": recipe_values}
+        (Path(training_args.output_dir) / "recipe.json").write_text(json.dumps(recipe_record, indent=1) + "\n")
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()  # the best checkpoint, reloaded by load_best_model_at_end
     trainer.save_metrics("eval", metrics)
+    all_windows = None
+    if options.eval_clips != "all":  # the recipe's one clip per video, and beside it every window (ours)
+        all_windows = trainer.evaluate(eval_dataset.all_windows(), metric_key_prefix="eval_all_windows")
+        trainer.save_metrics("eval_all_windows", all_windows)
     if trainer.is_world_process_zero():
         save_finetuned(trainer.model, training_args.output_dir, merge_lora=model_args.merge_lora)
         card = render_finetuned_card(
@@ -166,6 +192,8 @@ def finetune(
         )
         (Path(training_args.output_dir) / "README.md").write_text(card)
         summary = {"eval": finite_metrics(metrics), "best_checkpoint": trainer.state.best_model_checkpoint}
+        if all_windows is not None:
+            summary["eval_all_windows"] = finite_metrics(all_windows)
         print(json.dumps({**summary, "trainable_parameters": trainable, "parameters": total}))
         if training_args.push_to_hub:
             repo_id = training_args.hub_model_id or Path(training_args.output_dir).absolute().name

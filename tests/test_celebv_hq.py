@@ -281,3 +281,49 @@ def test_rotated_phone_clip_is_cropped_upright(tmp_path):
     crops = decode_video(tmp_path / "out" / "cropped" / f"{clip_ids[0]}.mp4").astype(int)
     assert np.abs(crops[:, 2:12, 4:28] - RED).max() < 40  # the top of the centred square is red...
     assert np.abs(crops[:, 20:30, 4:28] - BLUE).max() < 40  # ...and its bottom blue: upright, not sideways
+
+
+class FixedDetector:
+    """A stand-in detector: per frame, the boxes it is given (None: no face), two of them when asked."""
+
+    def __init__(self, boxes):
+        self.boxes = list(boxes)
+
+    def detect(self, frames):
+        found = []
+        for _ in frames:
+            box = self.boxes.pop(0)
+            if box is None:
+                found.append((np.zeros((0, 4), np.float32), np.zeros(0, np.float32), None))
+            else:  # a weaker second face the crop must not take
+                boxes = np.array([[0, 0, 8, 8], box], np.float32)
+                found.append((boxes, np.array([0.91, 0.99], np.float32), None))
+        return found
+
+
+def test_reference_crop_is_the_paper_codes_square_per_frame():
+    from marlin_transformers.data.celebv_hq import reference_cropper
+    from marlin_transformers.video.cropping import reference_square
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (4, 100, 120, 3), dtype=np.uint8)
+    # w 31, h 41: side 2 * int(41 / 2) = 40, centred on (int(25.5), int(40.5)) = (25, 40)
+    assert reference_square((10, 20, 41, 61)) == (5, 20, 45, 60)
+    boxes = [(10, 20, 41, 61), (12, 20, 43, 61), None, (100, -10, 130, 20)]
+    crops = list(reference_cropper(FixedDetector(boxes), size=40, chunk_frames=3)(iter(frames), None))
+    assert len(crops) == 4 and all(c.shape == (40, 40, 3) for c in crops)
+    np.testing.assert_array_equal(crops[0], frames[0, 20:60, 5:45])
+    np.testing.assert_array_equal(crops[1], frames[1, 20:60, 7:47])  # its own box: no smoothing
+    np.testing.assert_array_equal(crops[2], frames[2, 20:60, 7:47])  # no face: the last box, never a 2x2 corner
+    # (115, 5) +- 15: beyond the right and top edges, zero there
+    assert reference_square((100, -10, 130, 20)) == (100, -10, 130, 20)
+    side = 30
+    expected = np.zeros((side, side, 3), np.uint8)
+    expected[10:, :20] = frames[3, 0:20, 100:120]
+    from marlin_transformers.video.decoding import resize_frames
+
+    np.testing.assert_array_equal(crops[3], resize_frames(expected[None], 40)[0])
+    from marlin_transformers import cli
+
+    parsed = cli.build_parser().parse_args(["prepare-celebvhq", "root", "out", "--crop", "reference"])
+    assert parsed.crop == "reference"

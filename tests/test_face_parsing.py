@@ -148,7 +148,7 @@ def test_farl_parser_channel_order(tiny_farl_path):
     crops[..., 0] = 100  # red only: level 4 in RGB order, 0 when the model is fed BGR as the reference did
     # The outermost pixels blend with grid_sample's zero padding, as in the reference; look inside.
     assert (FarlFaceParser(tiny_farl_path)(crops, LANDMARKS[None])[:, 4:-4, 4:-4] == 4).all()
-    assert (FarlFaceParser(tiny_farl_path, reference_bgr=True)(crops, LANDMARKS[None]) == 0).all()
+    assert (FarlFaceParser(tiny_farl_path, channel_order="bgr")(crops, LANDMARKS[None]) == 0).all()
 
 
 def test_farl_parser_rejects_missing_or_wrong_files(tmp_path):
@@ -198,3 +198,37 @@ def test_render_fasking_preview(tmp_path):
     )
     assert path.is_file() and picture.size[0] == 2 * 224
     assert Image.open(path).size == picture.size
+
+
+class FirstChannelFarl(torch.nn.Module):
+    """A stand-in FaRL whose logits are the input's channels: label c where channel c is the brightest."""
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        padding = torch.zeros_like(images[:, :1]).expand(-1, 8, -1, -1) - 1.0
+        return torch.cat([images, padding], dim=1), images.mean(dim=1)  # (b, 11, 448, 448)
+
+
+def test_farl_channel_order_swaps_the_channels_the_model_receives(tmp_path):
+    path = tmp_path / "first_channel_farl.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(FirstChannelFarl()).save(str(path))
+    crops = blank_crops(1)
+    crops[..., 0], crops[..., 2] = 200, 50  # red brightest, blue dimmest
+    inside = (slice(None), slice(4, -4), slice(4, -4))  # the border blends with grid_sample's zero padding
+    assert (FarlFaceParser(path)(crops, LANDMARKS[None])[inside] == 0).all()  # channel 0 is red
+    assert (FarlFaceParser(path, channel_order="bgr")(crops, LANDMARKS[None])[inside] == 2).all()  # red comes last
+    assert FarlFaceParser(path, channel_order="bgr").cache_name != FarlFaceParser(path).cache_name
+    with pytest.raises(ValueError, match="channel_order"):
+        FarlFaceParser(path, channel_order="brg")
+
+
+def test_farl_channel_order_flags(tmp_path):
+    from marlin_transformers import cli
+    from marlin_transformers.pretraining.training import PretrainingArguments
+
+    args = PretrainingArguments(output_dir=str(tmp_path), train_data=["x"], farl_channel_order="bgr")
+    assert args.farl_channel_order == "bgr" and PretrainingArguments.farl_channel_order == "rgb"
+    flags = ["show-mask", "v.mp4", "--farl-model", "m.pt", "--farl-channel-order", "bgr"]
+    assert cli.build_parser().parse_args(flags).farl_channel_order == "bgr"
+    assert cli.build_parser().parse_args(["show-mask", "v.mp4"]).farl_channel_order == "rgb"

@@ -34,6 +34,7 @@ from marlin_transformers.pretraining import (
     masked_patch_targets,
     penalty_interpolates,
     reconstruction_loss,
+    reference_learning_rate_at,
     scaled_learning_rates,
     videomae_to_marlin_state_dict,
 )
@@ -181,6 +182,38 @@ def test_schedule_matches_the_reference_formula():
     peak, final = scaled_learning_rates(1024)
     assert learning_rate_at(40 * 100, peak, final, 40 * 100, 2000 * 100) == pytest.approx(6e-4)
     assert learning_rate_at(2000 * 100 - 1, peak, final, 40 * 100, 2000 * 100) == pytest.approx(4e-5, rel=1e-6)
+
+
+def test_reference_schedule_steps_once_an_epoch_as_the_paper_code():
+    """The paper code keeps the per-iteration array's value at each epoch's first iteration, divided by the peak, in a
+    LambdaLR it steps after the first batch of each epoch; here that run is replayed with torch's own LambdaLR."""
+    lr, min_lr, warmup_epochs, num_epochs, per_epoch = 1e-3, 1e-5, 2, 6, 5
+    iterations = np.concatenate(
+        [
+            np.linspace(0, lr, warmup_epochs * per_epoch),
+            [
+                min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * i / ((num_epochs - warmup_epochs) * per_epoch)))
+                for i in range((num_epochs - warmup_epochs) * per_epoch)
+            ],
+        ]
+    )
+    factors = iterations[::per_epoch] / lr  # one per epoch
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: factors[min(epoch, num_epochs - 1)])
+    paper = []
+    for _ in range(num_epochs):
+        for batch in range(per_epoch):
+            paper.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            if batch == 0:
+                scheduler.step()
+    ours = [
+        reference_learning_rate_at(step, per_epoch, lr, min_lr, warmup_epochs, num_epochs)
+        for step in range(num_epochs * per_epoch)
+    ]
+    np.testing.assert_allclose(ours, paper, rtol=1e-12, atol=1e-15)
+    assert ours[0] == 0.0 and ours[1] == pytest.approx(lr / (warmup_epochs * per_epoch - 1) * per_epoch)
+    assert len(set(ours[1:per_epoch])) == 1  # constant within the epoch, one epoch ahead of the per-step schedule
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -460,6 +493,19 @@ def test_gradient_accumulation_counts_optimizer_steps(tiny_videos, tmp_path):
     # 3 micro-batches per epoch: step 1 = batches 1-2, step 2 = batch 3 (the end of the epoch syncs).
     assert result.steps == 2 and [row["step"] for row in result.train_log] == [1, 2]
     assert result.train_log[0]["lr"] == 0.0 and result.train_log[1]["lr"] > 0
+
+
+def test_reference_lr_schedule_in_the_loop(tiny_videos, tmp_path):
+    args = tiny_run(tiny_videos, tmp_path / "run", lr_schedule="reference", max_steps=4, tensorboard=False)
+    args.eval_steps = args.image_steps = args.checkpointing_steps = 0
+    result = train(args)
+    # 3 batches an epoch (see above); the final lr is the scaled one of the tiny batch
+    final = scaled_learning_rates(args.batch_size)[1]
+    expected = [reference_learning_rate_at(step, 3, 1e-3, final, 1, 4) for step in range(4)]
+    assert [row["lr"] for row in result.train_log] == pytest.approx(expected)
+    assert expected[0] == 0.0 and expected[1] == expected[2] == expected[3] == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        tiny_run(tiny_videos, tmp_path, lr_schedule="epoch")
 
 
 @pytest.fixture

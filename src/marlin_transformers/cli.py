@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .constants import MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
+from .constants import FARL_CHANNEL_ORDERS, MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
 from .exceptions import MarlinError
 
 
@@ -137,7 +137,10 @@ def _show_mask(args: argparse.Namespace) -> int:
     window, crops = next(iter(tracked))
     landmarks = crops.crop_landmarks.copy()
     landmarks[~crops.detected] = np.nan  # frames without a detection fall back to random masking
-    parser = FarlFaceParser(args.farl_model) if args.farl_model else LandmarkFaceParser()
+    if args.farl_model:
+        parser = FarlFaceParser(args.farl_model, channel_order=args.farl_channel_order)
+    else:
+        parser = LandmarkFaceParser()
     render_fasking_preview(
         crops.crops,
         landmarks,
@@ -426,6 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
         "parsing; default: the built-in landmark approximation",
     )
     show_mask.add_argument(
+        "--farl-channel-order",
+        default=FARL_CHANNEL_ORDERS[0],
+        choices=FARL_CHANNEL_ORDERS,
+        help="channels fed to --farl-model: rgb (default, FaRL's own: right maps) or bgr (the paper code's: the maps "
+        "the released models were pretrained with)",
+    )
+    show_mask.add_argument(
         "--strategy",
         default="fasking",
         choices=["fasking", "fasking_opp", "random", "tube", "frame"],
@@ -501,10 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
     celebvhq.add_argument("out", help="where the prepared layout goes")
     celebvhq.add_argument(
         "--crop",
-        choices=["bbox", "resize", "face", "none"],
+        choices=["bbox", "resize", "face", "reference", "none"],
         default="bbox",
         help="bbox: the release's box crop of full frames (default); resize: clips already cropped by the release "
-        "script; face: MTCNN tracking, as the paper; none: label CSVs only",
+        "script; face: MTCNN tracking, square around the face; reference: as the paper code, a detector box per "
+        "frame (MTCNN for its RetinaFace), no smoothing, square of side 2*int(max(w,h)/2); none: label CSVs only",
     )
     celebvhq.add_argument(
         "--size",

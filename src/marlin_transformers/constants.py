@@ -17,6 +17,10 @@ MARLIN_CROP_SIZE: int = _DEFAULT_CONFIG.image_size
 SAMPLE_RATE = 2
 STRIDE = 16
 
+# The channel orders the FaRL face parser can be fed, the default first: RGB, as FaRL was trained; BGR, as the paper
+# code fed it (OpenCV frames), which made the maps the released models were pretrained with.
+FARL_CHANNEL_ORDERS = ("rgb", "bgr")
+
 # transformers' `problem_type` values, which pick the loss of a classification head and the downstream metrics.
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 

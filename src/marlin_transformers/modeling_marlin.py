@@ -460,6 +460,14 @@ class MarlinEncoder(nn.Module):
         return hidden_states
 
 
+def default_linear_init(linear: nn.Linear) -> None:
+    """`nn.Linear.reset_parameters`, through transformers' init functions (which leave loaded weights alone)."""
+    init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
+    if linear.bias is not None:
+        bound = linear.in_features**-0.5
+        init.uniform_(linear.bias, -bound, bound)
+
+
 class MarlinDiscriminator(nn.Module):
     """The pretraining critic: a per-token MLP (c*pt*ph*pw -> discriminator_hidden_size -> 1, LeakyReLU).
 
@@ -472,6 +480,7 @@ class MarlinDiscriminator(nn.Module):
         self.fc1 = nn.Linear(patch_dim, config.discriminator_hidden_size)
         self.act = nn.LeakyReLU()
         self.fc2 = nn.Linear(config.discriminator_hidden_size, 1)
+        self.fc1.keeps_default_init = self.fc2.keeps_default_init = True  # see `_init_weights`
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(patches)))
@@ -545,7 +554,11 @@ class MarlinPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # The reference's scheme: xavier-uniform linears with zero bias, unit LayerNorms, PyTorch's default Conv3d,
         # mask token ~ N(0, 0.02) truncated to +-0.02. Fixed position tables are recomputed (never loaded or trained).
-        if isinstance(module, nn.Linear):
+        # The critic and the encoder-to-decoder projection live outside the reference's encoder and decoder, whose
+        # init never reaches them: their linears (marked `keeps_default_init`) keep nn.Linear's own default.
+        if isinstance(module, nn.Linear) and getattr(module, "keeps_default_init", False):
+            default_linear_init(module)
+        elif isinstance(module, nn.Linear):
             init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -650,6 +663,7 @@ class MarlinForPreTraining(MarlinPreTrainedModel):
         self.config = config
         self.marlin = MarlinModel(config)
         self.encoder_to_decoder = nn.Linear(config.hidden_size, config.decoder_hidden_size, bias=False)
+        self.encoder_to_decoder.keeps_default_init = True  # see `_init_weights`
         self.decoder = MarlinDecoder(config)
         self.discriminator = MarlinDiscriminator(config)
         self.post_init()

@@ -28,6 +28,11 @@ Small real tasks built from the sample videos in `../shared/videos` (never copie
 
     python tests/benchmarks/downstream_evidence.py --work-dir /tmp/marlin_evidence
 
+`--recipe marlin` runs both with the paper code's recipe (`evaluation.recipes`) instead of ours: its optimizer,
+plateau, batch 32, one random clip per video, selection on the per-batch-mean validation AUC (`--epochs` caps its 2000
+epochs); the test split is then scored both ways, one seeded random window per clip (the paper code's) and every
+window (ours).
+
 Prints each task's held-out metrics and writes them to WORK/evidence_<task>.json. Everything lands in `--work-dir`;
 a re-run keeps what is already there (clips, model, fine-tuning runs, features). On 2 CPU cores in bfloat16: about
 4 minutes to build the clips and extract the features, then about 7 minutes of fine-tuning per task.
@@ -57,6 +62,7 @@ from marlin_transformers.evaluation.finetuning import (
     build_trainer,
 )
 from marlin_transformers.evaluation.linear_probe import LinearProbeConfig, run_linear_probe
+from marlin_transformers.evaluation.recipes import PAPER_SEED, RECIPES
 from marlin_transformers.video import frame_rate, iter_windows, read_video, write_video
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +84,8 @@ class Settings:
         full_finetune: train the encoder too, not only the head.
         lora: train LoRA adapters on the encoder (`examples/finetune.py --lora`, rank 8 on qkv, proj, fc1, fc2)
             and the head, not the encoder's weights.
+        recipe: "ours" or "marlin" (`evaluation.recipes`); with "marlin", `epochs` caps its epochs and
+            `learning_rate` is the recipe's unless given.
         dtype: "bfloat16" or "float32", for the fine-tuning and the extraction.
         workers: data-loader workers of the fine-tuning.
     """
@@ -91,6 +99,7 @@ class Settings:
     learning_rate: float | None = None
     full_finetune: bool = False
     lora: bool = False
+    recipe: str = "ours"
     dtype: str = "bfloat16"
     workers: int = 2
 
@@ -234,14 +243,18 @@ def carve_validation(train_csv: Path, clip_frames: int, val_clips: int, val_gap:
 
 
 def checkpoint_test_metrics(
-    checkpoint: Path, model: Path, fit_csv: Path, test_csv: Path, bf16: bool, mode: str
+    checkpoint: Path, model: Path, fit_csv: Path, test_csv: Path, bf16: bool, mode: str, eval_clips: str = "all"
 ) -> dict:
-    """A fine-tuning checkpoint's metrics on the test split (every window of a clip, as Trainer's evaluation)."""
+    """A fine-tuning checkpoint's metrics on the test split (every window of a clip, as Trainer's evaluation; or,
+    with `eval_clips="random"`, one window a clip drawn with the paper code's test seed)."""
     from safetensors.torch import load_file
 
     problem = "single_label_classification"
-    options = ClipOptions(num_frames=NUM_FRAMES, image_size=CLIP_SIZE, sample_rate=1)
-    _, test_dataset, label_names = build_datasets(str(fit_csv), str(test_csv), problem, options)
+    options = ClipOptions(num_frames=NUM_FRAMES, image_size=CLIP_SIZE, sample_rate=1, eval_clips=eval_clips)
+    if eval_clips == "random":
+        options.train_stride = RECIPES["marlin"].finetuning["train_stride"]
+    seed = PAPER_SEED if eval_clips == "random" else 0
+    _, test_dataset, label_names = build_datasets(str(fit_csv), str(test_csv), problem, options, seed)
     if mode == "lora":  # the checkpoint holds the adapters and the head
         from peft import PeftModel
 
@@ -290,16 +303,25 @@ def run_task(task: str, settings: Settings, work: Path, model: Path, train_csv: 
 
     # Fine-tuning with Trainer, clips decoded on the fly; Trainer's evaluation set is the validation split.
     mode = "lora" if settings.lora else "full" if settings.full_finetune else "frozen"
+    paper = settings.recipe == "marlin"
+    recipe = RECIPES[settings.recipe]
     learning_rate = settings.learning_rate or {"lora": 5e-4, "full": 5e-5, "frozen": 3e-3}[mode]
-    finetune_dir = work / f"finetune_{task}_{mode}_seed{settings.seed}"
+    if paper:
+        learning_rate = settings.learning_rate or recipe.finetuning["learning_rate"]
+    suffix = "_marlin" if paper else ""
+    finetune_dir = work / f"finetune_{task}_{mode}{suffix}_seed{settings.seed}"
     command = [sys.executable, "examples/finetune.py", "--model", str(model)]
     command += ["--train-data", str(fit_csv), "--eval-data", str(val_csv)]
     command += ["--problem-type", "single_label_classification", "--output-dir", str(finetune_dir)]
-    command += ["--metric-for-best-model", "loss", "--sample-rate", "1", "--num-train-epochs", str(settings.epochs)]
-    command += ["--learning-rate", str(learning_rate), "--weight-decay", "0", "--seed", str(settings.seed)]
-    command += ["--per-device-train-batch-size", "8", "--per-device-eval-batch-size", "4"]
+    command += ["--sample-rate", "1", "--num-train-epochs", str(settings.epochs)]
+    command += ["--learning-rate", str(learning_rate), "--seed", str(settings.seed)]
     command += ["--dataloader-num-workers", str(settings.workers), "--logging-steps", "4"]
-    command += ["--eval-clips", "first"]  # validation: one window a clip (the test below scores every window)
+    if paper:  # the recipe's optimizer, plateau, batches, clips and selection; only the epochs capped
+        command += ["--recipe", "marlin"]
+    else:
+        command += ["--metric-for-best-model", "loss", "--weight-decay", "0"]
+        command += ["--per-device-train-batch-size", "8", "--per-device-eval-batch-size", "4"]
+        command += ["--eval-clips", "first"]  # validation: one window a clip (the test below scores every window)
     command += {"lora": ["--lora"], "full": [], "frozen": ["--freeze-encoder"]}[mode]
     command += ["--bf16"] if settings.dtype == "bfloat16" else []
     if not (finetune_dir / "eval_results.json").is_file():
@@ -316,6 +338,11 @@ def run_task(task: str, settings: Settings, work: Path, model: Path, train_csv: 
         best_test = last_test
     else:
         best_test = checkpoint_test_metrics(best_checkpoint, model, fit_csv, task_test_csv, bf16, mode)
+    random_clip_test = None
+    if paper:  # the paper code's test: one random window a clip, seeded as its evaluate.py seeds it
+        random_clip_test = checkpoint_test_metrics(
+            best_checkpoint, model, fit_csv, task_test_csv, bf16, mode, "random"
+        )
     trainable, total = parameter_counts(model, fit_csv, mode)
     print(f"test evaluation [{time.time() - started:.0f} s]", flush=True)
     best_step = state["best_global_step"]
@@ -326,18 +353,22 @@ def run_task(task: str, settings: Settings, work: Path, model: Path, train_csv: 
     command += ["--out", str(features), "--sample-rate", "1", "--dtype", settings.dtype, "--quiet"]
     if not (features / "manifest.jsonl").is_file():
         run(command)
-    probe_json = work / f"linear_probe_{task}_seed{settings.seed}.json"
+    probe_json = work / f"linear_probe_{task}{suffix}_seed{settings.seed}.json"
     probe = run_linear_probe(
         features,
         fit_csv,
         task_test_csv,
         "single_label_classification",
-        LinearProbeConfig(seed=settings.seed, metric_for_best_model="accuracy"),
+        LinearProbeConfig(**recipe.linear_probe)
+        if paper
+        else LinearProbeConfig(seed=settings.seed, metric_for_best_model="accuracy"),
         val_labels=val_csv,
     )
     probe_json.write_text(json.dumps(probe, indent=1) + "\n")
 
+    selected_on = "validation per-batch-mean AUC (the paper code's)" if paper else "validation loss"
     return {
+        "recipe": settings.recipe,
         "task": TASKS[task] + ", train/validation/test disjoint in time",
         "model": f"MARLIN ViT-{settings.variant[0].upper()}, random weights, seed {settings.seed}",
         "num_train": len(fit_rows),
@@ -349,15 +380,21 @@ def run_task(task: str, settings: Settings, work: Path, model: Path, train_csv: 
             "parameters": total,
             "epochs": settings.epochs,
             "learning_rate": learning_rate,
-            "validation": [{k: e[k] for k in ("epoch", "eval_loss", "eval_accuracy") if k in e} for e in val_evals],
+            "epochs_trained": len(val_evals),
+            "validation": [
+                {k: e[k] for k in ("epoch", "eval_loss", "eval_accuracy", "eval_roc_auc_batch_mean") if k in e}
+                for e in val_evals
+            ],
             "last_epoch_test": last_test,
             "validation_selected": {
                 "epoch": next(e["epoch"] for e in val_evals if e["step"] == best_step),
-                "selected_on": "validation loss",
+                "selected_on": selected_on,
                 **best_test,
             },
+            "validation_selected_one_random_test_clip": random_clip_test,
         },
         "linear_probe": probe["eval"],
+        "linear_probe_epochs": {"best": probe["best_epoch"], "trained": probe["epochs_trained"]},
     }
 
 
@@ -383,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora", action="store_true", help="train LoRA adapters on the encoder, and the head")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--learning-rate", type=float, default=None, help="default 3e-3 frozen, 5e-5 full, 5e-4 LoRA")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=defaults.recipe, help="evaluation.recipes preset")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=defaults.dtype)
     parser.add_argument("--workers", type=int, default=defaults.workers, help="data-loader workers of the fine-tuning")
     args = parser.parse_args(argv)
@@ -400,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for task in args.tasks:
         result = run_task(task, settings, work, model, train_csv, test_csv)
-        (work / f"evidence_{task}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (work / f"evidence_{task}{'_marlin' * (args.recipe == 'marlin')}.json").write_text(
+            json.dumps(result, indent=1) + "\n"
+        )
         print(json.dumps(result, indent=1), flush=True)
     return 0
 

@@ -14,7 +14,9 @@ Clips (`num_frames` frames every `sample_rate` decoded frames, the windows of `v
   `eval_stride` sampled frames, default one window length, and one aligned to the end), and the video's logits are
   the mean of its windows' logits (`VideoClipTrainer`). The head is linear, so this equals the head applied to the
   temporal mean of the window features: the paper's linear-probe protocol. `eval_clips="first"` scores the first
-  window only; `max_eval_windows` keeps that many evenly spaced windows of long videos.
+  window only; `max_eval_windows` keeps that many evenly spaced windows of long videos. `eval_clips="random"` scores
+  one window per video drawn as in training, seeded by (seed, video index) alone, so every evaluation sees the same
+  windows: the paper code's evaluation (which draws anew each time), made reproducible (`evaluation.recipes`).
 
 Labels come from `data.labels.read_labels` (labels CSV, class folders, JSON, saved datasets).
 
@@ -25,6 +27,7 @@ the linear layer), folded into a single linear layer by `export_model` before sa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import os
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy
+from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy, SchedulerType
 
 from ..constants import MARLIN_CROP_SIZE, NUM_FRAMES, SAMPLE_RATE
 from ..data.labels import align_label_names, read_labels
@@ -49,6 +52,10 @@ from .selection import default_metric_for_best_model, greater_is_better
 # ---------------------------------------------------------------------------------------------------------- dataset
 
 
+# How many windows of a video an evaluation scores (`ClipOptions.eval_clips`).
+EVAL_CLIPS = ("all", "first", "random")
+
+
 @dataclass
 class ClipOptions:
     """How videos become model inputs.
@@ -60,7 +67,8 @@ class ClipOptions:
         train_stride: training windows start every `train_stride` sampled frames; one is drawn per video and epoch.
         eval_stride: evaluation windows start every `eval_stride` sampled frames (None: `num_frames`, as `marlin
             extract`).
-        eval_clips: "all" (every evaluation window, logits averaged) or "first".
+        eval_clips: "all" (every evaluation window, logits averaged), "first", or "random" (one window drawn on the
+            training grid, seeded by (seed, video index): the paper code's evaluation, reproducible).
         max_eval_windows: keep at most this many evenly spaced evaluation windows per video (0: all).
         crop_face: track the face with `video.face_tracking.FaceTracker` and crop around it.
         face_margin: crop side as a multiple of the face box side.
@@ -83,8 +91,8 @@ class ClipOptions:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.eval_stride is not None and self.eval_stride < 1:
             raise ValueError(f"eval_stride must be at least 1 (or None: num_frames), got {self.eval_stride}")
-        if self.eval_clips not in ("all", "first"):
-            raise ValueError(f"eval_clips must be 'all' or 'first', got {self.eval_clips!r}")
+        if self.eval_clips not in EVAL_CLIPS:
+            raise ValueError(f"eval_clips must be one of {', '.join(EVAL_CLIPS)}, got {self.eval_clips!r}")
         if self.max_eval_windows < 0:
             raise ValueError(f"max_eval_windows must be >= 0 (0: all), got {self.max_eval_windows}")
         if not self.face_margin > 0:
@@ -153,6 +161,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
         if self.training:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             clips = [self.train_clip(path, rng)]
+        elif self.options.eval_clips == "random":
+            # Two numbers where training seeds with three: never the training draw of the same video.
+            clips = [self.train_clip(path, np.random.default_rng([self.seed, index]))]
         else:
             clips = self.eval_clips(path)
         pixel_values = self.processor(clips, return_tensors="pt")["pixel_values_videos"]  # (clips, T, 3, H, W)
@@ -160,6 +171,13 @@ class VideoClipDataset(torch.utils.data.Dataset):
             "pixel_values_videos": pixel_values[0] if self.training else pixel_values,
             "labels": self.labels[index],
         }
+
+    def all_windows(self) -> VideoClipDataset:
+        """This evaluation dataset scoring every window of each video (`eval_clips="all"`): our evaluation, reported
+        beside a recipe's one-random-clip evaluation."""
+        view = copy.copy(self)
+        view.options = dataclasses.replace(self.options, eval_clips="all")
+        return view
 
     def train_clip(self, path: str, rng: np.random.Generator) -> np.ndarray:
         """One window drawn uniformly (reservoir sampling while streaming), face-cropped if asked: (T, H, W, 3)."""
@@ -375,6 +393,10 @@ def _training_field(name: str, default=None, default_factory=None):
     return field(default=default, metadata=metadata)
 
 
+# What a ReduceLROnPlateau scheduler is stepped on (`FinetuningArguments.plateau_monitor`).
+PLATEAU_MONITORS = ("metric_for_best_model", "train_loss")
+
+
 @dataclass
 class FinetuningArguments(TrainingArguments):
     """`TrainingArguments` for `VideoClipTrainer`, with the fine-tuning recipe's defaults.
@@ -386,6 +408,11 @@ class FinetuningArguments(TrainingArguments):
     checkpoints kept; `hub_strategy="end"` (with `push_to_hub`, the Trainer only creates the repo: upload the final
     folder with `convert_marlin.push_folder_to_hub`). Without an accelerator it runs on the CPU (`use_cpu`).
     Settings that would train nothing (no epochs, batches of no video, a learning rate <= 0) raise ValueError.
+
+    Adds, for the paper code's recipe (`evaluation.recipes`): `recipe` (the preset's name, recorded with the run),
+    `plateau_monitor` (with `lr_scheduler_type="reduce_lr_on_plateau"`: `train_loss` steps the plateau once an epoch
+    on the epoch's mean training loss, as the paper code; `metric_for_best_model` is Trainer's own stepping on the
+    evaluation metric) and `stop_learning_rate` (stop after the first epoch that ends with every lr at most this).
     """
 
     output_dir: str = field(metadata={"help": "where checkpoints, metrics and the final model folder are written"})
@@ -395,6 +422,21 @@ class FinetuningArguments(TrainingArguments):
             "help": "the task, as transformers names it: it picks the loss and the metrics",
             "choices": PROBLEM_TYPES,
         },
+    )
+    recipe: str = field(
+        default="ours",
+        metadata={"help": "named preset of these defaults (evaluation.recipes): ours or marlin (the paper code's)"},
+    )
+    plateau_monitor: str = field(
+        default="metric_for_best_model",
+        metadata={
+            "help": "what --lr-scheduler-type reduce_lr_on_plateau watches: the evaluation metric (Trainer's) or "
+            "each epoch's mean training loss (the paper code's)",
+            "choices": PLATEAU_MONITORS,
+        },
+    )
+    stop_learning_rate: float = field(
+        default=0.0, metadata={"help": "stop once every lr is at most this after an epoch (0: never)"}
     )
     eval_strategy: IntervalStrategy | str = _training_field("eval_strategy", "epoch")
     save_strategy: SaveStrategy | str = _training_field("save_strategy", "epoch")
@@ -441,13 +483,90 @@ class FinetuningArguments(TrainingArguments):
                 raise ValueError(f"{name} ({flag}) must be at least 1, got {getattr(self, name)}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate (--learning-rate) must be > 0, got {self.learning_rate}")
+        if self.plateau_monitor not in PLATEAU_MONITORS:
+            choices = ", ".join(PLATEAU_MONITORS)
+            raise ValueError(f"plateau_monitor must be one of {choices}, got {self.plateau_monitor}")
+        if not (math.isfinite(self.stop_learning_rate) and self.stop_learning_rate >= 0):
+            raise ValueError(f"stop_learning_rate must be >= 0 (0: never), got {self.stop_learning_rate}")
+
+
+class TrainingLossPlateau(torch.optim.lr_scheduler.LRScheduler):
+    """ReduceLROnPlateau on each epoch's mean training loss, as the paper code (Lightning, `monitor: train_loss`).
+
+    Trainer steps it every optimizer step, which changes nothing; `record(loss)` adds a batch's loss and
+    `end_epoch()` steps the plateau on the mean of the epoch's batch losses (`PlateauCallback`). Trainer's own
+    ReduceLROnPlateau handling (stepping on the evaluation metric) does not apply: this is not one.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, **plateau_kwargs):
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **plateau_kwargs)
+        self.loss_sum, self.loss_count = 0.0, 0
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def record(self, loss: torch.Tensor) -> None:
+        self.loss_sum += float(loss.detach())
+        self.loss_count += 1
+
+    def end_epoch(self) -> None:
+        if self.loss_count:
+            self.plateau.step(self.loss_sum / self.loss_count)
+        self.loss_sum, self.loss_count = 0.0, 0
+        self._last_lr = self.get_lr()
+
+    def state_dict(self) -> dict:
+        return {"plateau": self.plateau.state_dict(), "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.plateau.load_state_dict(state_dict["plateau"])
+        self.last_epoch = state_dict["last_epoch"]
+        self._last_lr = self.get_lr()
+
+
+class PlateauCallback(TrainerCallback):
+    """At each epoch's end, steps a `TrainingLossPlateau` on the epoch's training loss, before evaluation."""
+
+    def on_epoch_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        if isinstance(lr_scheduler, TrainingLossPlateau):
+            lr_scheduler.end_epoch()
+
+
+class StopAtLearningRateCallback(TrainerCallback):
+    """Stops training after the epoch that leaves every learning rate at most `floor` (the paper code's
+    `EarlyStoppingLR`, which stops at the start of the next epoch: the same epochs train). That epoch is still
+    evaluated and saved."""
+
+    def __init__(self, floor: float):
+        self.floor = floor
+
+    def on_epoch_end(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is not None and all(group["lr"] <= self.floor for group in optimizer.param_groups):
+            control.should_training_stop = True
 
 
 class VideoClipTrainer(Trainer):
     """`Trainer` whose evaluation batches carry several windows per video (`window_mask`): a video's logits are the
-    mean of its windows' logits, and the loss is computed on those."""
+    mean of its windows' logits, and the loss is computed on those. With `plateau_monitor="train_loss"` its
+    ReduceLROnPlateau is a `TrainingLossPlateau`."""
 
     window_chunk = 16
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        plateau = SchedulerType(self.args.lr_scheduler_type) == SchedulerType.REDUCE_ON_PLATEAU
+        if self.lr_scheduler is None and plateau and getattr(self.args, "plateau_monitor", None) == "train_loss":
+            kwargs = self.args.lr_scheduler_kwargs or {}
+            self.lr_scheduler = TrainingLossPlateau(optimizer or self.optimizer, **kwargs)
+            self._created_lr_scheduler = True
+            return self.lr_scheduler
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if model.training and isinstance(self.lr_scheduler, TrainingLossPlateau):
+            self.lr_scheduler.record(result[0] if return_outputs else result)
+        return result
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if "window_mask" not in inputs:
@@ -482,21 +601,27 @@ def build_trainer(
     train_dataset: VideoClipDataset | None = None,
     eval_dataset: VideoClipDataset | None = None,
 ) -> VideoClipTrainer:
-    """A `VideoClipTrainer` with the clip collator, the metrics of `problem_type` and, when training, the epoch
-    seeding of `train_dataset`'s window draws.
+    """A `VideoClipTrainer` with the clip collator, the metrics of `problem_type` (and `roc_auc_batch_mean` when
+    `metric_for_best_model` asks for it), when training the epoch seeding of `train_dataset`'s window draws, the
+    training-loss plateau and the stop at `stop_learning_rate`.
 
     Args:
         args: `FinetuningArguments` (or `TrainingArguments` with `remove_unused_columns=False` and
             `label_names=["labels"]`).
     """
+    callbacks = [EpochSeedCallback(train_dataset)] if train_dataset is not None else []
+    callbacks.append(PlateauCallback())
+    if getattr(args, "stop_learning_rate", 0):
+        callbacks.append(StopAtLearningRateCallback(args.stop_learning_rate))
+    batch_mean = (args.metric_for_best_model or "").removeprefix("eval_") == "roc_auc_batch_mean"
     return VideoClipTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collate_clips,
-        compute_metrics=build_compute_metrics(problem_type),
-        callbacks=[EpochSeedCallback(train_dataset)] if train_dataset is not None else None,
+        compute_metrics=build_compute_metrics(problem_type, args.per_device_eval_batch_size if batch_mean else None),
+        callbacks=callbacks,
     )
 
 

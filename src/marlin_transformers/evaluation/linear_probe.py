@@ -2,6 +2,8 @@
 
 Each video's window features (`DIR/<name>.npy`, (windows, hidden) float32) are averaged over time (the paper's
 temporal mean), standardized with the training set's mean and std, and fed to one linear layer trained with AdamW.
+`evaluation.recipes.RECIPES["marlin"].linear_probe` holds the paper code's settings instead: raw features, PyTorch's
+default init, Adam (0.5, 0.9) with the lr halved on plateaus of the training loss until it reaches 1e-6.
 The held-out split is scored with `evaluation.metrics` (accuracy, the paper's flattened ROC AUC, the per-label macro
 AUC; MSE/MAE/Pearson for regression).
 
@@ -18,7 +20,7 @@ import io
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ from torch import nn
 
 from ..data.labels import align_label_names, match_videos, read_labels_csv
 from ..exceptions import DatasetError
-from .metrics import load_downstream_metric
+from .metrics import batch_mean_auroc, load_downstream_metric
 from .selection import finite_metrics, greater_is_better
 
 CACHE_NAME = "linear_probe_cache.npz"
@@ -41,10 +43,17 @@ class LinearProbeConfig:
         epochs: passes over the training features.
         batch_size: videos per AdamW step; 0 trains full-batch.
         learning_rate: AdamW's learning rate.
-        weight_decay: AdamW's (decoupled) weight decay.
-        seed: seeds the minibatch order (the weights start at zero), so a run is reproducible.
+        weight_decay: AdamW's (decoupled) weight decay (at 0, AdamW is Adam).
+        adam_beta1, adam_beta2: AdamW's betas.
+        standardize: divide the centred features by their training std (a fixed affine map, kept in the probe).
+        zero_init: start the linear layer at zero (seed-free); False keeps `nn.Linear`'s own (seeded) init.
+        lr_scheduler: "constant", or "plateau": `ReduceLROnPlateau(**lr_scheduler_kwargs)` stepped once an epoch on
+            the mean of the epoch's batch losses (the paper code's).
+        lr_scheduler_kwargs: the plateau's settings (factor, patience, min_lr...).
+        stop_learning_rate: stop before an epoch that would start with the lr at most this (0: never).
+        seed: seeds the minibatch order (and the init without `zero_init`), so a run is reproducible.
         metric_for_best_model: with a validation split, the `evaluation.metrics` key the best epoch is chosen by
-            (lower is better for mse and mae).
+            (lower is better for mse and mae); `roc_auc_batch_mean` scores the split in batches of `batch_size`.
         eval_every: with a validation split, epochs between its evaluations (the last epoch is always evaluated).
 
     Raises:
@@ -56,6 +65,13 @@ class LinearProbeConfig:
     batch_size: int = 256
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    standardize: bool = True
+    zero_init: bool = True
+    lr_scheduler: str = "constant"
+    lr_scheduler_kwargs: dict = field(default_factory=dict)
+    stop_learning_rate: float = 0.0
     seed: int = 0
     metric_for_best_model: str = "roc_auc"
     eval_every: int = 5
@@ -70,6 +86,10 @@ class LinearProbeConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.lr_scheduler not in ("constant", "plateau"):
+            raise ValueError(f"lr_scheduler must be 'constant' or 'plateau', got {self.lr_scheduler!r}")
+        if not (math.isfinite(self.stop_learning_rate) and self.stop_learning_rate >= 0):
+            raise ValueError(f"stop_learning_rate must be >= 0 (0: never), got {self.stop_learning_rate}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be at least 1, got {self.eval_every}")
 
@@ -148,15 +168,17 @@ def load_features(
 
 
 class LinearProbe(nn.Module):
-    """Standardization (fixed, from the training features) then one linear layer: (N, hidden) -> (N, num_labels)."""
+    """Standardization (fixed, from the training features; identity when not asked) then one linear layer:
+    (N, hidden) -> (N, num_labels)."""
 
-    def __init__(self, hidden_size: int, num_labels: int):
+    def __init__(self, hidden_size: int, num_labels: int, zero_init: bool = True):
         super().__init__()
         self.register_buffer("mean", torch.zeros(hidden_size))
         self.register_buffer("std", torch.ones(hidden_size))
         self.linear = nn.Linear(hidden_size, num_labels)
-        nn.init.zeros_(self.linear.weight)  # the problem is convex: a zero start is as good as any, and seed-free
-        nn.init.zeros_(self.linear.bias)
+        if zero_init:  # the problem is convex: a zero start is as good as any, and seed-free
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear((features - self.mean) / self.std)
@@ -191,7 +213,8 @@ def train_linear_probe(
             `config.metric_for_best_model` is returned.
 
     Returns:
-        (probe in eval mode, {"best_epoch": int, "validation": metrics of the returned probe or None}).
+        (probe in eval mode, {"best_epoch": int, "validation": metrics of the returned probe or None,
+        "epochs_trained": int (fewer than `config.epochs` when `stop_learning_rate` stopped it)}).
     """
     config = config or LinearProbeConfig()
     metric = config.metric_for_best_model
@@ -200,26 +223,44 @@ def train_linear_probe(
         y = torch.as_tensor(labels, dtype=torch.long)
     else:
         y = torch.as_tensor(labels, dtype=torch.float32).reshape(len(x), num_labels)
-    probe = LinearProbe(x.shape[1], num_labels)
-    probe.mean.copy_(x.mean(dim=0))
-    probe.std.copy_(x.std(dim=0).clamp_min(1e-6))
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    torch.manual_seed(config.seed)  # nn.Linear's own init, without zero_init
+    probe = LinearProbe(x.shape[1], num_labels, config.zero_init)
+    if config.standardize:
+        probe.mean.copy_(x.mean(dim=0))
+        probe.std.copy_(x.std(dim=0).clamp_min(1e-6))
+    betas = (config.adam_beta1, config.adam_beta2)
+    optimizer = torch.optim.AdamW(
+        probe.parameters(), lr=config.learning_rate, betas=betas, weight_decay=config.weight_decay
+    )
+    plateau = None
+    if config.lr_scheduler == "plateau":
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **config.lr_scheduler_kwargs)
     generator = torch.Generator().manual_seed(config.seed)
     batch_size = config.batch_size or len(x)
+    eval_batch_size = batch_size if metric == "roc_auc_batch_mean" else None
     best = {"best_epoch": config.epochs, "validation": None}
     best_state = None
     sign = 1.0 if greater_is_better(metric) else -1.0
+    epochs_trained = 0
     for epoch in range(1, config.epochs + 1):
         probe.train()
         order = torch.randperm(len(x), generator=generator)
+        losses = []
         for start in range(0, len(x), batch_size):
             batch = order[start : start + batch_size]
             loss = _loss(problem_type, probe(x[batch]), y[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
-            metrics = evaluate_probe(probe.eval(), *validation, problem_type)
+            losses.append(loss.item())
+        epochs_trained = epoch
+        if plateau is not None:  # the paper code's: once an epoch, on the epoch's mean training loss
+            plateau.step(sum(losses) / len(losses))
+        # The paper code's EarlyStoppingLR stops as the next epoch starts; the same epochs train.
+        floor = config.stop_learning_rate
+        last = epoch == config.epochs or (floor > 0 and all(g["lr"] <= floor for g in optimizer.param_groups))
+        if validation is not None and (epoch % config.eval_every == 0 or last):
+            metrics = evaluate_probe(probe.eval(), *validation, problem_type, eval_batch_size)
             if metric not in metrics:
                 raise DatasetError(f"metric_for_best_model {metric!r}: not one of {sorted(metrics)}")
             score = metrics[metric]
@@ -227,18 +268,29 @@ def train_linear_probe(
             if previous is None or (not math.isnan(score) and sign * score > sign * previous[metric]):
                 best = {"best_epoch": epoch, "validation": metrics}
                 best_state = {k: v.clone() for k, v in probe.state_dict().items()}
+        if last:
+            break
     if best_state is not None:
         probe.load_state_dict(best_state)
+    else:
+        best["best_epoch"] = epochs_trained
+    best["epochs_trained"] = epochs_trained
     return probe.eval(), best
 
 
-def evaluate_probe(probe: LinearProbe, features: np.ndarray, labels: np.ndarray, problem_type: str) -> dict:
-    """The metrics of `evaluation.metrics` for the probe's logits on (num_videos, hidden) features."""
+def evaluate_probe(
+    probe: LinearProbe, features: np.ndarray, labels: np.ndarray, problem_type: str, batch_size: int | None = None
+) -> dict:
+    """The metrics of `evaluation.metrics` for the probe's logits on (num_videos, hidden) features; with
+    `batch_size` (classification), also `roc_auc_batch_mean` over consecutive batches of that many videos."""
     with torch.no_grad():
         logits = probe(torch.as_tensor(features, dtype=torch.float32)).numpy()
     if problem_type == "regression" and logits.shape[1] == 1:
         logits, labels = logits[:, 0], np.asarray(labels).reshape(-1)
-    return load_downstream_metric(problem_type).compute(predictions=logits, references=labels)
+    metrics = load_downstream_metric(problem_type).compute(predictions=logits, references=labels)
+    if batch_size and problem_type != "regression":
+        metrics["roc_auc_batch_mean"] = batch_mean_auroc(logits, labels, problem_type, batch_size)
+    return metrics
 
 
 def run_linear_probe(
@@ -296,6 +348,7 @@ def run_linear_probe(
         "train": finite_metrics(evaluate_probe(probe, train_x, train_y, problem_type)),
         "validation": finite_metrics(selection["validation"]) if selection["validation"] else None,
         "best_epoch": selection["best_epoch"],
+        "epochs_trained": selection["epochs_trained"],
         "num_train": len(train_rows),
         "num_eval": len(eval_rows),
         "skipped_without_features": {

@@ -20,6 +20,11 @@ Keys returned, by problem type (the names `transformers` uses in `config.problem
 
 A per-label AUC is undefined when the evaluated split holds only one class for that label; such labels are left out
 of `roc_auc_macro` (NaN when none is defined).
+
+`roc_auc_batch_mean` (classification, when `build_compute_metrics` or `evaluate_probe` is given a batch size) is the
+paper code's validation AUC: `roc_auc` of each consecutive batch, averaged with the batch sizes as weights (Lightning's
+epoch mean of a per-step metric). It depends on the batch size and the order of the videos, which is why it is not
+our default; `batch_mean_auroc` computes it.
 """
 
 from collections.abc import Callable
@@ -131,6 +136,30 @@ def multi_label_metrics(predictions: np.ndarray, references: np.ndarray, from_lo
     }
 
 
+def batch_mean_auroc(
+    predictions: np.ndarray, references: np.ndarray, problem_type: str, batch_size: int, from_logits: bool = True
+) -> float:
+    """The paper code's validation AUC: `roc_auc` of each consecutive `batch_size` rows, weighted by rows.
+
+    Args:
+        predictions, references: as `single_label_metrics` / `multi_label_metrics` take them, in loader order.
+        batch_size: videos per evaluation batch (the last batch may be smaller, and weighs less).
+
+    Returns:
+        The weighted mean over the batches whose AUC is defined (a batch holding one class has none), NaN if none is.
+    """
+    compute = single_label_metrics if problem_type == "single_label_classification" else multi_label_metrics
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    scores, weights = [], []
+    for start in range(0, len(predictions), batch_size):
+        rows = slice(start, start + batch_size)
+        auc = compute(predictions[rows], references[rows], from_logits)["roc_auc"]
+        if not np.isnan(auc):
+            scores.append(auc)
+            weights.append(len(predictions[rows]))
+    return float(np.average(scores, weights=weights)) if scores else float("nan")
+
+
 def regression_metrics(predictions: np.ndarray, references: np.ndarray) -> dict:
     """MSE, MAE and Pearson correlation (mean over outputs). predictions and references (N,) or (N, K)."""
     predictions = np.asarray(predictions, dtype=np.float64)
@@ -203,11 +232,13 @@ def load_downstream_metric(problem_type: str) -> DownstreamMetric:
     return DownstreamMetric(config_name=problem_type, keep_in_memory=True)
 
 
-def build_compute_metrics(problem_type: str) -> Callable:
+def build_compute_metrics(problem_type: str, batch_size: int | None = None) -> Callable:
     """A `compute_metrics` for `transformers.Trainer`: takes an `EvalPrediction`, returns {name: float}.
 
     Trainer prefixes the keys with `eval_`, so `--metric-for-best-model roc_auc` selects on `eval_roc_auc`.
     Logits come from the model (the first element when it returns a tuple); labels are as in the dataset.
+    With `batch_size` (videos per evaluation batch, one process: Trainer's evaluation is in order), classification
+    also gets `roc_auc_batch_mean` (`batch_mean_auroc`).
     """
     metric = load_downstream_metric(problem_type)
 
@@ -222,6 +253,9 @@ def build_compute_metrics(problem_type: str) -> Callable:
             labels = labels.reshape(logits.shape)
             if logits.shape[1] == 1:
                 logits, labels = logits[:, 0], labels[:, 0]
-        return metric.compute(predictions=logits, references=labels)
+        metrics = metric.compute(predictions=logits, references=labels)
+        if batch_size and problem_type != "regression":
+            metrics["roc_auc_batch_mean"] = batch_mean_auroc(logits, labels, problem_type, batch_size)
+        return metrics
 
     return compute_metrics

@@ -15,7 +15,7 @@ from .losses import (
     penalty_interpolates,
 )
 from .masking import MASKING_STRATEGIES, generate_mask, generate_masks, seeded_generator
-from .schedule import learning_rate_at, scaled_learning_rates
+from .schedule import learning_rate_at, reference_learning_rate_at, scaled_learning_rates
 from .training import PretrainingArguments, PretrainingResult, train, train_step
 from .videomae import (
     VIDEOMAE_KEY_MAPPING,
@@ -40,6 +40,7 @@ __all__ = [
     "generator_adversarial_loss",
     "gradient_penalty",
     "learning_rate_at",
+    "reference_learning_rate_at",
     "load_videomae_weights",
     "marlin_config_from_videomae",
     "masked_patch_targets",

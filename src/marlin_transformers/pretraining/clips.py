@@ -107,7 +107,7 @@ def prepare_video_cache(
     """
     path = Path(path)
     stat = path.stat()
-    parser_name = type(preparer.face_parser).__name__
+    parser_name = getattr(preparer.face_parser, "cache_name", type(preparer.face_parser).__name__)
     settings = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, preparer.image_size, preparer.crop, parser_name]
     settings.append(preparer.parse)
     key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:12]

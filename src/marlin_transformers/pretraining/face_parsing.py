@@ -27,6 +27,7 @@ from typing import Protocol
 import torch
 from torch.nn import functional as F
 
+from ..constants import FARL_CHANNEL_ORDERS
 from ..exceptions import CheckpointError
 
 LAPA_LABEL_NAMES = (
@@ -183,8 +184,10 @@ class FarlFaceParser:
         model_path: the TorchScript file (`FARL_LAPA_FILENAME`, from `FARL_LAPA_URL`).
         device: where the model runs.
         batch_size: crops per model call.
-        reference_bgr: the MARLIN reference read frames with OpenCV and fed them to the model in BGR order. False
-            (default) feeds RGB, as FaRL was trained; True reproduces the reference's label maps.
+        channel_order: the order the crops' channels are fed to the model in. "rgb" (default): FaRL was trained on
+            RGB images, so its maps are right. "bgr": the MARLIN paper code read its frames with OpenCV and fed them
+            to FaRL in BGR order; the maps the released MARLIN models were pretrained with came out that way, and
+            "bgr" reproduces them (see docs/fidelity.md).
     """
 
     image_size = 448
@@ -197,8 +200,10 @@ class FarlFaceParser:
         model_path: str | Path,
         device: str | torch.device = "cpu",
         batch_size: int = 16,
-        reference_bgr: bool = False,
+        channel_order: str = FARL_CHANNEL_ORDERS[0],
     ):
+        if channel_order not in FARL_CHANNEL_ORDERS:
+            raise ValueError(f"channel_order must be one of {', '.join(FARL_CHANNEL_ORDERS)}, got {channel_order!r}")
         model_path = Path(model_path)
         if not model_path.is_file():
             raise CheckpointError(
@@ -214,7 +219,9 @@ class FarlFaceParser:
             ) from error
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.reference_bgr = reference_bgr
+        self.channel_order = channel_order
+        # Parsing caches (`clips.prepare_cached`) are keyed by this: maps of one order never serve the other.
+        self.cache_name = type(self).__name__ + ("-bgr" if channel_order == "bgr" else "")
 
     @torch.no_grad()
     def __call__(
@@ -250,8 +257,8 @@ class FarlFaceParser:
             `grid_sample`.
         """
         images = face_crops.to(self.device).permute(0, 3, 1, 2).float() / 255  # (b, 3, h, w)
-        if self.reference_bgr:
-            images = images.flip(1)
+        if self.channel_order == "bgr":
+            images = images.flip(1)  # (b, 3, h, w) with channels B, G, R
         height, width = images.shape[2:]
         size = self.image_size
         landmarks = landmarks.to(self.device, torch.float32)

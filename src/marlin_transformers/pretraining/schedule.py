@@ -3,7 +3,8 @@
 AdamW with betas (0.9, 0.95), no weight decay, `lr = 1.5e-4 * total_batch / 256`, linear warm-up from 0 over 40
 epochs, then a cosine to `1e-5 * total_batch / 256` at the end of 2000 epochs. The reference computes this per
 iteration but only applies one value per epoch (its scheduler steps once an epoch); here it is applied per optimizer
-step.
+step (`learning_rate_at`, `LR_SCHEDULES[0]`), or, with `"reference"`, as the paper code applies it
+(`reference_learning_rate_at`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def scaled_learning_rates(
     return base_learning_rate * total_batch_size / 256, base_min_learning_rate * total_batch_size / 256
 
 
+# How the schedule is applied (`PretrainingArguments.lr_schedule`), the default first: a value per optimizer step
+# (ours), or one per epoch as the paper code steps it (its first step at lr 0).
+LR_SCHEDULES = ("step", "reference")
+
+
 def learning_rate_at(
     step: int, learning_rate: float, min_learning_rate: float, warmup_steps: int, total_steps: int
 ) -> float:
@@ -43,3 +49,29 @@ def learning_rate_at(
         return min_learning_rate
     progress = (step - warmup_steps) / remaining
     return min_learning_rate + 0.5 * (learning_rate - min_learning_rate) * (1 + math.cos(math.pi * progress))
+
+
+def reference_learning_rate_at(
+    step: int,
+    steps_per_epoch: int,
+    learning_rate: float,
+    min_learning_rate: float,
+    warmup_epochs: int,
+    num_epochs: int,
+) -> float:
+    """Learning rate for optimizer step `step` as the paper code applies the schedule (`model/marlin.py`).
+
+    It keeps one value per epoch, the per-iteration schedule (`learning_rate_at`) at each epoch's first iteration,
+    in a `LambdaLR` that it steps after the first batch of every epoch. Epoch `e`'s first step therefore runs at
+    epoch `e`'s value and its other steps at epoch `e + 1`'s: the very first step at lr 0 (the warm-up starts there),
+    every later one a whole epoch ahead. Past the last epoch the last value holds.
+    """
+    epoch, batch = divmod(step, steps_per_epoch)
+    value_index = min(epoch + (batch > 0), num_epochs - 1)  # (batch > 0): after the scheduler's step of this epoch
+    return learning_rate_at(
+        value_index * steps_per_epoch,
+        learning_rate,
+        min_learning_rate,
+        warmup_epochs * steps_per_epoch,
+        num_epochs * steps_per_epoch,
+    )

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..configuration_marlin import MarlinConfig
-from ..constants import SAMPLE_RATE
+from ..constants import FARL_CHANNEL_ORDERS, SAMPLE_RATE
 from ..convert_marlin import (
     config_error_reason,
     load_pretrained_checked,
@@ -62,8 +62,21 @@ from .losses import (
     gradient_penalty,
     penalty_interpolates,
 )
-from .schedule import BASE_LEARNING_RATE, BASE_MIN_LEARNING_RATE, learning_rate_at, scaled_learning_rates
-from .videomae import load_videomae_weights, marlin_config_from_videomae
+from .schedule import (
+    BASE_LEARNING_RATE,
+    BASE_MIN_LEARNING_RATE,
+    LR_SCHEDULES,
+    learning_rate_at,
+    reference_learning_rate_at,
+    scaled_learning_rates,
+)
+from .videomae import (
+    VIDEOMAE_HEAD_LAYOUTS,
+    load_videomae_release,
+    load_videomae_weights,
+    marlin_config_from_videomae,
+    read_videomae_release,
+)
 
 
 @dataclass
@@ -116,6 +129,14 @@ class PretrainingArguments:
             "default: the built-in landmark parser",
         },
     )
+    farl_channel_order: str = field(
+        default=FARL_CHANNEL_ORDERS[0],
+        metadata={
+            "help": "channel order fed to the FaRL parser: rgb (FaRL's own, right maps) or bgr (the paper code's, the "
+            "maps the released models were pretrained with)",
+            "choices": list(FARL_CHANNEL_ORDERS),
+        },
+    )
     num_workers: int = field(default=2, metadata={"help": "dataloader workers"})
 
     # model
@@ -131,8 +152,16 @@ class PretrainingArguments:
     init_from: str | None = field(
         default=None,
         metadata={
-            "help": "VideoMAE (Transformers format, e.g. MCG-NJU/videomae-base), a MARLIN folder, or a released "
-            "MARLIN .full.pt/.ckpt"
+            "help": "VideoMAE (Transformers format, e.g. MCG-NJU/videomae-base, or an original VideoMAE .pth), a "
+            "MARLIN folder, or a released MARLIN .full.pt/.ckpt"
+        },
+    )
+    videomae_head: str = field(
+        default=VIDEOMAE_HEAD_LAYOUTS[0],
+        metadata={
+            "help": "an original VideoMAE .pth's decoder head: marlin (re-ordered to MARLIN's (c, t, y, x) pixels) or "
+            "reference (loaded unchanged, as the paper code: its (t, y, x, c) outputs land on the wrong pixels)",
+            "choices": list(VIDEOMAE_HEAD_LAYOUTS),
         },
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each layer in the backward"})
@@ -144,6 +173,14 @@ class PretrainingArguments:
     num_epochs: int = field(default=2000, metadata={"help": "the schedule's length"})
     warmup_epochs: int = field(default=40, metadata={"help": "linear warm-up from lr 0"})
     max_steps: int | None = field(default=None, metadata={"help": "stop early (the schedule still spans num_epochs)"})
+    lr_schedule: str = field(
+        default=LR_SCHEDULES[0],
+        metadata={
+            "help": "step: a new lr every optimizer step; reference: one per epoch as the paper code steps it (the "
+            "first step at lr 0, then each epoch's value from its second step on)",
+            "choices": list(LR_SCHEDULES),
+        },
+    )
     base_learning_rate: float = field(default=BASE_LEARNING_RATE, metadata={"help": "peak lr per 256 clips"})
     base_min_learning_rate: float = field(default=BASE_MIN_LEARNING_RATE, metadata={"help": "final lr per 256 clips"})
     learning_rate: float | None = field(default=None, metadata={"help": "absolute peak lr, overriding the scaled one"})
@@ -195,6 +232,14 @@ class PretrainingArguments:
             if value is not None and value < minimum:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{name} ({flag}) is {value}; give at least {minimum}")
+        choice_fields = (
+            ("lr_schedule", LR_SCHEDULES),
+            ("farl_channel_order", FARL_CHANNEL_ORDERS),
+            ("videomae_head", VIDEOMAE_HEAD_LAYOUTS),
+        )
+        for name, choices in choice_fields:
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} is {getattr(self, name)!r}; give one of {', '.join(choices)}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction (--holdout-fraction) is {self.holdout_fraction}; give one in [0, 1)")
         try:
@@ -262,11 +307,15 @@ def parse_config_overrides(items: list[str]) -> dict[str, object]:
 
 
 def build_model(
-    model_config: str = "base", init_from: str | None = None, config_overrides: dict | None = None
+    model_config: str = "base",
+    init_from: str | None = None,
+    config_overrides: dict | None = None,
+    videomae_head: str = VIDEOMAE_HEAD_LAYOUTS[0],
 ) -> MarlinForPreTraining:
     """A fresh model of `model_config` (a variant name, a config JSON or a model folder), or one initialized from
-    `init_from`: a VideoMAE or MARLIN folder / Hub id, or a released MARLIN `.full.pt` / Lightning `.ckpt` file.
-    `config_overrides` (MarlinConfig fields) apply to either, except a released file.
+    `init_from`: a VideoMAE or MARLIN folder / Hub id, an original VideoMAE `.pth` (its decoder head loaded as
+    `videomae_head` says, see `videomae.load_videomae_release`), or a released MARLIN `.full.pt` / Lightning `.ckpt`
+    file. `config_overrides` (MarlinConfig fields) apply to all but a released MARLIN file.
 
     Raises:
         ConfigError: `model_config` with the overrides is no buildable config (`MarlinConfig`'s own validation).
@@ -291,6 +340,11 @@ def build_model(
         else:
             config = make_config(lambda: MarlinConfig.from_variant(model_config, **overrides))
         return MarlinForPreTraining(config)
+    release = read_videomae_release(init_from) if Path(init_from).is_file() else None
+    if release is not None:  # an original VideoMAE .pth
+        model, kept = load_videomae_release(init_from, videomae_head, release, **overrides)
+        print(f"initialized from VideoMAE {init_from} (decoder head: {videomae_head}); left at init: {kept}")
+        return model.train()
     if Path(init_from).is_file():  # a released MARLIN .pt / Lightning .ckpt
         model = load_reference_checkpoint(init_from)
         if not isinstance(model, MarlinForPreTraining):
@@ -325,7 +379,9 @@ def get_dataloaders(
     if args.farl_parser:  # the paper's parser; default: the built-in landmark approximation
         from .face_parsing import FarlFaceParser
 
-        face_parser = FarlFaceParser(args.farl_parser, device=accelerator.device)
+        face_parser = FarlFaceParser(
+            args.farl_parser, device=accelerator.device, channel_order=args.farl_channel_order
+        )
     dataset_kwargs = dict(
         cache_dir=args.cache_dir, crop=args.crop, sample_rate=args.sample_rate, face_parser=face_parser
     )
@@ -542,7 +598,9 @@ def train(args: PretrainingArguments) -> PretrainingResult:
                 "folder a run saved whole, or 'latest'."
             )
     set_seed(args.seed)
-    model = build_model(args.model_config, args.init_from, parse_config_overrides(args.config_override))
+    model = build_model(
+        args.model_config, args.init_from, parse_config_overrides(args.config_override), args.videomae_head
+    )
     if args.adv_weight is not None:
         model.config.adv_weight = args.adv_weight
     adv_weight = model.config.adv_weight
@@ -634,7 +692,12 @@ def train(args: PretrainingArguments) -> PretrainingResult:
         if epoch == first_epoch and skip_batches:
             batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
         for batch in batches:
-            lr = learning_rate_at(step, learning_rate, min_learning_rate, warmup_steps, total_steps)
+            if args.lr_schedule == "reference":
+                lr = reference_learning_rate_at(
+                    step, steps_per_epoch, learning_rate, min_learning_rate, args.warmup_epochs, args.num_epochs
+                )
+            else:
+                lr = learning_rate_at(step, learning_rate, min_learning_rate, warmup_steps, total_steps)
             for optimizer in (g_optimizer, d_optimizer):
                 for group in optimizer.param_groups:
                     group["lr"] = lr

@@ -1,4 +1,5 @@
-"""Initialize MARLIN from a Transformers VideoMAE checkpoint (the paper starts from VideoMAE's weights)."""
+"""Initialize MARLIN from VideoMAE (the paper starts from VideoMAE's weights): a Transformers checkpoint, or an
+original VideoMAE release `.pth` (the authors' re-hosted file), its decoder head mapped into MARLIN's pixel layout."""
 
 from __future__ import annotations
 
@@ -111,3 +112,125 @@ def load_videomae_weights(model, source: str | os.PathLike) -> list[str]:
         )
     model.load_state_dict(renamed, strict=False)
     return sorted(set(expected) - set(renamed))
+
+
+# The original VideoMAE release (MCG-NJU/VideoMAE `modeling_pretrain.py`, the `.pth` files the MARLIN authors
+# re-host) -> marlin-pytorch's names, applied in order; `convert_marlin` takes it from there. Its other names
+# (`encoder.blocks.N.attn.qkv`, `q_bias`, `norm1`, `encoder.norm`, `decoder.head`...) are already marlin-pytorch's.
+VIDEOMAE_RELEASE_KEY_MAPPING = [
+    (r"^encoder\.patch_embed\.proj\.", "encoder.patch_embedding.projection."),
+    (r"\.mlp\.fc1\.", ".mlp.layers.0.linear."),
+    (r"\.mlp\.fc2\.", ".mlp.layers.1.linear."),
+    (r"^encoder_to_decoder\.", "enc_dec_proj."),
+    (r"^mask_token$", "decoder.mask_token"),
+]
+# Fixed sin-cos tables and the (identity or fine-tuning) heads of the release, which MARLIN does not have.
+_VIDEOMAE_RELEASE_IGNORED = re.compile(r"(pos_embed|^encoder\.head\.|^encoder\.fc_norm\.|^head\.|^fc_norm\.)")
+# How `--videomae-head` loads the release's decoder head: re-ordered into MARLIN's pixel layout, or as it is (the
+# paper code's load). The first is the default.
+VIDEOMAE_HEAD_LAYOUTS = ("marlin", "reference")
+
+
+def read_videomae_release(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The state dict of an original VideoMAE `.pth` (under `model`, `module` or `state_dict`, or bare), or None
+    when the file is not in that layout (e.g. a released MARLIN checkpoint).
+
+    Raises:
+        CheckpointError: a file torch cannot read with `weights_only=True`.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:100]}"
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint of tensors only ({reason}); save its `model` state dict alone "
+            "(torch.save(torch.load(path)['model'], out)) where you trust the file, and pass that."
+        ) from None
+    for key in ("model", "module", "state_dict"):
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    if not isinstance(checkpoint, dict) or "encoder.patch_embed.proj.weight" not in checkpoint:
+        return None
+    return dict(checkpoint)
+
+
+def videomae_head_to_marlin(
+    weight: torch.Tensor, bias: torch.Tensor, num_channels: int, tubelet_size: int, patch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-order VideoMAE's decoder head outputs into MARLIN's.
+
+    VideoMAE predicts each tubelet's pixels in (t, y, x, c) order (its targets: `b c (t p0) (h p1) (w p2) -> b n
+    (p0 p1 p2 c)`), MARLIN in (c, t, y, x) order (`patchify_video`). Permuting the head's output rows makes the
+    loaded head predict, in MARLIN's layout, the pixels VideoMAE's head predicts. (VideoMAE's targets were also
+    normalized per patch; MARLIN's are raw [0, 1] pixels: that difference an initialization cannot remove.)
+
+    Args:
+        weight: (c * t * p * p, decoder_hidden) in VideoMAE's order; bias: (c * t * p * p,).
+
+    Returns:
+        (weight, bias) with rows in MARLIN's order.
+    """
+    shape = (tubelet_size, patch_size, patch_size, num_channels)
+    rows = torch.arange(weight.shape[0]).reshape(shape).permute(3, 0, 1, 2).reshape(-1)  # MARLIN row -> VideoMAE row
+    return weight[rows].clone(), bias[rows].clone()
+
+
+def load_videomae_release(
+    path: str | os.PathLike, head: str = VIDEOMAE_HEAD_LAYOUTS[0], state_dict: dict | None = None, **overrides
+):
+    """A `MarlinForPreTraining` initialized from an original VideoMAE `.pth`.
+
+    Args:
+        path: the file (named in messages; read unless `state_dict` is given).
+        head: "marlin" re-orders the decoder head into MARLIN's pixel layout (`videomae_head_to_marlin`);
+            "reference" loads it unchanged, as the paper code does.
+        state_dict: what `read_videomae_release(path)` returned, to skip a second read.
+        overrides: `MarlinConfig` fields over the sizes read from the weights (heads: width / 64, as every release).
+
+    Returns:
+        (model, our parameter names the file did not provide: the critic).
+
+    Raises:
+        CheckpointError: not a VideoMAE release, keys we cannot place, or shapes that do not fit.
+    """
+    from ..convert_marlin import infer_config, rename_reference_keys
+
+    if head not in VIDEOMAE_HEAD_LAYOUTS:
+        raise ValueError(f"head must be one of {', '.join(VIDEOMAE_HEAD_LAYOUTS)}, got {head!r}")
+    release = state_dict if state_dict is not None else read_videomae_release(path)
+    if release is None:
+        raise CheckpointError(f"{path}: not an original VideoMAE checkpoint (no encoder.patch_embed.proj.weight).")
+    named = {}
+    for key, tensor in release.items():
+        if _VIDEOMAE_RELEASE_IGNORED.search(key):
+            continue
+        for pattern, replacement in VIDEOMAE_RELEASE_KEY_MAPPING:
+            key = re.sub(pattern, replacement, key)
+        named[key] = tensor
+    config = infer_config(named, **overrides)
+    if head == "marlin" and "decoder.head.weight" in named:
+        named["decoder.head.weight"], named["decoder.head.bias"] = videomae_head_to_marlin(
+            named["decoder.head.weight"],
+            named["decoder.head.bias"],
+            config.num_channels,
+            config.tubelet_size,
+            config.patch_size,
+        )
+    from ..modeling_marlin import MarlinForPreTraining
+
+    model = MarlinForPreTraining(config)
+    renamed = rename_reference_keys(named)
+    expected = model.state_dict()
+    unexpected = sorted(set(renamed) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{path}: VideoMAE keys with no MARLIN counterpart: {unexpected[:6]}.")
+    mismatched = [k for k, v in renamed.items() if v.shape != expected[k].shape]
+    if mismatched:
+        key = mismatched[0]
+        raise CheckpointError(
+            f"{path}: {key} is {tuple(renamed[key].shape)}, the config wants {tuple(expected[key].shape)}; "
+            "fix the sizes with --config-override."
+        )
+    model.load_state_dict(renamed, strict=False)
+    return model, sorted(set(expected) - set(renamed))

@@ -187,3 +187,16 @@ def crop_track(
         detected=track.detected,
         confidence=track.confidence,
     )
+
+
+def reference_square(box: Sequence[float]) -> tuple[int, int, int, int]:
+    """The MARLIN paper code's CelebV-HQ crop around a face box: a square of side 2 * int(max(w, h) / 2) centred on
+    the box (FaceX-Zoo's cropper), as an integer region (x1, y1, x2, y2) that may reach outside the frame.
+
+    Args:
+        box: (x1, y1, x2, y2) frame pixels.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    half = int(max(x2 - x1, y2 - y1) / 2)
+    centre_x, centre_y = int((x1 + x2) / 2), int((y1 + y2) / 2)
+    return centre_x - half, centre_y - half, centre_x + half, centre_y + half
