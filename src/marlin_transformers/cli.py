@@ -314,6 +314,15 @@ def _push_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .extraction.onnx_export import export_onnx
+
+    diff = export_onnx(args.model, args.output, dynamic_batch=not args.static_batch, opset=args.opset)
+    checked = f"; onnxruntime matches PyTorch to {diff:.1e} (max abs diff, fp32)" if diff is not None else ""
+    print(f"wrote {args.output} (ONNX, {'batch 2' if args.static_batch else 'any batch'}){checked}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -417,6 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     extract.add_argument("--quiet", action="store_true", help="no progress bars")
     extract.set_defaults(handler=_extract)
+
+    export = commands.add_parser(
+        "export", help="the encoder as an ONNX file for onnxruntime and other runtimes (checked against PyTorch)"
+    )
+    export.add_argument("model", help="converted folder, Hub id or official .pt/.ckpt file")
+    export.add_argument("output", help="the .onnx file to write")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="output format (default onnx)")
+    export.add_argument(
+        "--static-batch", action="store_true", help="fix the batch at 2 (default: any batch size, a dynamic axis)"
+    )
+    export.add_argument("--opset", type=POSITIVE_INT, default=None, help="ONNX opset (default: the exporter's)")
+    export.set_defaults(handler=_export)
 
     show_mask = commands.add_parser(
         "show-mask", help="picture of a clip's face parsing and its Fasking mask (first window of a video)"

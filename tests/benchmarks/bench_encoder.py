@@ -1,14 +1,15 @@
 """Seconds per 16-frame clip: marlin-pytorch 0.3.4 against marlin-transformers, side by side in one run.
 
     python tests/benchmarks/bench_encoder.py [--variant base] [--batch-size 1] [--repeats 3] [--device cpu]
-        [--fp32-only] [--compile]
+        [--fp32-only] [--compile] [--onnx]
 
 Both models get the same random weights (every tensor random, via the converter) and the same clip. Prints fp32
 and bf16 timings, the speed-up ratios against the reference's fp32 `extract_features`, the max abs difference of
 ours to the reference in fp32, and the cosine similarity of our bf16 features to our fp32 ones. Machines are
 noisy: the script reports the best of `--repeats` runs after a warm-up, and nothing here is asserted. With
 `--compile`, ours is also timed through `torch.compile` (what `marlin extract --compile` runs), its one-off compile
-time (the first call) printed on its own line.
+time (the first call) printed on its own line. With `--onnx`, ours is exported with `marlin export` (dynamo
+exporter) and timed in onnxruntime on the CPU with as many threads as torch uses, fp32, beside PyTorch.
 """
 
 import argparse
@@ -38,6 +39,33 @@ def best_time(fn, repeats: int, device: torch.device) -> float:
     return min(times)
 
 
+def time_onnxruntime(model, clip: torch.Tensor, fp32_features: torch.Tensor, repeats: int):
+    """Export `model` to ONNX in a temporary folder and time it in onnxruntime on the CPU: (rows, extra lines)."""
+    import tempfile
+
+    import onnxruntime
+
+    from marlin_transformers.extraction.onnx_export import export_onnx
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "marlin.onnx"
+        start = time.perf_counter()
+        export_onnx(model.cpu(), path, check=False)
+        export_seconds = time.perf_counter() - start
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {"pixel_values_videos": clip.cpu().numpy()}
+        seconds = best_time(lambda: session.run(["pooler_output"], feed), repeats, torch.device("cpu"))
+        (pooled,) = session.run(["pooler_output"], feed)
+    onnx_diff = (torch.from_numpy(pooled) - fp32_features.cpu()).abs().max().item()
+    lines = [
+        f"ONNX export time (dynamo exporter): {export_seconds:.1f} s",
+        f"onnxruntime fp32 max abs diff to ours (pooled): {onnx_diff:.2e}",
+    ]
+    return [("onnxruntime fp32 (CPU)", seconds)], lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="base", choices=["small", "base", "large"])
@@ -48,6 +76,7 @@ def main() -> None:
         "--fp32-only", action="store_true", help="skip bf16 (slow where the CPU has no bf16 matrix products)"
     )
     parser.add_argument("--compile", action="store_true", help="also time ours through torch.compile")
+    parser.add_argument("--onnx", action="store_true", help="also time ours exported to ONNX, in onnxruntime (CPU)")
     args = parser.parse_args()
     device = torch.device(args.device)
 
@@ -89,6 +118,9 @@ def main() -> None:
                 seconds = best_time(lambda: compiled(inputs), args.repeats, device)  # noqa: B023 (called here)
                 compiled_rows.append((f"marlin-transformers {label} compiled", seconds))
     diff = (fp32_features - expected).abs().max().item()
+    onnx_rows, onnx_lines = [], []
+    if args.onnx:
+        onnx_rows, onnx_lines = time_onnxruntime(ours, ours_clip, fp32_features, args.repeats)
 
     name = f"ViT-{args.variant[0].upper()}"
     print(f"{name}, batch {args.batch_size}, {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
@@ -96,11 +128,13 @@ def main() -> None:
     rows = [("marlin-pytorch fp32", ref_fp32), ("marlin-transformers fp32 (sdpa)", ours_fp32)]
     if not args.fp32_only:
         rows += [("marlin-pytorch bf16 autocast", ref_bf16), ("marlin-transformers bf16 (sdpa)", ours_bf16_time)]
-    rows += compiled_rows
+    rows += compiled_rows + onnx_rows
     for label, seconds in rows:
         print(f"{label:<34}{seconds / per_clip:>8.3f}{ref_fp32 / seconds:>12.2f}x")
     for label, seconds in compile_seconds:
         print(f"torch.compile time, {label} (first call, batch {args.batch_size}): {seconds:.1f} s")
+    for line in onnx_lines:
+        print(line)
     print(f"fp32 max abs diff to reference: {diff:.2e}")
     if not args.fp32_only:
         cosine = torch.nn.functional.cosine_similarity(bf16_features, fp32_features).min().item()

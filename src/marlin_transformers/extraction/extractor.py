@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..constants import MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
-from ..convert_marlin import HUB_CHECKPOINTS, load_pretrained_checked, load_reference_checkpoint
+from ..convert_marlin import HUB_CHECKPOINTS, HUB_ID, load_pretrained_checked, load_reference_checkpoint
 from ..exceptions import CheckpointError, MarlinError
 from ..modeling_marlin import MarlinForPreTraining, MarlinModel, MarlinPreTrainedModel
 
@@ -43,7 +43,7 @@ def load_encoder(
         if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
             loaded = load_reference_checkpoint(path)
             encoder = loaded.marlin if isinstance(loaded, MarlinForPreTraining) else loaded
-        elif path.is_dir() or "/" in spec or spec in HUB_CHECKPOINTS:
+        elif path.is_dir() or HUB_ID.fullmatch(spec) or spec in HUB_CHECKPOINTS:
             encoder = _from_pretrained(HUB_CHECKPOINTS.get(spec, spec))
         else:
             raise CheckpointError(
