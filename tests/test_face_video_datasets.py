@@ -297,3 +297,51 @@ def test_pretrain_takes_a_prepared_dataset(prepared, tmp_path):
     _, out = prepared
     args = PretrainingArguments(output_dir=str(tmp_path / "run"), dataset=str(out))
     assert args.dataset == str(out) and not args.train_data
+
+
+def test_pretrain_streams_parquet_shards_through_the_collator(prepared, tmp_path, monkeypatch, capsys):
+    """examples/pretrain.py --dataset FOLDER --streaming: 2 steps from Parquet shards, offline."""
+    import importlib.util
+
+    import datasets
+    import torch
+
+    from conftest import TINY_CLIP
+    from marlin_transformers.data.dataset_hub import export_for_hub, write_parquet_shards
+    from marlin_transformers.pretraining import training
+
+    _, out = prepared
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = export_for_hub(out, tmp_path / "hub", cache_dir=tmp_path / "cache")  # its card states the split sizes
+    script = Path(__file__).parents[1] / "examples" / "pretrain.py"
+    spec = importlib.util.spec_from_file_location("pretrain_example", script)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    batches, real_step = [], training.train_step
+
+    def recording_step(batch, *args):
+        batches.append({key: (tuple(value.shape), value.dtype) for key, value in batch.items()})
+        return real_step(batch, *args)
+
+    monkeypatch.setattr(training, "train_step", recording_step)
+    flags = [f"--config-override={k}={v}" for k, v in TINY_CLIP.items()]
+    flags += ["--config-override=mask_strategy=fasking", "--config-override=mask_ratio=0.75", "--batch-size=2"]
+    flags += ["--num-workers=0", "--num-epochs=1", "--warmup-epochs=0", "--eval-batch-size=2", "--image-steps=0"]
+    flags += ["--checkpointing-steps=0", "--no-tensorboard", "--cpu", "--quiet", "--streaming"]
+    run = tmp_path / "run"
+    assert example.main(["--dataset", str(folder), "--output-dir", str(run), *flags]) == 0
+    # 4 train videos in batches of 2: one epoch of 2 steps, its length read from the card's split sizes.
+    expected = {"pixel_values_videos": ((2, 4, 3, 32, 32), torch.float32), "bool_masked_pos": ((2, 8), torch.bool)}
+    assert batches == [expected, expected]
+    assert [int(line.split(",")[0]) for line in (run / "eval.csv").read_text().splitlines()] == [0, 2]
+
+    # Shards without a card state no length: --max-steps is then required, and spans the schedule.
+    bare = tmp_path / "bare"
+    write_parquet_shards(datasets.load_dataset(str(folder)), bare)
+    capsys.readouterr()
+    assert example.main(["--dataset", str(bare), "--output-dir", str(tmp_path / "run2"), *flags]) == 1
+    assert "give --max-steps" in capsys.readouterr().err
+    batches.clear()
+    assert example.main(["--dataset", str(bare), "--output-dir", str(tmp_path / "run3"), *flags, "--max-steps=2"]) == 0
+    assert batches == [expected, expected]
