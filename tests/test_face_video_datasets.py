@@ -351,7 +351,7 @@ def without_timing(records: dict) -> dict:
     return {video_id: {k: v for k, v in record.items() if k != "seconds"} for video_id, record in records.items()}
 
 
-@pytest.mark.slow  # about 20 s: two spawned workers each load MTCNN
+@pytest.mark.slow  # 13 s on 2 shared cores: two spawned workers each load MTCNN
 def test_two_workers_prepare_what_one_does(prepared, tmp_path):
     from marlin_transformers.video.decoding import read_video
 
@@ -389,7 +389,7 @@ def test_rank_shards_a_killed_run_left_are_merged_at_the_next_start(prepared, tm
     assert not list(copy.glob("manifest.rank*")) and (copy / "manifest.jsonl").read_text().splitlines() == lines
 
 
-@pytest.mark.slow  # about 30 s: two processes, each with MTCNN
+@pytest.mark.slow  # 12 s on 2 shared cores: two processes, each with MTCNN
 def test_torchrun_shares_the_videos_by_rank_and_merges_one_manifest(prepared, tmp_path):
     import os
     import subprocess
