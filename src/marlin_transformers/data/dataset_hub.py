@@ -2,7 +2,7 @@
 
 `export_for_hub` writes, into a folder of its own::
 
-    README.md                                the dataset card (YAML: licence, configs, features' split sizes)
+    README.md                                the dataset card (YAML: licence, configs, features, split sizes)
     data/train-00000-of-0000N.parquet        rows of `face_video_builder` (clip and map bytes embedded), in row
     data/validation-00000-of-0000M.parquet   groups of `rows_per_group` rows, shards of at most `max_shard_bytes`
 
@@ -60,6 +60,8 @@ def _size_category(count: int) -> str:
 def dataset_card(info: dict, dataset_dict, pretty_name: str | None = None):
     """The `huggingface_hub.DatasetCard` of an export: licence, configs (the Parquet files), split sizes, features,
     how it was made and the citations."""
+    import datasets
+    from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCard, DatasetCardData
 
     ytf = info.get("name") == "youtube_faces"
@@ -83,6 +85,12 @@ def dataset_card(info: dict, dataset_dict, pretty_name: str | None = None):
         **licence,
     )
     first = next(iter(dataset_dict.values()))
+    # The features and split sizes as `dataset_info`: a streaming reader learns the splits' lengths from it.
+    split_infos = datasets.SplitDict()
+    for split, dataset in dataset_dict.items():
+        split_infos.add(datasets.SplitInfo(split, num_bytes=dataset.data.nbytes, num_examples=len(dataset)))
+    info_dict = DatasetInfosDict({"default": datasets.DatasetInfo(features=first.features, splits=split_infos)})
+    info_dict.to_dataset_card_data(data)
     features = "\n".join(f"| `{name}` | `{feature!r}` |" for name, feature in first.features.items())
     splits = "\n".join(f"| {split} | {count} |" for split, count in sizes.items())
     terms = (

@@ -69,6 +69,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         partial.unlink(missing_ok=True)
 
 
+def is_prepared_record(record) -> bool:
+    """A manifest line as the preparation writes it: a dict with a `video_id` and a `status`."""
+    return isinstance(record, dict) and isinstance(record.get("video_id"), str) and "status" in record
+
+
 def read_records(out_dir: str | os.PathLike) -> dict[str, dict]:
     """The last whole record per video id over `manifest.jsonl` and the per-process `manifest.rank*.jsonl`.
 
@@ -83,7 +88,7 @@ def read_records(out_dir: str | os.PathLike) -> dict[str, dict]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict) and isinstance(record.get("video_id"), str) and "status" in record:
+            if is_prepared_record(record):
                 records[record["video_id"]] = record
     return records
 

@@ -332,7 +332,7 @@ def run_extraction(
         if state.is_main_process:
             repair_torn_tail(out_dir / MANIFEST)
             if any(out_dir.glob("manifest.rank*.jsonl")):
-                _merge_shards(out_dir)
+                merge_manifest_shards(out_dir)
             remove_stale_partials(out_dir)
         state.wait_for_everyone()
         previous = read_manifest_records(out_dir)
@@ -410,7 +410,7 @@ def run_extraction(
         if state.num_processes > 1:
             state.wait_for_everyone()
             if state.is_main_process:
-                _merge_shards(out_dir)
+                merge_manifest_shards(out_dir)
             counts = torch.tensor([summary.done, summary.skipped, summary.failed], device=state.device)
             torch.distributed.all_reduce(counts)  # the whole run's counts on every process, so all exit alike
             done, skipped, failed = (int(count) for count in counts.tolist())
@@ -418,9 +418,10 @@ def run_extraction(
     return summary
 
 
-def repair_torn_tail(path: Path) -> None:
-    """A manifest that does not end with a newline was cut by a crash mid-record: a whole record there gets its
-    newline, a fragment is cut off (that input was not recorded, so it is done again). Called holding the lock."""
+def repair_torn_tail(path: Path, is_record: Callable[[object], bool] = is_manifest_record) -> None:
+    """A manifest that does not end with a newline was cut by a crash mid-record: a whole record there (`is_record`)
+    gets its newline, a fragment is cut off (that input was not recorded, so it is done again). Called holding the
+    lock."""
     if not path.is_file() or not path.stat().st_size:
         return
     data = path.read_bytes()
@@ -428,7 +429,7 @@ def repair_torn_tail(path: Path) -> None:
         return
     start = data.rfind(b"\n") + 1
     try:
-        whole = is_manifest_record(json.loads(data[start:]))
+        whole = is_record(json.loads(data[start:]))
     except (json.JSONDecodeError, UnicodeDecodeError):
         whole = False
     with open(path, "r+b") as file:
@@ -441,15 +442,16 @@ def repair_torn_tail(path: Path) -> None:
         os.fsync(file.fileno())
 
 
-def _merge_shards(out_dir: Path) -> None:
-    """Append the whole records of the per-process shards to `manifest.jsonl`, then remove them (main process only;
-    a shard's line cut by a crash is left out)."""
-    shards = sorted(out_dir.glob("manifest.rank*.jsonl"))
+def merge_manifest_shards(out_dir: Path, is_record: Callable[[object], bool] = is_manifest_record) -> None:
+    """Append the whole records (`is_record`) of the per-process shards `manifest.rank<r>.jsonl` to `manifest.jsonl`
+    in rank order, then remove them (main process only, holding the folder's lock; a line cut by a crash is left
+    out)."""
+    shards = sorted(out_dir.glob("manifest.rank*.jsonl"), key=lambda path: (len(path.name), path.name))  # rank 2 < 10
     lines = []
     for shard in shards:
         for line in shard.read_bytes().decode(errors="replace").splitlines():
             try:
-                if is_manifest_record(json.loads(line)):
+                if is_record(json.loads(line)):
                     lines.append(line)
             except json.JSONDecodeError:
                 continue

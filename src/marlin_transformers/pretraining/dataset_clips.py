@@ -6,8 +6,8 @@ too short for one clip), with its Fasking mask made from the stored maps (`maski
 choice of sample `i` comes from `seeded_generator(seed, epoch, i)`, as in `clips.FaceClipDataset`.
 
 - `PreparedClipDataset` wraps a map-style `datasets.Dataset` split (what `examples/pretrain.py --dataset` uses);
-- `PreparedClipCollator` turns a list of rows (a streaming `IterableDataset`'s, say) into a batch, drawing each clip
-  from `seeded_generator(seed, epoch, call, position)`.
+- `PreparedClipCollator` turns a list of rows (a streaming `IterableDataset`'s, what `--dataset ... --streaming`
+  uses) into a batch, drawing each clip from `seeded_generator(seed, epoch, worker, call, position)`.
 """
 
 from __future__ import annotations
@@ -92,9 +92,11 @@ class PreparedClipCollator:
         self.epoch, self.calls = epoch, 0
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        # Each dataloader worker holds its own copy (and count of calls): its id keeps their draws apart.
+        worker_info = torch.utils.data.get_worker_info()
+        keys = (self.seed, self.epoch, 0 if worker_info is None else worker_info.id, self.calls)
         samples = [
-            sample_clip(row, self.config, self.sample_rate, seeded_generator(self.seed, self.epoch, self.calls, i))
-            for i, row in enumerate(rows)
+            sample_clip(row, self.config, self.sample_rate, seeded_generator(*keys, i)) for i, row in enumerate(rows)
         ]
         self.calls += 1
         return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
@@ -116,3 +118,12 @@ def load_prepared_rows(path_or_repo_id: str, split: str, streaming: bool = False
         rows = load_prepared_faces(path, cache_dir=cache_dir)[split]
         return rows.to_iterable_dataset() if streaming else rows
     return datasets.load_dataset(path_or_repo_id, split=split, streaming=streaming, cache_dir=cache_dir)
+
+
+def split_size(rows, split: str) -> int | None:
+    """The number of rows of a (streaming) split as its dataset's metadata states it (the dataset card's
+    `dataset_info`, which `push-dataset` writes, or the prepared folder's builder), or None where none is stated."""
+    splits = rows.info.splits
+    if splits is None or split not in splits or not splits[split].num_examples:
+        return None
+    return int(splits[split].num_examples)

@@ -20,7 +20,8 @@ folder also its frame count and bytes) and to a fingerprint of the settings, so 
 done from the same input with the same settings and a folder made with other settings is refused; one run per
 folder (a lock); what a killed run left half-written is removed; a video that fails gets one error line and the run
 goes on. Videos are spread over `num_workers` processes, and under `torchrun` / `accelerate launch` over the
-processes by rank first (each rank writes `manifest.rank<r>.jsonl`, read with `manifest.jsonl`).
+processes by rank first (each rank writes `manifest.rank<r>.jsonl`, merged into `manifest.jsonl` by the main process
+at the end of the run, or at the start of the next if the run was killed).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from ..data.prepared_faces import (
     SPLIT_FILE,
     annotations_path,
     clip_path,
+    is_prepared_record,
     read_records,
     write_text_atomic,
 )
@@ -56,6 +58,7 @@ from ..extraction.job import (
     append_lines,
     input_identity,
     lock_folder,
+    merge_manifest_shards,
     model_identity,
     repair_torn_tail,
     save_arrays_atomic,
@@ -324,8 +327,9 @@ def prepare_corpus(
     in_split = set().union(*listed.values())
     summary = JobSummary()
     with lock_folder(out_dir, command) if state.is_main_process else contextlib.nullcontext():
-        if state.is_main_process:
-            repair_torn_tail(out_dir / MANIFEST)
+        if state.is_main_process:  # holding the lock: tidy what a killed run left, records stranded in shards too
+            repair_torn_tail(out_dir / MANIFEST, is_prepared_record)
+            merge_manifest_shards(out_dir, is_prepared_record)
             remove_stale_outputs(out_dir)
         state.wait_for_everyone()
         previous = read_records(out_dir)
@@ -404,6 +408,8 @@ def prepare_corpus(
         bar.close()
         if state.num_processes > 1:
             state.wait_for_everyone()
+            if state.is_main_process:
+                merge_manifest_shards(out_dir, is_prepared_record)
             counts = torch.tensor([summary.done, summary.skipped, summary.failed], device=state.device)
             torch.distributed.all_reduce(counts)
             summary = JobSummary(*(int(c) for c in counts.tolist()), is_main_process=state.is_main_process)

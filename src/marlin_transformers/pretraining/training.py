@@ -109,6 +109,15 @@ class PretrainingArguments:
             "validation split",
         },
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "with --dataset: stream its train split (a datasets.IterableDataset, rows shuffled in a seeded "
+            "buffer reseeded every epoch) instead of loading it; an epoch's length comes from the split sizes in "
+            "the dataset card (push-dataset writes them), else give --max-steps, which then spans the schedule"
+        },
+    )
+    shuffle_buffer: int = field(default=64, metadata={"help": "with --streaming: rows in the shuffle buffer"})
     eval_data: list[str] = field(default_factory=list, metadata={"help": "held-out videos for the fixed eval batch"})
     holdout_fraction: float = field(
         default=0.0,
@@ -240,6 +249,10 @@ class PretrainingArguments:
         for name, choices in choice_fields:
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} is {getattr(self, name)!r}; give one of {', '.join(choices)}")
+        if self.streaming and not self.dataset:
+            raise ValueError("streaming (--streaming) reads a prepared dataset: give dataset (--dataset)")
+        if self.streaming and self.clips_per_video > 1:
+            raise ValueError("streaming (--streaming) draws one clip per video per epoch: drop --clips-per-video")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction (--holdout-fraction) is {self.holdout_fraction}; give one in [0, 1)")
         try:
@@ -255,6 +268,7 @@ ARGUMENT_MINIMUMS = {
     "num_epochs": 1,
     "warmup_epochs": 0,
     "max_steps": 1,
+    "shuffle_buffer": 1,
     "clips_per_video": 1,
     "eval_batch_size": 1,
     "sample_rate": 1,
@@ -386,10 +400,30 @@ def get_dataloaders(
         cache_dir=args.cache_dir, crop=args.crop, sample_rate=args.sample_rate, face_parser=face_parser
     )
     if args.dataset:  # a prepared face-video dataset: clips and Fasking masks from its stored maps
-        from .dataset_clips import PreparedClipDataset, load_prepared_rows
+        from .dataset_clips import PreparedClipCollator, PreparedClipDataset, load_prepared_rows
 
         with accelerator.main_process_first():  # the main process builds the Arrow cache, the others then read it
-            rows = {split: load_prepared_rows(args.dataset, split) for split in ("train", "validation")}
+            rows = {
+                split: load_prepared_rows(args.dataset, split, streaming=args.streaming)
+                for split in ("train", "validation")
+            }
+        if args.streaming:
+            eval_rows = list(rows["validation"].take(args.eval_batch_size))
+            if not eval_rows:
+                raise DatasetError(f"{args.dataset}: its validation split is empty; give a dataset with one.")
+            per_video = math.ceil(args.eval_batch_size / len(eval_rows))
+            eval_dataset = PreparedClipDataset(eval_rows, model_config, args.sample_rate, args.seed + 1, per_video)
+            train_rows = rows["train"].shuffle(seed=args.seed, buffer_size=args.shuffle_buffer)
+            # A worker reads whole shards: more workers than shards would idle.
+            train_dataloader = DataLoader(
+                train_rows,
+                batch_size=args.batch_size,
+                collate_fn=PreparedClipCollator(model_config, args.sample_rate, args.seed),
+                num_workers=min(args.num_workers, train_rows.num_shards),
+                drop_last=True,
+                pin_memory=torch.cuda.is_available(),
+            )
+            return train_dataloader, fixed_eval_batch(eval_dataset, args.eval_batch_size)
         train_dataset = PreparedClipDataset(
             rows["train"], model_config, args.sample_rate, args.seed, clips_per_video=args.clips_per_video
         )
@@ -429,11 +463,22 @@ def get_dataloaders(
         drop_last=True,
         pin_memory=torch.cuda.is_available(),
     )
-    # Spread the eval clips over the videos: item i is clip (i % clips_per_video) of video (i // clips_per_video).
+    return train_dataloader, fixed_eval_batch(eval_dataset, args.eval_batch_size)
+
+
+def fixed_eval_batch(eval_dataset, eval_batch_size: int) -> dict[str, torch.Tensor]:
+    """`eval_batch_size` clips of a dataset of `clips_per_video` clips per video, spread over the videos: item i is
+    clip (i % clips_per_video) of video (i // clips_per_video)."""
     order = sorted(range(len(eval_dataset)), key=lambda i: (i % eval_dataset.clips_per_video, i))
-    items = [eval_dataset[i] for i in order[: args.eval_batch_size]]
-    eval_batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
-    return train_dataloader, eval_batch
+    items = [eval_dataset[i] for i in order[:eval_batch_size]]
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
+def streaming_train_size(train_dataloader) -> int | None:
+    """The rows of the streaming train split behind a dataloader, as its dataset card states them (None: unstated)."""
+    from .dataset_clips import split_size
+
+    return split_size(train_dataloader.dataset, "train")
 
 
 def train_step(batch, model, critic, g_optimizer, d_optimizer, accelerator, adv_weight, gp_weight, gp_generator):
@@ -614,16 +659,24 @@ def train(args: PretrainingArguments) -> PretrainingResult:
             param.data = broadcast(param.data)
 
     train_dataloader, eval_batch = get_dataloaders(args, model.config, accelerator)
-    if len(train_dataloader) == 0:  # fewer clips than one batch: the loader drops the partial batch
-        data = " ".join(args.train_data) or args.youtube_faces or args.dataset
+    data = " ".join(args.train_data) or args.youtube_faces or args.dataset
+    num_clips = len(train_dataloader.dataset) if not args.streaming else streaming_train_size(train_dataloader)
+    if num_clips is not None and num_clips < args.batch_size:  # the loader drops the partial batch
         raise DatasetError(
-            f"{data}: {len(train_dataloader.dataset)} training clips, fewer than one batch of {args.batch_size}; "
+            f"{data}: {num_clips} training clips, fewer than one batch of {args.batch_size}; "
             "lower --batch-size or add videos."
         )
     # The schedule counts optimizer steps: epochs of (batches per process / accumulation) steps.
-    micro_batches = len(train_dataloader) / accelerator.num_processes  # per process, per epoch
-    steps_per_epoch = math.ceil(micro_batches / accelerator.gradient_accumulation_steps)
-    total_steps = args.num_epochs * steps_per_epoch
+    if num_clips is not None:
+        micro_batches = num_clips // args.batch_size / accelerator.num_processes  # per process, per epoch
+        steps_per_epoch = math.ceil(micro_batches / accelerator.gradient_accumulation_steps)
+    elif args.max_steps is None:
+        raise DatasetError(
+            f"{data}: a streaming split of unstated size (no split sizes in its dataset card); give --max-steps."
+        )
+    else:  # a stream of unknown length: --max-steps spans the schedule, in num_epochs nominal epochs
+        steps_per_epoch = max(1, args.max_steps // args.num_epochs)
+    total_steps = args.num_epochs * steps_per_epoch if num_clips is not None else args.max_steps
     warmup_steps = args.warmup_epochs * steps_per_epoch
     max_steps = min(args.max_steps or total_steps, total_steps)
     total_batch_size = args.batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -646,7 +699,10 @@ def train(args: PretrainingArguments) -> PretrainingResult:
         step = load_checkpoint(accelerator, resume, critic, trust=args.trust_checkpoint)
         accelerator.print(f"resumed from {resume} at step {step}")
     micro_batches_done = step * accelerator.gradient_accumulation_steps
-    first_epoch, skip_batches = divmod(micro_batches_done, len(train_dataloader))
+    epoch_micro_batches = (
+        steps_per_epoch * accelerator.gradient_accumulation_steps if args.streaming else len(train_dataloader)
+    )
+    first_epoch, skip_batches = divmod(micro_batches_done, epoch_micro_batches)
 
     if args.tensorboard:
         hparams = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))}
@@ -688,6 +744,8 @@ def train(args: PretrainingArguments) -> PretrainingResult:
             break
         train_dataloader.set_epoch(epoch)
         train_dataloader.dataset.set_epoch(epoch)  # Accelerate forwards it only in some layouts
+        if hasattr(train_dataloader.collate_fn, "set_epoch"):  # streaming: the collator draws the clips
+            train_dataloader.collate_fn.set_epoch(epoch)
         batches = train_dataloader
         if epoch == first_epoch and skip_batches:
             batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
