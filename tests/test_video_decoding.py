@@ -206,3 +206,21 @@ def test_memory_does_not_grow_with_video_length(tmp_path):
     assert count == 19
     # A window span of RGB frames (31) plus the window being built (16) and change, far from all 600 frames.
     assert peak < 60 * frame_bytes, peak / frame_bytes
+
+
+def test_frame_folders_are_read_in_time_order(tmp_path):
+    from PIL import Image
+
+    from marlin_transformers.data.youtube_faces import youtube_faces_clips
+    from marlin_transformers.video.decoding import decode_frames
+
+    # YouTube Faces names frames `0.<n>.jpg`: as strings, 0.1000 sorts before 0.555 (the reference's order).
+    numbers = [99, 100, 555, 1000]
+    clip = tmp_path / "crop_images_DB" / "Person" / "0"
+    clip.mkdir(parents=True)
+    for index, number in enumerate(numbers):
+        Image.fromarray(indexed_frames(index + 1, 48, 64)[-1]).save(clip / f"0.{number}.png")
+    (tmp_path / "train_set.csv").write_text("path,len\nPerson/0,4\n")
+    (folder,) = youtube_faces_clips(tmp_path, "train")
+    frames = decode_frames(folder, range(4))
+    assert [read_frame_index(frame) for frame in frames] == [0, 1, 2, 3]  # 0.99, 0.100, 0.555, 0.1000

@@ -183,12 +183,14 @@ def numeric_frame_key(path: Path) -> tuple:
     )
 
 
-def frame_files(folder: str | os.PathLike, order: str = "name") -> list[Path]:
+def frame_files(folder: str | os.PathLike, order: str = "numeric") -> list[Path]:
     """The images of a folder of frames (`IMAGE_EXTENSIONS`): one clip source, like a video.
 
     Args:
-        order: "name" sorts the file names as strings (`0.1000.jpg` before `0.555.jpg`, as the MARLIN reference
-            does); "numeric" by the numbers in them (`numeric_frame_key`: `0.555.jpg` before `0.1000.jpg`).
+        order: "numeric" (the default, every reader of frame folders: YouTube Faces, the reference's prepared
+            `crop_images_DB`, pretraining's clips) sorts by the numbers in the names (`numeric_frame_key`: `0.555.jpg`
+            before `0.1000.jpg`, time order); "name" sorts the names as strings, as the MARLIN reference does
+            (`0.1000.jpg` before `0.555.jpg`: its clips jump in time where the digit count changes).
     """
     if order not in FRAME_ORDERS:
         raise ValueError(f"order must be one of {FRAME_ORDERS}, got {order!r}")
