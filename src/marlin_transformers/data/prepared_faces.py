@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import records
 from ..exceptions import DatasetError
 
 INFO_FILE = "dataset.json"
 SPLIT_FILE = "split.json"
-MANIFEST = "manifest.jsonl"
+MANIFEST = records.MANIFEST
 CLIPS = "clips"
 ANNOTATIONS = "annotations"
 # The paper's split files, written from split.json for the reference's loaders.
@@ -78,19 +79,7 @@ def read_records(out_dir: str | os.PathLike) -> dict[str, dict]:
     """The last whole record per video id over `manifest.jsonl` and the per-process `manifest.rank*.jsonl`.
 
     Lines that are not records (cut short by a crash, garbage) are skipped: that video is simply prepared again."""
-    out_dir = Path(out_dir)
-    records: dict[str, dict] = {}
-    for manifest in [out_dir / MANIFEST, *sorted(out_dir.glob("manifest.rank*.jsonl"))]:
-        if not manifest.is_file():
-            continue
-        for line in manifest.read_bytes().decode(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if is_prepared_record(record):
-                records[record["video_id"]] = record
-    return records
+    return records.read_records(out_dir, "video_id", is_prepared_record)
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -52,17 +52,14 @@ from ..data.prepared_faces import (
 )
 from ..data.youtube_faces import FRAME_ORDERS
 from ..exceptions import DatasetError, MarlinError
-from ..extraction.job import (
-    JobSummary,
+from ..extraction.job import JobSummary, input_identity, model_identity, settings_fingerprint
+from ..records import (
     OutputWriteError,
     append_lines,
-    input_identity,
     lock_folder,
     merge_manifest_shards,
-    model_identity,
     repair_torn_tail,
     save_arrays_atomic,
-    settings_fingerprint,
 )
 from ..video.cropping import FaceCrops, FaceTrack, crop_regions, reference_crop_boxes
 from ..video.decoding import frame_files, frame_rate, frame_to_rgb, iter_frames, read_images
