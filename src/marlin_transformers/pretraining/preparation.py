@@ -61,7 +61,7 @@ from ..records import (
     repair_torn_tail,
     save_arrays_atomic,
 )
-from ..video.cropping import FaceCrops, FaceTrack, crop_regions, reference_crop_boxes
+from ..video.cropping import FaceCrops, FaceTrack, crop_track, reference_crop_boxes
 from ..video.decoding import frame_files, frame_rate, frame_to_rgb, iter_frames, read_images
 from ..video.face_tracking import FaceTracker, iter_face_windows
 from ..video.windows import VideoWindow
@@ -118,17 +118,7 @@ class ReferenceCropTracker(FaceTracker):
         super().__init__(smoothing=0.0, **kwargs)
 
     def crop(self, frames: np.ndarray, track: FaceTrack) -> FaceCrops:
-        crop_boxes = reference_crop_boxes(track.boxes)
-        crops, crop_landmarks = crop_regions(frames, crop_boxes, track.landmarks, self.crop_size)
-        return FaceCrops(
-            crops=crops,
-            boxes=track.boxes,
-            crop_boxes=crop_boxes,
-            landmarks=track.landmarks,
-            crop_landmarks=crop_landmarks,
-            detected=track.detected,
-            confidence=track.confidence,
-        )
+        return crop_track(frames, track, crop_size=self.crop_size, crop_boxes=reference_crop_boxes(track.boxes))
 
 
 def source_identity(source: Path) -> dict | None:

@@ -174,10 +174,17 @@ def crop_faces(
 
 
 def crop_track(
-    frames: np.ndarray, track: FaceTrack, margin: float = 1.0, crop_size: int = MARLIN_CROP_SIZE
+    frames: np.ndarray,
+    track: FaceTrack,
+    margin: float = 1.0,
+    crop_size: int = MARLIN_CROP_SIZE,
+    crop_boxes: np.ndarray | None = None,
 ) -> FaceCrops:
-    """Cut the (T, H, W, 3) uint8 frames of a window around its track (see `crop_faces`)."""
-    crops, crop_boxes, crop_landmarks = crop_faces(frames, track.boxes, track.landmarks, margin, crop_size)
+    """Cut the (T, H, W, 3) uint8 frames of a window around its track (see `crop_faces`), or, given `crop_boxes`
+    (T, 4) in frame pixels (e.g. `reference_crop_boxes`), exactly those regions."""
+    if crop_boxes is None:
+        crop_boxes = square_crop_boxes(track.boxes, margin)
+    crops, crop_landmarks = crop_regions(frames, crop_boxes, track.landmarks, crop_size)
     return FaceCrops(
         crops=crops,
         boxes=track.boxes,
