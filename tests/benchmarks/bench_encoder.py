@@ -8,8 +8,10 @@ and bf16 timings, the speed-up ratios against the reference's fp32 `extract_feat
 ours to the reference in fp32, and the cosine similarity of our bf16 features to our fp32 ones. Machines are
 noisy: the script reports the best of `--repeats` runs after a warm-up, and nothing here is asserted. With
 `--compile`, ours is also timed through `torch.compile` (what `marlin extract --compile` runs), its one-off compile
-time (the first call) printed on its own line. With `--onnx`, ours is exported with `marlin export` (dynamo
-exporter) and timed in onnxruntime on the CPU with as many threads as torch uses, fp32, beside PyTorch.
+time (the first call) printed on its own line. With `--onnx`, ours is exported with `marlin export` (dynamo exporter)
+and timed in onnxruntime on the CPU with as many threads as torch uses, fp32, beside PyTorch. Last, the floor: this
+machine's fp32 (and bf16) peak in a large square matmul, and each of our paths' share of it on a clip's multiply-adds
+(`clip_macs`, about 180 G for ViT-B).
 """
 
 import argparse
@@ -23,6 +25,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from marlin_transformers import MarlinConfig  # noqa: E402
 from marlin_transformers.convert_marlin import convert_state_dict  # noqa: E402
 from reference_utils import build_reference_model  # noqa: E402
+
+
+def clip_macs(config) -> float:
+    """Multiply-adds of one clip through the encoder: the tubelet embedding, then per layer the qkv, output and MLP
+    products (12 N d^2 with the MLP 4x wide) and attention's two (2 N^2 d); about 180 G for ViT-B."""
+    tokens, width = config.num_patches, config.hidden_size
+    patch = config.num_channels * config.tubelet_size * config.patch_size**2
+    per_layer = 4 * tokens * width * width + 2 * tokens * width * config.intermediate_size + 2 * tokens**2 * width
+    return tokens * patch * width + config.num_hidden_layers * per_layer
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 3) -> float:
+    """This machine's floor for dense products: FLOP/s of a large square matmul in `dtype` (best of `repeats`)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    seconds = best_time(lambda: torch.mm(a, b), repeats, device)
+    return 2 * size**3 / seconds
 
 
 def best_time(fn, repeats: int, device: torch.device) -> float:
@@ -136,6 +155,23 @@ def main() -> None:
     for line in onnx_lines:
         print(line)
     print(f"fp32 max abs diff to reference: {diff:.2e}")
+    # The floor: how much of this machine's own matmul peak each path reaches on a clip's multiply-adds.
+    flops = 2 * clip_macs(config) * per_clip
+    peaks = {"fp32": matmul_peak(torch.float32, device)}
+    if not args.fp32_only:
+        peaks["bf16"] = matmul_peak(torch.bfloat16, device)
+    print(
+        f"clip: {clip_macs(config) / 1e9:.0f} G multiply-adds; matmul peak (2048^2): "
+        + ", ".join(f"{name} {peak / 1e12:.2f} TFLOP/s" for name, peak in peaks.items())
+    )
+    for label, seconds in rows:
+        if "marlin-transformers" in label or "onnxruntime" in label:
+            precision = "bf16" if "bf16" in label else "fp32"
+            if precision in peaks:
+                reached = flops / seconds
+                print(
+                    f"{label}: {reached / 1e12:.3f} TFLOP/s, {reached / peaks[precision]:.0%} of the {precision} floor"
+                )
     if not args.fp32_only:
         cosine = torch.nn.functional.cosine_similarity(bf16_features, fp32_features).min().item()
         print(f"bf16 cosine similarity to fp32 (min over batch): {cosine:.5f}")
