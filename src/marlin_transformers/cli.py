@@ -425,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_int,
         default=None,
         help="processes decoding and cropping videos while the model encodes full batches packed from several "
-        "videos; 0 does one video at a time (default: min(4, cores - 1), 0 on 2 cores or fewer; not with --all-faces)",
+        "videos; 0 does one video at a time (default: min(4, max(2, cores - 1)), 0 on one core; not with "
+        "--all-faces or under ulimit -f)",
     )
     extract.add_argument(
         "--num-frames",

@@ -1,7 +1,7 @@
 """A corpus through `marlin extract`: the reference per video, our serial path, our pipelined path, the encoder alone.
 
     python tests/benchmarks/bench_corpus.py [--videos ../shared/videos] [--variant base] [--inputs 42]
-        [--num-workers 1] [--batch-size 8] [--reference-videos 3]
+        [--num-workers 2] [--batch-size 8] [--reference-videos 3]
 
 The six sample videos are copied under distinct names into a temporary folder until there are `--inputs` of them
 (`marlin extract` takes two spellings of one file as one input, so they are real copies). Ours runs
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS)
     parser.add_argument("--variant", default="base", choices=sorted(VARIANTS))
     parser.add_argument("--inputs", type=int, default=42, help="videos in the corpus (default 42: 7 of each)")
-    parser.add_argument("--num-workers", type=int, default=1, help="workers of the pipelined path (default 1)")
+    parser.add_argument("--num-workers", type=int, default=2, help="workers of the pipelined path (default 2)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--reference-videos", type=int, default=3, help="cropped inputs the reference is timed on")
     args = parser.parse_args()

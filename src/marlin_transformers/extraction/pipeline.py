@@ -29,10 +29,19 @@ from .extractor import MarlinFeatureExtractor, VideoFeatures, iter_clips, non_fi
 
 
 def default_num_workers() -> int:
-    """Worker processes for `marlin extract` on this machine: min(4, usable cores - 1), and none on 2 cores or fewer,
-    where a worker only takes a core from the encoder (measured with tests/benchmarks/bench_corpus.py)."""
+    """Worker processes for `marlin extract` on this machine: min(4, max(2, usable cores - 1)), none on one core. On 2
+    cores 2 workers were 12% faster than none and 1 worker no faster (tests/benchmarks/bench_corpus.py)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return 0 if cores <= 2 else min(4, cores - 1)
+    return 0 if cores < 2 else min(4, max(2, cores - 1))
+
+
+def file_size_limited() -> bool:
+    """Whether this process runs under a file-size limit (`ulimit -f`, RLIMIT_FSIZE)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return False
+    return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
 
 
 def error_text(error: Exception) -> str:
@@ -56,11 +65,14 @@ def iter_outcomes(
 ) -> Iterator[VideoOutcome]:
     """A `VideoOutcome` per path, in order. `progress` (a tqdm bar) counts encoded windows.
 
-    Pipelined only for a `MarlinFeatureExtractor` following one face (or none) per video; otherwise serial.
+    Pipelined only for a `MarlinFeatureExtractor` following one face (or none) per video and without a file-size limit
+    (`ulimit -f`); otherwise serial.
     `private_files`: descriptors a forked worker must not keep open (the folder's lock: a worker outliving a killed
     run would otherwise hold it).
     """
     pipelined = num_workers > 0 and isinstance(extractor, MarlinFeatureExtractor) and not extractor.all_faces
+    if pipelined and file_size_limited():  # workers hand windows over in /dev/shm files, which the limit cuts
+        pipelined = False
     if pipelined:
         yield from _iter_pipelined(extractor, paths, num_workers, progress, private_files)
         return
