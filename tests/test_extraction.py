@@ -308,3 +308,78 @@ def test_a_folder_another_run_holds_is_refused_and_a_dead_run_leaves_no_lock(tin
     holder.kill()
     holder.wait()
     assert main(run) == 0
+
+
+@pytest.fixture(scope="module")
+def face_videos(tmp_path_factory):
+    """A list of face videos of several lengths with an unreadable one in the middle, in the order given."""
+    root = tmp_path_factory.mktemp("face_videos")
+    paths = []
+    for name, num_frames in (("first", 34), ("short", 9), ("bad", 0), ("long", 50), ("last", 20)):
+        if num_frames:
+            frames, _ = moving_face_frames(num_frames, height=120, width=160, scale=0.35)
+            paths.append(encode_video(root / f"{name}.mp4", frames))
+        else:
+            paths.append(root / f"{name}.mp4")
+            paths[-1].write_text("not a video")
+    listing = root / "list.txt"
+    listing.write_text("".join(f"{path}\n" for path in paths))
+    return listing
+
+
+@pytest.mark.parametrize("crop_face", [False, True], ids=["frames", "crop-face"])
+def test_pipelined_extraction_equals_the_serial_path_to_the_bit(tiny_model_dir, face_videos, tmp_path, crop_face):
+    runs = {}
+    for num_workers in (0, 2):
+        out = tmp_path / f"workers{num_workers}"
+        args = ["extract", str(face_videos), "--model", str(tiny_model_dir), "--out", str(out), "--quiet"]
+        args += ["--batch-size", "3", "--num-workers", str(num_workers)] + (["--crop-face"] if crop_face else [])
+        assert main(args) == 1  # the unreadable video
+        records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+        for record in records:
+            del record["seconds"]
+        outputs = {r["output"]: (out / r["output"]).read_bytes() for r in records if r["output"]}
+        runs[num_workers] = records, outputs
+    (serial, serial_outputs), (pipelined, pipelined_outputs) = runs[0], runs[2]
+    # Records in input order, the bad one failed with the same line, the others ok, windows packed across videos.
+    assert [os.path.basename(r["input"]) for r in pipelined] == [
+        "first.mp4",
+        "short.mp4",
+        "bad.mp4",
+        "long.mp4",
+        "last.mp4",
+    ]
+    assert [r["status"] for r in pipelined] == ["ok", "ok", "error", "ok", "ok"]
+    assert pipelined == serial
+    assert pipelined_outputs.keys() == serial_outputs.keys() and len(serial_outputs) == 4
+    for name, data in serial_outputs.items():
+        assert pipelined_outputs[name] == data, name  # the .npy files, byte for byte
+
+    # A re-run resumes: nothing left to do.
+    args = ["extract", str(face_videos), "--model", str(tiny_model_dir), "--out", str(tmp_path / "workers2")]
+    assert main(args + ["--quiet", "--num-workers", "2"] + (["--crop-face"] if crop_face else [])) == 1
+
+
+def test_a_decoding_worker_that_dies_is_one_line_and_the_rerun_resumes(
+    tiny_model_dir, face_videos, tmp_path, capsys, monkeypatch
+):
+    import signal
+
+    from marlin_transformers.extraction import pipeline
+
+    real_iter_clips = pipeline.iter_clips
+
+    def dying(path, *args):
+        if "long" in str(path):
+            os.kill(os.getpid(), signal.SIGKILL)  # in the worker, forked with this patch
+        return real_iter_clips(path, *args)
+
+    monkeypatch.setattr(pipeline, "iter_clips", dying)
+    args = ["extract", str(face_videos), "--model", str(tiny_model_dir), "--out", str(tmp_path), "--quiet"]
+    assert main(args + ["--num-workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "a decoding worker died" in err and "--num-workers 0" in err
+    monkeypatch.setattr(pipeline, "iter_clips", real_iter_clips)
+    assert main(args + ["--num-workers", "2"]) == 1  # only the unreadable video fails now
+    records = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert sum(r["status"] == "ok" for r in records) == 4

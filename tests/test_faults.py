@@ -431,6 +431,21 @@ def test_a_kill_in_the_middle_of_a_write_loses_nothing(tiny_model_dir, corpus, c
 
 
 @pytest.mark.slow
+def test_a_pipelined_run_killed_mid_record_resumes_at_once_to_the_same_bytes(
+    tiny_model_dir, corpus, clean_run, tmp_path
+):
+    out = tmp_path / "features"
+    args = extract_args([corpus], tiny_model_dir, out, "--num-workers", "2", "--batch-size", "3")
+    killed = subprocess.run([sys.executable, "-c", KILL_MID_WRITE, "manifest", "3", *args], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (out / MANIFEST).read_bytes().endswith(b"\n")
+    # At once: the decoding workers the kill orphaned must not hold the folder's lock.
+    assert main(args) == 0
+    assert_consistent(out, expected_inputs=8)
+    assert features_by_input(out) == clean_run  # the serial run's bytes
+
+
+@pytest.mark.slow
 def test_kills_at_random_points_of_extraction_lose_nothing(tiny_model_dir, corpus, clean_run, tmp_path):
     out = tmp_path / "features"
     args = extract_args([corpus], tiny_model_dir, out)

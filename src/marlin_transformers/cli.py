@@ -28,6 +28,17 @@ POSITIVE_INT = _positive(int)
 POSITIVE_FLOAT = _positive(float)
 
 
+def _non_negative_int(text: str) -> int:
+    """An argparse type: an integer of 0 or more, else argparse's one-line error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give 0 or more")
+    return value
+
+
 def _convert(args: argparse.Namespace) -> int:
     from .configuration_marlin import MarlinConfig
     from .convert_marlin import convert_checkpoint, infer_config, load_reference_state_dict
@@ -66,6 +77,7 @@ def _extract(args: argparse.Namespace) -> int:
     from .extraction import MarlinFeatureExtractor
     from .extraction.extractor import check_device
     from .extraction.job import model_identity, run_extraction
+    from .extraction.pipeline import default_num_workers
 
     if args.device:  # before any input is looked at
         check_device(args.device)
@@ -111,6 +123,7 @@ def _extract(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         settings=settings,
         output_suffix=".npz" if args.all_faces else ".npy",
+        num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
     )
     if not summary.is_main_process:  # one summary for a multi-process run, counting every process
         return 1 if summary.failed else 0
@@ -407,6 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     extract.add_argument("--device", default=None, help="torch device (default: this process's accelerator or cpu)")
     extract.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="windows per forward pass (default 4)")
+    extract.add_argument(
+        "--num-workers",
+        type=_non_negative_int,
+        default=None,
+        help="processes decoding and cropping videos while the model encodes full batches packed from several "
+        "videos; 0 does one video at a time (default: min(4, max(2, cores - 1)), 0 on one core; not with "
+        "--all-faces or under ulimit -f)",
+    )
     extract.add_argument(
         "--num-frames",
         type=POSITIVE_INT,

@@ -216,17 +216,7 @@ class MarlinFeatureExtractor:
 
     def iter_clips(self, path: str | os.PathLike):
         """Yield (window metadata dict, frames (T, H, W, 3) uint8) for each window of a video, cropped if asked."""
-        from ..video.windows import iter_windows
-
-        windows = iter_windows(path, **self.window_options)
-        if not self.crop_face:
-            for window in windows:
-                yield window_record(window, None), window.frames
-            return
-        from ..video.face_tracking import iter_face_windows
-
-        for window, crops in iter_face_windows(windows, self.tracker, source=path, on_no_face=self.on_no_face):
-            yield window_record(window, crops.detected_fraction), crops.crops
+        return iter_clips(path, self.window_options, self.tracker if self.crop_face else None, self.on_no_face)
 
     @torch.inference_mode()
     def extract_clips(self, clips: list[np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -268,10 +258,7 @@ class MarlinFeatureExtractor:
         if batch:
             encode()
         if not all(bool(f.isfinite().all()) for f in features):  # fp16 overflow, say: never an "ok" of NaNs
-            raise MarlinError(
-                f"{path}: the model gave NaN or inf features in {str(self.dtype).removeprefix('torch.')}; "
-                "extract in float32 (--dtype float32)."
-            )
+            raise non_finite_features(path, self.dtype)
         return VideoFeatures(
             features=torch.cat(features).numpy(), windows=records, crops=np.stack(kept) if keep_crops else None
         )
@@ -328,10 +315,7 @@ class MarlinFeatureExtractor:
         for subject in subjects:
             stacked = torch.stack(features[subject.id])
             if not bool(stacked.isfinite().all()):
-                raise MarlinError(
-                    f"{path}: the model gave NaN or inf features in {str(self.dtype).removeprefix('torch.')}; "
-                    "extract in float32 (--dtype float32)."
-                )
+                raise non_finite_features(path, self.dtype)
             results.append(
                 SubjectFeatures(
                     id=subject.id,
@@ -345,6 +329,31 @@ class MarlinFeatureExtractor:
                 )
             )
         return results
+
+
+def non_finite_features(path: str | os.PathLike, dtype: torch.dtype) -> MarlinError:
+    """The error of a video whose features came out NaN or inf (fp16 overflow, say): never an "ok" of NaNs."""
+    return MarlinError(
+        f"{path}: the model gave NaN or inf features in {str(dtype).removeprefix('torch.')}; "
+        "extract in float32 (--dtype float32)."
+    )
+
+
+def iter_clips(path: str | os.PathLike, window_options: dict, tracker=None, on_no_face: str = "error"):
+    """Yield (window metadata dict, frames (T, H, W, 3) uint8) for each window of a video: with a `FaceTracker`, the
+    crops around the face it follows (reset for this video), else the resized frames. `window_options` are
+    `video.windows.iter_windows`'s."""
+    from ..video.windows import iter_windows
+
+    windows = iter_windows(path, **window_options)
+    if tracker is None:
+        for window in windows:
+            yield window_record(window, None), window.frames
+        return
+    from ..video.face_tracking import iter_face_windows
+
+    for window, crops in iter_face_windows(windows, tracker, source=path, on_no_face=on_no_face):
+        yield window_record(window, crops.detected_fraction), crops.crops
 
 
 def window_record(window, face_detected_fraction: float | None) -> dict:

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from ..records import (  # noqa: F401  (LOCK, MANIFEST, PARTIAL_SUFFIX: the fold
     save_arrays_atomic,
 )
 from ..video.decoding import VIDEO_EXTENSIONS, videos_in_folder
+from .pipeline import error_text, iter_outcomes
 
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 
@@ -172,6 +172,7 @@ def run_extraction(
     show_progress: bool = True,
     settings: dict | None = None,
     output_suffix: str = ".npy",
+    num_workers: int = 0,
 ) -> JobSummary:
     """Extract every input into `out_dir`, resuming and sharding as described in the module docstring.
 
@@ -184,6 +185,8 @@ def run_extraction(
             `settings_fingerprint`, and a folder holding features made with other settings is refused (one folder,
             one feature set: the linear probe and the readers of a folder take its features as comparable).
         output_suffix: ".npy", or ".npz" for an extractor whose results hold one set of arrays per face.
+        num_workers: processes decoding and cropping while the model encodes (`pipeline.iter_outcomes`); 0 runs
+            each video in turn in this process. Records and outputs come in input order either way.
     """
     import torch
     from accelerate import PartialState
@@ -211,7 +214,7 @@ def run_extraction(
             f"{out_dir}: cannot make this output folder ({error.strerror}); pass another --out."
         ) from None
     # One run at a time per folder (the main process holds it for the run's processes, released on any exit).
-    with lock_folder(out_dir) if state.is_main_process else contextlib.nullcontext():
+    with lock_folder(out_dir) if state.is_main_process else contextlib.nullcontext() as lock:
         # The main process, holding the lock (so no run of ours is writing here), tidies what a crash left: a torn
         # manifest tail, records stranded in per-process shards, temporary files.
         if state.is_main_process:
@@ -256,18 +259,19 @@ def run_extraction(
 
         extractor = make_extractor(str(state.device)) if todo else None
         label = f"[{state.process_index}] " if state.num_processes > 1 else ""
-        videos_bar = tqdm(todo, desc=f"{label}videos", unit="video", disable=not show_progress, position=0)
-        for path in videos_bar:
+        videos_bar = tqdm(total=len(todo), desc=f"{label}videos", unit="video", disable=not show_progress, position=0)
+        windows_bar = tqdm(desc=f"{label}windows", unit="window", disable=not show_progress, position=1, leave=False)
+        private = (lock.fileno(),) if lock is not None else ()
+        for outcome in iter_outcomes(extractor, todo, num_workers, progress=windows_bar, private_files=private):
+            path = outcome.path
             videos_bar.set_postfix_str(path.name[-40:])
             record = {"input": str(path), "status": "ok", "error": None, "output": names[path], **(metadata or {})}
             record.update(getattr(extractor, "settings", {}))
             record.update(identity=input_identity(path), fingerprint=fingerprint, settings=settings or {})
-            started = time.perf_counter()
-            windows_bar = tqdm(
-                desc=f"{label}windows", unit="window", disable=not show_progress, position=1, leave=False
-            )
             try:
-                result = extractor(path, progress=windows_bar)
+                if outcome.error is not None:
+                    raise outcome.error
+                result = outcome.result
                 save_arrays_atomic(out_dir / names[path], result.arrays())
                 if result.subjects is None:
                     record.update(windows=result.windows, shape=list(result.features.shape))
@@ -281,16 +285,16 @@ def run_extraction(
                 summary.failed += 1
                 tqdm.write(f"marlin extract: {error}", file=sys.stderr)
             except Exception as error:  # one bad input never stops the job
-                message = str(error) if isinstance(error, MarlinError) else f"{type(error).__name__}: {error}"
-                message = " ".join(message.split())
+                message = error_text(error)
                 record.update(status="error", error=message, output=None, windows=[])
                 summary.failed += 1
                 named = message if str(path) in message else f"{path}: {message}"  # our errors name the input already
                 tqdm.write(f"marlin extract: {named}", file=sys.stderr)
-            finally:
-                windows_bar.close()
-            record["seconds"] = round(time.perf_counter() - started, 3)
+            record["seconds"] = round(outcome.seconds, 3)
             _append_line(manifest, record)
+            videos_bar.update(1)
+        windows_bar.close()
+        videos_bar.close()
 
         if state.num_processes > 1:
             state.wait_for_everyone()

@@ -1,0 +1,208 @@
+"""Videos -> features in input order: one video at a time, or pipelined over worker processes.
+
+Serial (`num_workers=0`): the extractor decodes, crops and encodes one video after another, batching each video's
+windows on its own. Pipelined (`num_workers=N`): N `DataLoader` worker processes decode, track and crop the videos
+(video i goes to worker i mod N) and run the processor, yielding one window at a time (at most `prefetch_factor`
+windows waiting per worker, so memory stays bounded); the main process packs the windows of consecutive videos into
+full batches for the model, and hands each video back, in input order, once all its windows are encoded.
+
+On the CPU each window's features are those of the serial path to the last bit: the processor works on one clip at
+a time, and the encoder's rows do not depend on which other windows share their batch (tests/test_extraction.py
+checks it in fp32; a GPU's kernels, chosen by batch shape, need not promise it). A video that fails in a worker is
+handed back with its error, the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..exceptions import MarlinError
+from .extractor import MarlinFeatureExtractor, VideoFeatures, iter_clips, non_finite_features
+
+
+def default_num_workers() -> int:
+    """Worker processes for `marlin extract` on this machine: min(4, max(2, usable cores - 1)), none on one core. On 2
+    cores 2 workers were 12% faster than none and 1 worker no faster (tests/benchmarks/bench_corpus.py)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 0 if cores < 2 else min(4, max(2, cores - 1))
+
+
+def file_size_limited() -> bool:
+    """Whether this process runs under a file-size limit (`ulimit -f`, RLIMIT_FSIZE)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return False
+    return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+
+
+def error_text(error: Exception) -> str:
+    """One line for a failed input: a project error's own message, anything else prefixed with its type."""
+    message = str(error) if isinstance(error, MarlinError) else f"{type(error).__name__}: {error}"
+    return " ".join(message.split())
+
+
+@dataclass
+class VideoOutcome:
+    """One input's result: its features, or the error that failed it; `seconds` from its first window to its end."""
+
+    path: Path
+    result: VideoFeatures | None
+    error: Exception | None
+    seconds: float
+
+
+def iter_outcomes(
+    extractor, paths: list[Path], num_workers: int = 0, progress=None, private_files: tuple[int, ...] = ()
+) -> Iterator[VideoOutcome]:
+    """A `VideoOutcome` per path, in order. `progress` (a tqdm bar) counts encoded windows.
+
+    Pipelined only for a `MarlinFeatureExtractor` following one face (or none) per video and without a file-size limit
+    (`ulimit -f`); otherwise serial.
+    `private_files`: descriptors a forked worker must not keep open (the folder's lock: a worker outliving a killed
+    run would otherwise hold it).
+    """
+    pipelined = num_workers > 0 and isinstance(extractor, MarlinFeatureExtractor) and not extractor.all_faces
+    if pipelined and file_size_limited():  # workers hand windows over in /dev/shm files, which the limit cuts
+        pipelined = False
+    if pipelined:
+        yield from _iter_pipelined(extractor, paths, num_workers, progress, private_files)
+        return
+    for path in paths:
+        started = time.perf_counter()
+        try:
+            result, error = extractor(path, progress=progress), None
+        except Exception as caught:  # one bad input never stops the job
+            result, error = None, caught
+        yield VideoOutcome(path, result, error, time.perf_counter() - started)
+
+
+class VideoWindows(torch.utils.data.IterableDataset):
+    """(video index, window record, pixel_values (frames, 3, H, W) float32, None) per window of the worker's videos,
+    then (video index, None, None, error line or None) when the video ends or fails."""
+
+    def __init__(self, paths: list[Path], extractor: MarlinFeatureExtractor):
+        self.paths = paths
+        # Only what makes the clips travels to the workers, not the model.
+        self.window_options = extractor.window_options
+        self.tracker = extractor.tracker if extractor.crop_face else None
+        self.on_no_face = extractor.on_no_face
+        self.processor = extractor.processor
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for index in range(worker, len(self.paths), num_workers):
+            clips = iter_clips(self.paths[index], self.window_options, self.tracker, self.on_no_face)
+            try:
+                for record, frames in clips:
+                    pixel_values = self.processor([frames], return_tensors="pt")["pixel_values_videos"][0]
+                    yield index, record, pixel_values, None
+            except Exception as error:  # the video's line; the worker goes on with its next video
+                yield index, None, None, error_text(error)
+            else:
+                yield index, None, None, None
+
+
+@dataclass
+class _Video:
+    records: list[dict] = field(default_factory=list)
+    features: list[torch.Tensor | None] = field(default_factory=list)
+    pending: int = 0  # windows in the batch being packed
+    ended: bool = False
+    error: Exception | None = None
+    started: float = 0.0
+    handed_back: bool = False
+
+
+def close_files(descriptors: tuple[int, ...], worker_id: int) -> None:
+    """A forked worker's `worker_init_fn`: close its copies of the parent's `descriptors`."""
+    for descriptor in descriptors:
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
+
+
+def _iter_pipelined(
+    extractor: MarlinFeatureExtractor, paths: list[Path], num_workers: int, progress, private_files: tuple[int, ...]
+):
+    forked = extractor.device.type == "cpu"  # a forked worker cannot use CUDA (the face detector runs there too)
+    loader = torch.utils.data.DataLoader(
+        VideoWindows(paths, extractor),
+        batch_size=None,
+        num_workers=num_workers,
+        prefetch_factor=2,
+        multiprocessing_context=None if forked else "spawn",
+        worker_init_fn=functools.partial(close_files, tuple(private_files)) if forked else None,
+    )
+    videos = [_Video() for _ in paths]
+    batch: list[tuple[int, int, torch.Tensor]] = []  # (video index, window position, pixel_values)
+    next_out = 0
+
+    def encode() -> None:
+        try:
+            features = extractor.extract_clips(torch.stack([pixel_values for _, _, pixel_values in batch]))
+        except Exception as error:  # fails every video with a window in this batch
+            for index, _, _ in batch:
+                videos[index].error = videos[index].error or error
+        else:
+            for (index, position, _), feature in zip(batch, features):
+                if not videos[index].handed_back:  # a video that failed meanwhile has gone
+                    videos[index].features[position] = feature
+        for index, _, _ in batch:
+            videos[index].pending -= 1
+        if progress is not None:
+            progress.update(len(batch))
+        batch.clear()
+
+    def finished() -> Iterator[VideoOutcome]:
+        nonlocal next_out
+        while next_out < len(paths):
+            video = videos[next_out]
+            if not (video.ended and (video.error is not None or video.pending == 0)):
+                return
+            result, error = None, video.error
+            if error is None:
+                try:
+                    features = torch.stack(video.features)  # (windows, hidden) or (windows, patches, hidden)
+                    if not bool(features.isfinite().all()):
+                        raise non_finite_features(paths[next_out], extractor.dtype)
+                    result = VideoFeatures(features=features.numpy(), windows=video.records)
+                except Exception as caught:
+                    error = caught
+            yield VideoOutcome(paths[next_out], result, error, time.perf_counter() - video.started)
+            video.handed_back, video.records, video.features = True, [], []  # frees its features
+            next_out += 1
+
+    try:
+        for index, record, pixel_values, error in loader:
+            video = videos[index]
+            video.started = video.started or time.perf_counter()
+            if record is None:
+                video.ended = True
+                video.error = MarlinError(error) if error is not None else video.error
+            else:
+                video.records.append(record)
+                video.features.append(None)
+                video.pending += 1
+                batch.append((index, len(video.features) - 1, pixel_values))
+                if len(batch) == extractor.batch_size:
+                    encode()
+            yield from finished()
+    except RuntimeError as error:
+        if "DataLoader worker" not in str(error):
+            raise
+        raise MarlinError(
+            f"a decoding worker died ({' '.join(str(error).split())[:160]}); run again to resume, or use "
+            "--num-workers 0."
+        ) from None
+    if batch:
+        encode()
+    yield from finished()
