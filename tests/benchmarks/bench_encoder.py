@@ -44,6 +44,20 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repe
     return 2 * size**3 / seconds
 
 
+def build_models(variant: str, device: torch.device):
+    """(config, the reference's feature extractor, ours in fp32) of one variant, with the same random weights (every
+    tensor random, via the converter)."""
+    config = MarlinConfig.from_variant(variant)
+    reference = build_reference_model(
+        seed=0,
+        as_feature_extractor=True,
+        encoder_embed_dim=config.hidden_size,
+        encoder_depth=config.num_hidden_layers,
+        encoder_num_heads=config.num_attention_heads,
+    ).to(device)
+    return config, reference, convert_state_dict(reference.state_dict()).to(device).eval()
+
+
 def best_time(fn, repeats: int, device: torch.device) -> float:
     fn()  # warm-up (allocator, kernels, lazy init)
     times = []
@@ -99,15 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
 
-    config = MarlinConfig.from_variant(args.variant)
-    reference = build_reference_model(
-        seed=0,
-        as_feature_extractor=True,
-        encoder_embed_dim=config.hidden_size,
-        encoder_depth=config.num_hidden_layers,
-        encoder_num_heads=config.num_attention_heads,
-    ).to(device)
-    ours = convert_state_dict(reference.state_dict()).to(device).eval()
+    config, reference, ours = build_models(args.variant, device)
     if not args.fp32_only:
         ours_bf16 = convert_state_dict(reference.state_dict()).to(device, torch.bfloat16).eval()
 

@@ -26,11 +26,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from bench_encoder import best_time  # noqa: E402
-
-from marlin_transformers import MarlinConfig  # noqa: E402
-from marlin_transformers.convert_marlin import convert_state_dict  # noqa: E402
-from reference_utils import build_reference_model  # noqa: E402
+from bench_encoder import best_time, build_models  # noqa: E402
 
 
 def measure(fn, repeats: int, device: torch.device) -> tuple[float, float | None]:
@@ -47,15 +43,8 @@ def encoder_rows(args, device: torch.device) -> list[tuple[str, int, float, floa
     """(label, batch size, seconds per batch, peak GiB) of the reference and ours, per batch size."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    config = MarlinConfig.from_variant(args.variant)
-    reference = build_reference_model(
-        seed=0,
-        as_feature_extractor=True,
-        encoder_embed_dim=config.hidden_size,
-        encoder_depth=config.num_hidden_layers,
-        encoder_num_heads=config.num_attention_heads,
-    ).to(device)
-    ours = convert_state_dict(reference.state_dict()).to(device, torch.bfloat16).eval()
+    _, reference, ours = build_models(args.variant, device)
+    ours = ours.bfloat16()
     rows = []
     for batch_size in args.batch_sizes:
         clip = torch.rand(batch_size, 3, 16, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)

@@ -163,6 +163,20 @@ class JobSummary:
     failed: int = 0
     is_main_process: bool = True  # the one process that reports a multi-process run
 
+    def gathered(self, state, out_dir: Path, is_record) -> JobSummary:
+        """The end of a multi-process run (every process calls it): the main process merges the per-process records
+        (`is_record` says what one is) into the manifest, and every process gets the whole run's counts, so all exit
+        alike."""
+        import torch
+
+        state.wait_for_everyone()
+        if state.is_main_process:
+            merge_manifest_shards(out_dir, is_record)
+        counts = torch.tensor([self.done, self.skipped, self.failed], device=state.device)
+        torch.distributed.all_reduce(counts)
+        done, skipped, failed = (int(count) for count in counts.tolist())
+        return JobSummary(done, skipped, failed, is_main_process=state.is_main_process)
+
 
 def run_extraction(
     inputs: Iterable[str | os.PathLike],
@@ -297,11 +311,5 @@ def run_extraction(
         videos_bar.close()
 
         if state.num_processes > 1:
-            state.wait_for_everyone()
-            if state.is_main_process:
-                merge_manifest_shards(out_dir, is_manifest_record)
-            counts = torch.tensor([summary.done, summary.skipped, summary.failed], device=state.device)
-            torch.distributed.all_reduce(counts)  # the whole run's counts on every process, so all exit alike
-            done, skipped, failed = (int(count) for count in counts.tolist())
-            summary = JobSummary(done, skipped, failed, is_main_process=state.is_main_process)
+            summary = summary.gathered(state, out_dir, is_manifest_record)
     return summary

@@ -394,12 +394,7 @@ def prepare_corpus(
                     finish(futures[future], future.result())
         bar.close()
         if state.num_processes > 1:
-            state.wait_for_everyone()
-            if state.is_main_process:
-                merge_manifest_shards(out_dir, is_prepared_record)
-            counts = torch.tensor([summary.done, summary.skipped, summary.failed], device=state.device)
-            torch.distributed.all_reduce(counts)
-            summary = JobSummary(*(int(c) for c in counts.tolist()), is_main_process=state.is_main_process)
+            summary = summary.gathered(state, out_dir, is_prepared_record)
         if state.is_main_process:
             write_split_csvs(out_dir, listed)
     return summary
