@@ -213,7 +213,7 @@ def test_cli_convert_push_to_hub_uploads_the_folder(tmp_path, monkeypatch, capsy
         def __init__(self, token=None):
             calls.append(("token", token))
 
-        def create_repo(self, repo_id, exist_ok=False):
+        def create_repo(self, repo_id, private=None, exist_ok=False):
             calls.append(("create_repo", repo_id, exist_ok))
             return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
 

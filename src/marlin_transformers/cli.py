@@ -43,6 +43,8 @@ def _convert(args: argparse.Namespace) -> int:
     from .configuration_marlin import MarlinConfig
     from .convert_marlin import convert_checkpoint, infer_config, load_reference_state_dict
 
+    if (args.private or args.token) and not args.push_to_hub:
+        raise MarlinError("--private and --token go with --push-to-hub REPO_ID; add it, or leave them out.")
     config = None
     if args.num_attention_heads or args.decoder_num_attention_heads:
         state_dict, _ = load_reference_state_dict(args.source)
@@ -58,7 +60,7 @@ def _convert(args: argparse.Namespace) -> int:
             config = infer_config(state_dict, **overrides)
         except MarlinError as error:
             raise MarlinError(f"{args.source}: {error}") from None
-    out = convert_checkpoint(args.source, args.output_dir, config=config)
+    out = convert_checkpoint(args.source, args.output_dir, config=config, model_id=args.push_to_hub)
     loaded = MarlinConfig.from_pretrained(out)
     print(
         f"wrote {out} ({loaded.architectures[0]}, {loaded.hidden_size} wide, {loaded.num_hidden_layers} layers); "
@@ -68,7 +70,8 @@ def _convert(args: argparse.Namespace) -> int:
         from .convert_marlin import push_folder_to_hub
 
         message = f"MARLIN converted from {Path(args.source).name}"
-        url = push_folder_to_hub(out, args.push_to_hub, commit_message=message)
+        private = True if args.private else None
+        url = push_folder_to_hub(out, args.push_to_hub, token=args.token, commit_message=message, private=private)
         print(f"pushed to {url}")
     return 0
 
@@ -361,8 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--push-to-hub",
         metavar="REPO_ID",
-        help="then upload the folder to this Hub repo (made if missing; token: HF_TOKEN or `hf auth login`)",
+        help="then upload the folder, model card included, to this Hub repo (made if missing); the card's examples "
+        "load from it",
     )
+    convert.add_argument("--private", action="store_true", help="with --push-to-hub: make the repo private")
+    convert.add_argument("--token", help="with --push-to-hub: Hub token (default: HF_TOKEN or `hf auth login`)")
     convert.set_defaults(handler=_convert)
 
     extract = commands.add_parser(

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
-from .exceptions import CheckpointError
+from .exceptions import CheckpointError, MarlinError
 from .modeling_marlin import (
     MARLIN_FIXED_REFERENCE_KEYS,
     REFERENCE_KEY_MAPPING,
@@ -332,11 +332,14 @@ def _convert_named(state_dict: dict[str, torch.Tensor], config: MarlinConfig | N
     return model
 
 
-def convert_checkpoint(source: str | Path, output_dir: str | Path, config: MarlinConfig | None = None) -> Path:
+def convert_checkpoint(
+    source: str | Path, output_dir: str | Path, config: MarlinConfig | None = None, model_id: str | None = None
+) -> Path:
     """Convert a released checkpoint into a Transformers folder.
 
     Writes `model.safetensors`, `config.json` (with `auto_map` and the model code, so it also loads with
-    `trust_remote_code=True` where this package is not installed), the video processor's config and a model card.
+    `trust_remote_code=True` where this package is not installed), the video processor's config and a model card
+    (`README.md`) whose examples load the model from `model_id` (the Hub repo it is meant for; default: `output_dir`).
     The folder is written next to `output_dir` and renamed into place, so an interrupted run leaves nothing behind.
     """
     import tempfile
@@ -353,7 +356,14 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, config: Marli
     )
     try:
         save_marlin_folder(model, staging)
-        write_model_card(staging, model.config, source=str(source), kind=kind, architecture=type(model).__name__)
+        write_model_card(
+            staging,
+            model.config,
+            source=str(source),
+            kind=kind,
+            architecture=type(model).__name__,
+            model_id=model_id or str(output_dir),
+        )
         honour_umask(staging)
         if output_dir.exists():
             output_dir.rmdir()
@@ -431,27 +441,47 @@ def save_marlin_folder(model, folder: str | Path) -> None:
     honour_umask(folder)
 
 
-def write_model_card(folder: Path, config: MarlinConfig, source: str, kind: str, architecture: str) -> None:
+def write_model_card(
+    folder: Path, config: MarlinConfig, source: str, kind: str, architecture: str, model_id: str
+) -> None:
     from .model_card import render_model_card
 
-    (Path(folder) / "README.md").write_text(
-        render_model_card(config, source=source, kind=kind, architecture=architecture)
-    )
+    card = render_model_card(config, source=source, kind=kind, architecture=architecture, model_id=model_id)
+    (Path(folder) / "README.md").write_text(card)
 
 
 def push_folder_to_hub(
-    folder: str | Path, repo_id: str, token: str | None = None, commit_message: str = "MARLIN from marlin-transformers"
+    folder: str | Path,
+    repo_id: str,
+    token: str | None = None,
+    commit_message: str = "MARLIN from marlin-transformers",
+    private: bool | None = None,
 ) -> str:
-    """Upload a model folder (not Trainer's checkpoints or logs) to the Hub repo `repo_id`, made if missing; returns
-    its URL. The token is `token`, else huggingface_hub's own (`HF_TOKEN`, `hf auth login`)."""
+    """Upload a model folder (not Trainer's checkpoints or logs) to the Hub repo `repo_id`, made if missing (private
+    if `private`; None: the Hub's default for the account); returns its URL. The token is `token`, else
+    huggingface_hub's own (`HF_TOKEN`, `hf auth login`).
+
+    Raises:
+        MarlinError: the upload failed (no network, no or wrong token, a bad repo id...), in one line; the folder is
+            left as it is.
+    """
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import httpx
 
     api = HfApi(token=token)
-    url = api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(
-        folder_path=str(folder),
-        repo_id=url.repo_id,
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.partial"],
-        commit_message=commit_message,
-    )
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=url.repo_id,
+            ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.partial"],
+            commit_message=commit_message,
+        )
+    except (httpx.HTTPError, OSError, HFValidationError) as error:  # HfHubHTTPError is both of the first two
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise MarlinError(
+            f"{folder}: upload to the Hub repo {repo_id} failed ({type(error).__name__}: {reason}); the folder is "
+            "complete: check the network and token (HF_TOKEN or `hf auth login`), then push it again."
+        ) from None
     return str(url)

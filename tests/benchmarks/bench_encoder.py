@@ -11,8 +11,8 @@ noisy: the script reports the best of `--repeats` runs after a warm-up, and noth
 time (the first call) printed on its own line. With `--onnx`, ours is exported with `marlin export` (dynamo exporter)
 and timed in onnxruntime on the CPU with as many threads as torch uses, fp32, beside PyTorch. Last, the floor: this
 machine's fp32 (and bf16) peak in a large square matmul, and each of our paths' share of it on a clip's multiply-adds
-(`clip_macs`, about 180 G for ViT-B). On a CPU with AVX-512 BF16 and no AMX, ours in bf16 is timed twice: with the
-head-wise attention it takes there by default, and with PyTorch's fused sdpa.
+(`marlin_transformers.model_card.clip_macs`, about 180 G for ViT-B). On a CPU with AVX-512 BF16 and no AMX, ours in
+bf16 is timed twice: with the head-wise attention it takes there by default, and with PyTorch's fused sdpa.
 """
 
 import argparse
@@ -25,16 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from marlin_transformers import MarlinConfig, modeling_marlin  # noqa: E402
 from marlin_transformers.convert_marlin import convert_state_dict  # noqa: E402
+from marlin_transformers.model_card import clip_macs  # noqa: E402
 from reference_utils import build_reference_model  # noqa: E402
-
-
-def clip_macs(config) -> float:
-    """Multiply-adds of one clip through the encoder: the tubelet embedding, then per layer the qkv, output and MLP
-    products (12 N d^2 with the MLP 4x wide) and attention's two (2 N^2 d); about 180 G for ViT-B."""
-    tokens, width = config.num_patches, config.hidden_size
-    patch = config.num_channels * config.tubelet_size * config.patch_size**2
-    per_layer = 4 * tokens * width * width + 2 * tokens * width * config.intermediate_size + 2 * tokens**2 * width
-    return tokens * patch * width + config.num_hidden_layers * per_layer
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 3) -> float:
