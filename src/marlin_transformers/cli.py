@@ -7,6 +7,8 @@ from pathlib import Path
 from .constants import FARL_CHANNEL_ORDERS, MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
 from .exceptions import MarlinError
 
+DOCS_CONFIG = Path(__file__).resolve().parents[2] / "mkdocs.yml"  # the checkout's root, beside src/
+
 
 def _positive(kind: type, maximum: float | None = None):
     """An argparse type: a number of `kind` above 0 (and at most `maximum`), else argparse's one-line error."""
@@ -345,13 +347,18 @@ def _demo(args: argparse.Namespace) -> int:
 def _docs(args: argparse.Namespace) -> int:
     import subprocess
 
-    config = Path(__file__).resolve().parents[2] / "mkdocs.yml"  # the checkout's root, beside src/
+    config = DOCS_CONFIG
     if not config.is_file():
         raise MarlinError(
             f"no mkdocs.yml at {config}: the documentation is built from a source checkout (git clone the "
             'repository, then pip install -e ".[docs]")'
         )
-    missing = [name for name in ("mkdocs", "material", "mkdocstrings_handlers.python") if not _has_module(name)]
+    packages = {
+        "mkdocs": "mkdocs",
+        "material": "mkdocs-material",
+        "mkdocstrings_handlers.python": "mkdocstrings[python]",
+    }
+    missing = [package for module, package in packages.items() if not _has_module(module)]
     if missing:
         raise MarlinError(f'{", ".join(missing)} not installed: pip install -e ".[docs]"')
     command = [sys.executable, "-m", "mkdocs"]
