@@ -7,6 +7,8 @@ from pathlib import Path
 from .constants import FARL_CHANNEL_ORDERS, MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
 from .exceptions import MarlinError
 
+DOCS_CONFIG = Path(__file__).resolve().parents[2] / "mkdocs.yml"  # the checkout's root, beside src/
+
 
 def _positive(kind: type, maximum: float | None = None):
     """An argparse type: a number of `kind` above 0 (and at most `maximum`), else argparse's one-line error."""
@@ -345,6 +347,40 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, dtype=args.dtype)
 
 
+def _docs(args: argparse.Namespace) -> int:
+    import subprocess
+
+    config = DOCS_CONFIG
+    if not config.is_file():
+        raise MarlinError(
+            f"no mkdocs.yml at {config}: the documentation is built from a source checkout (git clone the "
+            'repository, then pip install -e ".[docs]")'
+        )
+    packages = {
+        "mkdocs": "mkdocs",
+        "material": "mkdocs-material",
+        "mkdocstrings_handlers.python": "mkdocstrings[python]",
+    }
+    missing = [package for module, package in packages.items() if not _has_module(module)]
+    if missing:
+        raise MarlinError(f'{", ".join(missing)} not installed: pip install -e ".[docs]"')
+    command = [sys.executable, "-m", "mkdocs"]
+    if args.build:
+        command += ["build", "--config-file", str(config), "--site-dir", str(Path(args.build).resolve())]
+    else:
+        command += ["serve", "--config-file", str(config), "--dev-addr", f"{args.host}:{args.port}"]
+    return subprocess.call(command)
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -623,6 +659,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", choices=["float32", "bfloat16"], default="float32", help="encoder precision (default float32)"
     )
     demo.set_defaults(handler=_demo)
+
+    docs = commands.add_parser(
+        "docs", help="serve this documentation site locally (mkdocs), or build a static copy with --build DIR"
+    )
+    docs.add_argument("--build", metavar="DIR", help="write the static site to DIR instead of serving it")
+    docs.add_argument("--port", type=POSITIVE_INT, default=8000, help="port to serve on (default 8000)")
+    docs.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    docs.set_defaults(handler=_docs)
     return parser
 
 

@@ -85,14 +85,20 @@ class MarlinConfig(PreTrainedConfig):
         num_channels (`int`): 3 (RGB).
         num_frames (`int`): frames per clip.
         tubelet_size (`int`): frames per tubelet.
-        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: encoder width, depth, heads, MLP width.
+        hidden_size (`int`): encoder width.
+        num_hidden_layers (`int`): encoder depth.
+        num_attention_heads (`int`): encoder heads.
+        intermediate_size (`int`): encoder MLP width.
         hidden_act (`str`): MLP activation (exact GELU, as the reference).
-        hidden_dropout_prob, attention_probs_dropout_prob (`float`): dropout (0 in every released config).
+        hidden_dropout_prob (`float`): dropout after attention and MLP (0 in every released config).
+        attention_probs_dropout_prob (`float`): dropout of attention weights (0 in every released config).
         qkv_bias (`bool`): learned query and value biases (the key bias is fixed at zero, as in the reference).
         layer_norm_eps (`float`): LayerNorm epsilon; the reference uses PyTorch's default 1e-5.
         initializer_range (`float`): std of the mask token's truncated-normal init.
-        decoder_hidden_size, decoder_num_hidden_layers, decoder_num_attention_heads, decoder_intermediate_size:
-            the decoder, as for the encoder.
+        decoder_hidden_size (`int`): decoder width.
+        decoder_num_hidden_layers (`int`): decoder depth.
+        decoder_num_attention_heads (`int`): decoder heads.
+        decoder_intermediate_size (`int`): decoder MLP width.
         mask_ratio (`float`): fraction of tokens masked in pretraining.
         mask_strategy (`str`): "fasking" (the paper), "fasking_opp", "random", "tube" or "frame".
         adv_weight (`float`): weight of the adversarial (critic) term of the generator loss.

@@ -73,7 +73,8 @@ def interpolate_position_table(table: torch.Tensor, grid: tuple[int, int, int], 
 
     Args:
         table: (1, t * h * w, dim), tokens in (time, row, column) order.
-        grid, new_grid: (t, h, w) token counts of the table and of the clips to encode.
+        grid: (t, h, w) token counts of the table.
+        new_grid: (t, h, w) token counts of the clips to encode.
 
     Returns:
         (1, new_t * new_h * new_w, dim), in `table`'s dtype.
@@ -806,9 +807,9 @@ class MarlinForVideoClassification(MarlinPreTrainedModel):
         r"""
         Args:
             pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`): [0, 1].
-            labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor` of shape
-                `(batch_size, num_labels)`, *optional*): class indices (single-label), 0/1 targets (multi-label) or
-                values (regression); `config.problem_type` picks the loss as in transformers.
+            labels (`torch.Tensor`, *optional*): `(batch_size,)` long class indices (single-label), or
+                `(batch_size, num_labels)` float 0/1 targets (multi-label) or values (regression);
+                `config.problem_type` picks the loss as in transformers.
         """
         outputs = self.marlin(pixel_values_videos, **kwargs)
         logits = self.classifier(outputs.pooler_output)

@@ -226,7 +226,9 @@ def reconstruction_panels(
     parts Fasking hides first show at a glance.
 
     Args:
-        original, masked, reconstruction: `(num_frames, 3, size, size)` in [0, 1] (`pretraining.reconstruction`).
+        original: `(num_frames, 3, size, size)` in [0, 1] (`pretraining.reconstruction`).
+        masked: likewise, the masked input.
+        reconstruction: likewise, the reconstruction.
         label_maps: `(num_frames, size, size)` LaPa labels 0..10.
         bool_masked_pos: `(num_tokens,)` bool, True where masked, tokens in (time, row, column) order.
 

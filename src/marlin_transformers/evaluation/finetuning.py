@@ -107,7 +107,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
     (num_labels,) otherwise.
 
     Args:
-        paths, labels: the videos and their labels (see `read_labels`).
+        paths: the videos (see `read_labels`).
+        labels: their labels, one row per video.
         problem_type: one of `metrics.PROBLEM_TYPES`.
         options: the clip sampling.
         training: one seeded random window per item (True) or the evaluation windows (False).

@@ -306,7 +306,8 @@ def run_linear_probe(
     """Probe the features of `features_dir` (a `marlin extract --out` folder) on labels CSVs and score it.
 
     Args:
-        train_labels, eval_labels: labels CSVs of the training and the held-out videos.
+        train_labels: labels CSV of the training videos.
+        eval_labels: labels CSV of the held-out videos.
         config: the hyper-parameters (default `LinearProbeConfig()`).
         val_labels: a labels CSV to pick the best epoch on (`config.metric_for_best_model`); None keeps the last.
         cache_path: the feature cache (default `features_dir/linear_probe_cache.npz`).

@@ -142,7 +142,8 @@ def batch_mean_auroc(
     """The paper code's validation AUC: `roc_auc` of each consecutive `batch_size` rows, weighted by rows.
 
     Args:
-        predictions, references: as `single_label_metrics` / `multi_label_metrics` take them, in loader order.
+        predictions: as `single_label_metrics` / `multi_label_metrics` take them, in loader order.
+        references: likewise, in the same order.
         batch_size: videos per evaluation batch (the last batch may be smaller, and weighs less).
 
     Returns:

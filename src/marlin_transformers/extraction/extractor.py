@@ -149,12 +149,15 @@ class MarlinFeatureExtractor:
 
     Args:
         model: a converted folder, a Hub id, an official checkpoint file, or a loaded MARLIN model.
-        device, dtype: where and in which precision the encoder runs (bf16 is about 2x faster on recent CPUs).
+        device: where the encoder runs.
+        dtype: in which precision it runs (bf16 is about 2x faster on recent CPUs).
         batch_size: windows per forward pass.
         crop_face: track one face through the video and crop around it (else frames are only resized).
         on_no_face: with `crop_face`, "error" (raise NoFaceError) or "centre" (fall back to a centre crop).
         face_margin: crop side as a multiple of max(box width, box height) (1.0 = marlin-pytorch's crop).
-        sample_rate, stride, stride_seconds: the windows (see `video.windows.iter_windows`).
+        sample_rate: take every `sample_rate`-th decoded frame (see `video.windows.iter_windows`).
+        stride: the next window starts `stride` sampled frames later.
+        stride_seconds: if given, windows start every `stride_seconds` seconds instead.
         keep_seq: return every token's feature instead of the pooled one.
         num_frames, image_size: clips of another frame count (a multiple of the tubelet, 2) or size (a multiple of
             the patch, 16) than the model's, read with `interpolate_pos_encoding` (default: the model's, 16 x 224).

@@ -181,8 +181,13 @@ class FaceClipDataset(torch.utils.data.Dataset):
 
     Args:
         videos: video files (see `find_videos`) or folders of frames (e.g. `youtube_faces_clips`).
-        num_frames, sample_rate: clip length and frame step (16 and 2 in the paper).
-        image_size, patch_size, tubelet_size, mask_ratio, mask_strategy: as in `MarlinConfig` (see `from_config`).
+        num_frames: clip length (16 in the paper).
+        sample_rate: frame step (2 in the paper).
+        image_size: as in `MarlinConfig` (see `from_config`).
+        patch_size: as in `MarlinConfig`.
+        tubelet_size: as in `MarlinConfig`.
+        mask_ratio: as in `MarlinConfig`.
+        mask_strategy: as in `MarlinConfig`.
         seed: base seed.
         clips_per_video: items per video per epoch.
         cache_dir: if given, every video is cropped and parsed once into this folder (`prepare_video_cache`) and

@@ -40,7 +40,8 @@ def penalty_interpolates(
     As in the reference, one `alpha ~ U[0, 1)` is drawn per call and shared by every token of the batch.
 
     Args:
-        real, fake: (batch, tokens, dim); both are detached here.
+        real: (batch, tokens, dim), detached here.
+        fake: (batch, tokens, dim), detached here.
         generator: CPU generator `alpha` is drawn from, for reproducible runs.
 
     Returns:

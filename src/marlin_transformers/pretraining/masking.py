@@ -77,7 +77,10 @@ def generate_mask(
             "frame": whole tubelet-frames masked; `ceil((1 - mask_ratio) * num_frames // tubelet_size)` stay visible.
             "fasking": facial parts masked first (background, then skin, made visible first), the paper's strategy.
             "fasking_opp": the opposite: the five part groups made visible first, then skin, background last.
-        num_frames, image_size, patch_size, tubelet_size: the clip and tubelet sizes (frames, pixels).
+        num_frames: frames per clip.
+        image_size: frame height and width in pixels.
+        patch_size: tubelet side in pixels.
+        tubelet_size: frames per tubelet.
         mask_ratio: fraction of tokens to mask, in [0, 1).
         generator: a `torch.Generator`, or an int seed for a fresh one.
         label_maps: `(num_frames, image_size, image_size)` LaPa label maps (integers 0..10), needed by the Fasking

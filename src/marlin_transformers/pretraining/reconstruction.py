@@ -111,7 +111,8 @@ def reconstruct_video(
         mask_ratio: fraction of tokens masked, in [0, 1) (default: the config's, 0.9).
         seed: window `k`'s mask draws come from `seeded_generator(seed, k)`: the same masks on every run.
         parser: a `face_parsing.FaceParser` (default `LandmarkFaceParser()`; `FarlFaceParser(path)` for the paper's).
-        sample_rate, stride: the windows (see `video.windows.iter_windows`).
+        sample_rate: take every `sample_rate`-th decoded frame (see `video.windows.iter_windows`).
+        stride: the next window starts `stride` sampled frames later.
         max_windows: stop after this many windows (None: all).
         with_features: also give each window's pooled feature of the unmasked clip (one more encoder pass).
         keep_source_frames: keep each window's decoded frames in `window.frames` (to draw on them).

@@ -488,7 +488,8 @@ def train_step(batch, model, critic, g_optimizer, d_optimizer, accelerator, adv_
         batch: `pixel_values_videos` (batch, frames, 3, size, size) in [0, 1] and `bool_masked_pos` (batch, tokens).
         model: the generator (`MarlinForPreTraining` without its critic, see `detach_critic`), prepared.
         critic: the `MarlinDiscriminator`, kept whole on every process.
-        adv_weight, gp_weight: the adversarial term's and the gradient penalty's weights.
+        adv_weight: the adversarial term's weight.
+        gp_weight: the gradient penalty's weight.
         gp_generator: CPU generator of the penalty's interpolation (unused when `gp_weight` is 0).
 
     Returns:
