@@ -30,10 +30,22 @@ from reference_utils import build_reference_model  # noqa: E402
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 3) -> float:
-    """This machine's floor for dense products: FLOP/s of a large square matmul in `dtype` (best of `repeats`)."""
+    """This machine's floor for dense products: FLOP/s of a large square matmul in `dtype` (best of `repeats`), the
+    faster of `torch.mm` and, on the CPU, oneDNN's matrix product (the one `fused_linear` calls). On an AMD EPYC,
+    `torch.mm` in fp32 (MKL) ran at half of oneDNN's speed (0.21 against 0.44 TFLOP/s): the floor is the faster."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     seconds = best_time(lambda: torch.mm(a, b), repeats, device)
+    if (
+        device.type == "cpu"
+        and modeling_marlin._ONEDNN_LINEAR
+        and (dtype == torch.float32 or modeling_marlin._ONEDNN_BF16)
+    ):
+        weight = b.t().contiguous()  # (out, in), as nn.Linear keeps it
+        onednn = best_time(
+            lambda: torch.ops.mkldnn._linear_pointwise(a, weight, None, "none", [], ""), repeats, device
+        )
+        seconds = min(seconds, onednn)
     return 2 * size**3 / seconds
 
 
