@@ -159,7 +159,7 @@ def main() -> None:
 
     name = f"ViT-{args.variant[0].upper()}"
     print(f"{name}, batch {args.batch_size}, {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
-    print(f"{'':<34}{'s/clip':>8}{'vs ref fp32':>13}")
+    print(f"{'':<40}{'s/clip':>8}{'vs ref fp32':>13}")
     rows = [("marlin-pytorch fp32", ref_fp32), ("marlin-transformers fp32 (sdpa)", ours_fp32)]
     if not args.fp32_only:
         attention = "head-wise" if modeling_marlin._CPU_BF16_WITHOUT_AMX and device.type == "cpu" else "sdpa"
@@ -171,7 +171,7 @@ def main() -> None:
             rows.append(("marlin-transformers bf16 (sdpa)", ours_bf16_sdpa))
     rows += compiled_rows + onnx_rows
     for label, seconds in rows:
-        print(f"{label:<34}{seconds / per_clip:>8.3f}{ref_fp32 / seconds:>12.2f}x")
+        print(f"{label:<40}{seconds / per_clip:>8.3f}{ref_fp32 / seconds:>12.2f}x")
     for label, seconds in compile_seconds:
         print(f"torch.compile time, {label} (first call, batch {args.batch_size}): {seconds:.1f} s")
     for line in onnx_lines:
