@@ -74,11 +74,13 @@ their features transfer to facial attributes, expression, deepfake detection and
 ## Use
 
 ```python
+import torch
 import marlin_transformers  # registers MARLIN with the Auto classes
 from transformers import AutoModel
 
 model = AutoModel.from_pretrained("path/to/this/folder")
-features = model(pixel_values_videos).pooler_output  # (batch, {config.hidden_size})
+pixel_values_videos = torch.rand(1, {config.num_frames}, 3, {config.image_size}, {config.image_size})  # RGB in [0, 1]
+features = model(pixel_values_videos).pooler_output  # (1, {config.hidden_size})
 ```
 
 Without the package installed: `AutoModel.from_pretrained(folder, trust_remote_code=True)`.
@@ -173,11 +175,13 @@ MARLIN (Cai et al., CVPR 2023) with a linear head, fine-tuned by marlin-transfor
 ## Use
 
 ```python
+import torch
 import marlin_transformers  # registers MARLIN with the Auto classes
 from transformers import AutoModelForVideoClassification
 
 model = AutoModelForVideoClassification.from_pretrained("path/to/this/folder")
-logits = model(pixel_values_videos).logits  # (batch, {config.num_labels})
+pixel_values_videos = torch.rand(1, {config.num_frames}, 3, {config.image_size}, {config.image_size})  # RGB in [0, 1]
+logits = model(pixel_values_videos).logits  # (1, {config.num_labels})
 ```
 
 ## Licence
