@@ -30,7 +30,8 @@ NAMES = {
     "marlin-vit-small, marlin-vit-base, marlin-vit-large": "converted folders (`marlin convert` output) of the real "
     "widths, heads and 16 x 224 input, one encoder layer, random weights",
     "marlin_vit_{small,base,large}_ytf.encoder.pt": "the same encoders as official-format state dicts",
-    "marlin_vit_base_ytf.full.pt": "official-format encoder + decoder (one layer each), for reconstruct and app",
+    "marlin_vit_{small,base,large}_ytf.full.pt": "official-format encoder + decoder (one layer each), for reconstruct "
+    "and app",
     "ControlNet/marlin_vit_base_ytf": "in the offline Hub cache ($HF_HOME), in the authors' Hub layout; so "
     "`marlin_vit_base_ytf` and `marlin demo` load it",
     "MCG-NJU/videomae-base": "in the offline Hub cache: a one-layer VideoMAE-B, for `--init-from`",
@@ -42,7 +43,8 @@ NAMES = {
     "YouTubeFaces/, train_set.csv, val_set.csv": "a YouTube-Faces-like `frame_images_DB` of two persons and the "
     "paper's split files over it",
     "CelebV-HQ/": "celebvhq_info.json and downloaded/<clip id>.mp4, ten square clips",
-    "path/to/this/folder": "on a model card's page: the converted folder of that card's variant",
+    "marlin-transformers/marlin-vit-{small,base,large}": "in the offline Hub cache: the converted folders above, as "
+    "the model cards load them (`model_card.RELEASE_REPO_ID`)",
     "examples/": "the repository's examples, linked",
     "model_cards/": "an empty folder (the cards' regeneration command writes there)",
 }
@@ -220,6 +222,7 @@ def _celebv_hq(root: Path, num_clips: int = 10) -> None:
 def build_assets(root: Path) -> Path:
     """Make every name of `NAMES` under `root/assets` (and the Hub cache under `root/hf_home`); returns the folder."""
     from marlin_transformers.convert_marlin import convert_checkpoint
+    from marlin_transformers.model_card import RELEASE_REPO_ID
 
     assets, hf_home = root / "assets", root / "hf_home"
     assets.mkdir(parents=True)
@@ -227,8 +230,12 @@ def build_assets(root: Path) -> Path:
         model = one_layer_model(variant)
         torch.save(reference_state_dict(model, with_decoder=False), assets / f"marlin_vit_{variant}_ytf.encoder.pt")
         convert_checkpoint(assets / f"marlin_vit_{variant}_ytf.encoder.pt", assets / f"marlin-vit-{variant}")
+        # The id each model card loads from (the repo `marlin convert --push-to-hub` would fill)
+        folder = assets / f"marlin-vit-{variant}"
+        files = {path.name: path for path in folder.iterdir() if path.is_file()}
+        _write_hub_cache(hf_home, RELEASE_REPO_ID.format(variant=variant), files)
+        torch.save(reference_state_dict(model, with_decoder=True), assets / f"marlin_vit_{variant}_ytf.full.pt")
         if variant == "base":
-            torch.save(reference_state_dict(model, with_decoder=True), assets / "marlin_vit_base_ytf.full.pt")
             _authors_hub_folder(model, root / "hub_folder")
             files = {name: root / "hub_folder" / name for name in ("config.json", "model.safetensors")}
             _write_hub_cache(hf_home, "ControlNet/marlin_vit_base_ytf", files)
@@ -266,10 +273,6 @@ def page_folder(assets: Path, folder: Path, page: str) -> Path:
     """A fresh copy (hard links) of `assets` for `page`, plus the page's own names; returns it."""
     shutil.copytree(assets, folder, copy_function=os.link)
     (folder / "examples").symlink_to(REPO / "examples")
-    card = re.fullmatch(r"model_cards/marlin-vit-(small|base|large)\.md", page)
-    if card:
-        (folder / "path" / "to" / "this").mkdir(parents=True)
-        shutil.copytree(assets / f"marlin-vit-{card.group(1)}", folder / "path/to/this/folder", copy_function=os.link)
     return folder
 
 

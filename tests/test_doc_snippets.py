@@ -136,7 +136,8 @@ def shape_comments(code: str) -> dict[int, tuple[int, ...]]:
 
 def with_shape_checks(code: str, filename: str) -> ast.Module:
     """`code` parsed, with `__check_shape__(value, shape, line)` after each statement that has a shape comment: the
-    value of an expression statement, or the target of a single-name assignment."""
+    value of an expression statement, or the target of a single-name assignment. The check compares the value's
+    `.shape`, or the value itself where it is a tuple (a `torch.Size` or a tuple of ints)."""
     tree = ast.parse(code, filename)
     expected = shape_comments(code)
     body = []
@@ -175,8 +176,9 @@ sys.path.insert(0, {tests!r})
 from test_doc_snippets import with_shape_checks
 
 def __check_shape__(value, shape, line):
-    seen = tuple(value.shape)
-    assert seen == shape, f"line {{line}}: the comment says shape {{shape}}, the code gives {{seen}}"
+    # A tensor's or array's shape, or a tuple of ints itself (`x.shape  # (1, 768)`, `a, b  # (384, 192)`)
+    seen = tuple(value) if isinstance(value, tuple) else tuple(value.shape)
+    assert seen == shape, f"line {{line}}: the comment says {{shape}}, the code gives {{seen}}"
 
 namespace = {{"__name__": "__main__", "__check_shape__": __check_shape__}}
 answers = os.fdopen(int(sys.argv[1]), "w")
