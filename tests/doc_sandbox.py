@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reference_utils import AUTHORS_HUB_CONFIG
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = REPO.parent / "shared" / "videos"  # the sample videos, read in place (CI: ../shared/videos)
 VARIANTS = ("small", "base", "large")
@@ -114,17 +116,7 @@ def _authors_hub_folder(model, folder: Path) -> None:
     config = model.config
     folder.mkdir(parents=True)
     fields = {
-        "architectures": ["MarlinModel"],
-        "model_type": "marlin",
-        "auto_map": {"AutoConfig": "config.MarlinConfig", "AutoModel": "marlin.MarlinModel"},
-        "mlp_ratio": 4.0,
-        "qkv_bias": True,
-        "qk_scale": None,
-        "drop_rate": 0.0,
-        "attn_drop_rate": 0.0,
-        "norm_layer": "LayerNorm",
-        "init_values": 0.0,
-        "as_feature_extractor": True,
+        **AUTHORS_HUB_CONFIG,
         "img_size": config.image_size,
         "patch_size": config.patch_size,
         "n_frames": config.num_frames,

@@ -26,6 +26,22 @@ REFERENCE_VIT_BASE = dict(
     tubelet_size=2,
 )
 
+# The fixed fields of the authors' Hub configs (`ControlNet/marlin_vit_*_ytf/config.json`), beside the sizes
+# (`img_size`, `encoder_embed_dim`...) that tell the variants apart.
+AUTHORS_HUB_CONFIG = {
+    "architectures": ["MarlinModel"],
+    "model_type": "marlin",
+    "auto_map": {"AutoConfig": "config.MarlinConfig", "AutoModel": "marlin.MarlinModel"},
+    "mlp_ratio": 4.0,
+    "qkv_bias": True,
+    "qk_scale": None,
+    "drop_rate": 0.0,
+    "attn_drop_rate": 0.0,
+    "norm_layer": "LayerNorm",
+    "init_values": 0.0,
+    "as_feature_extractor": True,
+}
+
 
 def build_reference_model(seed: int, as_feature_extractor: bool = False, **fields):
     """marlin-pytorch's `Marlin` with the given fields (ViT-B by default), every learnable tensor randomized.
