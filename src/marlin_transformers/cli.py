@@ -467,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_int,
         default=None,
         help="processes decoding and cropping videos while the model encodes full batches packed from several "
-        "videos; 0 does one video at a time (default: min(4, max(2, cores - 1)), 0 on one core; not with "
+        "videos; 0 does one video at a time (default: min(4, cores - 1), 0 on one or two cores; not with "
         "--all-faces or under ulimit -f)",
     )
     extract.add_argument(

@@ -29,10 +29,14 @@ from .extractor import MarlinFeatureExtractor, VideoFeatures, iter_clips, non_fi
 
 
 def default_num_workers() -> int:
-    """Worker processes for `marlin extract` on this machine: min(4, max(2, usable cores - 1)), none on one core. On 2
-    cores 2 workers were 12% faster than none and 1 worker no faster (tests/benchmarks/bench_corpus.py)."""
+    """Worker processes for `marlin extract` on this machine: min(4, usable cores - 1), none on one or two cores.
+
+    On two cores the encoder's threads already fill the machine, and workers beside it slow its synchronizing threads
+    down more than they save: on the 2-core EPYC with the bf16 encoder, 1 or 2 workers made a ViT-B `--crop-face`
+    corpus 8-10% slower than none (57.7-59.0 s against 63.4-63.7 s), while a ViT-S corpus gained 8-12%
+    (tests/benchmarks/bench_corpus.py); ViT-B is the default model. Three or more cores were not measured."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return 0 if cores < 2 else min(4, max(2, cores - 1))
+    return 0 if cores <= 2 else min(4, cores - 1)
 
 
 def file_size_limited() -> bool:
