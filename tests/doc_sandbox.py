@@ -39,7 +39,8 @@ NAMES = {
     "MCG-NJU/videomae-base": "in the offline Hub cache: a one-layer VideoMAE-B, for `--init-from`",
     "video.mp4, interview.mp4": "in-the-wild face videos, 1.6 s (cut from ../shared/videos)",
     "videos/": "alice_01.mp4, alice_02.mp4, bob_07.mp4, bob_08.mp4: 224 x 224 face clips, about 1 s each",
-    "train.csv, val.csv, test.csv": "labels of videos/ (`path,label`: smile / neutral)",
+    "train.csv, val.csv, test.csv, labels.csv": "labels of videos/ (`path,label`: smile / neutral; labels.csv as "
+    "train.csv)",
     "faces/, held_out/": "face-crop clips for pretraining",
     "my_videos/": "alice/talk1.mp4, bob/talk1.mp4: face videos for `marlin prepare-faces`",
     "YouTubeFaces/, train_set.csv, val_set.csv": "a YouTube-Faces-like `frame_images_DB` of two persons and the "
@@ -253,6 +254,7 @@ def build_assets(root: Path) -> Path:
     labels = {"alice_01": "smile", "alice_02": "neutral", "bob_07": "neutral", "bob_08": "smile"}
     rows = [f"videos/{stem}.mp4,{label}" for stem, label in labels.items()]
     (assets / "train.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    (assets / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")  # examples/README.md's name
     (assets / "val.csv").write_text("path,label\n" + "\n".join(rows[:2]) + "\n")
     (assets / "test.csv").write_text("path,label\n" + "\n".join(rows[2:]) + "\n")
     _youtube_faces(assets)
