@@ -179,6 +179,32 @@ def test_once_found_the_subject_is_searched_around_its_box():
     assert tracker.detector.searches == [(None, None), (None, None)]
 
 
+def test_before_the_subject_frames_are_searched_whole_only_until_a_face_turns_up():
+    small, large = [20, 20, 60, 70], [100, 60, 150, 120]  # the larger: 50 x 60, a 150-pixel square around (125, 90)
+    tracker = scripted({4: [small, large], 6: [large], 8: [large]}, region_scale=2.5)
+    track = tracker.locate(indexed([0, 2, 4, 6, 8]), [0, 2, 4, 6, 8])
+    # Frames 0, 2 and 4 whole, one at a time; then 6 and 8 together, around frame 4's largest face.
+    assert tracker.detector.searches == [(None, None)] * 3 + [([(50, 15, 200, 165)] * 2, 2.5)]
+    assert tracker.detector.detected_frames == [0, 2, 4, 6, 8]
+    np.testing.assert_array_equal(track.detected, [False, False, True, True, True])
+    np.testing.assert_allclose(track.boxes, [large] * 5)
+
+
+def test_a_moving_first_face_is_searched_where_it_was_last_found():
+    # 20 pixels right per sampled frame: by frame 16 the face is 160 pixels from where it started.
+    script = {i: [[100 + 10 * i, 60, 150 + 10 * i, 120]] for i in range(0, 17, 2)}
+    tracker = scripted(script, region_scale=2.5)
+    indices = list(range(0, 17, 2))
+    track = tracker.locate(indexed(indices), indices)
+    # Frame 0 whole; then 4 frames at a time (the detector's batch), around the face's box in the batch before.
+    assert tracker.detector.searches == [
+        (None, None),
+        ([(50, 15, 200, 165)] * 4, 2.5),
+        ([(130, 15, 280, 165)] * 4, 2.5),
+    ]
+    assert track.detected.all()
+
+
 def test_faceless_leading_windows_are_back_filled_with_the_first_face():
     box = [100, 60, 140, 110]
     tracker = scripted({i: [box] for i in range(40, 80)})

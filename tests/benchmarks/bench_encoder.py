@@ -1,7 +1,7 @@
 """Seconds per 16-frame clip: marlin-pytorch 0.3.4 against marlin-transformers, side by side in one run.
 
     python tests/benchmarks/bench_encoder.py [--variant base] [--batch-size 1] [--repeats 3] [--device cpu]
-        [--fp32-only] [--compile] [--onnx]
+        [--fp32-only] [--compile] [--onnx] [--clips-per-call]
 
 Both models get the same random weights (every tensor random, via the converter) and the same clip. Prints fp32
 and bf16 timings, the speed-up ratios against the reference's fp32 `extract_features`, the max abs difference of
@@ -12,7 +12,9 @@ time (the first call) printed on its own line. With `--onnx`, ours is exported w
 and timed in onnxruntime on the CPU with as many threads as torch uses, fp32, beside PyTorch. Last, the floor: this
 machine's fp32 (and bf16) peak in a large square matmul, and each of our paths' share of it on a clip's multiply-adds
 (`marlin_transformers.model_card.clip_macs`, about 180 G for ViT-B). On a CPU with AVX-512 BF16 and no AMX, ours in
-bf16 is timed twice: with the head-wise attention it takes there by default, and with PyTorch's fused sdpa.
+bf16 is timed twice: with the head-wise attention it takes there by default, and with PyTorch's fused sdpa. With
+`--clips-per-call`, ours is timed on 8 clips given to the model 8, 4, 2 and 1 at a time, in fp32 and bf16 (why
+`MarlinFeatureExtractor` hands a CPU encoder `extraction.extractor.CPU_CLIPS_PER_CALL` clips at a time).
 """
 
 import argparse
@@ -77,6 +79,16 @@ def best_time(fn, repeats: int, device: torch.device) -> float:
     return min(times)
 
 
+def clips_per_call(model, dtype: torch.dtype, device: torch.device, repeats: int) -> str:
+    """Seconds per clip of `model` in `dtype` on 8 clips, given to it 8, 4, 2 and 1 at a time (best of `repeats`)."""
+    clips = torch.rand(8, 16, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    timings = []
+    for step in (8, 4, 2, 1):
+        seconds = best_time(lambda: [model(chunk) for chunk in clips.split(step)], repeats, device)  # noqa: B023
+        timings.append(f"{step}: {seconds / len(clips):.3f}")
+    return f"s/clip by clips per call, {str(dtype).removeprefix('torch.')}: " + ", ".join(timings)
+
+
 def time_onnxruntime(model, clip: torch.Tensor, fp32_features: torch.Tensor, repeats: int):
     """Export `model` to ONNX in a temporary folder and time it in onnxruntime on the CPU: (rows, extra lines)."""
     import tempfile
@@ -115,6 +127,9 @@ def main() -> None:
     )
     parser.add_argument("--compile", action="store_true", help="also time ours through torch.compile")
     parser.add_argument("--onnx", action="store_true", help="also time ours exported to ONNX, in onnxruntime (CPU)")
+    parser.add_argument(
+        "--clips-per-call", action="store_true", help="also time ours on 8 clips given 8, 4, 2 and 1 at a time"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
 
@@ -152,6 +167,11 @@ def main() -> None:
                 compile_seconds.append((label, time.perf_counter() - start))
                 seconds = best_time(lambda: compiled(inputs), args.repeats, device)  # noqa: B023 (called here)
                 compiled_rows.append((f"marlin-transformers {label} compiled", seconds))
+        sweep_lines = []
+        if args.clips_per_call:
+            sweep_lines.append(clips_per_call(ours, torch.float32, device, args.repeats))
+            if not args.fp32_only:
+                sweep_lines.append(clips_per_call(ours_bf16, torch.bfloat16, device, args.repeats))
     diff = (fp32_features - expected).abs().max().item()
     onnx_rows, onnx_lines = [], []
     if args.onnx:
@@ -174,7 +194,7 @@ def main() -> None:
         print(f"{label:<40}{seconds / per_clip:>8.3f}{ref_fp32 / seconds:>12.2f}x")
     for label, seconds in compile_seconds:
         print(f"torch.compile time, {label} (first call, batch {args.batch_size}): {seconds:.1f} s")
-    for line in onnx_lines:
+    for line in onnx_lines + sweep_lines:
         print(line)
     print(f"fp32 max abs diff to reference: {diff:.2e}")
     # The floor: how much of this machine's own matmul peak each path reaches on a clip's multiply-adds.

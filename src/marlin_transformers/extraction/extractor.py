@@ -21,6 +21,12 @@ from ..modeling_marlin import MarlinForPreTraining, MarlinModel, MarlinPreTraine
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+# On a CPU the encoder runs a batch this many clips at a time: larger products and activations spill out of the cache
+# and cost more per clip. On 2 cores of an AMD EPYC, seconds per ViT-B clip at 8 / 4 / 2 / 1 clips a call: bf16
+# 0.61-0.64 / 0.56 / 0.51-0.53 / 0.56-0.57, fp32 1.30-1.34 / 1.25-1.28 / 1.18-1.19 / 1.15; ViT-S bf16 0.30-0.34 /
+# 0.29 / 0.27-0.28 / 0.27-0.30 (tests/benchmarks/bench_encoder.py --clips-per-call). A clip's features do not depend on
+# the clips beside it, so this changes no output.
+CPU_CLIPS_PER_CALL = 2
 
 
 def load_encoder(
@@ -212,7 +218,11 @@ class MarlinFeatureExtractor:
         )
         self.keep_seq = keep_seq
         # Crops at the released models' size, as marlin-pytorch cuts them; the processor resizes them to the model's.
-        self.tracker = FaceTracker(margin=face_margin, crop_size=MARLIN_CROP_SIZE, device=str(self.device))
+        # Detection here runs between the encoder's batches, on all of torch's threads (a data loader worker of the
+        # pipelined path, beside the encoder, detects on one: `pipeline.VideoWindows`).
+        self.tracker = FaceTracker(
+            margin=face_margin, crop_size=MARLIN_CROP_SIZE, device=str(self.device), num_threads=None
+        )
         if all_faces and not crop_face:
             raise MarlinError("--all-faces follows faces: use it with --crop-face.")
         self.all_faces = all_faces
@@ -232,11 +242,13 @@ class MarlinFeatureExtractor:
             pixel_values = clips
         else:
             pixel_values = self.processor(list(clips), return_tensors="pt")["pixel_values_videos"]
-        outputs = self.encode(
-            pixel_values.to(self.device, self.dtype), interpolate_pos_encoding=self.interpolate_pos_encoding
-        )
-        features = outputs.last_hidden_state if self.keep_seq else outputs.pooler_output
-        return features.float().cpu()
+        pixel_values = pixel_values.to(self.device, self.dtype)
+        step = CPU_CLIPS_PER_CALL if self.device.type == "cpu" else len(pixel_values)
+        features = []
+        for chunk in pixel_values.split(max(step, 1)):
+            outputs = self.encode(chunk, interpolate_pos_encoding=self.interpolate_pos_encoding)
+            features.append(outputs.last_hidden_state if self.keep_seq else outputs.pooler_output)
+        return torch.cat(features).float().cpu()
 
     def __call__(self, path: str | os.PathLike, progress=None, keep_crops: bool = False) -> VideoFeatures:
         """Features and window metadata of one video (of each face in it, with `all_faces`). `progress` (a tqdm bar)

@@ -104,6 +104,8 @@ class VideoWindows(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None and self.tracker is not None:
+            self.tracker.detector.num_threads = 1  # the worker's own copy: the encoder fills the cores beside it
         for index in range(worker, len(self.paths), num_workers):
             clips = iter_clips(self.paths[index], self.window_options, self.tracker, self.on_no_face)
             try:

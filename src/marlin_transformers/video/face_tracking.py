@@ -158,30 +158,63 @@ class FaceTracker:
         nearest = int(known[np.argmin(np.abs(known - index))])
         return abs(nearest - index), self._subject[nearest][0]
 
+    def _region(self, box: np.ndarray) -> tuple[int, int, int, int]:
+        """The square searched for a face last seen at `box`: `region_scale` times its size, around its centre."""
+        side = round(max(box[2] - box[0], box[3] - box[1]) * self.region_scale)
+        corner = np.round((box[:2] + box[2:]) / 2 - side / 2).astype(np.int64)
+        return (*corner, *(corner + side))
+
+    def _first_detections(self, frames: np.ndarray, todo: dict[int, int]) -> dict[int, Detections]:
+        """Detections in the frames before the subject is known, in order, found cheaply; misses are left out.
+
+        Whole frames are searched one at a time until a face turns up; then the next frames, a detector batch at a
+        time, only around the face followed so far (its largest, the one `_match` starts the track on), so a face
+        that moves stays inside the squares searched. A whole frame costs about 4 regions.
+        """
+        found, pending, anchor = {}, list(todo), None
+        while pending and anchor is None:
+            index = pending.pop(0)
+            found[index] = result = self.detector.detect([frames[todo[index]]])[0]
+            if len(result[0]):
+                boxes = result[0]
+                anchor = boxes[int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))]
+        step = getattr(self.detector, "batch_size", 4)
+        while pending:
+            chunk, pending = pending[:step], pending[step:]
+            searched = self.detector.detect(
+                [frames[todo[index]] for index in chunk], [self._region(anchor)] * len(chunk), self.region_scale
+            )
+            for index, result in zip(chunk, searched):
+                if len(result[0]):
+                    found[index] = result
+                    overlaps = box_iou(anchor, result[0])
+                    if overlaps.max() >= self.min_iou:
+                        anchor = result[0][int(np.argmax(overlaps))]
+        return found
+
     def _detections(self, frames: np.ndarray, frame_indices: Sequence[int]) -> dict[int, Detections]:
         """Detections for each distinct frame index, reusing cached ones, searching around the subject if known."""
         todo = {}  # frame index -> position in frames
         for position, index in enumerate(frame_indices):
             if index not in self._cache and index not in todo:
                 todo[index] = position
-        found = {}
+        found = self._first_detections(frames, todo) if self.region_scale and not self._subject else {}
         regions = {}
         for index in todo:
             nearest = self._nearest(index)
-            if self.region_scale and nearest is not None and nearest[0] <= self.reacquire_after:
-                box = nearest[1]
-                side = round(max(box[2] - box[0], box[3] - box[1]) * self.region_scale)
-                corner = np.round((box[:2] + box[2:]) / 2 - side / 2).astype(np.int64)
-                regions[index] = (*corner, *(corner + side))
+            if index not in found and self.region_scale and nearest is not None and nearest[0] <= self.reacquire_after:
+                regions[index] = self._region(nearest[1])
         if regions:
             positions = [todo[index] for index in regions]
-            searched = self.detector.detect(frames[positions], list(regions.values()), region_scale=self.region_scale)
+            searched = self.detector.detect(
+                [frames[position] for position in positions], list(regions.values()), region_scale=self.region_scale
+            )
             for index, result in zip(regions, searched):
                 if len(result[0]):
                     found[index] = result
         rest = [index for index in todo if index not in found]
         if rest:
-            found.update(zip(rest, self.detector.detect(frames[[todo[index] for index in rest]])))
+            found.update(zip(rest, self.detector.detect([frames[todo[index]] for index in rest])))
         for index in todo:
             self._cache[index] = found[index]
         while len(self._cache) > self._MEMORY:

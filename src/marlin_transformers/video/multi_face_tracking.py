@@ -107,7 +107,7 @@ class MultiFaceTracker:
                     todo[index] = position
                     times[index] = float(window.timestamps[position])
             if todo:
-                found.update(zip(todo, self.detector.detect(window.frames[list(todo.values())])))
+                found.update(zip(todo, self.detector.detect([window.frames[p] for p in todo.values()])))
         return found, times
 
     def link(self, detections: dict[int, Detections], times: dict[int, float] | None = None) -> list[SubjectTrack]:
