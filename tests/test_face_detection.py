@@ -74,7 +74,7 @@ def test_frames_go_through_the_cascade_a_few_at_a_time_with_the_same_detections(
     found = batched.detect(list(frames))
     assert torch.get_num_threads() == three_threads  # left as it was, threads or not
     assert [len(boxes) for boxes, _, _ in found] == [1] * 4 + [2] * 6
-    # The same detections up to float rounding: measured 6e-5 pixels at most (the networks' sums in another batch shape).
+    # The same detections up to float rounding: measured 6e-5 pixels at most (sums in another batch shape).
     for (boxes, probs, landmarks), (boxes_1, probs_1, landmarks_1) in zip(found, one_by_one):
         np.testing.assert_allclose(boxes, boxes_1, atol=1e-3)
         np.testing.assert_allclose(probs, probs_1, atol=1e-5)

@@ -36,6 +36,21 @@ def test_143_frames_streamed_like_reference_then_tail(tmp_path):
     assert windows[-1].end_time == pytest.approx(143 / 30)
 
 
+def test_unstacked_windows_hold_the_decoded_frames_themselves(tmp_path):
+    path = encode_video(tmp_path / "v71.mp4", indexed_frames(71))
+    stacked, unstacked = list(iter_windows(path)), list(iter_windows(path, stack=False))
+    assert [w.frame_indices for w in unstacked] == [w.frame_indices for w in stacked]
+    for window, reference in zip(unstacked, stacked):
+        assert isinstance(window.frames, list) and len(window.frames) == 16
+        np.testing.assert_array_equal(np.stack(window.frames), reference.frames)
+    # Overlapping windows (the tail, frames 40-70, and the window of 32-62) share the frames they both use.
+    shared = set(unstacked[1].frame_indices) & set(unstacked[2].frame_indices)
+    assert shared
+    for index in shared:
+        first = unstacked[1].frames[unstacked[1].frame_indices.index(index)]
+        assert first is unstacked[2].frames[unstacked[2].frame_indices.index(index)]
+
+
 @pytest.mark.parametrize("num_decoded", [31, 33, 62, 63, 64, 94, 95, 96, 97, 143, 300])
 def test_windows_cover_the_tail_once(num_decoded):
     windows = [indices for indices, _ in plan_windows([0.0] * num_decoded)]

@@ -360,7 +360,7 @@ def iter_clips(path: str | os.PathLike, window_options: dict, tracker=None, on_n
     `video.windows.iter_windows`'s."""
     from ..video.windows import iter_windows
 
-    windows = iter_windows(path, **window_options)
+    windows = iter_windows(path, **window_options, stack=tracker is None)  # the tracker takes frames one at a time
     if tracker is None:
         for window in windows:
             yield window_record(window, None), window.frames

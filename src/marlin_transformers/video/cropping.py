@@ -15,6 +15,9 @@ import numpy as np
 
 from ..constants import MARLIN_CROP_SIZE
 
+# A window's frames: a (T, H, W, 3) uint8 RGB array, or a sequence of T (H, W, 3) ones (no copy of the whole window).
+Frames = np.ndarray | Sequence[np.ndarray]
+
 
 @dataclass
 class FaceTrack:
@@ -121,7 +124,7 @@ def reference_crop_boxes(boxes: np.ndarray) -> np.ndarray:
 
 
 def crop_regions(
-    frames: np.ndarray,
+    frames: Frames,
     crop_boxes: np.ndarray,
     landmarks: np.ndarray | None = None,
     crop_size: int = MARLIN_CROP_SIZE,
@@ -129,7 +132,7 @@ def crop_regions(
     """Cut each frame's square `crop_boxes[t]` (zero-padded outside the frame) and resize it to `crop_size`.
 
     Args:
-        frames: (T, H, W, 3) uint8 RGB.
+        frames: (T, H, W, 3) uint8 RGB, or T (H, W, 3) frames (`Frames`).
         crop_boxes: (T, 4) int64 squares (x1, y1, x2, y2), frame pixels.
         landmarks: optional (T, K, 2) frame pixels, mapped into crop pixels.
 
@@ -174,14 +177,14 @@ def crop_faces(
 
 
 def crop_track(
-    frames: np.ndarray,
+    frames: Frames,
     track: FaceTrack,
     margin: float = 1.0,
     crop_size: int = MARLIN_CROP_SIZE,
     crop_boxes: np.ndarray | None = None,
 ) -> FaceCrops:
-    """Cut the (T, H, W, 3) uint8 frames of a window around its track (see `crop_faces`), or, given `crop_boxes`
-    (T, 4) in frame pixels (e.g. `reference_crop_boxes`), exactly those regions."""
+    """Cut a window's frames (`Frames`) around its track (see `crop_faces`), or, given `crop_boxes` (T, 4) in frame
+    pixels (e.g. `reference_crop_boxes`), exactly those regions."""
     if crop_boxes is None:
         crop_boxes = square_crop_boxes(track.boxes, margin)
     crops, crop_landmarks = crop_regions(frames, crop_boxes, track.landmarks, crop_size)

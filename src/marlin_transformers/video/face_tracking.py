@@ -17,7 +17,7 @@ import numpy as np
 
 from ..constants import MARLIN_CROP_SIZE
 from ..exceptions import NoFaceError
-from .cropping import FaceCrops, FaceTrack, centre_track, crop_track
+from .cropping import FaceCrops, FaceTrack, Frames, centre_track, crop_track
 from .face_detection import Detections, MtcnnDetector
 from .windows import VideoWindow
 
@@ -164,7 +164,7 @@ class FaceTracker:
         corner = np.round((box[:2] + box[2:]) / 2 - side / 2).astype(np.int64)
         return (*corner, *(corner + side))
 
-    def _first_detections(self, frames: np.ndarray, todo: dict[int, int]) -> dict[int, Detections]:
+    def _first_detections(self, frames: Frames, todo: dict[int, int]) -> dict[int, Detections]:
         """Detections in the frames before the subject is known, in order, found cheaply; misses are left out.
 
         Whole frames are searched one at a time until a face turns up; then the next frames, a detector batch at a
@@ -192,7 +192,7 @@ class FaceTracker:
                         anchor = result[0][int(np.argmax(overlaps))]
         return found
 
-    def _detections(self, frames: np.ndarray, frame_indices: Sequence[int]) -> dict[int, Detections]:
+    def _detections(self, frames: Frames, frame_indices: Sequence[int]) -> dict[int, Detections]:
         """Detections for each distinct frame index, reusing cached ones, searching around the subject if known."""
         todo = {}  # frame index -> position in frames
         for position, index in enumerate(frame_indices):
@@ -241,11 +241,11 @@ class FaceTracker:
         close = (distances < 0.75 * size) & (sizes > 0.6 * size) & (sizes < 1.6 * size)
         return int(np.argmin(np.where(close, distances, np.inf))) if close.any() else None
 
-    def locate(self, frames: np.ndarray, frame_indices: Sequence[int] | None = None) -> FaceTrack | None:
+    def locate(self, frames: Frames, frame_indices: Sequence[int] | None = None) -> FaceTrack | None:
         """Detect and follow the subject through one window; None while no face has been seen in this video.
 
         Args:
-            frames: (T, H, W, 3) uint8 RGB, one window of the video.
+            frames: one window of the video, (T, H, W, 3) uint8 RGB or T (H, W, 3) frames (`cropping.Frames`).
             frame_indices: (T,) index of each frame in the video (repeats allowed, for padding); by default the
                 frames follow those of the previous call.
         """
@@ -276,16 +276,16 @@ class FaceTracker:
             self.smoothing,
         )
 
-    def crop(self, frames: np.ndarray, track: FaceTrack) -> FaceCrops:
-        """Cut the (T, H, W, 3) uint8 frames of a window around its track (see `cropping.crop_faces`)."""
+    def crop(self, frames: Frames, track: FaceTrack) -> FaceCrops:
+        """Cut a window's frames (`cropping.Frames`) around its track (see `cropping.crop_faces`)."""
         return crop_track(frames, track, self.margin, self.crop_size)
 
-    def centre_crop(self, frames: np.ndarray) -> FaceCrops:
+    def centre_crop(self, frames: Frames) -> FaceCrops:
         """The fallback without a face: the largest centred square of each frame, nothing detected."""
-        num_frames, height, width = frames.shape[:3]
-        return self.crop(frames, centre_track(num_frames, height, width))
+        height, width = frames[0].shape[:2]
+        return self.crop(frames, centre_track(len(frames), height, width))
 
-    def track(self, frames: np.ndarray, frame_indices: Sequence[int] | None = None) -> FaceCrops:
+    def track(self, frames: Frames, frame_indices: Sequence[int] | None = None) -> FaceCrops:
         """`locate` then `crop` one window; a centre crop (nothing detected) while no face has been seen yet."""
         track = self.locate(frames, frame_indices)
         return self.centre_crop(frames) if track is None else self.crop(frames, track)

@@ -28,7 +28,8 @@ class VideoWindow:
     """One window of a video, ready for face cropping or the video processor.
 
     Attributes:
-        frames: (num_frames, height, width, 3) uint8 RGB, rotation metadata already applied.
+        frames: (num_frames, height, width, 3) uint8 RGB, rotation metadata already applied; from
+            `iter_windows(..., stack=False)`, a list of num_frames (height, width, 3) arrays instead.
         frame_indices: (num_frames,) index of each frame among the decoded frames of the video; padding repeats the
             last real index.
         timestamps: (num_frames,) presentation time of each frame in seconds, counted from the first frame.
@@ -39,7 +40,7 @@ class VideoWindow:
         index: position of the window in the video's sequence of windows, from 0.
     """
 
-    frames: np.ndarray
+    frames: np.ndarray | list[np.ndarray]
     frame_indices: list[int]
     timestamps: list[float]
     start_time: float
@@ -136,6 +137,7 @@ def iter_windows(
     stride: int = STRIDE,
     stride_seconds: float | None = None,
     strict: bool = True,
+    stack: bool = True,
 ) -> Iterator[VideoWindow]:
     """Decode `path` and yield its windows in order, streaming.
 
@@ -152,6 +154,9 @@ def iter_windows(
             seconds, so the windows' spacing does not depend on the frame rate.
         strict: raise VideoError, after the last window, when the decoded frames stop more than
             max(0.5 s, 10%) before the duration the container declares (a truncated file). False keeps what decodes.
+        stack: give each window's frames as one (num_frames, H, W, 3) array. False gives the list of decoded frames
+            instead, sparing a copy of the whole window to a caller that takes them one at a time (face tracking and
+            cropping: on a 1280 x 720 video the copy is 44 MB a window).
 
     Raises:
         VideoError: missing, empty, not a video, audio only, truncated or corrupt file.
@@ -170,7 +175,7 @@ def iter_windows(
                 entry[4] = frame_to_rgb(entry[3])
         last = entries[-1]
         window = VideoWindow(
-            frames=np.stack([entry[4] for entry in entries]),
+            frames=np.stack([entry[4] for entry in entries]) if stack else [entry[4] for entry in entries],
             frame_indices=indices,
             timestamps=[entry[1] for entry in entries],
             start_time=entries[0][1],
