@@ -197,6 +197,28 @@ def test_extractor_compiled_encoder_gives_the_eager_features(tiny_model_dir, vid
     np.testing.assert_allclose(compiled.features, eager.features, atol=5e-6, rtol=0)
 
 
+@pytest.mark.parametrize("keep_seq", [False, True])
+def test_a_cpu_encoder_takes_a_batch_two_clips_at_a_time_with_the_same_features(tiny_model_dir, keep_seq):
+    from marlin_transformers.extraction import extractor as extractor_module
+
+    assert extractor_module.CPU_CLIPS_PER_CALL == 2
+    extractor = MarlinFeatureExtractor(tiny_model_dir, batch_size=5, keep_seq=keep_seq)
+    clips = torch.rand(5, 16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    calls = []
+    encode = extractor.encode
+    extractor.encode = lambda pixel_values, **kwargs: (
+        calls.append(len(pixel_values)),
+        encode(pixel_values, **kwargs),
+    )[1]
+    features = extractor.extract_clips(clips)
+    assert calls == [2, 2, 1]
+    with torch.inference_mode():
+        whole = encode(clips)
+    expected = whole.last_hidden_state if keep_seq else whole.pooler_output
+    # A clip's features do not depend on the clips beside it: equal to the last bit in fp32.
+    torch.testing.assert_close(features, expected, atol=0, rtol=0)
+
+
 def test_window_progress_counts_encoded_windows(tiny_model_dir, videos):
     extractor = MarlinFeatureExtractor(tiny_model_dir, batch_size=2)
     encoded = []

@@ -461,7 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="encoder precision (default float32; bfloat16 is faster on CPUs with AVX-512 BF16 or AMX and on GPUs)",
     )
     extract.add_argument("--device", default=None, help="torch device (default: this process's accelerator or cpu)")
-    extract.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="windows per forward pass (default 4)")
+    extract.add_argument(
+        "--batch-size",
+        type=POSITIVE_INT,
+        default=4,
+        help="windows encoded together (default 4); a CPU encoder takes them 2 at a time, cheaper per clip there",
+    )
     extract.add_argument(
         "--num-workers",
         type=_non_negative_int,

@@ -17,7 +17,8 @@ one loaded extractor, model loading not timed. Prints videos/s and windows/s for
    and after the corpus (the faster of the two is used, so a machine slowing down only makes the ratios worse).
 
 Then the ratios pipelined time / encoder-only time (goal <= 1.15) and pipelined windows/s / reference windows/s
-(goal >= 10), and this machine's floor for the first: decoding, tracking and cropping took `serial - encoder-only`
+(goal >= 10), the same for the serial path (which `marlin extract` takes by default on one or two cores, as printed),
+and this machine's floor for the first: decoding, tracking and cropping took `serial - encoder-only`
 seconds in the serial run, CPU time that a machine whose cores the encoder already fills cannot hide, only spread
 over its cores (printed beside the goal). `--variant small --inputs 12` finishes in a few minutes on a
 2-core CPU. Both models get the same random weights. Nothing is asserted: machines are noisy.
@@ -138,6 +139,7 @@ def main() -> None:
             f"`marlin extract` here defaults to --num-workers {default} ({'serial' if default == 0 else 'pipelined'})"
         )
         print(f"pipelined / reference windows/s: {pipelined_rate / reference_rate:.1f}x (goal >= 10x)")
+        print(f"serial / reference windows/s: {rows[1][2] / rows[1][3] / reference_rate:.1f}x")
         # The machine's floor for hiding decoding and cropping: in the serial run they took `serial - encoder-only`
         # seconds of wall time, so at least that much CPU time; with the encoder already using every core, the
         # pipelined path can at best spread that work over the cores, whatever the number of workers. (CPU seconds

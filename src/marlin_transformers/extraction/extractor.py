@@ -23,9 +23,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 # On a CPU the encoder runs a batch this many clips at a time: larger products and activations spill out of the cache
 # and cost more per clip. On 2 cores of an AMD EPYC, seconds per ViT-B clip at 8 / 4 / 2 / 1 clips a call: bf16
-# 0.61-0.64 / 0.56 / 0.51-0.53 / 0.56-0.57, fp32 1.30-1.34 / 1.25-1.28 / 1.18-1.19 / 1.15; ViT-S bf16 0.30-0.34 /
-# 0.29 / 0.27-0.28 / 0.27-0.30 (tests/benchmarks/bench_encoder.py --clips-per-call). A clip's features do not depend on
-# the clips beside it, so this changes no output.
+# 0.58-0.64 / 0.55-0.56 / 0.51-0.53 / 0.53-0.57, fp32 1.30-1.38 / 1.25-1.34 / 1.17-1.19 / 1.15-1.21; ViT-S bf16
+# 0.21-0.34 / 0.21-0.29 / 0.21-0.28 / 0.21-0.30 (tests/benchmarks/bench_encoder.py --clips-per-call, and the same
+# loop on its own). A clip's features do not depend on the clips beside it, so this changes no output.
 CPU_CLIPS_PER_CALL = 2
 
 
@@ -233,7 +233,8 @@ class MarlinFeatureExtractor:
 
     @torch.inference_mode()
     def extract_clips(self, clips: list[np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Encode a batch of clips (each (frames, H, W, 3) uint8, or processed `pixel_values_videos`).
+        """Encode a batch of clips (each (frames, H, W, 3) uint8, or processed `pixel_values_videos`); on a CPU,
+        `CPU_CLIPS_PER_CALL` clips at a time.
 
         Returns:
             (batch, hidden_size), or (batch, num_patches, hidden_size) with `keep_seq`, float32 on the CPU.

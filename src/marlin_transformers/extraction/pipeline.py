@@ -32,9 +32,9 @@ def default_num_workers() -> int:
     """Worker processes for `marlin extract` on this machine: min(4, usable cores - 1), none on one or two cores.
 
     On two cores the encoder's threads already fill the machine, and workers beside it slow its synchronizing threads
-    down more than they save: on the 2-core EPYC with the bf16 encoder, 1 or 2 workers made a ViT-B `--crop-face`
-    corpus 8-10% slower than none (57.7-59.0 s against 63.4-63.7 s), while a ViT-S corpus gained 8-12%
-    (tests/benchmarks/bench_corpus.py); ViT-B is the default model. Three or more cores were not measured."""
+    down more than they save: on the 2-core EPYC with the bf16 encoder, 2 workers made a ViT-B `--crop-face` corpus
+    4-8% slower than none (54.3-55.1 s against 50.2-52.7 s) and a ViT-S one 6% slower (25.2 s against 23.8 s;
+    tests/benchmarks/bench_corpus.py). Three or more cores were not measured."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return 0 if cores <= 2 else min(4, cores - 1)
 
