@@ -120,16 +120,23 @@ def _extract(args: argparse.Namespace) -> int:
     }
     if args.all_faces and not args.crop_face:
         raise MarlinError("--all-faces follows faces: use it with --crop-face.")
-    summary = run_extraction(
-        args.inputs,
-        args.out,
-        make_extractor,
-        metadata,
-        show_progress=not args.quiet,
-        settings=settings,
-        output_suffix=".npz" if args.all_faces else ".npy",
-        num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
-    )
+    try:
+        summary = run_extraction(
+            args.inputs,
+            args.out,
+            make_extractor,
+            metadata,
+            show_progress=not args.quiet,
+            settings=settings,
+            output_suffix=".npz" if args.all_faces else ".npy",
+            num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
+        )
+    finally:
+        # Under torchrun / accelerate launch: close the gloo group before exiting. Left to interpreter shutdown, its
+        # threads once aborted a finished run ("terminate called without an active exception", CI, 1 run in many).
+        from accelerate import PartialState
+
+        PartialState().destroy_process_group()
     if not summary.is_main_process:  # one summary for a multi-process run, counting every process
         return 1 if summary.failed else 0
     print(
