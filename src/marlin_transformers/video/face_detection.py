@@ -235,8 +235,10 @@ class MtcnnDetector:
         num_frames = len(frames)
         height, width = frames[0].shape[:2] if num_frames else (0, 0)
         offsets = np.zeros((num_frames, 1, 2), dtype=np.float32)
+        size = None  # what each frame (or region) is resized to for the cascade; None: searched as it is
         if regions is not None:
             regions = np.asarray(regions, dtype=np.int64).reshape(num_frames, 4)
+            size = (self.region_size, self.region_size)
             factors = ((regions[:, 2] - regions[:, 0]) / self.region_size).astype(np.float32)[:, None, None]
             offsets = regions[:, None, :2].astype(np.float32)
         elif max(height, width) > self.detect_size:
@@ -254,12 +256,10 @@ class MtcnnDetector:
 
         def resized(index: int) -> np.ndarray:
             """Frame `index` as the cascade searches it: its region, or the whole frame downscaled."""
+            frame = frames[index]
             if regions is not None:
-                region = np.ascontiguousarray(crop_with_padding(frames[index], regions[index]))
-                return np.asarray(Image.fromarray(region).resize((self.region_size,) * 2, reducing_gap=2.0))
-            if max(height, width) > self.detect_size:
-                return np.asarray(Image.fromarray(frames[index]).resize(size, reducing_gap=2.0))
-            return frames[index]
+                frame = np.ascontiguousarray(crop_with_padding(frame, regions[index]))
+            return frame if size is None else np.asarray(Image.fromarray(frame).resize(size, reducing_gap=2.0))
 
         def cascade(start: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
             small = np.stack([resized(index) for index in range(start, min(start + self.batch_size, num_frames))])

@@ -175,9 +175,9 @@ class FaceTracker:
         while pending and anchor is None:
             index = pending.pop(0)
             found[index] = result = self.detector.detect([frames[todo[index]]])[0]
-            if len(result[0]):
-                boxes = result[0]
-                anchor = boxes[int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))]
+            chosen = self._match(index, result[0])  # no subject yet: the largest face
+            if chosen is not None:
+                anchor = result[0][chosen]
         step = getattr(self.detector, "batch_size", 4)
         while pending:
             chunk, pending = pending[:step], pending[step:]
@@ -201,8 +201,10 @@ class FaceTracker:
         found = self._first_detections(frames, todo) if self.region_scale and not self._subject else {}
         regions = {}
         for index in todo:
+            if index in found or not self.region_scale:
+                continue
             nearest = self._nearest(index)
-            if index not in found and self.region_scale and nearest is not None and nearest[0] <= self.reacquire_after:
+            if nearest is not None and nearest[0] <= self.reacquire_after:
                 regions[index] = self._region(nearest[1])
         if regions:
             positions = [todo[index] for index in regions]
