@@ -3,11 +3,38 @@
 Test modules import these names directly (`from conftest import TINY_CLIP`); pytest puts this folder on the path.
 """
 
+import importlib.util
+import os
+
 import pytest
 import torch
 
 from marlin_transformers import MarlinConfig, MarlinModel
 from reference_utils import REFERENCE_VIT_BASE  # noqa: F401  (marlin-pytorch's field names, ViT-B; one copy)
+
+
+def require_optional(missing: list[str], install: str, require_env: str, allow_module_level: bool = False) -> None:
+    """Skip, naming what is missing and how to install it, unless `require_env` is set (`.ci/run` sets it): then fail.
+
+    The README's test command installs the `test` extra only; tools outside it (the reference marlin-pytorch,
+    Debian's Chromium, transformers' fetched test suite) make their tests skip with this reason, and CI, which installs
+    them, sets `require_env` so that a skip there is an error.
+    """
+    if not missing:
+        return
+    message = f"needs {', '.join(missing)}: {install}"
+    if os.environ.get(require_env):
+        raise RuntimeError(f"{message} ({require_env} is set, so this must run)")
+    pytest.skip(message, allow_module_level=allow_module_level)
+
+
+def require_reference() -> None:
+    """The reference implementation marlin-pytorch 0.3.4, which `.ci/run` installs (MARLIN_REQUIRE_REFERENCE)."""
+    missing = [] if importlib.util.find_spec("marlin_pytorch") else ["marlin_pytorch"]
+    install = "pip install --no-deps marlin-pytorch==0.3.4 && pip install opencv-python-headless ffmpeg-python "
+    install += "pyyaml einops"
+    require_optional(missing, install, "MARLIN_REQUIRE_REFERENCE")
+
 
 # A tiny model over real 16-pixel patches (32-pixel frames, 2 x 2 x 2 = 8 tokens), for tests that decode videos.
 TINY_CLIP = dict(

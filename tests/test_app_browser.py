@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import marlin_transformers
+from conftest import require_optional
 from video_factory import encode_video, moving_face_frames
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -37,14 +38,8 @@ CHROMIUM_FLAGS = (
 
 missing = [name for name in ("gradio", "selenium") if importlib.util.find_spec(name) is None]
 missing += [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-if missing:
-    message = (
-        f"browser test needs {', '.join(missing)}: pip install -e '.[test]' and apt-get install chromium "
-        "chromium-driver."
-    )
-    if os.environ.get("MARLIN_REQUIRE_BROWSER"):
-        raise RuntimeError(message)
-    pytest.skip(message, allow_module_level=True)
+install = "pip install -e '.[test]' and apt-get install chromium chromium-driver"
+require_optional(missing, install, "MARLIN_REQUIRE_BROWSER", allow_module_level=True)
 
 STARTUP_SECONDS = 60  # the app process imports torch and gradio and checks the model
 RESULT_SECONDS = 60  # the analysis of two windows of the tiny model, MTCNN included

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_reference
+
 SCRIPT = Path(__file__).parent / "benchmarks" / "run_gpu.py"
 
 
 @pytest.mark.slow
 def test_gpu_benchmark_script_runs_and_prints_its_table_on_a_cpu():
+    require_reference()  # the table compares with the reference
     command = [sys.executable, str(SCRIPT), "--device", "cpu", "--variant", "small", "--batch-sizes", "1"]
     command += ["--repeats", "1", "--pretrain-batch-size", "1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)

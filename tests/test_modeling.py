@@ -35,7 +35,7 @@ def random_mask(config: MarlinConfig, batch: int = 2, num_masked: int = 5, seed:
 
 
 def test_model_outputs_shapes_and_pooling():
-    config = tiny_config(_attn_implementation="eager")  # sdpa returns no attention weights
+    config = tiny_config(attn_implementation="eager")  # sdpa returns no attention weights
     model = MarlinModel(config).eval()
     video = random_video(config)
     with torch.no_grad():
@@ -67,7 +67,7 @@ def test_sdpa_and_eager_agree():
     config = tiny_config()
     torch.manual_seed(0)
     model = MarlinModel(config).eval()
-    eager = MarlinModel(tiny_config(_attn_implementation="eager")).eval()
+    eager = MarlinModel(tiny_config(attn_implementation="eager")).eval()
     eager.load_state_dict(model.state_dict())
     assert model.config._attn_implementation == "sdpa"
     assert eager.config._attn_implementation == "eager"

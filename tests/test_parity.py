@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import require_reference
 from marlin_transformers.convert_marlin import convert_state_dict, infer_config, load_reference_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity"
@@ -32,8 +33,8 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("checkpoint", FORMATS)
 def test_every_format_matches_reference(checkpoint, attn_implementation, reference_io):
     state_dict, kind = load_reference_state_dict(FIXTURES / checkpoint)
-    config = infer_config(state_dict, **json.loads((FIXTURES / "heads.json").read_text()))
-    config._attn_implementation = attn_implementation
+    heads = json.loads((FIXTURES / "heads.json").read_text())
+    config = infer_config(state_dict, **heads, attn_implementation=attn_implementation)
     model = convert_state_dict(state_dict, config)
     encoder = getattr(model, "marlin", model)
     assert encoder.config._attn_implementation == attn_implementation
@@ -67,7 +68,7 @@ def test_authors_hub_folder_loads_with_from_pretrained(reference_io):
 
 @pytest.mark.slow
 def test_full_size_vit_base_matches_marlin_pytorch():
-    pytest.importorskip("marlin_pytorch", reason="CI installs marlin-pytorch==0.3.4 --no-deps")
+    require_reference()
     sys.path.insert(0, str(Path(__file__).parent))
     from reference_utils import build_reference_model
 

@@ -18,18 +18,17 @@ Without the fetched folder the module is skipped with that instruction; `.ci/run
 
 import copy
 import importlib
-import os
 import sys
 import types
 import unittest
 from unittest import mock
 
-import pytest
 import torch
 from transformers import MODEL_FOR_VIDEO_CLASSIFICATION_MAPPING
 from transformers.models.auto import get_values, modeling_auto
 from transformers.testing_utils import torch_device
 
+from conftest import require_optional
 from fetch_transformers_tests import transformers_tests_dir
 from marlin_transformers import MarlinConfig, MarlinForPreTraining, MarlinForVideoClassification, MarlinModel
 
@@ -86,11 +85,9 @@ def _register_package() -> None:
         init.write_text("")
 
 
-if not (SUITE_DIR / "test_modeling_common.py").is_file():
-    message = f"transformers' common tests not found in {SUITE_DIR}; run `python tests/fetch_transformers_tests.py`."
-    if os.environ.get("MARLIN_REQUIRE_TRANSFORMERS_SUITE"):
-        raise RuntimeError(message)
-    pytest.skip(message, allow_module_level=True)
+missing = [] if (SUITE_DIR / "test_modeling_common.py").is_file() else [f"transformers' common tests in {SUITE_DIR}"]
+install = "python tests/fetch_transformers_tests.py"
+require_optional(missing, install, "MARLIN_REQUIRE_TRANSFORMERS_SUITE", allow_module_level=True)
 
 test_modeling_common, test_configuration_common = _load_suite()
 ModelTesterMixin = test_modeling_common.ModelTesterMixin
