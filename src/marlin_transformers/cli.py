@@ -80,7 +80,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _extract(args: argparse.Namespace) -> int:
     from .extraction.extractor import check_device
-    from .extraction.job import extract_videos
+    from .extraction.job import extract_corpus
     from .extraction.pipeline import default_num_workers
 
     if args.device:  # before any input is looked at
@@ -94,7 +94,7 @@ def _extract(args: argparse.Namespace) -> int:
     if args.all_faces and not args.crop_face:
         raise MarlinError("--all-faces follows faces: use it with --crop-face.")
     try:
-        summary = extract_videos(
+        summary = extract_corpus(
             args.inputs,
             args.out,
             args.model,

@@ -180,7 +180,7 @@ def extraction_settings(
     }
 
 
-def extract_videos(
+def extract_corpus(
     inputs: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
     model: str | os.PathLike,
