@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,8 +184,6 @@ def each_item(
     order); an error of a `failures` kind fails its item, any other stops the run."""
 
     def work(todo: list[Item], shard: Shard) -> Iterator[Outcome]:
-        from concurrent.futures import ThreadPoolExecutor
-
         def outcome(item: Item) -> Outcome:
             started = time.perf_counter()
             try:

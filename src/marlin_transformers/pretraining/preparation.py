@@ -49,7 +49,7 @@ from ..data.prepared_faces import (
 )
 from ..data.youtube_faces import FRAME_ORDERS
 from ..exceptions import DatasetError
-from ..jobs import Item, JobKind, JobSummary, Outcome, Shard, each_item, error_text, model_identity, run_job
+from ..jobs import Item, JobKind, JobSummary, Outcome, Shard, Work, each_item, error_text, model_identity, run_job
 from ..records import OutputWriteError, save_arrays_atomic
 from ..video.cropping import FaceCrops, FaceTrack, crop_track, reference_crop_boxes
 from ..video.decoding import frame_files, frame_rate, frame_to_rgb, iter_frames, read_images
@@ -219,6 +219,7 @@ class VideoPreparer:
 
 
 def face_video(item: Item) -> FaceVideo:
+    """The video a preparation item names."""
     return FaceVideo(item.fields["video_id"], item.fields["person"], item.source)
 
 
@@ -240,15 +241,13 @@ def _prepare_in_worker(video: FaceVideo, out_dir: str) -> tuple[dict, str | None
     a full disk, which stops the run."""
     try:
         return _worker_preparer(video, out_dir), None
-    except OutputWriteError as error:
-        if error.stops_run:
+    except Exception as error:  # one bad video never stops the run, a full disk does
+        if isinstance(error, OutputWriteError) and error.stops_run:
             raise
         return {}, error_text(error)
-    except Exception as error:  # one bad video never stops the run
-        return {}, error_text(error)
 
 
-def prepare_videos(settings: PreparationSettings, out_dir: Path, num_workers: int):
+def prepare_videos(settings: PreparationSettings, out_dir: Path, num_workers: int) -> Work:
     """The `jobs.Work` of a preparation: a `VideoPreparer` in this process, or one in each of `num_workers`
     processes (each with its own MTCNN and parser, records as videos end)."""
 
