@@ -12,8 +12,8 @@ import torch
 from marlin_transformers import MarlinModel, MarlinVideoProcessor
 from marlin_transformers.cli import main
 from marlin_transformers.extraction import MarlinFeatureExtractor, extract_features, extract_video
-from marlin_transformers.extraction.job import discover_inputs, output_names
-from marlin_transformers.video import read_video
+from marlin_transformers.extraction.job import output_names
+from marlin_transformers.video import find_videos, read_video
 from video_factory import encode_video, indexed_frames, moving_face_frames, write_audio_only
 
 
@@ -78,7 +78,7 @@ def test_reference_compatible_calls(tiny_model_dir, videos):
 def test_inputs_and_unique_output_names(videos, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text(f"# my videos\n{videos / 'short.webm'}\n\nmissing.mp4\n")
-    found = discover_inputs([videos, listing])
+    found = find_videos([videos, listing], keep_missing=True)
     assert [p.name for p in found] == ["clip.mp4", "clip.mkv", "short.webm", "missing.mp4"]
     assert found[3] == (tmp_path / "missing.mp4").absolute()
     names = output_names(found)

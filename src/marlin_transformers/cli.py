@@ -79,9 +79,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from .extraction import MarlinFeatureExtractor
     from .extraction.extractor import check_device
-    from .extraction.job import model_identity, run_extraction
+    from .extraction.job import extract_corpus
     from .extraction.pipeline import default_num_workers
 
     if args.device:  # before any input is looked at
@@ -92,44 +91,21 @@ def _extract(args: argparse.Namespace) -> int:
 
         transformers_logging.disable_progress_bar()
 
-    def make_extractor(device: str):
-        return MarlinFeatureExtractor(
-            args.model,
-            device=args.device or device,
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            crop_face=args.crop_face,
-            on_no_face="centre" if args.no_face == "centre" else "error",
-            face_margin=args.face_margin,
-            sample_rate=args.sample_rate,
-            stride=args.stride,
-            stride_seconds=args.stride_seconds,
-            keep_seq=args.keep_seq,
-            num_frames=args.num_frames,
-            image_size=args.image_size,
-            compile=args.compile,
-            all_faces=args.all_faces,
-        )
-
-    metadata = {"model": str(args.model), "dtype": args.dtype, "crop_face": args.crop_face, "keep_seq": args.keep_seq}
-    # What makes the features (not --batch-size, --device or --compile, which change only how fast they come).
-    settings = {
-        "model": model_identity(args.model),
-        **{k: getattr(args, k) for k in ("dtype", "crop_face", "no_face", "face_margin", "keep_seq", "all_faces")},
-        **{k: getattr(args, k) for k in ("sample_rate", "stride", "stride_seconds", "num_frames", "image_size")},
-    }
     if args.all_faces and not args.crop_face:
         raise MarlinError("--all-faces follows faces: use it with --crop-face.")
     try:
-        summary = run_extraction(
+        summary = extract_corpus(
             args.inputs,
             args.out,
-            make_extractor,
-            metadata,
-            show_progress=not args.quiet,
-            settings=settings,
-            output_suffix=".npz" if args.all_faces else ".npy",
+            args.model,
+            device=args.device,
+            batch_size=args.batch_size,
+            compile=args.compile,
             num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
+            show_progress=not args.quiet,
+            on_no_face=args.no_face,
+            **{k: getattr(args, k) for k in ("dtype", "crop_face", "face_margin", "keep_seq", "all_faces")},
+            **{k: getattr(args, k) for k in ("sample_rate", "stride", "stride_seconds", "num_frames", "image_size")},
         )
     finally:
         # Under torchrun / accelerate launch: close the gloo group before exiting. Left to interpreter shutdown, its

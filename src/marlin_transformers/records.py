@@ -1,6 +1,6 @@
 """Job folders that survive crashes: records written whole, outputs written atomically, one run per folder.
 
-`marlin extract` (`extraction.job`) and corpus preparation (`pretraining.preparation`) keep the same kind of folder:
+Every job of `jobs.run_job` (`marlin extract`, corpus and CelebV-HQ preparation) keeps the same kind of folder:
 outputs beside a `manifest.jsonl` of one JSON record per line. Here is what makes such a folder safe to kill, fill up
 or share: a record is appended in one write and cut back if the write fails; outputs go to a hidden `.partial` file
 renamed into place; an `flock` keeps a second run out and dies with its holder; the next run repairs a torn last
@@ -57,7 +57,7 @@ def lock_folder(out_dir: Path, command: str = "marlin extract"):
         handle = open(out_dir / LOCK, "a")
     except OSError as error:  # a read-only file system, no permission
         raise MarlinError(
-            f"{out_dir}: cannot write in this folder ({error.strerror}); pass a writable --out."
+            f"{out_dir}: cannot write in this folder ({error.strerror}); choose a writable one."
         ) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -146,10 +146,11 @@ def save_arrays_atomic(path: Path, array: np.ndarray | dict[str, np.ndarray], co
         raise
 
 
-def remove_stale_partials(out_dir: Path) -> int:
-    """Remove the temporary files a killed run left in `out_dir` (called while holding the folder's lock, so no
-    live run of ours is writing them); returns how many."""
-    stale = [p for p in out_dir.glob(f".*{PARTIAL_SUFFIX}") if p.is_file()]
+def remove_stale_partials(out_dir: Path, nested: bool = False) -> int:
+    """Remove the temporary files a killed run left in `out_dir`, and with `nested` in its subfolders too (called
+    while holding the folder's lock, so no live run of ours is writing them); returns how many."""
+    pattern = f".*{PARTIAL_SUFFIX}*"  # `.<name>.partial.mp4` too (`video.writing`)
+    stale = [p for p in (out_dir.rglob(pattern) if nested else out_dir.glob(pattern)) if p.is_file()]
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)

@@ -48,11 +48,11 @@ around the detection, zero-padded, resized to 224. Here the crop is a choice (`c
 - `None`: no new videos; the CSVs point at `downloaded/` (crop on the fly in the fine-tuning script instead).
 """
 
+import functools
 import json
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +60,8 @@ import numpy as np
 
 from ..constants import MARLIN_CROP_SIZE
 from ..exceptions import DatasetError, VideoError
+from ..jobs import Item, JobKind, each_item, is_keyed_record, run_job
+from ..records import read_records
 from ..video.decoding import resize_frames
 from ..video.face_tracking import FaceTracker
 from .labels import labels_dataset, write_labels_csv
@@ -379,6 +381,29 @@ def reference_cropper(detector=None, size: int = MARLIN_CROP_SIZE, chunk_frames:
     return crop
 
 
+def celebvhq_cropper(crop: str | FrameCropper | None, size: int = MARLIN_CROP_SIZE) -> FrameCropper | None:
+    """The `FrameCropper` `crop` names: "bbox", "resize", "face", "reference", a function, or None (no crops)."""
+    named = dict(bbox=bbox_cropper, resize=resize_cropper, face=face_tracker_cropper, reference=reference_cropper)
+    if isinstance(crop, str) and crop in named:
+        return named[crop](size=size)
+    if crop is None or callable(crop):
+        return crop
+    raise DatasetError(
+        f"unknown crop {crop!r}: use 'bbox', 'resize', 'face', 'reference', None or a function (frames, clip)"
+    )
+
+
+# The crops' job: one record per clip, `cropped/<clip id>.mp4`.
+CROPPED = JobKind(
+    "marlin prepare-celebvhq",
+    "clip_id",
+    functools.partial(is_keyed_record, "clip_id"),
+    outputs=lambda record: [f"cropped/{record['clip_id']}.mp4"],
+    made="clips cropped",
+    nested=True,
+)
+
+
 def prepare_celebvhq(
     root: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -391,8 +416,9 @@ def prepare_celebvhq(
 ) -> dict[str, list[str]]:
     """Split CelebV-HQ, crop its clips to `size` and write the labels CSVs (prepared layout in the module docstring).
 
-    Crops already in `out_dir/cropped` are kept (re-running resumes). A clip whose video cannot be decoded is left
-    out of the CSVs and listed in `split.json` under `"failed"` with its error.
+    The crops are a `jobs.run_job` (a manifest, resumed, refused into a folder cropped with another `crop` or
+    `size`). A clip whose video cannot be decoded is left out of the CSVs and listed in `split.json` under `"failed"`
+    with its error.
 
     Args:
         root: the CelebV-HQ folder (`celebvhq_info.json`, `downloaded/`).
@@ -405,79 +431,53 @@ def prepare_celebvhq(
     Returns:
         {split: clip ids written to that split's CSVs}.
     """
-    from tqdm.auto import tqdm
-
     root, out_dir = Path(root), Path(out_dir)
     info = read_celebvhq_info(root / "celebvhq_info.json")
     split, missing = celebvhq_split(info, root / "downloaded", seed, fractions)
     if not any(split.values()):
         raise DatasetError(f"{root / 'downloaded'}: none of the {len(info.clips)} clips of the info file has a video")
-    if crop == "bbox":
-        cropper = bbox_cropper(size)
-    elif crop == "resize":
-        cropper = resize_cropper(size)
-    elif crop == "face":
-        cropper = face_tracker_cropper(size=size)
-    elif crop == "reference":
-        cropper = reference_cropper(size=size)
-    elif crop is None or callable(crop):
-        cropper = crop
-    else:
-        raise DatasetError(
-            f"unknown crop {crop!r}: use 'bbox', 'resize', 'face', 'reference', None or a function (frames, clip)"
-        )
-
+    cropper = celebvhq_cropper(crop, size)
     if num_workers > 1 and crop not in ("bbox", "resize", None):
         raise DatasetError(
             f"crop {crop!r} keeps per-clip state: run it with --num-workers 1 (num_workers=1 in Python)"
         )
-
-    def prepare_clip(clip_id: str) -> tuple[str, Path | None, str | None]:
-        source = root / "downloaded" / f"{clip_id}.mp4"
-        if cropper is None:
-            return clip_id, source, None
-        target = out_dir / "cropped" / f"{clip_id}.mp4"
-        if not target.exists():
-            try:
-                crop_video(source, target, cropper, info.clips[clip_id], size)
-            except VideoError as error:
-                return clip_id, None, str(error)
-        return clip_id, target, None
-
-    failed: dict[str, str] = {}
-    videos: dict[str, Path] = {}
+    crop_name = crop if isinstance(crop, str) or crop is None else getattr(crop, "__name__", "custom")
     ordered = [clip_id for name in SPLITS for clip_id in split[name]]
-    pool = ThreadPoolExecutor(max_workers=max(1, num_workers))
-    try:
-        results = pool.map(prepare_clip, ordered)
-        for clip_id, video, error in tqdm(
-            results, total=len(ordered), desc="CelebV-HQ clips", disable=not progress or cropper is None
-        ):
-            if error is None:
-                videos[clip_id] = video
-            else:
-                failed[clip_id] = error
-    finally:
-        pool.shutdown(cancel_futures=True)  # on an error, stop at once rather than after every queued clip
+    videos = {clip_id: root / "downloaded" / f"{clip_id}.mp4" for clip_id in ordered}
+    failed: dict[str, str] = {}
+    is_main_process = True
+    if cropper is not None:
+
+        def crop_clip(item: Item) -> dict:
+            clip_id = item.fields["clip_id"]
+            (output,) = CROPPED.outputs(item.fields)
+            num_frames = crop_video(item.source, out_dir / output, cropper, info.clips[clip_id], size)
+            return {"output": output, "num_frames": num_frames}
+
+        items = [Item({"input": str(videos[c]), "clip_id": c}, videos[c]) for c in ordered]
+        work = each_item(crop_clip, failures=(VideoError,), num_threads=num_workers)
+        summary = run_job(items, out_dir, {"crop": crop_name, "size": size}, work, CROPPED, progress)
+        is_main_process = summary.is_main_process
+        done = read_records(out_dir, CROPPED.key, CROPPED.is_record)
+        failed = {c: done[c]["error"] for c in ordered if done.get(c, {}).get("status") == "error"}
+        videos = {c: out_dir / CROPPED.outputs(done[c])[0] for c in ordered if done.get(c, {}).get("status") == "ok"}
 
     kept = {name: [c for c in split[name] if c in videos] for name in SPLITS}
+    if is_main_process:
+        write_celebvhq_csvs(out_dir, info, kept, videos)
+        record = {"seed": seed, "fractions": list(fractions), "crop": crop_name, "size": size, **kept}
+        with open(out_dir / "split.json", "w", encoding="utf-8") as f:
+            json.dump({**record, "missing_video": missing, "failed": failed}, f, indent=1)
+    return kept
+
+
+def write_celebvhq_csvs(out_dir: Path, info: CelebvHqInfo, split: dict[str, list[str]], videos: dict[str, Path]):
+    """`out_dir/<task>/<split>.csv` for both tasks: the clips of each split (their `videos`) and their labels."""
     for task in TASKS:
         for name in SPLITS:
-            ids = kept[name]
-            labels = np.array([info.clips[c].labels(task) for c in ids], dtype=np.int64)
-            write_labels_csv(out_dir / task / f"{name}.csv", [videos[c] for c in ids], labels, info.label_names(task))
-    record = {
-        "seed": seed,
-        "fractions": list(fractions),
-        "crop": crop if isinstance(crop, str) or crop is None else getattr(crop, "__name__", "custom"),
-        "size": size,
-        **kept,
-        "missing_video": missing,
-        "failed": failed,
-    }
-    with open(out_dir / "split.json", "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1)
-    return kept
+            labels = np.array([info.clips[c].labels(task) for c in split[name]], dtype=np.int64)
+            paths = [videos[c] for c in split[name]]
+            write_labels_csv(out_dir / task / f"{name}.csv", paths, labels, info.label_names(task))
 
 
 def load_celebvhq(prepared_dir: str | os.PathLike, task: str):

@@ -24,12 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import DatasetError
-from ..video.decoding import VIDEO_EXTENSIONS, videos_in_folder
+from ..video.decoding import find_videos
 
 SPLITS = ("train", "validation")
 DEFAULT_SPLIT_SEED = 0
 DEFAULT_VALIDATION_FRACTION = 0.2
-LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
 
 @dataclass(frozen=True)
@@ -48,32 +47,24 @@ class FaceVideo:
 
 
 def list_face_videos(inputs: Iterable[str | os.PathLike]) -> list[FaceVideo]:
-    """The videos of folders (recursive, by `VIDEO_EXTENSIONS`), video files and `.txt` lists of paths, in order.
+    """The videos of folders (recursive), video files and `.txt` lists of paths, in order (`find_videos`), each with
+    its id and person (see the module docstring).
 
     Raises:
-        DatasetError: a path that does not exist, no video at all, or two videos given one id.
+        VideoError: a path that does not exist, or no video at all.
+        DatasetError: two videos given one id.
     """
+    inputs = [os.fspath(item) for item in inputs]
+    folders = [Path(os.path.normpath(Path(item).absolute())) for item in inputs if Path(item).is_dir()]
     videos: list[FaceVideo] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            for path in videos_in_folder(item):
-                relative = path.relative_to(item).with_suffix("")
-                person = relative.parts[0] if len(relative.parts) > 1 else relative.name
-                videos.append(FaceVideo(relative.as_posix(), person, path))
-        elif item.is_file() and item.suffix.lower() in LIST_EXTENSIONS:
-            for line in item.read_text(errors="replace").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    path = Path(line) if Path(line).is_absolute() else item.parent / line
-                    videos.append(FaceVideo(path.stem, path.stem, path))
-        elif item.exists():
-            videos.append(FaceVideo(item.stem, item.stem, item))
+    for path in find_videos(inputs):
+        folder = next((folder for folder in folders if path.is_relative_to(folder)), None)
+        if folder is None:  # a file given by itself or listed
+            videos.append(FaceVideo(path.stem, path.stem, path))
         else:
-            raise DatasetError(f"{item}: no such video file, folder or list; check the path.")
-    if not videos:
-        raise DatasetError(
-            f"no video in {', '.join(map(str, inputs))} (folders are searched for {', '.join(VIDEO_EXTENSIONS)})."
-        )
+            relative = path.relative_to(folder).with_suffix("")
+            person = relative.parts[0] if len(relative.parts) > 1 else relative.name
+            videos.append(FaceVideo(relative.as_posix(), person, path))
     check_unique_ids(videos)
     return videos
 

@@ -1,4 +1,4 @@
-"""`marlin extract` over many videos: input discovery, output names, the manifest, resuming and sharding.
+"""`marlin extract` over many videos: a `jobs.run_job` whose items are the videos `find_videos` finds.
 
 Each input gets `OUT/<name>.npy` (written to a temporary file and renamed, so a killed job never leaves half a
 file) and one JSON line in `OUT/manifest.jsonl`. A re-run skips inputs whose last line says `ok` and whose npy
@@ -18,64 +18,18 @@ one set of arrays per face.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import sys
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from ..exceptions import MarlinError
-from ..records import (  # noqa: F401  (LOCK, MANIFEST, PARTIAL_SUFFIX: the folder's names, as the job's readers know them)
-    LOCK,
-    MANIFEST,
-    PARTIAL_SUFFIX,
-    OutputWriteError,
-    append_lines,
-    lock_folder,
-    merge_manifest_shards,
-    read_records,
-    remove_stale_partials,
-    repair_torn_tail,
-    save_arrays_atomic,
-)
-from ..video.decoding import VIDEO_EXTENSIONS, videos_in_folder
-from .pipeline import error_text, iter_outcomes
-
-LIST_EXTENSIONS = {".txt", ".lst", ".list"}
-
-
-def discover_inputs(inputs: Iterable[str | os.PathLike], empty_folders: list[Path] | None = None) -> list[Path]:
-    """Expand files, folders (recursively, by video extension) and text files listing paths (one per line).
-
-    Paths are made absolute and normalized (`sub/../sub/a.mp4` is `sub/a.mp4`); two spellings of one file (a
-    symbolic link, say) count once, the first kept. Paths that do not exist are kept, so that they get their own error
-    line. Folders holding no video are appended to `empty_folders` when it is given.
-    """
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            videos = videos_in_folder(path)
-            found.extend(videos)
-            if not videos and empty_folders is not None:
-                empty_folders.append(path)
-        elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
-            for line in path.read_text(errors="replace").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    listed = Path(line)
-                    found.append(listed if listed.is_absolute() else path.parent / listed)
-        else:
-            found.append(path)
-    unique: dict[Path, Path] = {}
-    for path in found:
-        path = Path(os.path.normpath(path.absolute()))
-        unique.setdefault(path.resolve() if path.exists() else path, path)
-    return list(unique.values())
-
+from ..constants import SAMPLE_RATE, STRIDE
+from ..jobs import Item, JobKind, JobSummary, Outcome, Shard, model_identity, run_job
+from ..records import MANIFEST, read_records, save_arrays_atomic  # noqa: F401  (MANIFEST: as readers know it)
+from ..video.decoding import find_videos
+from .extractor import MarlinFeatureExtractor
+from .pipeline import iter_outcomes
 
 NAME_MAX = 255  # bytes in a file name on Linux and macOS file systems
 
@@ -102,35 +56,6 @@ def hashed_output_name(path: Path, suffix: str = ".npy") -> str:
     return stem + suffix
 
 
-def input_identity(path: Path) -> dict | None:
-    """What a record binds its output to: the input's resolved path, size and modification time (None if missing)."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return {"resolved": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def model_identity(model: str | os.PathLike) -> str | dict:
-    """A model as outputs are bound to it: a Hub id as given; a local file or folder by its resolved path and the
-    size and modification time of its weight and config files (so a folder overwritten in place is another model)."""
-    path = Path(model)
-    if not path.exists():
-        return str(model)
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".pt", ".bin", ".ckpt"})
-    )
-    stats = {f.name: f.stat() for f in files}
-    return {"resolved": str(path.resolve()), "files": {name: [s.st_size, s.st_mtime_ns] for name, s in stats.items()}}
-
-
-def settings_fingerprint(settings: dict) -> str:
-    """16 hex digits of SHA-256 over the settings that make the features (model identity and options)."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def read_manifest_records(out_dir: Path) -> dict[str, dict]:
     """Last record per input over `manifest.jsonl` and any per-process shards left by an interrupted run.
 
@@ -150,32 +75,9 @@ def is_manifest_record(record) -> bool:
     return record.get("status") == "error"
 
 
-def _append_line(path: Path, record: dict) -> None:
-    append_lines(path, [json.dumps(record)])
-
-
-@dataclass
-class JobSummary:
-    """Inputs extracted, skipped as already done, and failed; over every process of a multi-process run."""
-
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    is_main_process: bool = True  # the one process that reports a multi-process run
-
-    def gathered(self, state, out_dir: Path, is_record) -> JobSummary:
-        """The end of a multi-process run (every process calls it): the main process merges the per-process records
-        (`is_record` says what one is) into the manifest, and every process gets the whole run's counts, so all exit
-        alike."""
-        import torch
-
-        state.wait_for_everyone()
-        if state.is_main_process:
-            merge_manifest_shards(out_dir, is_record)
-        counts = torch.tensor([self.done, self.skipped, self.failed], device=state.device)
-        torch.distributed.all_reduce(counts)
-        done, skipped, failed = (int(count) for count in counts.tolist())
-        return JobSummary(done, skipped, failed, is_main_process=state.is_main_process)
+EXTRACTION = JobKind(
+    "marlin extract", "input", is_manifest_record, outputs=lambda record: [record["output"]], made="features made"
+)
 
 
 def run_extraction(
@@ -195,121 +97,113 @@ def run_extraction(
             `MarlinFeatureExtractor`-like callable `(path, progress=bar) -> VideoFeatures`. Called only if there is
             something to do.
         metadata: extra fields for every manifest line (model, dtype...).
-        settings: what makes the features (model identity, dtype, cropping, windows...): each line records their
-            `settings_fingerprint`, and a folder holding features made with other settings is refused (one folder,
-            one feature set: the linear probe and the readers of a folder take its features as comparable).
+        settings: what makes the features (`extraction_settings`): each line records their fingerprint, and a folder
+            holding features made with other settings is refused (one folder, one feature set: the linear probe and
+            the readers of a folder take its features as comparable).
         output_suffix: ".npy", or ".npz" for an extractor whose results hold one set of arrays per face.
         num_workers: processes decoding and cropping while the model encodes (`pipeline.iter_outcomes`); 0 runs
             each video in turn in this process. Records and outputs come in input order either way.
     """
-    import torch
-    from accelerate import PartialState
-    from tqdm.auto import tqdm
-
-    # Without a GPU, processes started by `accelerate launch`/`torchrun` share the work over gloo.
-    state = PartialState(cpu=not torch.cuda.is_available())
-    out_dir = Path(out_dir)
-    inputs = [os.fspath(i) for i in inputs]
     empty_folders: list[Path] = []
-    all_inputs = discover_inputs(inputs, empty_folders)
-    if state.is_main_process:
+    paths = find_videos(inputs, keep_missing=True, empty_folders=empty_folders)
+    names = output_names(paths, output_suffix)
+    out_dir = Path(out_dir)
+
+    def extract(todo: list[Item], shard: Shard) -> Iterator[Outcome]:
+        from tqdm.auto import tqdm
+
+        # An output name a previous run gave another input is never reused: this input gets its hashed name.
+        done_before = [r for r in shard.previous.values() if r.get("status") == "ok"]
+        taken = {r["output"]: r["input"] for r in done_before if r.get("output")}
+        for item in todo:
+            if taken.get(names[item.source], str(item.source)) != str(item.source):
+                names[item.source] = hashed_output_name(item.source, output_suffix)
+        extractor = make_extractor(shard.device)
+        shown = shard.show_progress
+        bar = tqdm(desc=f"{shard.label}windows", unit="window", disable=not shown, position=1, leave=False)
+        videos = iter_outcomes(
+            extractor, [item.source for item in todo], num_workers, progress=bar, private_files=shard.private_files
+        )
+        try:
+            for item, video in zip(todo, videos):
+                fields = {"output": names[item.source], **(metadata or {}), **getattr(extractor, "settings", {})}
+                yield save_features(out_dir / names[item.source], item, video, fields)
+        finally:
+            bar.close()
+
+    def say_empty_folders() -> None:
         for folder in empty_folders:
             print(f"marlin extract: {folder}: folder holds no video files; skipped.", file=sys.stderr)
-    if not all_inputs:
-        raise MarlinError(
-            f"{' '.join(inputs)}: no video found (folders are searched for {', '.join(VIDEO_EXTENSIONS)}); pass video "
-            "files, folders holding them, or a .txt list."
-        )
-    names = output_names(all_inputs, output_suffix)
+
+    items = [Item({"input": str(path)}, path) for path in paths]
+    return run_job(items, out_dir, settings or {}, extract, EXTRACTION, show_progress, start=say_empty_folders)
+
+
+def save_features(path: Path, item: Item, video, fields: dict) -> Outcome:
+    """The outcome of one video (`pipeline.VideoOutcome`): its features written to `path`, or the error that failed
+    it (one bad input never stops the job; a full disk does, when the runner sees it)."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # a file of that name, a read-only parent
-        raise MarlinError(
-            f"{out_dir}: cannot make this output folder ({error.strerror}); pass another --out."
-        ) from None
-    # One run at a time per folder (the main process holds it for the run's processes, released on any exit).
-    with lock_folder(out_dir) if state.is_main_process else contextlib.nullcontext() as lock:
-        # The main process, holding the lock (so no run of ours is writing here), tidies what a crash left: a torn
-        # manifest tail, records stranded in per-process shards, temporary files.
-        if state.is_main_process:
-            repair_torn_tail(out_dir / MANIFEST, is_manifest_record)
-            if any(out_dir.glob("manifest.rank*.jsonl")):
-                merge_manifest_shards(out_dir, is_manifest_record)
-            remove_stale_partials(out_dir)
-        state.wait_for_everyone()
-        previous = read_manifest_records(out_dir)
-        fingerprint = settings_fingerprint(settings or {})
-        done_before = [r for r in previous.values() if r.get("status") == "ok"]
-        other = [r for r in done_before if r.get("fingerprint") != fingerprint]
-        if other:
-            before = other[0].get("settings") if isinstance(other[0].get("settings"), dict) else {}
-            changed = sorted(k for k in (settings or {}) if before.get(k) != settings[k])
-            said = ", ".join(changed) if changed else "unrecorded: made by an earlier version"
-            raise MarlinError(
-                f"{out_dir}: holds features made with other settings ({said}); extract into another --out folder "
-                "(one folder holds one model's features made one way)."
-            )
-        # An output name a previous run gave another input is never reused: this input gets its hashed name.
-        taken = {r["output"]: r["input"] for r in done_before if r.get("output")}
-        for path in all_inputs:
-            if taken.get(names[path], str(path)) != str(path):
-                names[path] = hashed_output_name(path, output_suffix)
-        shard = all_inputs[state.process_index :: state.num_processes]
-        manifest = out_dir / (MANIFEST if state.num_processes == 1 else f"manifest.rank{state.process_index}.jsonl")
+        if video.error is not None:
+            raise video.error
+        result = video.result
+        save_arrays_atomic(path, result.arrays())
+    except Exception as error:
+        return Outcome(item, {**fields, "output": None}, {"windows": []}, error, video.seconds)
+    if result.subjects is None:
+        details = {"windows": result.windows, "shape": list(result.features.shape)}
+    else:  # every face: its windows and time span here, its features and boxes in the .npz
+        details = {"windows": [], "subjects": [subject.record() for subject in result.subjects]}
+    return Outcome(item, fields, details, seconds=video.seconds)
 
-        summary = JobSummary()
-        todo = []
-        for path in shard:
-            record = previous.get(str(path))
-            if (
-                record
-                and record.get("status") == "ok"
-                and record.get("identity") == input_identity(path)  # the same file, unchanged since
-                and (out_dir / record["output"]).is_file()
-            ):
-                summary.skipped += 1
-            else:
-                todo.append(path)
 
-        extractor = make_extractor(str(state.device)) if todo else None
-        label = f"[{state.process_index}] " if state.num_processes > 1 else ""
-        videos_bar = tqdm(total=len(todo), desc=f"{label}videos", unit="video", disable=not show_progress, position=0)
-        windows_bar = tqdm(desc=f"{label}windows", unit="window", disable=not show_progress, position=1, leave=False)
-        private = (lock.fileno(),) if lock is not None else ()
-        for outcome in iter_outcomes(extractor, todo, num_workers, progress=windows_bar, private_files=private):
-            path = outcome.path
-            videos_bar.set_postfix_str(path.name[-40:])
-            record = {"input": str(path), "status": "ok", "error": None, "output": names[path], **(metadata or {})}
-            record.update(getattr(extractor, "settings", {}))
-            record.update(identity=input_identity(path), fingerprint=fingerprint, settings=settings or {})
-            try:
-                if outcome.error is not None:
-                    raise outcome.error
-                result = outcome.result
-                save_arrays_atomic(out_dir / names[path], result.arrays())
-                if result.subjects is None:
-                    record.update(windows=result.windows, shape=list(result.features.shape))
-                else:  # every face: its windows and time span here, its features and boxes in the .npz
-                    record.update(windows=[], subjects=[subject.record() for subject in result.subjects])
-                summary.done += 1
-            except OutputWriteError as error:
-                if error.stops_run:  # a full disk: every later write would fail too
-                    raise
-                record.update(status="error", error=str(error), output=None, windows=[])
-                summary.failed += 1
-                tqdm.write(f"marlin extract: {error}", file=sys.stderr)
-            except Exception as error:  # one bad input never stops the job
-                message = error_text(error)
-                record.update(status="error", error=message, output=None, windows=[])
-                summary.failed += 1
-                named = message if str(path) in message else f"{path}: {message}"  # our errors name the input already
-                tqdm.write(f"marlin extract: {named}", file=sys.stderr)
-            record["seconds"] = round(outcome.seconds, 3)
-            _append_line(manifest, record)
-            videos_bar.update(1)
-        windows_bar.close()
-        videos_bar.close()
+def extraction_settings(
+    model: str | os.PathLike,
+    dtype: str = "float32",
+    crop_face: bool = False,
+    on_no_face: str = "error",
+    face_margin: float = 1.0,
+    keep_seq: bool = False,
+    all_faces: bool = False,
+    sample_rate: int = SAMPLE_RATE,
+    stride: int = STRIDE,
+    stride_seconds: float | None = None,
+    num_frames: int | None = None,
+    image_size: int | None = None,
+) -> dict:
+    """What makes the features (not the batch size, device or compilation, which change only how fast they come),
+    as each record holds them: the model by `model_identity` and the `MarlinFeatureExtractor` options."""
+    return {
+        "model": model_identity(model),
+        **{"dtype": dtype, "crop_face": crop_face, "no_face": on_no_face, "face_margin": face_margin},
+        **{"keep_seq": keep_seq, "all_faces": all_faces, "sample_rate": sample_rate, "stride": stride},
+        **{"stride_seconds": stride_seconds, "num_frames": num_frames, "image_size": image_size},
+    }
 
-        if state.num_processes > 1:
-            summary = summary.gathered(state, out_dir, is_manifest_record)
-    return summary
+
+def extract_corpus(
+    inputs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    model: str | os.PathLike,
+    device: str | None = None,
+    batch_size: int = 4,
+    compile: bool = False,
+    num_workers: int = 0,
+    show_progress: bool = True,
+    **settings,
+) -> JobSummary:
+    """`marlin extract`: every video of `inputs` (`find_videos`) through a `MarlinFeatureExtractor` of `model` into
+    `out_dir` (`run_extraction`), bound to `extraction_settings(model, **settings)`.
+
+    Args:
+        device: the extractor's device (None: each process's own).
+        settings: the options of `extraction_settings` (dtype, crop_face, on_no_face...).
+    """
+    bound = extraction_settings(model, **settings)
+
+    def make_extractor(process_device: str) -> MarlinFeatureExtractor:
+        options = {"device": device or process_device, "batch_size": batch_size, "compile": compile, **settings}
+        return MarlinFeatureExtractor(model, **options)
+
+    metadata = {"model": str(model), **{k: bound[k] for k in ("dtype", "crop_face", "keep_seq")}}
+    suffix = ".npz" if bound["all_faces"] else ".npy"
+    return run_extraction(inputs, out_dir, make_extractor, metadata, show_progress, bound, suffix, num_workers)

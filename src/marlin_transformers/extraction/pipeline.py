@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..exceptions import MarlinError
+from ..jobs import error_text
 from .extractor import MarlinFeatureExtractor, VideoFeatures, iter_clips, non_finite_features
 
 
@@ -46,12 +47,6 @@ def file_size_limited() -> bool:
     except ImportError:  # not on Windows
         return False
     return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
-
-
-def error_text(error: Exception) -> str:
-    """One line for a failed input: a project error's own message, anything else prefixed with its type."""
-    message = str(error) if isinstance(error, MarlinError) else f"{type(error).__name__}: {error}"
-    return " ".join(message.split())
 
 
 @dataclass

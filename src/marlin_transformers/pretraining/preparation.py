@@ -15,7 +15,7 @@ per frame per artefact. Per video (`VideoPreparer`):
 5. the crops are written as one H.264 clip (`video.writing`, atomic), the rest as one compressed `.npz` (atomic);
    then the video's manifest line.
 
-The job is `marlin extract`'s (`extraction.job` helpers): records bound to the input (path, size, mtime; for a frame
+The job is a `jobs.run_job`, as `marlin extract` is: records bound to the input (path, size, mtime; for a frame
 folder also its frame count and bytes) and to a fingerprint of the settings, so a re-run skips exactly the videos
 done from the same input with the same settings and a folder made with other settings is refused; one run per
 folder (a lock); what a killed run left half-written is removed; a video that fails gets one error line and the run
@@ -26,9 +26,7 @@ at the end of the run, or at the start of the next if the run was killed).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -41,7 +39,6 @@ from ..constants import MARLIN_CROP_SIZE
 from ..data.face_videos import FaceVideo
 from ..data.prepared_faces import (
     INFO_FILE,
-    MANIFEST,
     SPLIT_CSV,
     SPLIT_FILE,
     annotations_path,
@@ -51,16 +48,9 @@ from ..data.prepared_faces import (
     write_text_atomic,
 )
 from ..data.youtube_faces import FRAME_ORDERS
-from ..exceptions import DatasetError, MarlinError
-from ..extraction.job import JobSummary, input_identity, model_identity, settings_fingerprint
-from ..records import (
-    OutputWriteError,
-    append_lines,
-    lock_folder,
-    merge_manifest_shards,
-    repair_torn_tail,
-    save_arrays_atomic,
-)
+from ..exceptions import DatasetError
+from ..jobs import Item, JobKind, JobSummary, Outcome, Shard, Work, each_item, error_text, model_identity, run_job
+from ..records import OutputWriteError, save_arrays_atomic
 from ..video.cropping import FaceCrops, FaceTrack, crop_track, reference_crop_boxes
 from ..video.decoding import frame_files, frame_rate, frame_to_rgb, iter_frames, read_images
 from ..video.face_tracking import FaceTracker, iter_face_windows
@@ -119,16 +109,6 @@ class ReferenceCropTracker(FaceTracker):
 
     def crop(self, frames: np.ndarray, track: FaceTrack) -> FaceCrops:
         return crop_track(frames, track, crop_size=self.crop_size, crop_boxes=reference_crop_boxes(track.boxes))
-
-
-def source_identity(source: Path) -> dict | None:
-    """`input_identity`, and for a frame folder its number of files and their total size (a folder's own mtime does
-    not change when a frame is rewritten in place)."""
-    identity = input_identity(source)
-    if identity is not None and source.is_dir():
-        sizes = [p.stat().st_size for p in source.iterdir() if p.is_file()]
-        identity.update(files=len(sizes), bytes=sum(sizes))
-    return identity
 
 
 def iter_source_windows(
@@ -238,6 +218,11 @@ class VideoPreparer:
         }
 
 
+def face_video(item: Item) -> FaceVideo:
+    """The video a preparation item names."""
+    return FaceVideo(item.fields["video_id"], item.fields["person"], item.source)
+
+
 # One preparer per worker process, made by `_start_worker` (the pool's initializer).
 _worker_preparer: VideoPreparer | None = None
 
@@ -251,24 +236,39 @@ def _start_worker(settings: PreparationSettings) -> None:
     _worker_preparer = VideoPreparer(settings)
 
 
-def _prepare_in_worker(video: FaceVideo, out_dir: str) -> dict:
-    """The record fields of one video, or {"error": line}: every failure is reported, never raised."""
+def _prepare_in_worker(video: FaceVideo, out_dir: str) -> tuple[dict, str | None]:
+    """(The record fields of one video, None), or ({}, its error line): every failure is reported, never raised, but
+    a full disk, which stops the run."""
     try:
-        return _worker_preparer(video, out_dir)
-    except OutputWriteError:
-        raise  # a full disk stops the run
-    except Exception as error:  # one bad video never stops the run
-        message = str(error) if isinstance(error, MarlinError) else f"{type(error).__name__}: {error}"
-        message = " ".join(message.split())
-        return {"error": message if str(video.source) in message else f"{video.source}: {message}"}
+        return _worker_preparer(video, out_dir), None
+    except Exception as error:  # one bad video never stops the run, a full disk does
+        if isinstance(error, OutputWriteError) and error.stops_run:
+            raise
+        return {}, error_text(error)
 
 
-def remove_stale_outputs(out_dir: Path) -> int:
-    """Remove the hidden partial files a killed run left under `out_dir` (called holding the folder's lock)."""
-    stale = [p for p in out_dir.rglob(".*.partial*") if p.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
+def prepare_videos(settings: PreparationSettings, out_dir: Path, num_workers: int) -> Work:
+    """The `jobs.Work` of a preparation: a `VideoPreparer` in this process, or one in each of `num_workers`
+    processes (each with its own MTCNN and parser, records as videos end)."""
+
+    def work(todo: list[Item], shard: Shard) -> Iterator[Outcome]:
+        if num_workers <= 1 or len(todo) <= 1:
+            preparer = VideoPreparer(PreparationSettings(**{**asdict(settings), "num_threads": None}))
+            yield from each_item(lambda item: preparer(face_video(item), out_dir))(todo, shard)
+            return
+        import multiprocessing
+
+        threads = settings.num_threads or max(1, (os.cpu_count() or 1) // num_workers)
+        worker_settings = PreparationSettings(**{**asdict(settings), "num_threads": threads})
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(num_workers, context, _start_worker, (worker_settings,)) as pool:
+            started = time.perf_counter()
+            futures = {pool.submit(_prepare_in_worker, face_video(item), str(out_dir)): item for item in todo}
+            for future in as_completed(futures):
+                fields, error = future.result()
+                yield Outcome(futures[future], fields, error=error, seconds=time.perf_counter() - started)
+
+    return work
 
 
 def prepare_corpus(
@@ -282,7 +282,7 @@ def prepare_corpus(
     show_progress: bool = True,
     command: str = "marlin prepare-faces",
 ) -> JobSummary:
-    """Prepare every video not done yet into `out_dir`, write the split, and return the counts.
+    """Prepare every video not done yet into `out_dir` (a `jobs.run_job`), write the split, and return the counts.
 
     Args:
         videos: the corpus (`data.face_videos.list_face_videos`, `data.youtube_faces.ytf_videos`).
@@ -297,107 +297,29 @@ def prepare_corpus(
         DatasetError: `out_dir` holds videos prepared with other settings, or cannot be written.
         OutputWriteError: the disk is full (what is done is kept).
     """
-    import torch
-    from accelerate import PartialState
-    from tqdm.auto import tqdm
-
-    state = PartialState(cpu=not torch.cuda.is_available())
     out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DatasetError(f"{out_dir}: cannot make this output folder ({error.strerror}); pass another.") from None
     bound = settings.bound()
-    fingerprint = settings_fingerprint(bound)
     known = {video.video_id for video in videos}
     listed = {name_: [i for i in ids if i in known] for name_, ids in split.items()}
-    in_split = set().union(*listed.values())
-    summary = JobSummary()
-    with lock_folder(out_dir, command) if state.is_main_process else contextlib.nullcontext():
-        if state.is_main_process:  # holding the lock: tidy what a killed run left, records stranded in shards too
-            repair_torn_tail(out_dir / MANIFEST, is_prepared_record)
-            merge_manifest_shards(out_dir, is_prepared_record)
-            remove_stale_outputs(out_dir)
-        state.wait_for_everyone()
-        previous = read_records(out_dir)
-        other = [r for r in previous.values() if r.get("status") == "ok" and r.get("fingerprint") != fingerprint]
-        if other:
-            before = other[0].get("settings") if isinstance(other[0].get("settings"), dict) else {}
-            changed = ", ".join(sorted(k for k in bound if before.get(k) != bound[k])) or "unrecorded"
-            raise DatasetError(
-                f"{out_dir}: holds videos prepared with other settings ({changed}); prepare into another folder."
-            )
-        if state.is_main_process:
-            info = {"name": name, "settings": bound}
-            write_text_atomic(out_dir / INFO_FILE, _dumps(info))
-            left_out = sorted(known - in_split)
-            write_text_atomic(out_dir / SPLIT_FILE, _dumps({**split_info, **listed, "left_out": left_out}))
-        todo = []
-        for video in videos[state.process_index :: state.num_processes]:
-            record = previous.get(video.video_id)
-            done = (
-                record is not None
-                and record.get("status") == "ok"
-                and record.get("fingerprint") == fingerprint
-                and record.get("identity") == source_identity(video.source)
-                and (out_dir / record["clip"]).is_file()
-                and (out_dir / record["annotations"]).is_file()
-            )
-            if done:
-                summary.skipped += 1
-            else:
-                todo.append(video)
-        manifest = out_dir / (MANIFEST if state.num_processes == 1 else f"manifest.rank{state.process_index}.jsonl")
-        label = f"[{state.process_index}] " if state.num_processes > 1 else ""
-        bar = tqdm(total=len(todo), desc=f"{label}videos", unit="video", disable=not show_progress)
-        started = {}
+    left_out = sorted(known - set().union(*listed.values()))
 
-        def finish(video: FaceVideo, result: dict) -> None:
-            record = {
-                "input": str(video.source),
-                "video_id": video.video_id,
-                "person": video.person,
-                "status": "error" if "error" in result else "ok",
-                "error": result.get("error"),
-                **{k: v for k, v in result.items() if k != "error"},
-                "identity": source_identity(video.source),
-                "fingerprint": fingerprint,
-                "settings": bound,
-                "seconds": round(time.perf_counter() - started[video.video_id], 3),
-            }
-            if "error" in result:
-                summary.failed += 1
-                tqdm.write(f"{command}: {result['error']}", file=sys.stderr)
-            else:
-                summary.done += 1
-            append_lines(manifest, [_dumps(record, indent=None)])
-            bar.update(1)
+    def start() -> None:  # the folder checked: what it holds, and how it is split
+        write_text_atomic(out_dir / INFO_FILE, _dumps({"name": name, "settings": bound}))
+        write_text_atomic(out_dir / SPLIT_FILE, _dumps({**split_info, **listed, "left_out": left_out}))
 
-        if num_workers <= 1 or len(todo) <= 1:
-            _start_worker(PreparationSettings(**{**asdict(settings), "num_threads": None}))
-            for video in todo:
-                started[video.video_id] = time.perf_counter()
-                finish(video, _prepare_in_worker(video, str(out_dir)))
-        elif todo:
-            import multiprocessing
-
-            threads = settings.num_threads or max(1, (os.cpu_count() or 1) // num_workers)
-            worker_settings = PreparationSettings(**{**asdict(settings), "num_threads": threads})
-            with ProcessPoolExecutor(
-                num_workers, multiprocessing.get_context("spawn"), _start_worker, (worker_settings,)
-            ) as pool:
-                futures = {}
-                for video in todo:
-                    started[video.video_id] = time.perf_counter()
-                    futures[pool.submit(_prepare_in_worker, video, str(out_dir))] = video
-                for future in as_completed(futures):
-                    finish(futures[future], future.result())
-        bar.close()
-        if state.num_processes > 1:
-            summary = summary.gathered(state, out_dir, is_prepared_record)
-        if state.is_main_process:
-            write_split_csvs(out_dir, listed)
-    return summary
+    kind = JobKind(
+        command,
+        "video_id",
+        is_prepared_record,
+        outputs=lambda record: [record["clip"], record["annotations"]],
+        made="videos prepared",
+        nested=True,
+    )
+    items = [Item({"input": str(v.source), "video_id": v.video_id, "person": v.person}, v.source) for v in videos]
+    work = prepare_videos(settings, out_dir, num_workers)
+    return run_job(
+        items, out_dir, bound, work, kind, show_progress, start=start, end=lambda: write_split_csvs(out_dir, listed)
+    )
 
 
 def write_split_csvs(out_dir: Path, split: dict[str, list[str]]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import TypeVar
@@ -152,23 +152,54 @@ def videos_in_folder(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
 
 
-def find_videos(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Video files among `paths`: files as given, folders searched with `videos_in_folder`.
+LIST_EXTENSIONS = (".txt", ".lst", ".list")
+
+
+def find_videos(
+    paths: Iterable[str | os.PathLike], keep_missing: bool = False, empty_folders: list[Path] | None = None
+) -> list[Path]:
+    """The videos among `paths`: files as given, folders searched with `videos_in_folder`, text files listing paths
+    (`LIST_EXTENSIONS`: one a line, relative to the list's folder, `#` comments) expanded. The one input discovery of
+    the package: `marlin extract`, the preparers and training take their inputs from it.
+
+    Paths are made absolute and normalized (`sub/../sub/a.mp4` is `sub/a.mp4`); two spellings of one file (a
+    symbolic link, say) count once, the first kept. Folders holding no video are appended to `empty_folders` when it
+    is given.
+
+    Args:
+        keep_missing: keep paths that do not exist (they get their own error later) instead of refusing them.
 
     Raises:
-        VideoError: a path that does not exist, or no video at all.
+        VideoError: a path that does not exist (unless `keep_missing`), or no video at all.
     """
-    videos = []
+    paths = [os.fspath(path) for path in paths]
+    found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            videos.extend(videos_in_folder(path))
-        elif path.is_file():
-            videos.append(path)
+            videos = videos_in_folder(path)
+            found.extend(videos)
+            if not videos and empty_folders is not None:
+                empty_folders.append(path)
+        elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    listed = Path(line)
+                    found.append(listed if listed.is_absolute() else path.parent / listed)
+        elif path.exists() or keep_missing:
+            found.append(path)
         else:
             raise VideoError(f"{path}: no such video file or folder; check the path.")
-    if not videos:
-        raise VideoError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) in {', '.join(map(str, paths))}.")
-    return videos
+    unique: dict[Path, Path] = {}
+    for path in found:
+        path = Path(os.path.normpath(path.absolute()))
+        unique.setdefault(path.resolve() if path.exists() else path, path)
+    if not unique:
+        raise VideoError(
+            f"{' '.join(paths)}: no video found (no video files {', '.join(VIDEO_EXTENSIONS)} in these folders or "
+            "lists)."
+        )
+    return list(unique.values())
 
 
 FRAME_ORDERS = ("name", "numeric")
