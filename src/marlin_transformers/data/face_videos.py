@@ -24,12 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import DatasetError
-from ..video.decoding import VIDEO_EXTENSIONS, videos_in_folder
+from ..video.decoding import LIST_EXTENSIONS, VIDEO_EXTENSIONS, videos_in_folder
 
 SPLITS = ("train", "validation")
 DEFAULT_SPLIT_SEED = 0
 DEFAULT_VALIDATION_FRACTION = 0.2
-LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
 
 @dataclass(frozen=True)

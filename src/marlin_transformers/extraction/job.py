@@ -41,10 +41,8 @@ from ..records import (  # noqa: F401  (LOCK, MANIFEST, PARTIAL_SUFFIX: the fold
     repair_torn_tail,
     save_arrays_atomic,
 )
-from ..video.decoding import VIDEO_EXTENSIONS, videos_in_folder
+from ..video.decoding import LIST_EXTENSIONS, VIDEO_EXTENSIONS, videos_in_folder
 from .pipeline import error_text, iter_outcomes
-
-LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 
 
 def discover_inputs(inputs: Iterable[str | os.PathLike], empty_folders: list[Path] | None = None) -> list[Path]:

@@ -47,10 +47,9 @@ from ..data.prepared_faces import (
     annotations_path,
     clip_path,
     is_prepared_record,
-    read_records,
+    read_prepared_records,
     write_text_atomic,
 )
-from ..data.youtube_faces import FRAME_ORDERS
 from ..exceptions import DatasetError, MarlinError
 from ..extraction.job import JobSummary, input_identity, model_identity, settings_fingerprint
 from ..records import (
@@ -62,7 +61,7 @@ from ..records import (
     save_arrays_atomic,
 )
 from ..video.cropping import FaceCrops, FaceTrack, crop_track, reference_crop_boxes
-from ..video.decoding import frame_files, frame_rate, frame_to_rgb, iter_frames, read_images
+from ..video.decoding import FRAME_ORDERS, frame_files, frame_rate, frame_to_rgb, iter_frames, read_images
 from ..video.face_tracking import FaceTracker, iter_face_windows
 from ..video.windows import VideoWindow
 
@@ -77,7 +76,7 @@ class PreparationSettings:
 
     Attributes:
         crop_style: "tracker" or "reference" (see the module docstring).
-        frame_order: frame folders only, "numeric" or "reference" (`data.youtube_faces.FRAME_ORDERS`).
+        frame_order: frame folders only, "numeric" or "reference" (`video.decoding.FRAME_ORDERS`).
         lossless: clips as lossless RGB H.264 (about 5-10x larger) instead of H.264 at `crf`.
         crf: H.264 quality of the clips (18: visually lossless).
         frame_folder_fps: the rate stored for frame folders, which state none.
@@ -140,7 +139,7 @@ def iter_source_windows(
         VideoError: (while iterating) an unreadable video or image.
     """
     if source.is_dir():
-        files = frame_files(source, FRAME_ORDERS[frame_order])
+        files = frame_files(source, frame_order)
         if not files:
             raise DatasetError(f"{source}: folder without frame images; remove it or add its frames.")
 
@@ -319,7 +318,7 @@ def prepare_corpus(
             merge_manifest_shards(out_dir, is_prepared_record)
             remove_stale_outputs(out_dir)
         state.wait_for_everyone()
-        previous = read_records(out_dir)
+        previous = read_prepared_records(out_dir)
         other = [r for r in previous.values() if r.get("status") == "ok" and r.get("fingerprint") != fingerprint]
         if other:
             before = other[0].get("settings") if isinstance(other[0].get("settings"), dict) else {}
@@ -402,7 +401,7 @@ def prepare_corpus(
 
 def write_split_csvs(out_dir: Path, split: dict[str, list[str]]) -> None:
     """`train_set.csv` / `val_set.csv` in the paper's format (`path,len`) for the prepared videos of each split."""
-    records = read_records(out_dir)
+    records = read_prepared_records(out_dir)
     for name, ids in split.items():
         rows = [f"{i},{records[i]['num_frames']}" for i in ids if records.get(i, {}).get("status") == "ok"]
         write_text_atomic(out_dir / SPLIT_CSV[name], "path,len\n" + "".join(row + "\n" for row in rows))
