@@ -260,10 +260,10 @@ def test_push_dataset_creates_a_private_dataset_repo_and_uploads(prepared, tmp_p
 
 def test_collator_samples_the_papers_clips_with_fasking_masks_from_stored_maps(prepared, tmp_path):
     from marlin_transformers import MarlinConfig
+    from marlin_transformers.pretraining.clip_sampling import clip_frame_indices
     from marlin_transformers.pretraining.dataset_clips import (
         PreparedClipCollator,
         PreparedClipDataset,
-        clip_frame_indices,
         load_prepared_rows,
     )
     from marlin_transformers.pretraining.masking import seeded_generator

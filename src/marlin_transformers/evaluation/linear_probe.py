@@ -176,6 +176,20 @@ def _loss(problem_type: str, logits: torch.Tensor, labels: torch.Tensor) -> torc
     return nn.functional.mse_loss(logits, labels)
 
 
+def new_probe(features: torch.Tensor, num_labels: int, config: LinearProbeConfig) -> ProbeHead:
+    """The untrained `ProbeHead` for (num_videos, hidden) training features: fixed statistics (the features' mean and
+    std with `config.standardize`, else the identity), the linear layer at zero (`zero_init`) or seeded."""
+    torch.manual_seed(config.seed)  # nn.Linear's own init, without zero_init
+    linear = nn.Linear(features.shape[1], num_labels)
+    if config.zero_init:  # the problem is convex: a zero start is as good as any, and seed-free
+        nn.init.zeros_(linear.weight)
+        nn.init.zeros_(linear.bias)
+    probe = ProbeHead(linear, statistics="fixed")
+    if config.standardize:
+        probe.norm.fit(features)
+    return probe
+
+
 def train_linear_probe(
     features: np.ndarray,
     labels: np.ndarray,
@@ -208,18 +222,9 @@ def train_linear_probe(
         y = torch.as_tensor(labels, dtype=torch.long)
     else:
         y = torch.as_tensor(labels, dtype=torch.float32).reshape(len(x), num_labels)
-    torch.manual_seed(config.seed)  # nn.Linear's own init, without zero_init
-    linear = nn.Linear(x.shape[1], num_labels)
-    if config.zero_init:  # the problem is convex: a zero start is as good as any, and seed-free
-        nn.init.zeros_(linear.weight)
-        nn.init.zeros_(linear.bias)
-    probe = ProbeHead(linear, statistics="fixed")  # without `standardize`, its standardization stays the identity
-    if config.standardize:
-        probe.norm.fit(x)
-    betas = (config.adam_beta1, config.adam_beta2)
-    optimizer = torch.optim.AdamW(
-        probe.parameters(), lr=config.learning_rate, betas=betas, weight_decay=config.weight_decay
-    )
+    probe = new_probe(x, num_labels, config)
+    betas, decay = (config.adam_beta1, config.adam_beta2), config.weight_decay
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=config.learning_rate, betas=betas, weight_decay=decay)
     plateau = None
     if config.lr_scheduler == "plateau":
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **config.lr_scheduler_kwargs)
