@@ -9,8 +9,8 @@
 or an official `.pt`/`.ckpt` file. `--train-data`/`--eval-data` are a labels CSV, a folder of class subfolders, a
 JSON/JSON Lines file or a saved `datasets` dataset (`--train-split`/`--eval-split`). Videos are decoded, and with
 `--crop-face` face-cropped, on the fly; a training video gives one random window per epoch, an evaluation video the
-mean logits of all its windows. The pieces, and the layouts, are documented in
-`marlin_transformers.evaluation.finetuning`.
+mean logits of all its windows. The pieces, and the layouts, are documented in `marlin_transformers.evaluation`
+(`clip_dataset`, `finetuning`, `trainer`).
 
 Every `TrainingArguments` flag works, with this recipe's defaults (`FinetuningArguments`): evaluation and a
 checkpoint every epoch, the best by `--metric-for-best-model` (default `roc_auc`, `mse` for regression) reloaded at
@@ -40,19 +40,11 @@ from transformers import HfArgumentParser, set_seed
 
 from marlin_transformers import MarlinConfig
 from marlin_transformers.convert_marlin import push_folder_to_hub
-from marlin_transformers.evaluation.finetuning import (
-    EVAL_CLIPS,
-    LORA_TARGET_MODULES,
-    ClipOptions,
-    FinetuningArguments,
-    add_lora,
-    build_datasets,
-    build_model,
-    build_trainer,
-    save_finetuned,
-)
+from marlin_transformers.evaluation.clip_dataset import EVAL_CLIPS, ClipOptions, build_datasets
+from marlin_transformers.evaluation.finetuning import LORA_TARGET_MODULES, add_lora, build_classifier, save_finetuned
 from marlin_transformers.evaluation.recipes import RECIPES, describe, get_recipe
 from marlin_transformers.evaluation.selection import finite_metrics
+from marlin_transformers.evaluation.trainer import FinetuningArguments, build_trainer
 from marlin_transformers.exceptions import MarlinError
 from marlin_transformers.extraction import load_encoder
 from marlin_transformers.model_card import render_finetuned_card
@@ -155,7 +147,7 @@ def finetune(
         data_args.eval_split,
     )
     set_seed(training_args.seed)  # the new head and the adapters start the same in every run of a seed
-    model = build_model(encoder, problem_type, label_names, model_args.freeze_encoder)
+    model = build_classifier(encoder, problem_type, label_names, model_args.freeze_encoder)
     if model_args.lora:
         model = add_lora(
             model,

@@ -7,14 +7,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from marlin_transformers.constants import LAPA_PALETTE
 from marlin_transformers.exceptions import CheckpointError
-from marlin_transformers.pretraining.face_parsing import (
-    LAPA_PALETTE,
-    FarlFaceParser,
-    LandmarkFaceParser,
-)
+from marlin_transformers.pretraining.face_parsing import FarlFaceParser, LandmarkFaceParser
+from marlin_transformers.pretraining.mask_preview import render_fasking_preview
 from marlin_transformers.pretraining.masking import generate_mask
-from marlin_transformers.visualization import render_fasking_preview, render_mask_overlay
+from marlin_transformers.visualization import render_mask_overlay
 
 # Five MTCNN landmarks (x, y) of a frontal face in a 224-pixel crop: eyes, nose tip, mouth corners.
 LANDMARKS = torch.tensor([[80.0, 100.0], [144.0, 100.0], [112.0, 135.0], [86.0, 165.0], [138.0, 165.0]])

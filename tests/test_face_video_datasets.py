@@ -15,7 +15,7 @@ import pytest
 from marlin_transformers.cli import main
 from marlin_transformers.data.face_video_builder import decode_clip, decode_parsing_maps, load_youtube_faces
 from marlin_transformers.data.face_videos import FaceVideo, person_disjoint_split
-from marlin_transformers.data.prepared_faces import read_annotations, read_records
+from marlin_transformers.data.prepared_faces import read_annotations, read_prepared_records
 from marlin_transformers.data.youtube_faces import read_split_files
 from marlin_transformers.video.cropping import crop_regions, reference_crop_boxes
 from marlin_transformers.video.decoding import frame_files
@@ -55,7 +55,7 @@ def test_frame_files_numeric_order_and_the_reference_string_order(tmp_path):
     for name in ("0.555.jpg", "0.1000.jpg", "0.99.jpg", "0.100.jpg"):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in frame_files(tmp_path, "numeric")] == ["0.99.jpg", "0.100.jpg", "0.555.jpg", "0.1000.jpg"]
-    assert [p.name for p in frame_files(tmp_path, "name")] == ["0.100.jpg", "0.1000.jpg", "0.555.jpg", "0.99.jpg"]
+    assert [p.name for p in frame_files(tmp_path, "reference")] == ["0.100.jpg", "0.1000.jpg", "0.555.jpg", "0.99.jpg"]
 
 
 def test_prepared_video_is_in_numeric_frame_order_with_crops_landmarks_and_maps(prepared):
@@ -151,7 +151,7 @@ def test_resume_after_an_interrupted_run_redoes_only_what_was_not_recorded(prepa
     assert main(["prepare-ytf", str(root), str(copy), "--quiet"]) == 0
     assert "1 done, 5 already done, 0 failed" in capsys.readouterr().err
     assert not partial.exists()
-    records = read_records(copy)
+    records = read_prepared_records(copy)
     assert len(records) == 6 and all(r["status"] == "ok" for r in records.values())
     assert (copy / "annotations" / "AJ_Cook" / "0.npz").stat().st_mtime_ns == before  # done videos untouched
     # The same folder with other settings is refused in one line.
@@ -169,7 +169,7 @@ def test_a_corrupt_video_gets_one_line_and_the_run_goes_on(tmp_path, capsys):
     assert main(["prepare-faces", str(videos), str(out), "--quiet", "--lossless"]) == 1
     err = capsys.readouterr().err
     assert err.count("bob.mp4") == 1 and "1 done, 0 already done, 1 failed" in err
-    records = read_records(out)
+    records = read_prepared_records(out)
     assert records["alice/talk"]["status"] == "ok" and records["alice/talk"]["person"] == "alice"
     assert records["alice/talk"]["fps"] == 30.0 and records["bob"]["status"] == "error"
 
@@ -260,10 +260,10 @@ def test_push_dataset_creates_a_private_dataset_repo_and_uploads(prepared, tmp_p
 
 def test_collator_samples_the_papers_clips_with_fasking_masks_from_stored_maps(prepared, tmp_path):
     from marlin_transformers import MarlinConfig
+    from marlin_transformers.pretraining.clip_sampling import clip_frame_indices
     from marlin_transformers.pretraining.dataset_clips import (
         PreparedClipCollator,
         PreparedClipDataset,
-        clip_frame_indices,
         load_prepared_rows,
     )
     from marlin_transformers.pretraining.masking import seeded_generator
@@ -357,7 +357,7 @@ def test_two_workers_prepare_what_one_does(prepared, tmp_path):
 
     root, out = prepared
     assert main(["prepare-ytf", str(root), str(tmp_path / "two"), "--quiet", "--num-workers", "2"]) == 0
-    one, two = read_records(out), read_records(tmp_path / "two")
+    one, two = read_prepared_records(out), read_prepared_records(tmp_path / "two")
     assert without_timing(one) == without_timing(two) and len(one) == 6
     for video_id, record in one.items():
         arrays, other = (
@@ -407,7 +407,7 @@ def test_torchrun_shares_the_videos_by_rank_and_merges_one_manifest(prepared, tm
     assert not list(target.glob("manifest.rank*"))
     ids = [json.loads(line)["video_id"] for line in (target / "manifest.jsonl").read_text().splitlines()]
     # Every video once; rank r took videos r, r + 2, ... of the sorted list, and the shards were merged in rank order.
-    everything = sorted(read_records(out))
+    everything = sorted(read_prepared_records(out))
     assert ids == everything[0::2] + everything[1::2]
-    assert without_timing(read_records(target)) == without_timing(read_records(out))
+    assert without_timing(read_prepared_records(target)) == without_timing(read_prepared_records(out))
     assert (target / "train_set.csv").read_text() == (out / "train_set.csv").read_text()

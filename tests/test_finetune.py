@@ -1,5 +1,5 @@
 """examples/finetune.py end to end on a tiny MARLIN and tiny videos (Trainer, metrics, saving, frozen encoder), and the
-pieces of `evaluation.finetuning` it calls."""
+pieces of `evaluation` it calls (`clip_dataset`, `finetuning`, `probe_head`, `trainer`)."""
 
 import importlib.util
 import json
@@ -15,7 +15,7 @@ from conftest import TINY_CLIP
 from marlin_transformers import MarlinConfig, MarlinModel
 from marlin_transformers.convert_marlin import save_marlin_folder
 from marlin_transformers.data.labels import read_labels
-from marlin_transformers.evaluation import finetuning
+from marlin_transformers.evaluation import clip_dataset, finetuning, probe_head, trainer
 from video_factory import encode_video, indexed_frames, read_frame_index
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "finetune.py"
@@ -162,14 +162,16 @@ def test_multi_label_frozen_encoder(finetune, tiny_model, class_folders, tmp_pat
     original = MarlinModel.from_pretrained(tiny_model).state_dict()
     for name, tensor in trained.marlin.state_dict().items():
         torch.testing.assert_close(tensor, original[name], rtol=0, atol=0, msg=name)
-    initial_head = finetuning.build_model(tiny_model, "multi_label_classification", ["a", "b"]).classifier
+    initial_head = finetuning.build_classifier(tiny_model, "multi_label_classification", ["a", "b"]).classifier
     assert not torch.equal(trained.classifier.weight, initial_head.weight)  # the head did train
 
 
 def test_train_windows_are_seeded_and_vary_by_epoch(tmp_path):
     video = encode_video(tmp_path / "indexed.mp4", indexed_frames(40, 48, 64))
-    options = finetuning.ClipOptions(num_frames=4, image_size=32, sample_rate=2, train_stride=1)
-    dataset = finetuning.VideoClipDataset([video], np.array([0]), "single_label_classification", options, True, seed=3)
+    options = clip_dataset.ClipOptions(num_frames=4, image_size=32, sample_rate=2, train_stride=1)
+    dataset = clip_dataset.VideoClipDataset(
+        [video], np.array([0]), "single_label_classification", options, True, seed=3
+    )
 
     def first_frame(epoch: int) -> int:
         dataset.set_epoch(epoch)
@@ -188,18 +190,18 @@ def test_train_windows_are_seeded_and_vary_by_epoch(tmp_path):
 def test_eval_windows_and_logit_average(tiny_model, tmp_path):
     long_video = encode_video(tmp_path / "long.mp4", indexed_frames(20, 48, 64))
     short_video = encode_video(tmp_path / "short.mp4", indexed_frames(8, 48, 64))
-    options = finetuning.ClipOptions(num_frames=4, image_size=32, sample_rate=1)
+    options = clip_dataset.ClipOptions(num_frames=4, image_size=32, sample_rate=1)
     labels = np.array([[1.0], [0.0]])
-    dataset = finetuning.VideoClipDataset([long_video, short_video], labels, "regression", options, training=False)
+    dataset = clip_dataset.VideoClipDataset([long_video, short_video], labels, "regression", options, training=False)
     items = [dataset[0], dataset[1]]
     assert items[0]["pixel_values_videos"].shape == (5, 4, 3, 32, 32)  # frames 0-3, 4-7, ..., 16-19
     assert items[1]["pixel_values_videos"].shape == (2, 4, 3, 32, 32)
-    batch = finetuning.collate_clips(items)
+    batch = clip_dataset.collate_clips(items)
     assert batch["window_mask"].tolist() == [[True] * 5, [True, True, False, False, False]]
 
-    model = finetuning.build_model(tiny_model, "regression", ["score"]).eval()
+    model = finetuning.build_classifier(tiny_model, "regression", ["score"]).eval()
     with torch.no_grad():
-        averaged = finetuning.video_logits(model, batch["pixel_values_videos"], batch["window_mask"], chunk=3)
+        averaged = trainer.video_logits(model, batch["pixel_values_videos"], batch["window_mask"], chunk=3)
         expected = [model(pixel_values_videos=item["pixel_values_videos"]).logits.mean(0) for item in items]
     torch.testing.assert_close(averaged, torch.stack(expected), rtol=1e-5, atol=1e-6)
 
@@ -252,7 +254,7 @@ def test_unknown_eval_class_is_a_one_line_error(finetune, tiny_model, class_fold
 
 def test_probe_head_folds_into_one_linear_layer():
     torch.manual_seed(0)
-    head = finetuning.ProbeHead(torch.nn.Linear(8, 3))
+    head = probe_head.ProbeHead(torch.nn.Linear(8, 3))
     head.train()
     for _ in range(3):
         head(torch.randn(16, 8) * 5 + 2)  # running statistics
@@ -269,7 +271,7 @@ def test_dataloader_workers_default_fits_the_machine():
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert finetuning.FinetuningArguments(output_dir="unused").dataloader_num_workers == min(4, cores)
+    assert trainer.FinetuningArguments(output_dir="unused").dataloader_num_workers == min(4, cores)
 
 
 def write_corrupt_videos(folder: Path, good_video: Path) -> list[Path]:

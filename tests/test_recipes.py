@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import TrainerControl
 
-from marlin_transformers.evaluation import finetuning
+from marlin_transformers.evaluation import clip_dataset, trainer
 from marlin_transformers.evaluation.linear_probe import LinearProbeConfig, train_linear_probe
 from marlin_transformers.evaluation.metrics import batch_mean_auroc, build_compute_metrics, multi_label_metrics
 from marlin_transformers.evaluation.recipes import PAPER_PLATEAU, RECIPES
@@ -40,17 +40,17 @@ def test_training_loss_plateau_and_stop_follow_the_paper_code():
     epoch as Lightning does, and the stop at the first epoch that ends at most 1e-6 (EarlyStoppingLR)."""
     weight = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.Adam([weight], lr=1e-4, betas=(0.5, 0.9))
-    scheduler = finetuning.TrainingLossPlateau(optimizer, **PAPER_PLATEAU)
+    scheduler = trainer.TrainingLossPlateau(optimizer, **PAPER_PLATEAU)
     reference_optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
     reference = torch.optim.lr_scheduler.ReduceLROnPlateau(reference_optimizer, factor=0.5, patience=7, min_lr=1e-8)
-    stop = finetuning.StopAtLearningRateCallback(1e-6)
+    stop = trainer.StopAtLearningRateCallback(1e-6)
     ours, theirs, stopped_after = [], [], None
     for epoch in range(1, 80):
         for _ in range(3):  # the Trainer steps it every batch: nothing changes
             scheduler.record(torch.tensor(1.0))
             optimizer.step()
             scheduler.step()
-        finetuning.PlateauCallback().on_epoch_end(None, None, None, lr_scheduler=scheduler)
+        trainer.PlateauCallback().on_epoch_end(None, None, None, lr_scheduler=scheduler)
         reference.step(1.0)
         ours.append(optimizer.param_groups[0]["lr"])
         theirs.append(reference_optimizer.param_groups[0]["lr"])
@@ -71,11 +71,11 @@ def test_training_loss_plateau_and_stop_follow_the_paper_code():
 
 def test_random_eval_clip_is_one_seeded_window(tmp_path):
     video = encode_video(tmp_path / "indexed.mp4", indexed_frames(40, 48, 64))
-    options = finetuning.ClipOptions(num_frames=4, image_size=32, sample_rate=2, train_stride=1, eval_clips="random")
+    options = clip_dataset.ClipOptions(num_frames=4, image_size=32, sample_rate=2, train_stride=1, eval_clips="random")
     starts = {}
     for seed in range(6):
         labels = np.array([0])
-        dataset = finetuning.VideoClipDataset([video], labels, "single_label_classification", options, False, seed)
+        dataset = clip_dataset.VideoClipDataset([video], labels, "single_label_classification", options, False, seed)
         item = dataset[0]["pixel_values_videos"]
         assert item.shape == (1, 4, 3, 32, 32)
         again = dataset[0]["pixel_values_videos"]
@@ -115,12 +115,12 @@ def test_finetune_recipe_marlin_end_to_end(finetune, tiny_model, class_folders, 
 
 
 def test_finetune_recipe_ours_is_unchanged():
-    parser_defaults = finetuning.FinetuningArguments(output_dir="x")
+    parser_defaults = trainer.FinetuningArguments(output_dir="x")
     assert RECIPES["ours"].finetuning == {} and RECIPES["ours"].linear_probe == {}
     assert parser_defaults.recipe == "ours" and parser_defaults.stop_learning_rate == 0.0
     assert parser_defaults.weight_decay == 0.05 and parser_defaults.lr_scheduler_type == "linear"
     with pytest.raises(ValueError, match="plateau_monitor"):
-        finetuning.FinetuningArguments(output_dir="x", plateau_monitor="val")
+        trainer.FinetuningArguments(output_dir="x", plateau_monitor="val")
 
 
 PLATEAU = '{"factor": 0.1, "patience": 0, "threshold": 0.5}'
@@ -161,8 +161,8 @@ def test_linear_probe_plateau_stops_at_the_floor_and_keeps_raw_features():
         **{**RECIPES["marlin"].linear_probe, "epochs": 500, "lr_scheduler_kwargs": {"factor": 0.5, "patience": 0}}
     )
     probe, selection = train_linear_probe(x, y, "single_label_classification", 2, config)
-    assert torch.all(probe.mean == 0) and torch.all(probe.std == 1)  # no standardization
+    assert torch.all(probe.norm.mean == 0) and torch.all(probe.norm.std == 1)  # no standardization
     # patience 0: a halving at every epoch whose loss does not improve; 1e-4 reaches 1e-6 after 7 halvings
     assert 7 <= selection["epochs_trained"] < 500
     ours, _ = train_linear_probe(x, y, "single_label_classification", 2, LinearProbeConfig(epochs=3))
-    assert not torch.all(ours.std == 1)
+    assert not torch.all(ours.norm.std == 1)

@@ -95,8 +95,8 @@ def analyse_video(
         draw_face_boxes,
         render_mask_overlay,
         save_crops_picture,
-        save_reconstruction,
         save_similarity_picture,
+        write_reconstruction_video,
     )
 
     out_dir = Path(out_dir)
@@ -122,7 +122,9 @@ def analyse_video(
     )
     stem = Path(path).stem
     reconstruction_video = out_dir / f"{stem}.reconstruction.mp4"
-    done = save_reconstruction(counted(windows), reconstruction_video, fps, config.patch_size, config.tubelet_size)
+    done = write_reconstruction_video(
+        counted(windows), reconstruction_video, fps, config.patch_size, config.tubelet_size
+    )
     report(1.0, desc="drawing")
 
     # The face boxes on the frames the windows read, each frame once (the tail window overlaps the one before).

@@ -128,9 +128,9 @@ def _show_mask(args: argparse.Namespace) -> int:
 
     from .configuration_marlin import MarlinConfig
     from .pretraining.face_parsing import FarlFaceParser, LandmarkFaceParser
+    from .pretraining.mask_preview import render_fasking_preview
     from .video.face_tracking import FaceTracker, iter_face_windows
     from .video.windows import iter_windows
-    from .visualization import render_fasking_preview
 
     config = MarlinConfig.from_pretrained(args.model) if args.model else MarlinConfig()
     windows = iter_windows(args.video, num_frames=config.num_frames, sample_rate=args.sample_rate)
@@ -162,7 +162,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from .pretraining.face_parsing import FarlFaceParser
     from .pretraining.reconstruction import load_pretraining_model, reconstruct_video
     from .video.decoding import frame_rate
-    from .visualization import save_reconstruction
+    from .visualization import write_reconstruction_video
 
     model = load_pretraining_model(args.model)  # checked before any video is read
     parser = FarlFaceParser(args.farl_model) if args.farl_model else None
@@ -178,7 +178,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
         sample_rate=args.sample_rate,
     )
     config = model.config
-    done = save_reconstruction(windows, args.out, fps, config.patch_size, config.tubelet_size)
+    done = write_reconstruction_video(windows, args.out, fps, config.patch_size, config.tubelet_size)
     losses = [float(((w.reconstruction - w.original) ** 2).mean()) for w in done]
     print(
         f"wrote {args.out} ({len(done)} windows, panels: frames | masked input | reconstruction | face parts) and "

@@ -4,7 +4,9 @@ The model's own sizes (16 frames of 224 pixels, 2x16x16 tubelets) are `MarlinCon
 there, so a change to the config is a change everywhere.
 """
 
-from .configuration_marlin import MarlinConfig
+import re
+
+from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
 
 _DEFAULT_CONFIG = MarlinConfig()
 
@@ -23,6 +25,39 @@ FARL_CHANNEL_ORDERS = ("rgb", "bgr")
 
 # transformers' `problem_type` values, which pick the loss of a classification head and the downstream metrics.
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+# The labels of a LaPa face-parsing map (`pretraining.face_parsing`), by value 0..10.
+LAPA_LABEL_NAMES = (
+    "background",
+    "skin",
+    "right brow",
+    "left brow",
+    "right eye",
+    "left eye",
+    "nose",
+    "upper lip",
+    "inner mouth",
+    "lower lip",
+    "hair",
+)
+# One RGB colour per LaPa label, for pictures (`visualization`).
+LAPA_PALETTE = (
+    (0, 0, 0),
+    (255, 204, 153),
+    (0, 153, 255),
+    (0, 102, 204),
+    (255, 255, 0),
+    (204, 204, 0),
+    (255, 0, 255),
+    (255, 51, 51),
+    (102, 0, 0),
+    (204, 0, 102),
+    (102, 51, 0),
+)
+
+# The authors' Hub uploads of the released checkpoints, by release name; what a Hub id looks like.
+HUB_CHECKPOINTS = {f"marlin_vit_{v}_ytf": f"ControlNet/marlin_vit_{v}_ytf" for v in MARLIN_VARIANTS}
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
 
 CITATION = """@inproceedings{cai2023marlin,
   title     = {MARLIN: Masked Autoencoder for facial video Representation LearnINg},

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
+from .constants import HUB_ID
 from .exceptions import CheckpointError, MarlinError
 from .modeling_marlin import (
     MARLIN_FIXED_REFERENCE_KEYS,
@@ -29,8 +30,6 @@ from .modeling_marlin import (
     get_sinusoid_encoding_table,
 )
 
-HUB_CHECKPOINTS = {f"marlin_vit_{v}_ytf": f"ControlNet/marlin_vit_{v}_ytf" for v in MARLIN_VARIANTS}
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
 RELEASE_URL = "https://github.com/ControlNet/MARLIN/releases/download/model_v1/{name}.{kind}.pt"
 
 

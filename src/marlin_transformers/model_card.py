@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
-from .constants import CITATION
+from .constants import CITATION, HUB_CHECKPOINTS, HUB_ID
 
 ARXIV_ID = "2211.06627"
 # Every card's tags. None is a Hub task name: the Hub reads a task from the tags when `pipeline_tag` is unset.
@@ -177,8 +177,6 @@ def render_model_card(config: MarlinConfig, source: str, kind: str, architecture
     from (as far as the converter can tell), size and cost, training, the paper's results, use (loading from
     `model_id`, a Hub id or a folder), intended use and limitations, licence, citation."""
     from huggingface_hub import ModelCard, ModelCardData
-
-    from .convert_marlin import HUB_CHECKPOINTS
 
     release = official_release(source)
     variant = variant_key(config)
@@ -378,8 +376,6 @@ def render_finetuned_card(
     import math
 
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    from .convert_marlin import HUB_CHECKPOINTS, HUB_ID
 
     release = official_release(base_model)
     hub_base = HUB_CHECKPOINTS[release] if release else base_model if HUB_ID.fullmatch(base_model) else None

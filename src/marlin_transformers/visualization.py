@@ -1,6 +1,7 @@
 """Every picture the package draws: reconstructions, Fasking masks over face parsing, face crops per window.
 
-Each function takes arrays and returns (or writes) an image; none decodes video or runs a model.
+Each function takes arrays and returns (or writes) an image; none decodes video, parses faces, draws masks or runs a
+model: what computes them (`pretraining.mask_preview`, `pretraining.reconstruction`) hands the arrays over.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .constants import LAPA_LABEL_NAMES, LAPA_PALETTE
 from .modeling_marlin import paint_predictions
 
 
@@ -99,8 +101,6 @@ def render_mask_overlay(
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    from .pretraining.face_parsing import LAPA_LABEL_NAMES, LAPA_PALETTE  # (pretraining draws with this module)
-
     frames = torch.as_tensor(np.asarray(frames)).to(torch.uint8)
     label_maps = torch.as_tensor(np.asarray(label_maps)).long()
     num_frames, height, width = frames.shape[:3]
@@ -146,43 +146,9 @@ def colour_parsing(frames: torch.Tensor, label_maps: torch.Tensor) -> torch.Tens
     Returns:
         `(..., height, width, 3)` float RGB in [0, 255].
     """
-    from .pretraining.face_parsing import LAPA_PALETTE
-
     label_maps = torch.as_tensor(label_maps).long()
     colours = torch.tensor(LAPA_PALETTE, dtype=torch.float32)[label_maps]
     return torch.where(label_maps[..., None] > 0, 0.4 * frames + 0.6 * colours, frames)
-
-
-def render_fasking_preview(
-    face_crops: torch.Tensor | np.ndarray,
-    landmarks: torch.Tensor | np.ndarray,
-    path: str | Path,
-    mask_ratio: float,
-    patch_size: int,
-    tubelet_size: int,
-    parser=None,
-    boxes: torch.Tensor | np.ndarray | None = None,
-    strategy: str = "fasking",
-    seed: int = 0,
-    num_shown: int = 4,
-):
-    """Parse a clip of face crops, draw its Fasking mask and write the picture of `render_mask_overlay`.
-
-    What `marlin show-mask` needs after decoding and cropping: `face_crops` `(num_frames, size, size, 3)` uint8 RGB
-    with `num_frames` a multiple of `tubelet_size`, `landmarks` `(num_frames, 5, 2)` in crop pixels (NaN where no
-    face), `parser` defaulting to `LandmarkFaceParser()`. Returns the picture.
-    """
-    from .pretraining.face_parsing import LandmarkFaceParser
-    from .pretraining.masking import generate_mask
-
-    face_crops = torch.as_tensor(np.asarray(face_crops))
-    num_frames, image_size = face_crops.shape[:2]
-    parser = LandmarkFaceParser() if parser is None else parser
-    label_maps = parser(face_crops, torch.as_tensor(np.asarray(landmarks)), boxes)
-    bool_masked_pos = generate_mask(
-        strategy, num_frames, image_size, patch_size, tubelet_size, mask_ratio, seed, label_maps=label_maps
-    )
-    return render_mask_overlay(face_crops, label_maps, bool_masked_pos, path, patch_size, tubelet_size, num_shown)
 
 
 def write_curve_png(points: list[tuple[int, float]], path: Path, title: str) -> None:
@@ -246,7 +212,7 @@ def reconstruction_panels(
     return torch.cat(panels, dim=2).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def save_reconstruction(
+def write_reconstruction_video(
     windows,
     path: str | Path,
     fps: float,

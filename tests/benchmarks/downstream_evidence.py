@@ -20,7 +20,7 @@ Small real tasks built from the sample videos in `../shared/videos` (never copie
    `save_marlin_folder`: weights anyone can produce offline.
 5. Fine-tuning: `examples/finetune.py` (`--freeze-encoder` by default, 16-frame windows at sample rate 1, linear
    learning-rate decay to 0) with the validation split as Trainer's eval set (selection on validation loss). The
-   test split is scored afterwards (`evaluation.finetuning`), for the last epoch's checkpoint and the
+   test split is scored afterwards (`evaluation.trainer`), for the last epoch's checkpoint and the
    validation-selected one; the test split never chooses anything.
 6. Linear probe: `marlin extract` on every clip, then `evaluation.linear_probe.run_linear_probe` (what
    `examples/linear_probe.py` runs: temporal mean of the window features, one linear layer; epoch picked on the same
@@ -54,15 +54,11 @@ import torch
 from marlin_transformers import MarlinConfig, MarlinModel
 from marlin_transformers.constants import MARLIN_CROP_SIZE, NUM_FRAMES
 from marlin_transformers.convert_marlin import save_marlin_folder
-from marlin_transformers.evaluation.finetuning import (
-    ClipOptions,
-    FinetuningArguments,
-    build_datasets,
-    build_model,
-    build_trainer,
-)
+from marlin_transformers.evaluation.clip_dataset import ClipOptions, build_datasets
+from marlin_transformers.evaluation.finetuning import build_classifier
 from marlin_transformers.evaluation.linear_probe import LinearProbeConfig, run_linear_probe
 from marlin_transformers.evaluation.recipes import PAPER_SEED, RECIPES
+from marlin_transformers.evaluation.trainer import FinetuningArguments, build_trainer
 from marlin_transformers.video import frame_rate, iter_windows, read_video, write_video
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -258,9 +254,9 @@ def checkpoint_test_metrics(
     if mode == "lora":  # the checkpoint holds the adapters and the head
         from peft import PeftModel
 
-        classifier = PeftModel.from_pretrained(build_model(str(model), problem, label_names), checkpoint)
+        classifier = PeftModel.from_pretrained(build_classifier(str(model), problem, label_names), checkpoint)
     else:  # "frozen" (a probe head) or "full"
-        classifier = build_model(str(model), problem, label_names, freeze_encoder=mode == "frozen")
+        classifier = build_classifier(str(model), problem, label_names, freeze_encoder=mode == "frozen")
         classifier.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
     with tempfile.TemporaryDirectory() as scratch:
         training_args = FinetuningArguments(
@@ -281,7 +277,7 @@ def parameter_counts(model: Path, fit_csv: Path, mode: str) -> tuple[int, int]:
 
     with open(fit_csv, newline="", encoding="utf-8") as f:
         label_names = sorted({row["label"] for row in csv.DictReader(f)})
-    classifier = build_model(str(model), "single_label_classification", label_names, mode == "frozen")
+    classifier = build_classifier(str(model), "single_label_classification", label_names, mode == "frozen")
     classifier = add_lora(classifier) if mode == "lora" else classifier
     parameters = list(classifier.parameters())
     return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)

@@ -12,7 +12,7 @@ class folders and saved datasets through it), and the two alignments a held-out 
 to the training label names (`align_label_names`), and its rows matched to other inputs, such as extracted
 features, by path or file stem (`match_videos`).
 
-Read by `evaluation.finetuning` and `evaluation.linear_probe`; written by `data.celebv_hq.prepare_celebvhq`.
+Read by `evaluation.clip_dataset` and `evaluation.linear_probe`; written by `data.celebv_hq.prepare_celebvhq`.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def is_prepared_record(record) -> bool:
     return isinstance(record, dict) and isinstance(record.get("video_id"), str) and "status" in record
 
 
-def read_records(out_dir: str | os.PathLike) -> dict[str, dict]:
+def read_prepared_records(out_dir: str | os.PathLike) -> dict[str, dict]:
     """The last whole record per video id over `manifest.jsonl` and the per-process `manifest.rank*.jsonl`.
 
     Lines that are not records (cut short by a crash, garbage) are skipped: that video is simply prepared again."""
@@ -104,7 +104,7 @@ def read_prepared(out_dir: str | os.PathLike) -> tuple[dict, dict[str, list[Prep
         )
     info = read_json(out_dir / INFO_FILE, "dataset description")
     split = read_json(out_dir / SPLIT_FILE, "split")
-    records = read_records(out_dir)
+    records = read_prepared_records(out_dir)
     videos = {}
     for name in SPLIT_CSV:
         videos[name] = []

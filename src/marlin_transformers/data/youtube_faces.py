@@ -8,7 +8,7 @@ prepare-ytf`. The MARLIN paper's split (`train_set.csv`, `val_set.csv`: `path,le
 **Frame order.** The reference sorts a video's frame files as strings, so `0.1000.jpg` comes before `0.555.jpg`
 and every video longer than a few hundred frames is shuffled in blocks (frames 1000-1999 before 555-999, ...).
 `marlin prepare-ytf` sorts them by their numbers by default (`numeric`); `reference` reproduces the string order
-(`FRAME_ORDERS` maps these names onto `video.decoding.frame_files`' orders).
+(`video.decoding.FRAME_ORDERS`, the orders of `video.decoding.frame_files`).
 
 The reference's own output (`crop_images_DB`, `face_parsing_images_DB`) is read by `youtube_faces_clips` and
 `precomputed_label_maps`.
@@ -26,9 +26,6 @@ import numpy as np
 from ..exceptions import DatasetError
 from ..video.decoding import IMAGE_EXTENSIONS, frame_files
 from .face_videos import SPLITS, FaceVideo
-
-# `--frame-order` names -> `frame_files` orders.
-FRAME_ORDERS = {"numeric": "numeric", "reference": "name"}
 
 
 def ytf_frames_root(root: str | os.PathLike) -> Path:

@@ -30,6 +30,7 @@ from torch import nn
 from ..data.labels import align_label_names, match_videos, read_labels_csv
 from ..exceptions import DatasetError
 from .metrics import batch_mean_auroc, load_downstream_metric
+from .probe_head import ProbeHead
 from .selection import finite_metrics, greater_is_better
 
 CACHE_NAME = "linear_probe_cache.npz"
@@ -167,29 +168,26 @@ def load_features(
     return inputs, stacked
 
 
-class LinearProbe(nn.Module):
-    """Standardization (fixed, from the training features; identity when not asked) then one linear layer:
-    (N, hidden) -> (N, num_labels)."""
-
-    def __init__(self, hidden_size: int, num_labels: int, zero_init: bool = True):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(hidden_size))
-        self.register_buffer("std", torch.ones(hidden_size))
-        self.linear = nn.Linear(hidden_size, num_labels)
-        if zero_init:  # the problem is convex: a zero start is as good as any, and seed-free
-            nn.init.zeros_(self.linear.weight)
-            nn.init.zeros_(self.linear.bias)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear((features - self.mean) / self.std)
-
-
 def _loss(problem_type: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if problem_type == "single_label_classification":
         return nn.functional.cross_entropy(logits, labels)
     if problem_type == "multi_label_classification":
         return nn.functional.binary_cross_entropy_with_logits(logits, labels)
     return nn.functional.mse_loss(logits, labels)
+
+
+def new_probe(features: torch.Tensor, num_labels: int, config: LinearProbeConfig) -> ProbeHead:
+    """The untrained `ProbeHead` for (num_videos, hidden) training features: fixed statistics (the features' mean and
+    std with `config.standardize`, else the identity), the linear layer at zero (`zero_init`) or seeded."""
+    torch.manual_seed(config.seed)  # nn.Linear's own init, without zero_init
+    linear = nn.Linear(features.shape[1], num_labels)
+    if config.zero_init:  # the problem is convex: a zero start is as good as any, and seed-free
+        nn.init.zeros_(linear.weight)
+        nn.init.zeros_(linear.bias)
+    probe = ProbeHead(linear, statistics="fixed")
+    if config.standardize:
+        probe.norm.fit(features)
+    return probe
 
 
 def train_linear_probe(
@@ -199,8 +197,9 @@ def train_linear_probe(
     num_labels: int,
     config: LinearProbeConfig | None = None,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[LinearProbe, dict]:
-    """Fit a `LinearProbe` with AdamW, optionally keeping the epoch best on a validation split (the paper's way).
+) -> tuple[ProbeHead, dict]:
+    """Fit a `ProbeHead` (fixed standardization, then the linear layer) with AdamW, optionally keeping the epoch best
+    on a validation split (the paper's way).
 
     Args:
         features: (num_videos, hidden) float.
@@ -223,15 +222,9 @@ def train_linear_probe(
         y = torch.as_tensor(labels, dtype=torch.long)
     else:
         y = torch.as_tensor(labels, dtype=torch.float32).reshape(len(x), num_labels)
-    torch.manual_seed(config.seed)  # nn.Linear's own init, without zero_init
-    probe = LinearProbe(x.shape[1], num_labels, config.zero_init)
-    if config.standardize:
-        probe.mean.copy_(x.mean(dim=0))
-        probe.std.copy_(x.std(dim=0).clamp_min(1e-6))
-    betas = (config.adam_beta1, config.adam_beta2)
-    optimizer = torch.optim.AdamW(
-        probe.parameters(), lr=config.learning_rate, betas=betas, weight_decay=config.weight_decay
-    )
+    probe = new_probe(x, num_labels, config)
+    betas, decay = (config.adam_beta1, config.adam_beta2), config.weight_decay
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=config.learning_rate, betas=betas, weight_decay=decay)
     plateau = None
     if config.lr_scheduler == "plateau":
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **config.lr_scheduler_kwargs)
@@ -279,7 +272,7 @@ def train_linear_probe(
 
 
 def evaluate_probe(
-    probe: LinearProbe, features: np.ndarray, labels: np.ndarray, problem_type: str, batch_size: int | None = None
+    probe: ProbeHead, features: np.ndarray, labels: np.ndarray, problem_type: str, batch_size: int | None = None
 ) -> dict:
     """The metrics of `evaluation.metrics` for the probe's logits on (num_videos, hidden) features; with
     `batch_size` (classification), also `roc_auc_batch_mean` over consecutive batches of that many videos."""

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..constants import MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
-from ..convert_marlin import HUB_CHECKPOINTS, HUB_ID, load_pretrained_checked, load_reference_checkpoint
+from ..constants import HUB_CHECKPOINTS, HUB_ID, MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
+from ..convert_marlin import load_pretrained_checked, load_reference_checkpoint
 from ..exceptions import CheckpointError, MarlinError
 from ..modeling_marlin import MarlinForPreTraining, MarlinModel, MarlinPreTrainedModel
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,8 +20,10 @@ from ..constants import MARLIN_CROP_SIZE, SAMPLE_RATE
 from ..data.youtube_faces import precomputed_label_maps
 from ..video.decoding import count_frames, decode_frames, probe_video, resize_frames, skip_unreadable
 from ..video.face_tracking import FaceTracker
+from ..video.windows import iter_frame_chunks
+from .clip_sampling import clip_frame_indices, masked_clip
 from .face_parsing import LandmarkFaceParser
-from .masking import generate_mask, seeded_generator
+from .masking import seeded_generator
 
 
 class FacePreparer:
@@ -123,7 +124,12 @@ def prepare_video_cache(
         labels = np.lib.format.open_memmap(entry / "labels.npy", "w+", np.uint8, (num_frames, size, size))
     preparer.reset()
     written = 0
-    for chunk, indices in _iter_chunks(path, chunk_size, num_frames):
+    for window in iter_frame_chunks(path, chunk_size, strict=False):
+        indices = np.asarray(window.frame_indices)
+        keep = indices < num_frames  # the frames counted, if decoding gives more
+        if not keep.any():
+            break
+        chunk, indices = window.frames[keep], indices[keep]
         saved_maps = precomputed_label_maps(path, indices.tolist()) if preparer.parse else None
         chunk_crops, chunk_labels = preparer(chunk, indices.tolist(), saved_maps)
         crops[indices] = chunk_crops
@@ -139,25 +145,6 @@ def prepare_video_cache(
         labels.flush()
     (entry / "done").write_text(json.dumps({"video": str(path), "num_frames": num_frames}) + "\n")
     return entry
-
-
-def _iter_chunks(path: Path, chunk_size: int, num_frames: int):
-    """Every frame of a video or frame folder once, in order, as ((T, H, W, 3) frames, (T,) indices) chunks."""
-    if path.is_dir():
-        for start in range(0, num_frames, chunk_size):
-            indices = np.arange(start, min(start + chunk_size, num_frames))
-            yield decode_frames(path, indices.tolist()), indices
-        return
-    from ..video.windows import iter_windows
-
-    written = 0
-    # Consecutive windows; the tail window overlaps the previous one, so keep only frames not given yet.
-    for window in iter_windows(path, num_frames=chunk_size, sample_rate=1, stride=chunk_size, strict=False):
-        indices = np.asarray(window.frame_indices)
-        new = (indices >= written) & (indices < num_frames)
-        if new.any():
-            yield window.frames[new], indices[new]
-            written = int(indices[new].max()) + 1
 
 
 def _probed_frame_count(video: Path) -> int:
@@ -266,12 +253,9 @@ class FaceClipDataset(torch.utils.data.Dataset):
 
     def frame_indices(self, index: int, generator: torch.Generator) -> list[int]:
         """The clip's frame indices: `num_frames` every `sample_rate` frames from a random start in `frame_range`
-        (the last frame of the range repeats when the range is shorter than a clip)."""
+        (`clip_sampling.clip_frame_indices`)."""
         total = self.frame_counts[index // self.clips_per_video]
-        first, end = math.floor(self.frame_range[0] * total), math.ceil(self.frame_range[1] * total)
-        span = (self.num_frames - 1) * self.sample_rate + 1
-        start = first + int(torch.randint(0, max(end - first - span, 0) + 1, (), generator=generator))
-        return [min(start + i * self.sample_rate, end - 1) for i in range(self.num_frames)]
+        return clip_frame_indices(total, self.num_frames, self.sample_rate, generator, self.frame_range)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """`pixel_values_videos` (num_frames, 3, image_size, image_size) float32 in [0, 1] and `bool_masked_pos`
@@ -287,18 +271,16 @@ class FaceClipDataset(torch.utils.data.Dataset):
             self.preparer.reset()
             saved_maps = precomputed_label_maps(self.videos[video], indices) if self.preparer.parse else None
             crops, labels = self.preparer(decode_frames(self.videos[video], indices), indices, saved_maps)
-        pixel_values_videos = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255
-        bool_masked_pos = generate_mask(
-            self.mask_strategy,
-            self.num_frames,
+        return masked_clip(
+            crops,
+            labels,
             self.image_size,
             self.patch_size,
             self.tubelet_size,
             self.mask_ratio,
+            self.mask_strategy,
             generator,
-            label_maps=None if labels is None else torch.from_numpy(np.ascontiguousarray(labels)),
         )
-        return {"pixel_values_videos": pixel_values_videos, "bool_masked_pos": bool_masked_pos}
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler):

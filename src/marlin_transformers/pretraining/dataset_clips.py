@@ -17,39 +17,26 @@ import torch
 from ..configuration_marlin import MarlinConfig
 from ..constants import SAMPLE_RATE
 from ..data.face_video_builder import decode_clip, decode_parsing_maps
-from ..video.decoding import resize_frames
-from .masking import generate_mask, seeded_generator
-
-
-def clip_frame_indices(total: int, num_frames: int, sample_rate: int, generator: torch.Generator) -> list[int]:
-    """`num_frames` indices every `sample_rate` frames from a random start in a video of `total` frames."""
-    span = (num_frames - 1) * sample_rate + 1
-    start = int(torch.randint(0, max(total - span, 0) + 1, (), generator=generator))
-    return [min(start + i * sample_rate, total - 1) for i in range(num_frames)]
+from .clip_sampling import clip_frame_indices, masked_clip
+from .masking import seeded_generator
 
 
 def sample_clip(row: dict, config: MarlinConfig, sample_rate: int, generator: torch.Generator) -> dict:
     """`pixel_values_videos` (num_frames, 3, image_size, image_size) float32 in [0, 1] and `bool_masked_pos`
-    (num_tokens,) bool (True where masked) of one random clip of a dataset row."""
+    (num_tokens,) bool (True where masked) of one random clip of a dataset row (`clip_sampling`)."""
     indices = clip_frame_indices(int(row["num_frames"]), config.num_frames, sample_rate, generator)
-    frames = resize_frames(decode_clip(row["clip"], indices), config.image_size)
-    maps = None
-    if config.mask_strategy.startswith("fasking"):
-        maps = decode_parsing_maps(row["parsing_maps"])[indices]
-        maps = resize_frames(maps[..., None], config.image_size, nearest=True)[..., 0]
-        maps = torch.from_numpy(maps.copy())
-    bool_masked_pos = generate_mask(
-        config.mask_strategy,
-        config.num_frames,
+    frames = decode_clip(row["clip"], indices)
+    maps = decode_parsing_maps(row["parsing_maps"])[indices] if config.mask_strategy.startswith("fasking") else None
+    return masked_clip(
+        frames,
+        maps,
         config.image_size,
         config.patch_size,
         config.tubelet_size,
         config.mask_ratio,
+        config.mask_strategy,
         generator,
-        label_maps=maps,
     )
-    pixel_values_videos = torch.from_numpy(frames.copy()).permute(0, 3, 1, 2).float() / 255
-    return {"pixel_values_videos": pixel_values_videos, "bool_masked_pos": bool_masked_pos}
 
 
 class PreparedClipDataset(torch.utils.data.Dataset):

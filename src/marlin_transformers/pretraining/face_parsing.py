@@ -1,4 +1,4 @@
-"""Face parsing into LaPa label maps, for Fasking (the picture of parsing and mask is `visualization`'s).
+"""Face parsing into LaPa label maps, for Fasking (the labels' names and colours are in `constants`).
 
 A face parser takes face crops and their five landmarks and returns one LaPa label map per crop:
 
@@ -29,34 +29,6 @@ from torch.nn import functional as F
 
 from ..constants import FARL_CHANNEL_ORDERS
 from ..exceptions import CheckpointError
-
-LAPA_LABEL_NAMES = (
-    "background",
-    "skin",
-    "right brow",
-    "left brow",
-    "right eye",
-    "left eye",
-    "nose",
-    "upper lip",
-    "inner mouth",
-    "lower lip",
-    "hair",
-)
-# One RGB colour per LaPa label, for pictures.
-LAPA_PALETTE = (
-    (0, 0, 0),
-    (255, 204, 153),
-    (0, 153, 255),
-    (0, 102, 204),
-    (255, 255, 0),
-    (204, 204, 0),
-    (255, 0, 255),
-    (255, 51, 51),
-    (102, 0, 0),
-    (204, 0, 102),
-    (102, 51, 0),
-)
 
 FARL_LAPA_FILENAME = "face_parsing.farl.lapa.main_ema_136500_jit191.pt"
 FARL_LAPA_URL = f"https://github.com/FacePerceiver/facer/releases/download/models-v1/{FARL_LAPA_FILENAME}"

@@ -44,17 +44,16 @@ from ..data.prepared_faces import (
     annotations_path,
     clip_path,
     is_prepared_record,
-    read_records,
+    read_prepared_records,
     write_text_atomic,
 )
-from ..data.youtube_faces import FRAME_ORDERS
 from ..exceptions import DatasetError
 from ..jobs import Item, JobKind, JobSummary, Outcome, Shard, Work, each_item, error_text, model_identity, run_job
 from ..records import OutputWriteError, save_arrays_atomic
 from ..video.cropping import FaceCrops, FaceTrack, crop_track, reference_crop_boxes
-from ..video.decoding import frame_files, frame_rate, frame_to_rgb, iter_frames, read_images
+from ..video.decoding import FRAME_ORDERS, frame_files, frame_rate
 from ..video.face_tracking import FaceTracker, iter_face_windows
-from ..video.windows import VideoWindow
+from ..video.windows import VideoWindow, iter_frame_chunks
 
 CROP_STYLES = ("tracker", "reference")
 # YouTube Faces' frame folders state no frame rate; its videos come from YouTube, mostly 24-30 frames per second.
@@ -67,7 +66,7 @@ class PreparationSettings:
 
     Attributes:
         crop_style: "tracker" or "reference" (see the module docstring).
-        frame_order: frame folders only, "numeric" or "reference" (`data.youtube_faces.FRAME_ORDERS`).
+        frame_order: frame folders only, "numeric" or "reference" (`video.decoding.FRAME_ORDERS`).
         lossless: clips as lossless RGB H.264 (about 5-10x larger) instead of H.264 at `crf`.
         crf: H.264 quality of the clips (18: visually lossless).
         frame_folder_fps: the rate stored for frame folders, which state none.
@@ -114,40 +113,19 @@ class ReferenceCropTracker(FaceTracker):
 def iter_source_windows(
     source: Path, frame_order: str, chunk_frames: int, frame_folder_fps: float
 ) -> tuple[float, list[str] | None, Iterator[VideoWindow]]:
-    """(fps, frame file names or None, consecutive chunks of every frame as `VideoWindow`s) of a video or frame folder.
+    """(fps, frame file names or None, consecutive chunks of every frame as `VideoWindow`s) of a video or frame folder
+    (`video.windows.iter_frame_chunks`).
 
     Raises:
         VideoError: (while iterating) an unreadable video or image.
     """
+    windows = iter_frame_chunks(source, chunk_frames, frame_order, frame_folder_fps)
     if source.is_dir():
-        files = frame_files(source, FRAME_ORDERS[frame_order])
+        files = frame_files(source, frame_order)
         if not files:
             raise DatasetError(f"{source}: folder without frame images; remove it or add its frames.")
-
-        def folder_windows() -> Iterator[VideoWindow]:
-            for index, start in enumerate(range(0, len(files), chunk_frames)):
-                indices = list(range(start, min(start + chunk_frames, len(files))))
-                frames = read_images([files[i] for i in indices])
-                times = [i / frame_folder_fps for i in indices]
-                yield VideoWindow(frames, indices, times, times[0], times[-1] + 1 / frame_folder_fps, 0, index)
-
-        return frame_folder_fps, [f.name for f in files], folder_windows()
-
-    fps = float(frame_rate(source))
-
-    def video_windows() -> Iterator[VideoWindow]:
-        frames, indices, times, count = [], [], [], 0
-        for index, time_, duration, frame in iter_frames(source):
-            frames.append(frame_to_rgb(frame))
-            indices.append(index)
-            times.append(time_)
-            if len(frames) == chunk_frames:
-                yield VideoWindow(np.stack(frames), indices, times, times[0], time_ + duration, 0, count)
-                frames, indices, times, count = [], [], [], count + 1
-        if frames:
-            yield VideoWindow(np.stack(frames), indices, times, times[0], times[-1] + 1 / fps, 0, count)
-
-    return fps, None, video_windows()
+        return frame_folder_fps, [f.name for f in files], windows
+    return float(frame_rate(source)), None, windows
 
 
 class VideoPreparer:
@@ -324,7 +302,7 @@ def prepare_corpus(
 
 def write_split_csvs(out_dir: Path, split: dict[str, list[str]]) -> None:
     """`train_set.csv` / `val_set.csv` in the paper's format (`path,len`) for the prepared videos of each split."""
-    records = read_records(out_dir)
+    records = read_prepared_records(out_dir)
     for name, ids in split.items():
         rows = [f"{i},{records[i]['num_frames']}" for i in ids if records.get(i, {}).get("status") == "ok"]
         write_text_atomic(out_dir / SPLIT_CSV[name], "path,len\n" + "".join(row + "\n" for row in rows))

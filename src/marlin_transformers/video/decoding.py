@@ -23,6 +23,8 @@ from ..exceptions import VideoError
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 # Images taken as the frames of a clip in a folder of frames (YouTube Faces' layout).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# Text files listing video paths, one a line, where a video is expected (`marlin extract`, `prepare-faces`).
+LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
 T = TypeVar("T")
 
@@ -152,9 +154,6 @@ def videos_in_folder(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
 
 
-LIST_EXTENSIONS = (".txt", ".lst", ".list")
-
-
 def find_videos(
     paths: Iterable[str | os.PathLike], keep_missing: bool = False, empty_folders: list[Path] | None = None
 ) -> list[Path]:
@@ -202,7 +201,8 @@ def find_videos(
     return list(unique.values())
 
 
-FRAME_ORDERS = ("name", "numeric")
+# How frame files are ordered (`frame_files`), the default first; `marlin prepare-ytf --frame-order` offers these.
+FRAME_ORDERS = ("numeric", "reference")
 
 
 def numeric_frame_key(path: Path) -> tuple:
@@ -220,7 +220,7 @@ def frame_files(folder: str | os.PathLike, order: str = "numeric") -> list[Path]
     Args:
         order: "numeric" (the default, every reader of frame folders: YouTube Faces, the reference's prepared
             `crop_images_DB`, pretraining's clips) sorts by the numbers in the names (`numeric_frame_key`: `0.555.jpg`
-            before `0.1000.jpg`, time order); "name" sorts the names as strings, as the MARLIN reference does
+            before `0.1000.jpg`, time order); "reference" sorts the names as strings, as the MARLIN reference does
             (`0.1000.jpg` before `0.555.jpg`: its clips jump in time where the digit count changes).
     """
     if order not in FRAME_ORDERS:

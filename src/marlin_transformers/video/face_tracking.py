@@ -86,7 +86,40 @@ def interpolate_track(
     )
 
 
-class FaceTracker:
+class BaseFaceTracker:
+    """What every tracker holds: the detector, and how a tracked box becomes a crop.
+
+    Args:
+        detector: finds the faces; anything with MtcnnDetector's `detect(frames, regions=None, region_scale=None)`.
+            By default an `MtcnnDetector(**detector_options)`.
+        margin: crop side as a multiple of max(box width, box height); 1.0 is marlin-pytorch's crop.
+        crop_size: side of the output crops, pixels.
+        smoothing: standard deviation, in sampled frames, of the Gaussian that smooths boxes over time; 0 disables.
+        min_iou: least overlap (IoU) of a detection with the box it would continue.
+        detector_options: without `detector`, MtcnnDetector's arguments: min_confidence, detect_size, min_face_size,
+            region_size, thresholds, pyramid_factor, device, num_threads.
+    """
+
+    def __init__(
+        self,
+        detector: MtcnnDetector | None = None,
+        *,
+        margin: float = 1.0,
+        crop_size: int = MARLIN_CROP_SIZE,
+        smoothing: float = 1.0,
+        min_iou: float = 0.3,
+        **detector_options,
+    ):
+        if detector is not None and detector_options:
+            raise TypeError(f"pass either a detector or its options, not both (got {sorted(detector_options)})")
+        self.detector = detector if detector is not None else MtcnnDetector(**detector_options)
+        self.margin = margin
+        self.crop_size = crop_size
+        self.smoothing = smoothing
+        self.min_iou = min_iou
+
+
+class FaceTracker(BaseFaceTracker):
     """Finds and follows one face through the windows of one video; call `reset()` before the next video.
 
     The tracker keeps the subject's recent detections by frame index, so windows may come in any order and overlap
@@ -98,41 +131,20 @@ class FaceTracker:
     Constructing one is cheap: the default detector loads MTCNN on its first detection.
 
     Args:
-        detector: finds the faces; anything with MtcnnDetector's `detect(frames, regions=None, region_scale=None)`.
-            By default an `MtcnnDetector(**detector_options)`.
-        margin: crop side as a multiple of max(box width, box height); 1.0 is marlin-pytorch's crop.
-        crop_size: side of the output crops, pixels.
-        smoothing: standard deviation, in sampled frames, of the Gaussian that smooths boxes over time; 0 disables.
+        detector, margin, crop_size, smoothing, detector_options: as `BaseFaceTracker`'s.
         min_iou: least overlap with the subject's nearest box for a detection to continue the track.
         reacquire_after: frames (decoded) after which a subject not seen may be picked up again anywhere, at the
             detection nearest to where it was last seen.
         region_scale: once a face is tracked, search only a square this many times its size around it, several times
             cheaper than the whole frame (frames where nothing turns up there are searched whole); 0 disables.
-        detector_options: without `detector`, MtcnnDetector's arguments: min_confidence, detect_size, min_face_size,
-            region_size, thresholds, pyramid_factor, device, num_threads.
     """
 
     _MEMORY = 512  # frames of detections and of the subject's boxes kept, bounding memory on long videos
 
     def __init__(
-        self,
-        detector: MtcnnDetector | None = None,
-        *,
-        margin: float = 1.0,
-        crop_size: int = MARLIN_CROP_SIZE,
-        smoothing: float = 1.0,
-        min_iou: float = 0.3,
-        reacquire_after: int = 64,
-        region_scale: float = 2.5,
-        **detector_options,
+        self, detector: MtcnnDetector | None = None, *, reacquire_after: int = 64, region_scale: float = 2.5, **options
     ):
-        if detector is not None and detector_options:
-            raise TypeError(f"pass either a detector or its options, not both (got {sorted(detector_options)})")
-        self.detector = detector if detector is not None else MtcnnDetector(**detector_options)
-        self.margin = margin
-        self.crop_size = crop_size
-        self.smoothing = smoothing
-        self.min_iou = min_iou
+        super().__init__(detector, **options)
         self.reacquire_after = reacquire_after
         self.region_scale = region_scale
         self.reset()

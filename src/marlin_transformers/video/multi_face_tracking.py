@@ -21,10 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..constants import MARLIN_CROP_SIZE
 from .cropping import FaceCrops, crop_track
 from .face_detection import Detections, MtcnnDetector
-from .face_tracking import box_iou, interpolate_track
+from .face_tracking import BaseFaceTracker, box_iou, interpolate_track
 from .windows import VideoWindow
 
 
@@ -62,36 +61,20 @@ class SubjectTrack:
         return min(frame_indices) <= self.last_frame and max(frame_indices) >= self.first_frame
 
 
-class MultiFaceTracker:
+class MultiFaceTracker(BaseFaceTracker):
     """Finds every face of a video that stays long enough (`find_subjects`) and crops a window around each.
 
     Args:
-        detector: anything with `MtcnnDetector.detect`'s signature; by default `MtcnnDetector(**detector_options)`.
-        margin, crop_size, smoothing: as `FaceTracker`'s.
+        detector, margin, crop_size, smoothing, detector_options: as `face_tracking.BaseFaceTracker`'s.
         min_iou: least overlap with a track's last box for a detection to continue it.
         max_gap: decoded frames a track may go unseen and still continue.
         min_detections: sampled frames a face must be detected in to count as a subject.
     """
 
     def __init__(
-        self,
-        detector: MtcnnDetector | None = None,
-        *,
-        margin: float = 1.0,
-        crop_size: int = MARLIN_CROP_SIZE,
-        smoothing: float = 1.0,
-        min_iou: float = 0.3,
-        max_gap: int = 64,
-        min_detections: int = 16,
-        **detector_options,
+        self, detector: MtcnnDetector | None = None, *, max_gap: int = 64, min_detections: int = 16, **options
     ):
-        if detector is not None and detector_options:
-            raise TypeError(f"pass either a detector or its options, not both (got {sorted(detector_options)})")
-        self.detector = detector if detector is not None else MtcnnDetector(**detector_options)
-        self.margin = margin
-        self.crop_size = crop_size
-        self.smoothing = smoothing
-        self.min_iou = min_iou
+        super().__init__(detector, **options)
         self.max_gap = max_gap
         self.min_detections = min_detections
 

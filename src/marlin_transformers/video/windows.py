@@ -16,11 +16,12 @@ import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..constants import NUM_FRAMES, SAMPLE_RATE, STRIDE
-from .decoding import frame_to_rgb, iter_frames
+from .decoding import frame_files, frame_to_rgb, iter_frames, read_images
 
 
 @dataclass
@@ -193,3 +194,44 @@ def iter_windows(
     tail = planner.finish()
     if tail is not None:
         yield make_window(*tail)
+
+
+def iter_frame_chunks(
+    source: str | os.PathLike,
+    chunk_frames: int,
+    frame_order: str = "numeric",
+    folder_fps: float = 25.0,
+    strict: bool = True,
+) -> Iterator[VideoWindow]:
+    """Every frame of a video file or a folder of frames once, in order, in consecutive chunks of `chunk_frames` (the
+    last one shorter): `VideoWindow`s without padding, for work done on every frame (face tracking and parsing).
+
+    Args:
+        source: a video file, or a folder of frame images (`decoding.frame_files` in `frame_order`, shown at
+            `folder_fps` frames per second).
+        chunk_frames: frames per chunk (bounds memory).
+        strict: for a video file, as `iter_windows`.
+
+    Raises:
+        VideoError: (while iterating) an unreadable video or image.
+    """
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}")
+    if Path(source).is_dir():
+        files = frame_files(source, frame_order)
+        for index, start in enumerate(range(0, len(files), chunk_frames)):
+            indices = list(range(start, min(start + chunk_frames, len(files))))
+            times = [i / folder_fps for i in indices]
+            frames = read_images([files[i] for i in indices])
+            yield VideoWindow(frames, indices, times, times[0], times[-1] + 1 / folder_fps, 0, index)
+        return
+    frames, indices, times, count = [], [], [], 0
+    for index, time, duration, frame in iter_frames(source, strict):
+        frames.append(frame_to_rgb(frame))
+        indices.append(index)
+        times.append(time)
+        if len(frames) == chunk_frames:
+            yield VideoWindow(np.stack(frames), indices, times, times[0], time + duration, 0, count)
+            frames, indices, times, count = [], [], [], count + 1
+    if frames:
+        yield VideoWindow(np.stack(frames), indices, times, times[0], time + duration, 0, count)
