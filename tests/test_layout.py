@@ -14,6 +14,7 @@ STAGES = {
     "constants": 0,
     "exceptions": 0,
     "records": 0,
+    "jobs": 0,
     "configuration_marlin": 0,
     "modeling_marlin": 0,
     # 1: video in, and the pictures drawn from arrays
