@@ -1,7 +1,7 @@
 """Fine-tuning MARLIN on labelled face videos with `transformers.Trainer`, or training only its head.
 
 The model is a `MarlinForVideoClassification` (pooled MARLIN feature -> one linear layer) whose encoder comes from
-any MARLIN checkpoint `extraction.load_encoder` reads (`build_model`). Videos are decoded (and, with
+any MARLIN checkpoint `loading.load_marlin` reads (`build_model`). Videos are decoded (and, with
 `ClipOptions.crop_face`, their face tracked and cropped) on the fly in `VideoClipDataset.__getitem__`, so nothing is
 prepared beforehand. `examples/finetune.py` is the command line around these pieces.
 
@@ -304,16 +304,15 @@ def build_model(
         freeze_encoder: train only the head (the encoder's parameters get `requires_grad=False`), a `ProbeHead`
             (standardization then linear) that `export_model` folds back into the linear layer.
     """
-    from ..extraction import load_encoder
+    from ..loading import load_marlin
 
-    encoder = load_encoder(model)
-    config = copy.deepcopy(encoder.config)
-    config.id2label = dict(enumerate(label_names))
-    config.label2id = {name: i for i, name in enumerate(label_names)}
-    config.problem_type = problem_type
-    config.architectures = ["MarlinForVideoClassification"]
-    classifier = MarlinForVideoClassification(config)
-    classifier.marlin.load_state_dict(encoder.state_dict())
+    classifier = load_marlin(
+        model,
+        "classification",
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        problem_type=problem_type,
+    )
     if freeze_encoder:
         classifier.marlin.requires_grad_(False)
         classifier.classifier = ProbeHead(classifier.classifier)
@@ -407,7 +406,7 @@ class FinetuningArguments(TrainingArguments):
     `greater_is_better` follows the metric) loaded at the end; 10 epochs at learning rate 1e-4, weight decay 0.05;
     2 videos (all their windows) per evaluation batch; 4 data-loader workers; seed 0; a log every 10 steps; at most 2
     checkpoints kept; `hub_strategy="end"` (with `push_to_hub`, the Trainer only creates the repo: upload the final
-    folder with `convert_marlin.push_folder_to_hub`). Without an accelerator it runs on the CPU (`use_cpu`).
+    folder with `hub_folders.push_folder_to_hub`). Without an accelerator it runs on the CPU (`use_cpu`).
     Settings that would train nothing (no epochs, batches of no video, a learning rate <= 0) raise ValueError.
 
     Adds, for the paper code's recipe (`evaluation.recipes`): `recipe` (the preset's name, recorded with the run),
@@ -630,7 +629,7 @@ def save_finetuned(model, folder: str | os.PathLike, merge_lora: bool = False) -
     """Save a fine-tuned model so that `AutoModelForVideoClassification.from_pretrained(folder)` loads it.
 
     A `MarlinForVideoClassification` (probe head folded, `export_model`) and, with `merge_lora`, a LoRA model whose
-    adapters are merged into the weights, are saved with `convert_marlin.save_marlin_folder`. A LoRA model without
+    adapters are merged into the weights, are saved with `hub_folders.save_marlin_folder`. A LoRA model without
     `merge_lora` saves its adapter only (`adapter_config.json`, `adapter_model.safetensors`: the adapters and the
     head, a few MB) plus the classifier's `config.json`; load it onto the encoder it was trained from:
 
@@ -638,7 +637,7 @@ def save_finetuned(model, folder: str | os.PathLike, merge_lora: bool = False) -
         base = AutoModelForVideoClassification.from_pretrained(encoder_folder, config=config)
         model = peft.PeftModel.from_pretrained(base, folder)
     """
-    from ..convert_marlin import honour_umask, save_marlin_folder
+    from ..hub_folders import honour_umask, save_marlin_folder
 
     if hasattr(model, "peft_config"):
         if merge_lora:
