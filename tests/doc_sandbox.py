@@ -52,7 +52,7 @@ NAMES = {
     "model_cards/": "an empty folder (the cards' regeneration command writes there)",
 }
 
-# marlin-transformers' names -> the reference's (marlin-pytorch), the inverse of convert_marlin.REFERENCE_KEY_MAPPING
+# marlin-transformers' names -> the reference's (marlin-pytorch), the inverse of modeling_marlin.REFERENCE_KEY_MAPPING
 _TO_REFERENCE = [
     (r"^marlin\.embeddings\.patch_embeddings\.projection\.", "encoder.patch_embedding.projection."),
     (r"^marlin\.encoder\.layer\.", "encoder.blocks."),

@@ -1,7 +1,6 @@
 """MARLIN (Cai et al., CVPR 2023) as a native Hugging Face Transformers model.
 
-Importing the package registers `MarlinConfig` and the models with the Auto classes, and the reference's weight
-names with transformers' weight conversion. Video decoding, face detection
+Importing the package registers `MarlinConfig` and the models with the Auto classes. Video decoding, face detection
 and the CLI import their heavy dependencies (PyAV, facenet-pytorch) only when used.
 """
 
@@ -14,7 +13,6 @@ from transformers import (
 )
 
 from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
-from .convert_marlin import register_reference_keys
 from .exceptions import CheckpointError, MarlinError, NoFaceError, VideoError
 from .modeling_marlin import (
     MarlinDiscriminator,
@@ -35,7 +33,6 @@ AutoModel.register(MarlinConfig, MarlinModel, exist_ok=True)
 AutoModelForPreTraining.register(MarlinConfig, MarlinForPreTraining, exist_ok=True)
 AutoModelForVideoClassification.register(MarlinConfig, MarlinForVideoClassification, exist_ok=True)
 AutoVideoProcessor.register(MarlinConfig, MarlinVideoProcessor, exist_ok=True)
-register_reference_keys()  # `from_pretrained` also reads the authors' Hub layout
 
 __all__ = [
     "MARLIN_VARIANTS",

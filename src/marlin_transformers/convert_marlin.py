@@ -8,8 +8,7 @@ Formats read (the variant is inferred from tensor shapes):
 - the training script's Lightning `.ckpt` (`state_dict`, with the critic under `discriminator.*`, kept so
   pretraining can resume) -> `MarlinForPreTraining`;
 - the authors' Hub layout (`config.json` with `img_size`/`encoder_embed_dim`..., `model.safetensors` with keys
-  `marlin.encoder.*`), as a local folder or a Hub id -> `MarlinModel`. `from_pretrained` reads it too: importing the
-  package registers the key table with transformers (`register_reference_keys`).
+  `marlin.encoder.*`), as a local folder or a Hub id -> `MarlinModel`.
 
 `convert_checkpoint` writes the result as a Transformers folder (`hub_folders`); `loading.load_marlin` loads any of
 these formats as a model without writing anything.
@@ -20,65 +19,20 @@ import re
 from pathlib import Path
 
 import torch
-from transformers.core_model_loading import WeightRenaming
 
 from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
 from .exceptions import CheckpointError
 from .hub_folders import HUB_ID, save_marlin_folder, staged_folder
 from .model_card import render_model_card
-from .modeling_marlin import MarlinForPreTraining, MarlinModel, get_sinusoid_encoding_table
+from .modeling_marlin import (
+    MARLIN_FIXED_REFERENCE_KEYS,
+    REFERENCE_KEY_MAPPING,
+    MarlinForPreTraining,
+    MarlinModel,
+    get_sinusoid_encoding_table,
+)
 
 RELEASE_URL = "https://github.com/ControlNet/MARLIN/releases/download/model_v1/{name}.{kind}.pt"
-
-# Parameter names of the reference release (marlin-pytorch's `Marlin`, its Lightning module, and the authors' Hub
-# repos, whose keys carry a `marlin.` prefix) -> ours, as (regex, replacement) applied in order. Position tables
-# are not listed: they are fixed and recomputed by the model (see `MARLIN_FIXED_REFERENCE_KEYS`).
-REFERENCE_KEY_MAPPING = [
-    (r"^marlin\.", ""),
-    (r"^encoder\.patch_embedding\.projection\.", "marlin.embeddings.patch_embeddings.projection."),
-    (r"^encoder\.blocks\.", "marlin.encoder.layer."),
-    (r"^encoder\.norm\.", "marlin.layernorm."),
-    (r"^decoder\.blocks\.", "decoder.layer."),
-    (r"^decoder\.norm\.", "decoder.layernorm."),
-    (r"^enc_dec_proj\.", "encoder_to_decoder."),
-    (r"\.norm1\.", ".layernorm_before."),
-    (r"\.norm2\.", ".layernorm_after."),
-    (r"\.attn\.", ".attention."),
-    (r"^discriminator\.layers\.0\.linear\.", "discriminator.fc1."),
-    (r"^discriminator\.layers\.1\.linear\.", "discriminator.fc2."),
-    (r"\.mlp\.layers\.0\.linear\.", ".mlp.fc1."),
-    (r"\.mlp\.layers\.1\.linear\.", ".mlp.fc2."),
-]
-MARLIN_FIXED_REFERENCE_KEYS = ("encoder.pos_embedding.emb", "decoder.pos_embedding.emb")
-
-
-class ReferenceKeyRenaming(WeightRenaming):
-    """A `REFERENCE_KEY_MAPPING` row as transformers' weight conversion: `from_pretrained` reads the reference's
-    name as ours. The reference's names are read, never written: saving keeps this model's names (transformers
-    would otherwise write a loaded, or any, MARLIN model back in the reference's)."""
-
-    __slots__ = ()
-
-    def reverse_transform(self) -> WeightRenaming:
-        return KeepKeys(self._original_target_patterns, self._original_source_patterns)
-
-
-class KeepKeys(WeightRenaming):
-    """The reverse of a `ReferenceKeyRenaming`, applied by `save_pretrained`: every key stays as it is."""
-
-    __slots__ = ()
-
-    def rename_source_key(self, source_key: str) -> tuple[str, None]:
-        return source_key, None
-
-
-def register_reference_keys() -> None:
-    """Register `REFERENCE_KEY_MAPPING` with transformers for the `marlin` model type, so that `from_pretrained`
-    (also through the Auto classes) reads the authors' Hub layout (`ControlNet/marlin_vit_*_ytf`)."""
-    from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-
-    renamings = [ReferenceKeyRenaming(pattern, replacement) for pattern, replacement in REFERENCE_KEY_MAPPING]
-    register_checkpoint_conversion_mapping(MarlinConfig.model_type, renamings, overwrite=True)
 
 
 def load_reference_state_dict(source: str | Path) -> tuple[dict[str, torch.Tensor], str]:

@@ -28,6 +28,27 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_marlin import MarlinConfig
 
+# Parameter names of the reference release (marlin-pytorch's `Marlin`, its Lightning module, and the authors' Hub
+# repos, whose keys carry a `marlin.` prefix) -> ours, as (regex, replacement) applied in order. Position tables
+# are not listed: they are fixed and recomputed here (see `MARLIN_FIXED_REFERENCE_KEYS`).
+REFERENCE_KEY_MAPPING = [
+    (r"^marlin\.", ""),
+    (r"^encoder\.patch_embedding\.projection\.", "marlin.embeddings.patch_embeddings.projection."),
+    (r"^encoder\.blocks\.", "marlin.encoder.layer."),
+    (r"^encoder\.norm\.", "marlin.layernorm."),
+    (r"^decoder\.blocks\.", "decoder.layer."),
+    (r"^decoder\.norm\.", "decoder.layernorm."),
+    (r"^enc_dec_proj\.", "encoder_to_decoder."),
+    (r"\.norm1\.", ".layernorm_before."),
+    (r"\.norm2\.", ".layernorm_after."),
+    (r"\.attn\.", ".attention."),
+    (r"^discriminator\.layers\.0\.linear\.", "discriminator.fc1."),
+    (r"^discriminator\.layers\.1\.linear\.", "discriminator.fc2."),
+    (r"\.mlp\.layers\.0\.linear\.", ".mlp.fc1."),
+    (r"\.mlp\.layers\.1\.linear\.", ".mlp.fc2."),
+]
+MARLIN_FIXED_REFERENCE_KEYS = ("encoder.pos_embedding.emb", "decoder.pos_embedding.emb")
+
 
 def get_sinusoid_encoding_table(num_positions: int, dim: int) -> torch.Tensor:
     """Fixed sin-cos position table of shape (1, num_positions, dim), float32.
@@ -613,6 +634,19 @@ class MarlinPreTrainedModel(PreTrainedModel):
             if isinstance(module, MarlinDecoder):
                 std = self.config.initializer_range
                 init.trunc_normal_(module.mask_token, mean=0.0, std=std, a=-std, b=std)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, also reading the authors' Hub layout (`marlin.encoder.blocks...`)."""
+        if "key_mapping" in kwargs:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        kwargs["key_mapping"] = dict(REFERENCE_KEY_MAPPING)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        # With `output_loading_info=True` this is (model, loading info).
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # Saving must write our own names, not undo the renaming back to the reference's.
+        model._weight_conversions = None
+        return loaded
 
 
 class MarlinModel(MarlinPreTrainedModel):
