@@ -5,7 +5,7 @@
         --problem-type multi_label_classification \
         --output-dir runs/celebvhq_appearance --metric-for-best-model roc_auc
 
-`--model` is any MARLIN checkpoint `marlin_transformers.extraction.load_encoder` reads: a converted folder, a Hub id,
+`--model` is any MARLIN checkpoint `marlin_transformers.loading.load_marlin` reads: a converted folder, a Hub id,
 or an official `.pt`/`.ckpt` file. `--train-data`/`--eval-data` are a labels CSV, a folder of class subfolders, a
 JSON/JSON Lines file or a saved `datasets` dataset (`--train-split`/`--eval-split`). Videos are decoded, and with
 `--crop-face` face-cropped, on the fly; a training video gives one random window per epoch, an evaluation video the
@@ -39,14 +39,14 @@ from pathlib import Path
 from transformers import HfArgumentParser, set_seed
 
 from marlin_transformers import MarlinConfig
-from marlin_transformers.convert_marlin import push_folder_to_hub
 from marlin_transformers.evaluation.clip_dataset import EVAL_CLIPS, ClipOptions, build_datasets
 from marlin_transformers.evaluation.finetuning import LORA_TARGET_MODULES, add_lora, build_classifier, save_finetuned
 from marlin_transformers.evaluation.recipes import RECIPES, describe, get_recipe
 from marlin_transformers.evaluation.selection import finite_metrics
 from marlin_transformers.evaluation.trainer import FinetuningArguments, build_trainer
 from marlin_transformers.exceptions import MarlinError
-from marlin_transformers.extraction import load_encoder
+from marlin_transformers.hub_folders import push_folder_to_hub
+from marlin_transformers.loading import load_marlin
 from marlin_transformers.model_card import render_finetuned_card
 
 
@@ -133,7 +133,7 @@ def finetune(
     if recipe_values:  # a preset, not our defaults
         print(f"finetune: {describe(recipe, recipe_values)}", file=sys.stderr)
     problem_type = training_args.problem_type
-    encoder = load_encoder(model_args.model)
+    encoder = load_marlin(model_args.model)
     options = ClipOptions(
         num_frames=encoder.config.num_frames, image_size=encoder.config.image_size, **asdict(clip_args)
     )

@@ -65,7 +65,7 @@ def tiny_config(**overrides) -> MarlinConfig:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A converted folder of a tiny encoder that reads 16 frames of 32 pixels (one layer), for extraction tests."""
-    from marlin_transformers.convert_marlin import save_marlin_folder
+    from marlin_transformers.hub_folders import save_marlin_folder
 
     config = MarlinConfig(**{**TINY_CLIP, "num_frames": 16, "num_hidden_layers": 1})
     torch.manual_seed(0)
@@ -78,7 +78,7 @@ def tiny_model_dir(tmp_path_factory):
 def tiny_pretraining_dir(tmp_path_factory):
     """A converted folder of a tiny MarlinForPreTraining reading 16 frames of 32 pixels (8 x 2 x 2 = 32 tokens), for
     reconstruction and app tests."""
-    from marlin_transformers.convert_marlin import save_marlin_folder
+    from marlin_transformers.hub_folders import save_marlin_folder
     from marlin_transformers.modeling_marlin import MarlinForPreTraining
 
     torch.manual_seed(0)

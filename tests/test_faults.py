@@ -25,9 +25,10 @@ import torch
 from conftest import TINY_CLIP
 from marlin_transformers import MarlinConfig, MarlinModel
 from marlin_transformers.cli import main
-from marlin_transformers.convert_marlin import check_model_outputs, save_marlin_folder
+from marlin_transformers.convert_marlin import check_model_outputs
 from marlin_transformers.exceptions import CheckpointError
 from marlin_transformers.extraction.job import MANIFEST, read_manifest_records
+from marlin_transformers.hub_folders import save_marlin_folder
 from video_factory import encode_video, indexed_frames
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity"

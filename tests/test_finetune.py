@@ -13,9 +13,9 @@ import torch
 
 from conftest import TINY_CLIP
 from marlin_transformers import MarlinConfig, MarlinModel
-from marlin_transformers.convert_marlin import save_marlin_folder
 from marlin_transformers.data.labels import read_labels
 from marlin_transformers.evaluation import clip_dataset, finetuning, probe_head, trainer
+from marlin_transformers.hub_folders import save_marlin_folder
 from video_factory import encode_video, indexed_frames, read_frame_index
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "finetune.py"

@@ -27,6 +27,8 @@ STAGES = {
     "pretraining": 3,
     "extraction": 3,
     "convert_marlin": 3,
+    "loading": 3,
+    "hub_folders": 3,
     "model_card": 3,
     # 4: downstream evaluation
     "evaluation": 4,

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
+from marlin_transformers.constants import num_visible_tokens
 from marlin_transformers.pretraining.masking import (
     MASKING_STRATEGIES,
     generate_mask,
     generate_masks,
-    num_visible_tokens,
     seeded_generator,
 )
 

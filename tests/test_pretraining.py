@@ -20,6 +20,7 @@ from torch import nn
 
 from conftest import TINY_CLIP
 from marlin_transformers import MarlinConfig, MarlinForPreTraining
+from marlin_transformers.constants import num_visible_tokens
 from marlin_transformers.data import precomputed_label_maps, youtube_faces_clips
 from marlin_transformers.exceptions import CheckpointError, DatasetError
 from marlin_transformers.pretraining import (
@@ -39,7 +40,7 @@ from marlin_transformers.pretraining import (
     videomae_to_marlin_state_dict,
 )
 from marlin_transformers.pretraining.checkpointing import PROGRESS_FILENAME, checkpoint_problem
-from marlin_transformers.pretraining.masking import num_visible_tokens, seeded_generator
+from marlin_transformers.pretraining.masking import seeded_generator
 from marlin_transformers.pretraining.training import (
     PretrainingArguments,
     build_model,

@@ -6,8 +6,9 @@ import torch
 
 from conftest import TINY_CLIP
 from marlin_transformers.cli import main
+from marlin_transformers.loading import load_marlin
 from marlin_transformers.modeling_marlin import patchify_video
-from marlin_transformers.pretraining.reconstruction import load_pretraining_model, reconstruct_video
+from marlin_transformers.pretraining.reconstruction import reconstruct_video
 from marlin_transformers.video.decoding import read_video
 from marlin_transformers.visualization import reconstruction_panels
 from video_factory import encode_video, moving_face_frames
@@ -34,7 +35,7 @@ def test_reconstruct_writes_four_panels_that_match_the_model(tiny_pretraining_di
     )
     assert "2 windows" in capsys.readouterr().out
 
-    model = load_pretraining_model(tiny_pretraining_dir)
+    model = load_marlin(tiny_pretraining_dir, "pretraining")
     windows = list(reconstruct_video(face_video, model, crop_face=True))  # the CLI's defaults: fasking, 0.9, seed 0
     assert [w.window.frame_indices[0] for w in windows] == [0, 9]
     for w in windows:
@@ -73,7 +74,7 @@ def test_reconstruct_writes_four_panels_that_match_the_model(tiny_pretraining_di
 
 
 def test_random_masks_need_no_face_and_repeat_with_the_seed(tiny_pretraining_dir, face_video):
-    model = load_pretraining_model(tiny_pretraining_dir)
+    model = load_marlin(tiny_pretraining_dir, "pretraining")
     first = list(reconstruct_video(face_video, model, strategy="random", seed=3, max_windows=1))
     again = list(reconstruct_video(face_video, model, strategy="random", seed=3, max_windows=1))
     other = list(reconstruct_video(face_video, model, strategy="random", seed=4, max_windows=1))

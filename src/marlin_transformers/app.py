@@ -42,16 +42,16 @@ class AppResult:
 
 
 def load_app_model(model: str | os.PathLike | None = None):
-    """A `MarlinForPreTraining` and the label of its weights: `model` checked (`load_pretraining_model`), or without
+    """A `MarlinForPreTraining` and the label of its weights: `model` checked (`load_marlin`), or without
     one a randomly initialized ViT-B, said in one line on stderr (the pictures then show the pipeline only)."""
     import torch
 
     from .configuration_marlin import MarlinConfig
+    from .loading import load_marlin
     from .modeling_marlin import MarlinForPreTraining
-    from .pretraining.reconstruction import load_pretraining_model
 
     if model is not None:
-        return load_pretraining_model(model), str(model)
+        return load_marlin(model, "pretraining"), str(model)
     print(
         "marlin app: no --model given; going on with RANDOMLY INITIALIZED ViT-B weights: the reconstructions and "
         "features are meaningless, the app only shows the pipeline.",

@@ -43,33 +43,21 @@ def _non_negative_int(text: str) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from .configuration_marlin import MarlinConfig
-    from .convert_marlin import convert_checkpoint, infer_config, load_reference_state_dict
+    from .convert_marlin import convert_checkpoint
 
     if (args.private or args.token) and not args.push_to_hub:
         raise MarlinError("--private and --token go with --push-to-hub REPO_ID; add it, or leave them out.")
-    config = None
-    if args.num_attention_heads or args.decoder_num_attention_heads:
-        state_dict, _ = load_reference_state_dict(args.source)
-        overrides = {
-            k: v
-            for k, v in (
-                ("num_attention_heads", args.num_attention_heads),
-                ("decoder_num_attention_heads", args.decoder_num_attention_heads),
-            )
-            if v
-        }
-        try:
-            config = infer_config(state_dict, **overrides)
-        except MarlinError as error:
-            raise MarlinError(f"{args.source}: {error}") from None
-    out = convert_checkpoint(args.source, args.output_dir, config=config, model_id=args.push_to_hub)
+    heads = dict(
+        num_attention_heads=args.num_attention_heads, decoder_num_attention_heads=args.decoder_num_attention_heads
+    )
+    out = convert_checkpoint(args.source, args.output_dir, model_id=args.push_to_hub, **heads)
     loaded = MarlinConfig.from_pretrained(out)
     print(
         f"wrote {out} ({loaded.architectures[0]}, {loaded.hidden_size} wide, {loaded.num_hidden_layers} layers); "
         f'load it with AutoModel.from_pretrained("{out}")'
     )
     if args.push_to_hub:
-        from .convert_marlin import push_folder_to_hub
+        from .hub_folders import push_folder_to_hub
 
         message = f"MARLIN converted from {Path(args.source).name}"
         private = True if args.private else None
@@ -159,12 +147,13 @@ def _show_mask(args: argparse.Namespace) -> int:
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
+    from .loading import load_marlin
     from .pretraining.face_parsing import FarlFaceParser
-    from .pretraining.reconstruction import load_pretraining_model, reconstruct_video
+    from .pretraining.reconstruction import reconstruct_video
     from .video.decoding import frame_rate
     from .visualization import write_reconstruction_video
 
-    model = load_pretraining_model(args.model)  # checked before any video is read
+    model = load_marlin(args.model, "pretraining")  # checked before any video is read
     parser = FarlFaceParser(args.farl_model) if args.farl_model else None
     fps = frame_rate(args.video) / args.sample_rate  # the sampled frames at their real speed
     windows = reconstruct_video(

@@ -19,6 +19,12 @@ MARLIN_CROP_SIZE: int = _DEFAULT_CONFIG.image_size
 SAMPLE_RATE = 2
 STRIDE = 16
 
+
+def num_visible_tokens(num_tokens: int, mask_ratio: float) -> int:
+    """Tokens left visible by every masking strategy: `int((1 - mask_ratio) * num_tokens)`, 156 of 1568 at 0.9."""
+    return int((1 - mask_ratio) * num_tokens)
+
+
 # The channel orders the FaRL face parser can be fed, the default first: RGB, as FaRL was trained; BGR, as the paper
 # code fed it (OpenCV frames), which made the maps the released models were pretrained with.
 FARL_CHANNEL_ORDERS = ("rgb", "bgr")

@@ -1,4 +1,5 @@
-"""Convert the released MARLIN checkpoints to Transformers folders.
+"""Convert the released MARLIN checkpoints: every released format -> the reference's state dict -> a MARLIN model,
+with the config inferred from tensor shapes and the reference's key names renamed to this model's.
 
 Formats read (the variant is inferred from tensor shapes):
 
@@ -8,20 +9,22 @@ Formats read (the variant is inferred from tensor shapes):
   pretraining can resume) -> `MarlinForPreTraining`;
 - the authors' Hub layout (`config.json` with `img_size`/`encoder_embed_dim`..., `model.safetensors` with keys
   `marlin.encoder.*`), as a local folder or a Hub id -> `MarlinModel`.
+
+`convert_checkpoint` writes the result as a Transformers folder (`hub_folders`); `loading.load_marlin` loads any of
+these formats as a model without writing anything.
 """
 
-import glob
-import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import torch
 
 from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
 from .constants import HUB_ID
-from .exceptions import CheckpointError, MarlinError
+from .exceptions import CheckpointError
+from .hub_folders import save_marlin_folder, staged_folder
+from .model_card import render_model_card
 from .modeling_marlin import (
     MARLIN_FIXED_REFERENCE_KEYS,
     REFERENCE_KEY_MAPPING,
@@ -102,7 +105,7 @@ def resolve_checkpoint_folder(source: str | os.PathLike, example: str = "a local
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(str(source), allow_patterns=["config.json", "*.safetensors", "*.bin"]))
+        return Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors", "*.bin"]))
     except Exception as error:  # offline, unknown repo, gated...
         raise CheckpointError(
             f"{source}: cannot download from the Hub ({type(error).__name__}); pass {example}."
@@ -115,53 +118,6 @@ def config_error_reason(error: Exception) -> str:
     return " ".join(str(cause).split())
 
 
-def load_pretrained_checked(model_class, source: str | os.PathLike, allow_missing: tuple[str, ...] = (), **kwargs):
-    """`model_class.from_pretrained(source, **kwargs)` held to the converter's rules, so a folder that would load a
-    quietly random or broken model stops with one `CheckpointError` line naming it: no, unreadable or invalid
-    `config.json`; a truncated or unreadable weight file; weights missing (but those starting with an `allow_missing`
-    prefix, e.g. a new classifier head), unexpected or of other shapes; non-finite weights or outputs
-    (`check_model_outputs`). transformers' load report is not printed: this says what matters in its place."""
-    from huggingface_hub.errors import StrictDataclassError
-    from transformers.utils import logging as transformers_logging
-
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        model, info = model_class.from_pretrained(
-            source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
-        )
-    except StrictDataclassError as error:
-        raise CheckpointError(
-            f"{source}: invalid config.json ({config_error_reason(error)}); fix that value or convert the checkpoint "
-            "again."
-        ) from None
-    except (OSError, ValueError) as error:  # no or unreadable config.json, no weights, not a MARLIN folder, offline
-        reason = " ".join(str(error).split())[:200]
-        raise CheckpointError(
-            f"{source}: cannot load this model ({reason}); without the Hub, pass a folder made by `marlin convert` or "
-            "an official checkpoint file, e.g. path/to/marlin_vit_base_ytf.encoder.pt."
-        ) from None
-    except Exception as error:  # safetensors' own errors: a truncated or corrupt weight file
-        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
-        raise CheckpointError(
-            f"{source}: cannot read its weights ({reason}); the weight file is truncated or corrupt, convert or "
-            "download it again."
-        ) from None
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-    missing = sorted(k for k in info["missing_keys"] if not k.startswith(allow_missing))
-    unexpected = sorted(info["unexpected_keys"])
-    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info["mismatched_keys"])
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"{source}: weights do not match its config ({type(model).__name__}): missing {_abbreviate(missing)}, "
-            f"unexpected {_abbreviate(unexpected)}, other shapes {_abbreviate(mismatched)}; convert the checkpoint "
-            "again with `marlin convert`."
-        )
-    check_model_outputs(model, source)
-    return model
-
-
 def check_model_outputs(model, source: str | os.PathLike) -> None:
     """Refuse a model whose weights hold NaN/inf, or whose encoder gives non-finite features on a small seeded clip
     (one tubelet of 2x2 patches through every layer, with the position table resampled to that grid: milliseconds)."""
@@ -172,7 +128,7 @@ def check_model_outputs(model, source: str | os.PathLike) -> None:
     ]
     if bad:
         raise CheckpointError(
-            f"{source}: weights hold NaN or inf values ({_abbreviate(bad)}); the checkpoint is broken."
+            f"{source}: weights hold NaN or inf values ({abbreviate_keys(bad)}); the checkpoint is broken."
         )
     encoder = getattr(model, "marlin", model)
     config = encoder.config
@@ -297,190 +253,73 @@ def convert_state_dict(
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint does not match a MARLIN {config.hidden_size}-wide model: "
-            f"missing keys {_abbreviate(missing)}, unexpected keys {_abbreviate(unexpected)}."
+            f"missing keys {abbreviate_keys(missing)}, unexpected keys {abbreviate_keys(unexpected)}."
         )
     mismatched = [k for k, v in renamed.items() if v.shape != model.state_dict()[k].shape]
     if mismatched:
-        raise CheckpointError(f"checkpoint tensors with unexpected shapes: {_abbreviate(mismatched)}.")
+        raise CheckpointError(f"checkpoint tensors with unexpected shapes: {abbreviate_keys(mismatched)}.")
     model.load_state_dict(renamed, strict=False)
     return model.eval()
 
 
-def _abbreviate(keys: list[str], limit: int = 6) -> str:
+def abbreviate_keys(keys: list[str], limit: int = 6) -> str:
+    """At most `limit` of `keys` for a one-line message: `[a, b, ... (9 in all)]`, or `none`."""
     if not keys:
         return "none"
     shown = ", ".join(keys[:limit])
     return f"[{shown}{f', ... ({len(keys)} in all)' if len(keys) > limit else ''}]"
 
 
-def load_reference_checkpoint(source: str | Path, config: MarlinConfig | None = None):
-    """Any released checkpoint (file, folder or Hub id) -> loaded `MarlinModel` or `MarlinForPreTraining`."""
-    state_dict, _ = load_reference_state_dict(source)
-    return _convert_named(state_dict, config, source)
+def convert_reference_checkpoint(
+    source: str | Path, config: MarlinConfig | None = None, **overrides
+) -> tuple[MarlinModel | MarlinForPreTraining, str]:
+    """Any released checkpoint (file, folder or Hub id) -> a checked `MarlinModel` (encoder only) or
+    `MarlinForPreTraining`, and the format's name (`load_reference_state_dict`).
 
+    Args:
+        config: the model's config; default: inferred from the tensor shapes, with `overrides` (MarlinConfig fields,
+            e.g. `num_attention_heads`, which shapes do not tell) on top.
 
-def _convert_named(state_dict: dict[str, torch.Tensor], config: MarlinConfig | None, source) -> MarlinModel:
-    """`convert_state_dict`, then `check_model_outputs`, with every error line naming the source."""
+    Raises:
+        CheckpointError: one line naming `source`: unreadable, not MARLIN, keys or shapes that do not fit, or
+            non-finite weights or outputs (`check_model_outputs`).
+    """
+    state_dict, kind = load_reference_state_dict(source)
     try:
-        model = convert_state_dict(state_dict, config)
+        model = convert_state_dict(state_dict, config or infer_config(state_dict, **overrides))
         check_model_outputs(model, source)
     except CheckpointError as error:
         if str(source) in str(error):
             raise
         raise CheckpointError(f"{source}: {error}") from None
-    return model
+    return model, kind
 
 
 def convert_checkpoint(
-    source: str | Path, output_dir: str | Path, config: MarlinConfig | None = None, model_id: str | None = None
+    source: str | Path,
+    output_dir: str | Path,
+    config: MarlinConfig | None = None,
+    model_id: str | None = None,
+    **overrides,
 ) -> Path:
     """Convert a released checkpoint into a Transformers folder.
 
-    Writes `model.safetensors`, `config.json` (with `auto_map` and the model code, so it also loads with
+    Writes `model.safetensors`, `config.json` (with `auto_map`, and the model code, so it also loads with
     `trust_remote_code=True` where this package is not installed), the video processor's config and a model card
     (`README.md`) whose examples load the model from `model_id` (the Hub repo it is meant for; default: `output_dir`).
     The folder is written next to `output_dir` and renamed into place, so an interrupted run leaves nothing behind.
+    `config` and `overrides` (MarlinConfig fields; None values are left out) are `convert_reference_checkpoint`'s.
     """
-    import tempfile
-
-    state_dict, kind = load_reference_state_dict(source)
-    model = _convert_named(state_dict, config, source)
-    output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise CheckpointError(f"{output_dir}: output folder exists and is not empty; choose another or remove it.")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(output_dir)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{output_dir.name}.{os.getpid()}.", suffix=".partial", dir=output_dir.parent)
-    )
-    try:
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    model, kind = convert_reference_checkpoint(source, config, **overrides)
+    with staged_folder(output_dir) as staging:
         save_marlin_folder(model, staging)
-        write_model_card(
-            staging,
+        card = render_model_card(
             model.config,
             source=str(source),
             kind=kind,
             architecture=type(model).__name__,
             model_id=model_id or str(output_dir),
         )
-        honour_umask(staging)
-        if output_dir.exists():
-            output_dir.rmdir()
-        staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return output_dir
-
-
-def remove_stale_staging(output_dir: Path) -> None:
-    """Remove the staging folders (`.<name>.<pid>.<random>.partial` beside `output_dir`) of conversions whose
-    process is gone: a killed `marlin convert` leaves its half-written folder hidden there."""
-    for staging in output_dir.parent.glob(f".{glob.escape(output_dir.name)}.*.partial"):
-        pid = staging.name[len(output_dir.name) + 2 :].split(".")[0]
-        if staging.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-PROCESSOR_AUTO_MAP = "video_processing_marlin.MarlinVideoProcessor"
-
-
-def honour_umask(folder: str | Path) -> None:
-    """Give `folder`, and everything in it, the modes a plain `mkdir`/`open` would under this process's umask.
-
-    safetensors writes its files 0600 and `tempfile.mkdtemp` makes folders 0700, so a saved model folder would be
-    unreadable to the colleagues a umask of 022 means to share it with.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    folder = Path(folder)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        if not path.is_symlink():
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def save_marlin_folder(model, folder: str | Path) -> None:
-    """`save_pretrained` plus the processor; `auto_map` (in `config.json` and the processor's JSON) names every MARLIN
-    class, models and processor, and their three files are copied beside the weights, for remote code."""
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text())
-    config["auto_map"] = {
-        "AutoConfig": "configuration_marlin.MarlinConfig",
-        "AutoModel": "modeling_marlin.MarlinModel",
-        "AutoModelForPreTraining": "modeling_marlin.MarlinForPreTraining",
-        "AutoModelForVideoClassification": "modeling_marlin.MarlinForVideoClassification",
-        "AutoVideoProcessor": PROCESSOR_AUTO_MAP,
-    }
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    package = Path(__file__).parent
-    for module in ("configuration_marlin.py", "modeling_marlin.py", "video_processing_marlin.py"):
-        shutil.copyfile(package / module, folder / module)
-    from .video_processing_marlin import MarlinVideoProcessor
-
-    size = model.config.image_size
-    processor = MarlinVideoProcessor(size={"height": size, "width": size}, num_frames=model.config.num_frames)
-    processor.save_pretrained(folder)
-    processor_path = folder / "video_preprocessor_config.json"
-    processor_config = json.loads(processor_path.read_text())
-    processor_config["auto_map"] = {"AutoVideoProcessor": PROCESSOR_AUTO_MAP}
-    processor_path.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n")
-    honour_umask(folder)
-
-
-def write_model_card(
-    folder: Path, config: MarlinConfig, source: str, kind: str, architecture: str, model_id: str
-) -> None:
-    from .model_card import render_model_card
-
-    card = render_model_card(config, source=source, kind=kind, architecture=architecture, model_id=model_id)
-    (Path(folder) / "README.md").write_text(card)
-
-
-def push_folder_to_hub(
-    folder: str | Path,
-    repo_id: str,
-    token: str | None = None,
-    commit_message: str = "MARLIN from marlin-transformers",
-    private: bool | None = None,
-) -> str:
-    """Upload a model folder (not Trainer's checkpoints or logs) to the Hub repo `repo_id`, made if missing (private
-    if `private`; None: the Hub's default for the account); returns its URL. The token is `token`, else
-    huggingface_hub's own (`HF_TOKEN`, `hf auth login`).
-
-    Raises:
-        MarlinError: the upload failed (no network, no or wrong token, a bad repo id...), in one line; the folder is
-            left as it is.
-    """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import httpx
-
-    api = HfApi(token=token)
-    try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(
-            folder_path=str(folder),
-            repo_id=url.repo_id,
-            ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.partial"],
-            commit_message=commit_message,
-        )
-    except (httpx.HTTPError, OSError, HFValidationError) as error:  # HfHubHTTPError is both of the first two
-        reason = " ".join(str(error).split())[:200] or type(error).__name__
-        raise MarlinError(
-            f"{folder}: upload to the Hub repo {repo_id} failed ({type(error).__name__}: {reason}); the folder is "
-            "complete: check the network and token (HF_TOKEN or `hf auth login`), then push it again."
-        ) from None
-    return str(url)
+        (staging / "README.md").write_text(card)
+    return Path(output_dir)

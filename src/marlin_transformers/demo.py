@@ -46,12 +46,12 @@ def load_demo_model():
     """The official ViT-B from the Hub, or (offline) a randomly initialized ViT-B; returns (model, weights label)."""
     from .configuration_marlin import MarlinConfig
     from .exceptions import CheckpointError
-    from .extraction import load_encoder
+    from .loading import load_marlin
     from .modeling_marlin import MarlinModel
 
     try:
         _check_hub_reachable()
-        return load_encoder(HUB_MODEL), HUB_MODEL
+        return load_marlin(HUB_MODEL), HUB_MODEL
     except (CheckpointError, OSError) as error:
         reason = str(error).split(";")[0]
         print(

@@ -10,9 +10,10 @@ import re
 from pathlib import Path
 
 from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
-from .constants import CITATION, HUB_CHECKPOINTS, HUB_ID
+from .constants import CITATION, HUB_CHECKPOINTS, HUB_ID, num_visible_tokens
 
 ARXIV_ID = "2211.06627"
+TEMPLATES = Path(__file__).parent / "templates"  # the cards' Jinja templates (package data)
 # Every card's tags. None is a Hub task name: the Hub reads a task from the tags when `pipeline_tag` is unset.
 TAGS = ["marlin", "video", "face", "masked-autoencoder", f"arxiv:{ARXIV_ID}"]
 # The Hub repo each official release's card (`model_cards/`) is written for, and its usage snippets load from.
@@ -117,106 +118,58 @@ PAPER_RESULTS = (
 )
 
 
-def _results_section(variant: str | None) -> str:
-    names = {name: f"ViT-{name[0].upper()}" for name in MARLIN_VARIANTS}
-    header = " | ".join(f"**{label} (this model)**" if name == variant else label for name, label in names.items())
-    rows = "\n".join(
-        f"| {task} | {data} | {metric} | " + " | ".join(values.get(name, "") for name in names) + f" | {source} |"
-        for task, data, metric, values, source in PAPER_RESULTS
-    )
-    return f"""## Results from the paper
-
-Downstream results published for MARLIN (Cai et al., CVPR 2023, [arXiv {ARXIV_ID}](https://arxiv.org/abs/{ARXIV_ID})),
-as collected by the sources in the last column; the MARLIN repository's README gives no results table. They were
-not reproduced by marlin-transformers: check the paper's tables before quoting them, and mind that its CelebV-HQ
-split cannot be reproduced exactly.
-
-| Task | Dataset | Metric | {header} | Source |
-| --- | --- | --- | --- | --- | --- | --- |
-{rows}
-
-The abstract states the gains: facial attribute recognition +1.13% over the supervised benchmark, facial expression
-recognition +2.64% and deepfake detection +1.86% over the unsupervised benchmark, lip synchronization 29.36% better
-Fréchet Inception Distance (LRS3).
-
-1. Papers with Code, "Results from the Paper" for arXiv {ARXIV_ID},
-   <https://paperswithcode.com/paper/marlin-masked-autoencoder-for-facial-video>.
-2. HyperAI benchmarks listing for the paper, <https://hyper.ai/en/papers/{ARXIV_ID}>.
-3. The paper as quoted in marlin-transformers' downstream issue: fine-tuned ViT-B, accuracy 93.9 / AUC 0.956
-   (appearance), 95.48 / 0.941 (action).
-"""
-
-
-TRAINING_PROCEDURE = """Pretrained by MARLIN's authors, not by marlin-transformers (which converts their weights; its
-`examples/pretrain.py` follows the same recipe, see its docs/pretraining.md):
-
-- Data: YouTube Faces (Wolf et al., CVPR 2011), 3,425 videos of 1,595 people (celebrities in web video), as
-  224x224 face crops, with the paper's train/validation split (about 19.6% of the videos held out).
-- Clips: {num_frames} frames, every 2nd decoded frame from a random start, RGB in [0, 1].
-- Masking: *Fasking* at 90% ({masked} of {num_patches} tubelet tokens masked): the eyes, nose, mouth and hair (from
-  FaRL face parsing maps) before skin and background.
-- Loss: mean squared error on the raw pixels of the masked tubelets, plus 0.01 x an adversarial term from a WGAN
-  critic on the reconstructed tubelets (one critic step, then one generator step).
-- Optimization: AdamW (betas 0.9, 0.95, no weight decay), learning rate 1.5e-4 x batch / 256 with 40 warm-up
-  epochs and a cosine decay to 1e-5 x batch / 256 at 2000 epochs, from VideoMAE weights."""
-
-
-# Why the card of a converted folder (an encoder, or a pretraining model) sets no `pipeline_tag`.
-TASK_PARAGRAPH = (
-    "No `pipeline_tag` is set, on purpose: the Hub has no task for video features. Its `feature-extraction` task "
-    'is for text (its widget takes text, and transformers\' `pipeline("feature-extraction")` asks for a '
-    "tokenizer, which fails on this folder), `image-feature-extraction` takes single images, and "
-    "`video-classification` would put a randomly initialized head on the features. Load it with `AutoModel` or "
-    "run `marlin extract` (below). A classifier fine-tuned from it (marlin-transformers' "
-    "`examples/finetune.py`) is tagged `video-classification` and runs in transformers' `pipeline`."
-)
-
-
 def render_model_card(config: MarlinConfig, source: str, kind: str, architecture: str, model_id: str) -> str:
     """A Hub model card for a converted MARLIN folder: metadata (`ModelCardData`), what it is, where its weights come
     from (as far as the converter can tell), size and cost, training, the paper's results, use (loading from
-    `model_id`, a Hub id or a folder), intended use and limitations, licence, citation."""
+    `model_id`, a Hub id or a folder), intended use and limitations, licence, citation (`templates/model_card.md`)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     release = official_release(source)
-    variant = variant_key(config)
     data = ModelCardData(
         license="cc-by-nc-4.0",
         library_name="transformers",
-        pipeline_tag=None,  # see TASK_PARAGRAPH
+        pipeline_tag=None,  # the template's "Task" section says why
         tags=list(TAGS),
         datasets=["youtube_faces"] if release else None,
         base_model=HUB_CHECKPOINTS[release] if release else None,
     )
+    variant = variant_key(config)
+    return str(
+        ModelCard.from_template(
+            data,
+            template_path=str(TEMPLATES / "model_card.md"),
+            variant_name=variant_name(config),
+            architecture=architecture,
+            arxiv_id=ARXIV_ID,
+            frames=config.num_frames,
+            size=config.image_size,
+            width=config.hidden_size,
+            num_patches=config.num_patches,
+            masked=config.num_patches - num_visible_tokens(config.num_patches, 0.9),  # the paper's mask ratio
+            origin=origin_paragraph(source, kind, config),
+            release=release,
+            hub_base=HUB_CHECKPOINTS.get(release),
+            facts=model_facts(config, architecture),
+            model_id=model_id,
+            variants=list(MARLIN_VARIANTS),
+            results_header=[
+                f"**ViT-{name[0].upper()} (this model)**" if name == variant else f"ViT-{name[0].upper()}"
+                for name in MARLIN_VARIANTS
+            ],
+            results=PAPER_RESULTS,
+            citation=CITATION,
+        )
+    )
+
+
+def model_facts(config: MarlinConfig, architecture: str) -> list[tuple[str, str]]:
+    """The card's table of sizes and cost: (row name, value) pairs."""
     counts = parameter_counts(config, architecture)
     table_size = config.num_patches * config.hidden_size
     total = f"; {counts['total'] / 1e6:.2f} M with the decoder, projection and critic" if "total" in counts else ""
     macs = clip_macs(config)
     width, frames, size = config.hidden_size, config.num_frames, config.image_size
-    base_note = (
-        f" The metadata's `base_model` is the authors' own upload of these weights (`{HUB_CHECKPOINTS[release]}`): "
-        "this folder is a conversion of them, not a fine-tune."
-        if release
-        else ""
-    )
-    pretraining = (
-        f"""
-This folder also holds the decoder (and critic) for masked reconstruction and further pretraining:
-`AutoModelForPreTraining.from_pretrained("{model_id}")`, or `marlin reconstruct video.mp4 --model {model_id}
---out rec.mp4` to see the masked input and its reconstruction.
-"""
-        if architecture == "MarlinForPreTraining"
-        else ""
-    )
-    from .pretraining.masking import num_visible_tokens
-
-    masked = config.num_patches - num_visible_tokens(config.num_patches, 0.9)  # the paper's mask ratio
-    training = (
-        TRAINING_PROCEDURE.format(num_frames=frames, masked=masked, num_patches=config.num_patches)
-        if release
-        else "Unknown: the converter cannot tell what these weights were trained on (see above)."
-    )
-    facts = [
+    return [
         ("Input", f"{frames} RGB frames of {size}x{size}, values in [0, 1] (no mean/std normalization), face crops"),
         ("Tokens", f"{config.num_patches} tubelets of {config.tubelet_size}x{config.patch_size}x{config.patch_size}"),
         (
@@ -240,99 +193,6 @@ This folder also holds the decoder (and critic) for masked reconstruction and fu
             "products only)",
         ),
     ]
-    facts = "| | |\n| --- | --- |\n" + "\n".join(f"| {name} | {value} |" for name, value in facts)
-    text = f"""
-# MARLIN {variant_name(config)} ({architecture})
-
-MARLIN (Cai et al., *MARLIN: Masked Autoencoder for facial video Representation LearnINg*, CVPR 2023,
-[arXiv {ARXIV_ID}](https://arxiv.org/abs/{ARXIV_ID})) is a masked autoencoder for facial video: a ViT encoder of
-{frames} RGB frames of {size}x{size} face crops, pretrained to reconstruct masked facial regions. Its features
-transfer to facial attributes, expression and emotion, deepfake detection and lip sync. This is its encoder as a
-native Transformers model (marlin-transformers).
-
-{origin_paragraph(source, kind, config)}{base_note} The converter is tested to reproduce the reference
-implementation (marlin-pytorch 0.3.4) to 1e-5 in fp32 on checkpoints of every official format; that was not
-re-checked on this file.
-
-{facts}
-
-## Use
-
-```python
-import torch
-import marlin_transformers  # registers MARLIN with the Auto classes
-from transformers import AutoModel, AutoVideoProcessor
-
-model = AutoModel.from_pretrained("{model_id}")
-processor = AutoVideoProcessor.from_pretrained("{model_id}")
-inputs = processor("video.mp4", return_tensors="pt")  # {frames}-frame windows: (windows, {frames}, 3, {size}, {size})
-with torch.no_grad():
-    out = model(**inputs)
-print(out.pooler_output.shape)      # (windows, {width}): one embedding per window
-print(out.last_hidden_state.shape)  # (windows, {config.num_patches}, {width}): one per tubelet token
-```
-
-The processor resizes whole frames: give it face crops. To track and crop the face first, one feature per window
-and a manifest of the windows (`.npy` and `manifest.jsonl` under `features/`):
-
-```bash
-marlin extract interview.mp4 --model {model_id} --crop-face --out features/
-```
-
-Where marlin-transformers is not installed (`pip install marlin-transformers`), the folder's own code loads it:
-`AutoModel.from_pretrained("{model_id}", trust_remote_code=True)`; its processor then takes decoded frames
-((frames, height, width, 3) arrays), not video files.
-{pretraining}
-A classifier on top, for fine-tuning (marlin-transformers' `examples/finetune.py` trains one with `Trainer`), works in
-transformers' `pipeline` with this processor; the head below is new and untrained, so its scores mean nothing yet:
-
-```python
-from transformers import AutoModelForVideoClassification, AutoVideoProcessor, pipeline
-
-classifier = AutoModelForVideoClassification.from_pretrained("{model_id}", id2label={{0: "neutral", 1: "smile"}})
-processor = AutoVideoProcessor.from_pretrained("{model_id}")
-classify = pipeline("video-classification", model=classifier, video_processor=processor)
-print(classify("video.mp4", frame_sampling_rate=2))  # [{{'score': ..., 'label': ...}}, ...] from the first window
-```
-
-## Task
-
-{TASK_PARAGRAPH}
-
-## Training data and procedure
-
-{training}
-
-{_results_section(variant) if release else ""}
-## Intended use and limitations
-
-Research on facial video: features for facial attribute, expression, emotion, deepfake and lip-sync probes and
-fine-tuning, on videos whose subjects agreed to that use.
-
-- Inputs must be face crops ({size}x{size}): `marlin extract --crop-face` tracks and crops the face; on whole
-  frames the features mean little.
-- Bias: YouTube Faces is celebrities in web video, mostly frontal and well lit, with a demographic make-up (age,
-  skin tone, gender) nobody balanced. Expect weaker and uneven features on other populations, poses, ages and
-  capture conditions; measure per group before relying on them.
-- Consent: the people in YouTube Faces did not consent to training this model. Process only the faces of people who
-  agreed to it, under the law on biometric data where you are.
-- Misuse: do not use it to identify, track or surveil people, to infer emotions or traits for decisions about them
-  (hiring, policing, education, insurance), or to make deepfakes. It was not trained for recognition, but its
-  embeddings may carry identity.
-- marlin-transformers evaluated it for no deployment: the results above are the paper's, on benchmarks.
-
-## Licence
-
-The official MARLIN weights are released by their authors under CC BY-NC 4.0 (non-commercial use only), which the
-metadata states; the code of marlin-transformers is Apache-2.0.
-
-## Citation
-
-```bibtex
-{CITATION}
-```
-"""
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{text}"))
 
 
 def release_model_card(variant: str) -> str:
@@ -372,7 +232,7 @@ def render_finetuned_card(
     trainable_parameters: int | None = None,
 ) -> str:
     """The model card `examples/finetune.py` writes: base model, data, the evaluation's metrics (also as `model-index`
-    results, which the Hub shows), labels, how to load it."""
+    results, which the Hub shows), labels, how to load it (`templates/finetuned_card.md`)."""
     import math
 
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -403,54 +263,20 @@ def render_finetuned_card(
             for name, value in results.items()
         ],
     )
-    labels = ", ".join(config.id2label[i] for i in sorted(config.id2label))
-    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in results.items())
-    trained = f" ({trainable_parameters:,} parameters trained)" if trainable_parameters else ""
-    text = f"""
-# {data.model_name}
-
-MARLIN (Cai et al., CVPR 2023) with a linear head, fine-tuned by marlin-transformers' `examples/finetune.py`{trained}.
-
-- Base model: `{base_model}`{"" if hub_base else " (a local checkpoint)"}
-- Training data: `{train_data}`
-- Evaluation data: `{eval_data}` (the checkpoint kept is the best on it)
-- Problem type: {config.problem_type}; labels: {labels}
-
-## Results on the evaluation data
-
-| metric | value |
-| --- | --- |
-{rows}
-
-## Use
-
-```python
-import marlin_transformers  # registers MARLIN with the Auto classes
-from transformers import AutoModelForVideoClassification
-
-model = AutoModelForVideoClassification.from_pretrained("path/to/this/folder")
-logits = model(pixel_values_videos).logits  # (batch, {config.num_labels})
-```
-
-In transformers' pipeline, with the folder's video processor (face-cropped videos; `frame_sampling_rate=2` takes
-the first window as MARLIN cuts them):
-
-```python
-import marlin_transformers  # registers MARLIN with the Auto classes
-from transformers import pipeline
-
-classify = pipeline("video-classification", model="path/to/this/folder")
-classify("video.mp4", frame_sampling_rate=2)  # [{{"label": ..., "score": ...}}, ...]
-```
-
-## Licence
-
-Weights derived from the official MARLIN release are under CC BY-NC 4.0 (non-commercial).
-
-## Citation
-
-```bibtex
-{CITATION}
-```
-"""
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{text}"))
+    return str(
+        ModelCard.from_template(
+            data,
+            template_path=str(TEMPLATES / "finetuned_card.md"),
+            model_name=data.model_name,
+            base_source=base_model,
+            hub_base=hub_base,
+            train_data=train_data,
+            eval_data=eval_data,
+            problem_type=config.problem_type,
+            labels=[config.id2label[i] for i in sorted(config.id2label)],
+            num_labels=config.num_labels,
+            results=results,
+            trainable_parameters=trainable_parameters,
+            citation=CITATION,
+        )
+    )

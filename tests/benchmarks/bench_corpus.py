@@ -38,10 +38,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_extract import patch_ffprobe_if_missing  # noqa: E402
 
-from marlin_transformers.convert_marlin import convert_state_dict, save_marlin_folder  # noqa: E402
+from marlin_transformers.convert_marlin import convert_state_dict  # noqa: E402
 from marlin_transformers.extraction import MarlinFeatureExtractor  # noqa: E402
 from marlin_transformers.extraction.job import run_extraction  # noqa: E402
 from marlin_transformers.extraction.pipeline import default_num_workers  # noqa: E402
+from marlin_transformers.hub_folders import save_marlin_folder  # noqa: E402
 from reference_utils import build_reference_model  # noqa: E402
 
 DEFAULT_VIDEOS = Path(__file__).resolve().parents[3] / "shared" / "videos"

@@ -53,12 +53,12 @@ import torch
 
 from marlin_transformers import MarlinConfig, MarlinModel
 from marlin_transformers.constants import MARLIN_CROP_SIZE, NUM_FRAMES
-from marlin_transformers.convert_marlin import save_marlin_folder
 from marlin_transformers.evaluation.clip_dataset import ClipOptions, build_datasets
 from marlin_transformers.evaluation.finetuning import build_classifier
 from marlin_transformers.evaluation.linear_probe import LinearProbeConfig, run_linear_probe
 from marlin_transformers.evaluation.recipes import PAPER_SEED, RECIPES
 from marlin_transformers.evaluation.trainer import FinetuningArguments, build_trainer
+from marlin_transformers.hub_folders import save_marlin_folder
 from marlin_transformers.video import frame_rate, iter_windows, read_video, write_video
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,5 +1,5 @@
 """The classifier fine-tuning trains: a `MarlinForVideoClassification` (pooled MARLIN feature -> one linear layer)
-whose encoder comes from any MARLIN checkpoint `extraction.load_encoder` reads (`build_classifier`), optionally with
+whose encoder comes from any MARLIN checkpoint `loading.load_marlin` reads (`build_classifier`), optionally with
 LoRA adapters (`add_lora`), and how it is saved (`save_finetuned`).
 
 With a frozen encoder the head is MAE's linear-probe head (`probe_head.ProbeHead` with batch statistics: BatchNorm
@@ -9,7 +9,6 @@ The data are `clip_dataset`'s, the training loop `trainer`'s; `examples/finetune
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Sequence
 
@@ -33,16 +32,15 @@ def build_classifier(
             with batch statistics (standardization then linear) that `export_model` folds back into the linear
             layer.
     """
-    from ..extraction import load_encoder
+    from ..loading import load_marlin
 
-    encoder = load_encoder(model)
-    config = copy.deepcopy(encoder.config)
-    config.id2label = dict(enumerate(label_names))
-    config.label2id = {name: i for i, name in enumerate(label_names)}
-    config.problem_type = problem_type
-    config.architectures = ["MarlinForVideoClassification"]
-    classifier = MarlinForVideoClassification(config)
-    classifier.marlin.load_state_dict(encoder.state_dict())
+    classifier = load_marlin(
+        model,
+        "classification",
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        problem_type=problem_type,
+    )
     if freeze_encoder:
         classifier.marlin.requires_grad_(False)
         classifier.classifier = ProbeHead(classifier.classifier)
@@ -89,7 +87,7 @@ def save_finetuned(model, folder: str | os.PathLike, merge_lora: bool = False) -
     """Save a fine-tuned model so that `AutoModelForVideoClassification.from_pretrained(folder)` loads it.
 
     A `MarlinForVideoClassification` (probe head folded, `export_model`) and, with `merge_lora`, a LoRA model whose
-    adapters are merged into the weights, are saved with `convert_marlin.save_marlin_folder`. A LoRA model without
+    adapters are merged into the weights, are saved with `hub_folders.save_marlin_folder`. A LoRA model without
     `merge_lora` saves its adapter only (`adapter_config.json`, `adapter_model.safetensors`: the adapters and the
     head, a few MB) plus the classifier's `config.json`; load it onto the encoder it was trained from:
 
@@ -97,7 +95,7 @@ def save_finetuned(model, folder: str | os.PathLike, merge_lora: bool = False) -
         base = AutoModelForVideoClassification.from_pretrained(encoder_folder, config=config)
         model = peft.PeftModel.from_pretrained(base, folder)
     """
-    from ..convert_marlin import honour_umask, save_marlin_folder
+    from ..hub_folders import honour_umask, save_marlin_folder
 
     if hasattr(model, "peft_config"):
         if merge_lora:

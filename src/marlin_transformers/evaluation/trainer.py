@@ -67,7 +67,7 @@ class FinetuningArguments(TrainingArguments):
     `greater_is_better` follows the metric) loaded at the end; 10 epochs at learning rate 1e-4, weight decay 0.05;
     2 videos (all their windows) per evaluation batch; 4 data-loader workers; seed 0; a log every 10 steps; at most 2
     checkpoints kept; `hub_strategy="end"` (with `push_to_hub`, the Trainer only creates the repo: upload the final
-    folder with `convert_marlin.push_folder_to_hub`). Without an accelerator it runs on the CPU (`use_cpu`).
+    folder with `hub_folders.push_folder_to_hub`). Without an accelerator it runs on the CPU (`use_cpu`).
     Settings that would train nothing (no epochs, batches of no video, a learning rate <= 0) raise ValueError.
 
     Adds, for the paper code's recipe (`evaluation.recipes`): `recipe` (the preset's name, recorded with the run),

@@ -1,4 +1,4 @@
-"""Features out: load an encoder, turn videos into one feature per window, and run that over many files.
+"""Features out: turn videos into one feature per window, and run that over many files.
 
 `extractor` holds the per-video work (`MarlinFeatureExtractor`, marlin-pytorch compatible `extract_video` /
 `extract_features`); `job` the corpus job behind `marlin extract` (input discovery, manifest, atomic writes,
@@ -11,7 +11,6 @@ from .extractor import (
     VideoFeatures,
     extract_features,
     extract_video,
-    load_encoder,
 )
 
-__all__ = ["DTYPES", "MarlinFeatureExtractor", "VideoFeatures", "extract_features", "extract_video", "load_encoder"]
+__all__ = ["DTYPES", "MarlinFeatureExtractor", "VideoFeatures", "extract_features", "extract_video"]

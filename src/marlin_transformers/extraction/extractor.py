@@ -6,57 +6,24 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..constants import HUB_CHECKPOINTS, HUB_ID, MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
-from ..convert_marlin import load_pretrained_checked, load_reference_checkpoint
-from ..exceptions import CheckpointError, MarlinError
-from ..modeling_marlin import MarlinForPreTraining, MarlinModel, MarlinPreTrainedModel
+from ..constants import MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
+from ..exceptions import MarlinError
+from ..loading import load_marlin
+from ..modeling_marlin import MarlinForPreTraining, MarlinPreTrainedModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 # On a CPU the encoder runs a batch this many clips at a time: larger products and activations spill out of the cache
 # and cost more per clip. On 2 cores of an AMD EPYC, seconds per ViT-B clip at 8 / 4 / 2 / 1 clips a call: bf16
 # 0.58-0.64 / 0.55-0.56 / 0.51-0.53 / 0.53-0.57, fp32 1.30-1.38 / 1.25-1.34 / 1.17-1.19 / 1.15-1.21; ViT-S bf16
 # 0.21-0.34 / 0.21-0.29 / 0.21-0.28 / 0.21-0.30 (tests/benchmarks/bench_encoder.py --clips-per-call, and the same
 # loop on its own). A clip's features do not depend on the clips beside it, so this changes no output.
 CPU_CLIPS_PER_CALL = 2
-
-
-def load_encoder(
-    model: str | os.PathLike | MarlinPreTrainedModel,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> MarlinModel:
-    """A `MarlinModel` in eval mode from a converted folder, a Hub id, an official checkpoint file or a model.
-
-    `marlin_vit_{small,base,large}_ytf` name the authors' Hub repos. An official `.pt`/`.ckpt` file is converted in
-    memory. Raises `CheckpointError` with one line saying how to pass a local checkpoint when nothing loads.
-    """
-    if isinstance(model, MarlinPreTrainedModel):
-        encoder = model.marlin if isinstance(model, MarlinForPreTraining) else model
-        if encoder.dtype != dtype or encoder.device != torch.device(device):
-            encoder = copy.deepcopy(encoder)  # leave the caller's model as it was
-    else:
-        spec = os.fspath(model)
-        path = Path(spec)
-        if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
-            loaded = load_reference_checkpoint(path)
-            encoder = loaded.marlin if isinstance(loaded, MarlinForPreTraining) else loaded
-        elif path.is_dir() or HUB_ID.fullmatch(spec) or spec in HUB_CHECKPOINTS:
-            encoder = _from_pretrained(HUB_CHECKPOINTS.get(spec, spec))
-        else:
-            raise CheckpointError(
-                f"{spec}: no such model folder or checkpoint file; pass a converted folder, a Hub id, or an official "
-                "checkpoint, e.g. --model path/to/marlin_vit_base_ytf.encoder.pt."
-            )
-    return encoder.to(device=device, dtype=dtype).eval()
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -71,15 +38,6 @@ def check_device(device: str | torch.device) -> torch.device:
             f"--device {device}: not usable here ({reason}); use --device cpu or a device this machine has."
         ) from None
     return device
-
-
-def _from_pretrained(name: str) -> MarlinModel:
-    from transformers import AutoModel
-
-    model = load_pretrained_checked(AutoModel, name)
-    if not isinstance(model, MarlinModel):
-        raise CheckpointError(f"{name}: not a MARLIN model (got {type(model).__name__}).")
-    return model
 
 
 @dataclass
@@ -195,7 +153,7 @@ class MarlinFeatureExtractor:
 
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         self.device = check_device(device)
-        self.model = load_encoder(model, self.device, self.dtype)
+        self.model = load_marlin(model, dtype=self.dtype, device=self.device)
         config = self.model.config
         num_frames = num_frames or config.num_frames
         image_size = image_size or config.image_size

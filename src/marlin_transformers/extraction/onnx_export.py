@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..exceptions import MarlinError
-from .extractor import load_encoder
+from ..loading import load_marlin
 
 INPUT_NAMES = ["pixel_values_videos"]
 OUTPUT_NAMES = ["last_hidden_state", "pooler_output"]
@@ -43,7 +43,7 @@ def export_onnx(
         import onnxscript  # noqa: F401  (the dynamo exporter's dependency: fail here in one line, not deep inside)
     except ImportError:
         raise MarlinError("ONNX export needs onnx and onnxscript: pip install 'marlin-transformers[onnx]'.") from None
-    encoder = load_encoder(model, "cpu", torch.float32)
+    encoder = load_marlin(model)
     config = encoder.config
     generator = torch.Generator().manual_seed(0)
     size = config.image_size

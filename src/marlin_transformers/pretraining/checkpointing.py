@@ -37,8 +37,8 @@ from accelerate.utils import load as accelerate_load
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..convert_marlin import honour_umask
 from ..exceptions import CheckpointError
+from ..hub_folders import honour_umask
 
 PROGRESS_FILENAME = "progress.json"  # written last: a checkpoint without it is not complete
 CRITIC_FILENAME = "critic.safetensors"

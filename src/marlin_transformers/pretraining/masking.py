@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..configuration_marlin import MASKING_STRATEGIES
+from ..constants import num_visible_tokens
 
 NUM_LAPA_LABELS = 11
 # LaPa labels: 0 background, 1 skin, 2/3 brows, 4/5 eyes, 6 nose, 7 upper lip, 8 inner mouth, 9 lower lip, 10 hair.
@@ -51,11 +52,6 @@ def seeded_generator(seed: int, *keys: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(int(state[0]) << 32 | int(state[1]))
     return generator
-
-
-def num_visible_tokens(num_tokens: int, mask_ratio: float) -> int:
-    """Tokens left visible by every strategy: `int((1 - mask_ratio) * num_tokens)`, 156 of 1568 at 0.9."""
-    return int((1 - mask_ratio) * num_tokens)
 
 
 def generate_mask(

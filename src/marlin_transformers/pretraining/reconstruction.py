@@ -8,22 +8,16 @@ reconstruct` and the app only wire the two together.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..constants import SAMPLE_RATE, STRIDE
-from ..convert_marlin import load_pretrained_checked, load_reference_checkpoint, resolve_checkpoint_folder
-from ..exceptions import CheckpointError
 from ..modeling_marlin import MarlinForPreTraining, paint_predictions
 from .masking import generate_mask, seeded_generator
-
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 @dataclass
@@ -55,33 +49,6 @@ class WindowReconstruction:
     features: torch.Tensor | None = None
 
 
-def load_pretraining_model(source: str | os.PathLike, device: str | torch.device = "cpu") -> MarlinForPreTraining:
-    """A `MarlinForPreTraining` in eval mode from a released `.full.pt`, a Lightning `.ckpt`, or a converted or
-    trained pretraining folder (or its Hub id), checked as `marlin extract` checks models (`load_pretrained_checked`).
-
-    Raises:
-        CheckpointError: one line, for an encoder-only model (reconstruction needs the decoder) or a broken one.
-    """
-    path = Path(source)
-    if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
-        model = load_reference_checkpoint(path)
-    else:
-        folder = resolve_checkpoint_folder(source, example="a .full.pt file or a folder made by `marlin convert`")
-        config_path = folder / "config.json"
-        architectures = json.loads(config_path.read_text()).get("architectures") if config_path.is_file() else None
-        if architectures and "MarlinForPreTraining" not in architectures:
-            model = None  # an encoder (MarlinModel) or a fine-tuned classifier: no decoder to load
-        else:
-            # A folder without a critic (an encoder-and-decoder export) is fine: reconstruction never uses it.
-            model = load_pretrained_checked(MarlinForPreTraining, folder, allow_missing=("discriminator.",))
-    if not isinstance(model, MarlinForPreTraining):
-        raise CheckpointError(
-            f"{source}: an encoder-only model; reconstruction needs the decoder too: pass a .full.pt, a Lightning "
-            ".ckpt or a folder converted from one (a MarlinForPreTraining)."
-        )
-    return model.to(device).eval()
-
-
 def reconstruct_video(
     path: str | os.PathLike,
     model: MarlinForPreTraining,
@@ -106,7 +73,8 @@ def reconstruct_video(
 
     Args:
         path: the video.
-        model: a `MarlinForPreTraining` (see `load_pretraining_model`); its config sets frames, size and tubelets.
+        model: a `MarlinForPreTraining` (`loading.load_marlin(source, "pretraining")`); its config sets frames,
+            size and tubelets.
         strategy: "fasking" (the paper's), "fasking_opp", "random", "tube" or "frame".
         mask_ratio: fraction of tokens masked, in [0, 1) (default: the config's, 0.9).
         seed: window `k`'s mask draws come from `seeded_generator(seed, k)`: the same masks on every run.

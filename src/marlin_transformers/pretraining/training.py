@@ -34,15 +34,11 @@ from tqdm.auto import tqdm
 
 from ..configuration_marlin import MarlinConfig
 from ..constants import FARL_CHANNEL_ORDERS, SAMPLE_RATE
-from ..convert_marlin import (
-    config_error_reason,
-    load_pretrained_checked,
-    load_reference_checkpoint,
-    resolve_checkpoint_folder,
-    save_marlin_folder,
-)
+from ..convert_marlin import config_error_reason, resolve_checkpoint_folder
 from ..data.youtube_faces import youtube_faces_clips
 from ..exceptions import CheckpointError, ConfigError, DatasetError
+from ..hub_folders import save_marlin_folder
+from ..loading import load_marlin
 from ..modeling_marlin import MarlinForPreTraining, masked_patch_targets, reconstruction_loss
 from ..video.decoding import find_videos
 from ..visualization import reconstruction_grid, write_curve_png
@@ -333,7 +329,7 @@ def build_model(
 
     Raises:
         ConfigError: `model_config` with the overrides is no buildable config (`MarlinConfig`'s own validation).
-        CheckpointError: an `init_from` whose weights do not fit (`load_pretrained_checked`).
+        CheckpointError: an `init_from` whose weights do not fit (`load_marlin`).
     """
     overrides = config_overrides or {}
     source = f"model config {model_config if init_from is None else init_from}" + (" with overrides" * bool(overrides))
@@ -360,12 +356,7 @@ def build_model(
         print(f"initialized from VideoMAE {init_from} (decoder head: {videomae_head}); left at init: {kept}")
         return model.train()
     if Path(init_from).is_file():  # a released MARLIN .pt / Lightning .ckpt
-        model = load_reference_checkpoint(init_from)
-        if not isinstance(model, MarlinForPreTraining):
-            raise CheckpointError(
-                f"{init_from}: encoder-only checkpoint; pretraining needs the decoder (a .full.pt or .ckpt)."
-            )
-        return model.train()
+        return load_marlin(init_from, "pretraining").train()
     folder = resolve_checkpoint_folder(init_from)
     hub_config = json.loads((folder / "config.json").read_text())
     if hub_config.get("model_type") == "videomae":
@@ -375,7 +366,7 @@ def build_model(
         return model
     config = make_config(lambda: MarlinConfig.from_pretrained(folder, **overrides))
     # A folder without a critic (an encoder-and-decoder export) gets a fresh one, as a released .full.pt does.
-    return load_pretrained_checked(MarlinForPreTraining, folder, allow_missing=("discriminator.",), config=config)
+    return load_marlin(folder, "pretraining", config=config)
 
 
 def get_dataloaders(
