@@ -223,7 +223,7 @@ def test_farl_channel_order_swaps_the_channels_the_model_receives(tmp_path):
 
 def test_farl_channel_order_flags(tmp_path):
     from marlin_transformers import cli
-    from marlin_transformers.pretraining.training import PretrainingArguments
+    from marlin_transformers.pretraining.arguments import PretrainingArguments
 
     args = PretrainingArguments(output_dir=str(tmp_path), train_data=["x"], farl_channel_order="bgr")
     assert args.farl_channel_order == "bgr" and PretrainingArguments.farl_channel_order == "rgb"

@@ -292,7 +292,7 @@ def torch_equal(a, b) -> bool:
 
 
 def test_pretrain_takes_a_prepared_dataset(prepared, tmp_path):
-    from marlin_transformers.pretraining.training import PretrainingArguments
+    from marlin_transformers.pretraining.arguments import PretrainingArguments
 
     _, out = prepared
     args = PretrainingArguments(output_dir=str(tmp_path / "run"), dataset=str(out))
@@ -308,7 +308,6 @@ def test_pretrain_streams_parquet_shards_through_the_collator(prepared, tmp_path
 
     from conftest import TINY_CLIP
     from marlin_transformers.data.dataset_hub import export_for_hub, write_parquet_shards
-    from marlin_transformers.pretraining import training
 
     _, out = prepared
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
@@ -318,13 +317,13 @@ def test_pretrain_streams_parquet_shards_through_the_collator(prepared, tmp_path
     spec = importlib.util.spec_from_file_location("pretrain_example", script)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    batches, real_step = [], training.train_step
+    batches, real_step = [], example.train_step
 
     def recording_step(batch, *args):
         batches.append({key: (tuple(value.shape), value.dtype) for key, value in batch.items()})
         return real_step(batch, *args)
 
-    monkeypatch.setattr(training, "train_step", recording_step)
+    monkeypatch.setattr(example, "train_step", recording_step)
     flags = [f"--config-override={k}={v}" for k, v in TINY_CLIP.items()]
     flags += ["--config-override=mask_strategy=fasking", "--config-override=mask_ratio=0.75", "--batch-size=2"]
     flags += ["--num-workers=0", "--num-epochs=1", "--warmup-epochs=0", "--eval-batch-size=2", "--image-steps=0"]

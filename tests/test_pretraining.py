@@ -39,14 +39,10 @@ from marlin_transformers.pretraining import (
     scaled_learning_rates,
     videomae_to_marlin_state_dict,
 )
+from marlin_transformers.pretraining.arguments import PretrainingArguments, parse_config_overrides
 from marlin_transformers.pretraining.checkpointing import PROGRESS_FILENAME, checkpoint_problem
 from marlin_transformers.pretraining.masking import seeded_generator
-from marlin_transformers.pretraining.training import (
-    PretrainingArguments,
-    build_model,
-    parse_config_overrides,
-    train,
-)
+from marlin_transformers.pretraining.model import build_model
 from marlin_transformers.video import decode_frames
 from marlin_transformers.visualization import reconstruction_grid
 from video_factory import encode_video
@@ -55,12 +51,20 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pretrain.py"
 TINY = {**TINY_CLIP, "mask_ratio": 0.5, "mask_strategy": "random"}
 
 
-@pytest.fixture(scope="module")
-def pretrain_example():
+def import_example():
     spec = importlib.util.spec_from_file_location("pretrain_example", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+PRETRAIN_EXAMPLE = import_example()
+train = PRETRAIN_EXAMPLE.training_function  # the loop: a run of examples/pretrain.py without its command line
+
+
+@pytest.fixture(scope="module")
+def pretrain_example():
+    return PRETRAIN_EXAMPLE
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_config
 from marlin_transformers import MarlinForPreTraining
 from marlin_transformers.modeling_marlin import patchify_video
-from marlin_transformers.pretraining.training import build_model
+from marlin_transformers.pretraining.model import build_model
 from marlin_transformers.pretraining.videomae import load_videomae_release, videomae_head_to_marlin
 
 

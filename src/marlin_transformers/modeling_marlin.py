@@ -750,9 +750,9 @@ class MarlinForPreTraining(MarlinPreTrainedModel):
             return_loss (`bool`): also return the losses: the reconstruction MSE on the raw pixels of the masked
                 tubelets plus, while the model holds its critic, the adversarial term (see
                 `MarlinForPreTrainingOutput`), so every parameter, the critic's included, gets a gradient from `loss`.
-                The critic trains on its own objective with its own optimizer: `pretraining.training.train_step` takes
-                it out (`detach_critic`) and scores this same prediction with it after the critic's step, as the
-                reference does.
+                The critic trains on its own objective with its own optimizer: `examples/pretrain.py` takes it out
+                (`detach_critic`), and its `train_step` scores this same prediction with it after the critic's step,
+                as the reference does.
             interpolate_pos_encoding (`bool`): clips of another frame count or size, as in `MarlinModel`; the
                 decoder's position table is resampled the same way.
         """

@@ -6,7 +6,7 @@
 A step is one critic update and one generator update on the same batch (16 frames of 224x224, Fasking-sized mask:
 156 visible tokens of 1568), adv_weight 0.01, gp_weight 0, AdamW (0.9, 0.95): the released configs.
 
-- ours: `marlin_transformers.pretraining.training.train_step` (the step `examples/pretrain.py` runs) under
+- ours: `train_step` of `examples/pretrain.py` (the step the example runs, over `pretraining.losses`) under
   Accelerate: the generator runs forward once; the critic trains on the detached prediction; the generator's loss
   reuses the prediction, scored by the updated critic.
 - reference: the authors' Lightning module (`model/marlin.py`, `training_step` with d_steps = g_steps = 1),
@@ -21,6 +21,7 @@ noisy, so nothing is asserted.
 """
 
 import argparse
+import importlib.util
 import json
 import resource
 import subprocess
@@ -32,6 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_utils import REFERENCE_VIT_BASE  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pretrain.py"
 
 # Encoder width, depth, heads; decoder width, depth, heads (config/pretrain/marlin_vit_*.yaml).
 REFERENCE_SIZES = {
@@ -59,7 +62,12 @@ def build_ours(args, device):
     from accelerate import Accelerator
 
     from marlin_transformers import MarlinConfig, MarlinForPreTraining
-    from marlin_transformers.pretraining import detach_critic, train_step
+    from marlin_transformers.pretraining import detach_critic
+
+    spec = importlib.util.spec_from_file_location("pretrain_example", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    train_step = example.train_step
 
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=args.mixed_precision)
     config = MarlinConfig.from_variant(args.variant)

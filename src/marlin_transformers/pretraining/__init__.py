@@ -1,22 +1,26 @@
 """MARLIN pretraining: Fasking masks, face parsing, losses, the paper's schedule, face clips, VideoMAE initialization.
 
-The training loop is `pretraining.training` (`train(PretrainingArguments(...))`), which `examples/pretrain.py` drives;
-everything else is a plain function or class it (and the tests) call.
+The training loop is `examples/pretrain.py` (Accelerate), the recipe over these pieces: its arguments
+(`arguments`), the model it starts from (`model`), its data (`training_data`), each network's loss (`losses`), the
+schedule, checkpoints, and what a run reports (`run_log`).
 """
 
 from ..modeling_marlin import masked_patch_targets, reconstruction_loss
+from .arguments import PretrainingArguments
 from .clips import EpochShuffleSampler, FaceClipDataset, FacePreparer, prepare_video_cache
 from .losses import (
     attach_critic,
     critic_loss,
+    critic_objective,
     detach_critic,
     generator_adversarial_loss,
+    generator_objective,
     gradient_penalty,
     penalty_interpolates,
 )
 from .masking import MASKING_STRATEGIES, generate_mask, generate_masks, seeded_generator
-from .schedule import learning_rate_at, reference_learning_rate_at, scaled_learning_rates
-from .training import PretrainingArguments, PretrainingResult, train, train_step
+from .run_log import PretrainingResult
+from .schedule import TrainingSchedule, learning_rate_at, reference_learning_rate_at, scaled_learning_rates
 from .videomae import (
     VIDEOMAE_KEY_MAPPING,
     load_videomae_weights,
@@ -32,12 +36,15 @@ __all__ = [
     "FacePreparer",
     "PretrainingArguments",
     "PretrainingResult",
+    "TrainingSchedule",
     "attach_critic",
     "critic_loss",
+    "critic_objective",
     "detach_critic",
     "generate_mask",
     "generate_masks",
     "generator_adversarial_loss",
+    "generator_objective",
     "gradient_penalty",
     "learning_rate_at",
     "reference_learning_rate_at",
@@ -49,7 +56,5 @@ __all__ = [
     "reconstruction_loss",
     "scaled_learning_rates",
     "seeded_generator",
-    "train",
-    "train_step",
     "videomae_to_marlin_state_dict",
 ]

@@ -7,7 +7,7 @@ written last. Everything goes into the hidden sibling `.step_N.partial/`, rename
 a run killed while saving leaves no `step_N/`, and the next run removes the partial folder. A `step_N/` without a
 readable `progress.json`, or whose files are not the ones it lists with their sizes (a half copy, a folder of an
 older version, a power cut before the data reached the disk), is not complete: `latest_checkpoint` skips it and
-`--resume` of it is refused.
+resuming from it is refused. `save_final_model` writes the model a run ends with.
 
 How `load_checkpoint` reads each file:
 
@@ -32,13 +32,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from accelerate.utils import load as accelerate_load
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..exceptions import CheckpointError
-from ..hub_folders import honour_umask
+from ..hub_folders import honour_umask, save_marlin_folder
+from ..modeling_marlin import MarlinForPreTraining
+from .losses import attach_critic, detach_critic
 
 PROGRESS_FILENAME = "progress.json"  # written last: a checkpoint without it is not complete
 CRITIC_FILENAME = "critic.safetensors"
@@ -86,7 +88,7 @@ def latest_checkpoint(output_dir: str | Path, report: Callable[[str], None] = pr
         problem = checkpoint_problem(folder)
         if problem is None:
             return folder
-        report(f"--resume latest: skipping {folder}, not a complete checkpoint: {problem}.")
+        report(f"skipping {folder}, not a complete checkpoint: {problem}.")
     return None
 
 
@@ -187,3 +189,18 @@ def load_checkpoint(accelerator: Accelerator, folder: Path, critic: nn.Module, t
         ) from None
     critic.load_state_dict(load_file(folder / CRITIC_FILENAME))
     return int(json.loads((folder / PROGRESS_FILENAME).read_text())["step"])
+
+
+def save_final_model(accelerator: Accelerator, model, critic: nn.Module, folder: Path) -> None:
+    """The generator (gathered from every process) with its critic, as a `save_marlin_folder` folder that
+    `AutoModel` and `AutoModelForPreTraining` load. Every process calls it; the main one writes."""
+    state_dict = accelerator.get_state_dict(model)  # a collective: every process calls it
+    if not accelerator.is_main_process:
+        return
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type == DistributedType.FSDP:  # sharded weights: rebuild a whole model
+        unwrapped = MarlinForPreTraining(unwrapped.config)
+        unwrapped.discriminator = None
+        unwrapped.load_state_dict(state_dict)
+    save_marlin_folder(attach_critic(unwrapped, critic), folder)
+    detach_critic(unwrapped)

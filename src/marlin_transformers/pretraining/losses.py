@@ -8,20 +8,23 @@
   released configs, implemented all the same).
 
 The critic `D` is `MarlinForPreTraining.discriminator`, a per-token MLP on tubelets in `patchify_video`'s layout;
-`detach_critic` / `attach_critic` make generator and critic two models for two optimizers.
+`detach_critic` / `attach_critic` make generator and critic two models for two optimizers; `critic_objective` and
+`generator_objective` are each network's loss of a step, with the terms a run logs.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..modeling_marlin import generator_adversarial_loss
+from ..modeling_marlin import generator_adversarial_loss, reconstruction_loss
 
 __all__ = [
     "attach_critic",
     "critic_loss",
+    "critic_objective",
     "detach_critic",
     "generator_adversarial_loss",
+    "generator_objective",
     "gradient_penalty",
     "penalty_interpolates",
 ]
@@ -63,6 +66,72 @@ def gradient_penalty(scores: torch.Tensor, interpolates: torch.Tensor) -> torch.
     """
     (gradients,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)  # (b, tokens, dim)
     return ((gradients.float().flatten(0, 1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def critic_objective(
+    critic: torch.nn.Module,
+    fake: torch.Tensor,
+    targets: torch.Tensor,
+    gp_weight: float = 0.0,
+    gp_generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The critic's loss of a step: `critic_loss` on the (detached) prediction and the real tubelets, plus
+    `gp_weight * gradient_penalty` when `gp_weight > 0`; fake, real (and penalty points) go through the critic at once.
+
+    Args:
+        critic: the `MarlinDiscriminator`.
+        fake: (batch, masked, c*pt*ph*pw) the generator's prediction, detached.
+        targets: (batch, masked, c*pt*ph*pw) the masked tubelets' pixels (`masked_patch_targets`).
+        gp_weight: the gradient penalty's weight.
+        gp_generator: CPU generator of the penalty's interpolation (unused when `gp_weight` is 0).
+
+    Returns:
+        (d_loss, its terms: d_loss, d_wasserstein (mean D(fake) - mean D(real)), d_real, d_fake, and gp when
+        `gp_weight > 0`).
+    """
+    real = targets.to(fake.dtype)
+    inputs = [fake, real]
+    if gp_weight > 0:
+        inputs.append(penalty_interpolates(real, fake, gp_generator))
+    scores = critic(torch.cat(inputs)).split(len(fake))
+    d_wasserstein = critic_loss(scores[0], scores[1])
+    gp = gradient_penalty(scores[2], inputs[2]) if gp_weight > 0 else None
+    d_loss = d_wasserstein + gp_weight * gp if gp is not None else d_wasserstein
+    terms = {
+        "d_loss": d_loss,
+        "d_wasserstein": d_wasserstein,
+        "d_real": scores[1].float().mean(),
+        "d_fake": scores[0].float().mean(),
+    }
+    if gp is not None:
+        terms["gp"] = gp
+    return d_loss, terms
+
+
+def generator_objective(
+    critic: torch.nn.Module, logits: torch.Tensor, targets: torch.Tensor, adv_weight: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The generator's loss of a step: `reconstruction_loss` plus the adversarial term of the prediction scored by
+    the critic, whose weights get no gradient from it (none when `adv_weight` is 0).
+
+    Args:
+        critic: the `MarlinDiscriminator` (after its own step).
+        logits: (batch, masked, c*pt*ph*pw) the generator's prediction, with its graph.
+        targets: (batch, masked, c*pt*ph*pw) the masked tubelets' pixels.
+        adv_weight: the adversarial term's weight.
+
+    Returns:
+        (g_loss, its terms: rec_loss, adv_loss, g_loss).
+    """
+    rec_loss = reconstruction_loss(logits, targets)
+    if adv_weight:
+        critic.requires_grad_(False)
+        adv_loss = generator_adversarial_loss(critic(logits), adv_weight)
+        critic.requires_grad_(True)
+    else:
+        adv_loss = torch.zeros((), device=logits.device)
+    g_loss = rec_loss + adv_loss
+    return g_loss, {"rec_loss": rec_loss, "adv_loss": adv_loss, "g_loss": g_loss}
 
 
 def detach_critic(model) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -4,12 +4,13 @@ AdamW with betas (0.9, 0.95), no weight decay, `lr = 1.5e-4 * total_batch / 256`
 epochs, then a cosine to `1e-5 * total_batch / 256` at the end of 2000 epochs. The reference computes this per
 iteration but only applies one value per epoch (its scheduler steps once an epoch); here it is applied per optimizer
 step (`learning_rate_at`, `LR_SCHEDULES[0]`), or, with `"reference"`, as the paper code applies it
-(`reference_learning_rate_at`).
+(`reference_learning_rate_at`). `TrainingSchedule` is a run's: its length in optimizer steps and its rate at each.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 # The released configs' rates per 256 clips, scaled linearly with the total batch (`scaled_learning_rates`).
 BASE_LEARNING_RATE = 1.5e-4
@@ -75,3 +76,47 @@ def reference_learning_rate_at(
         warmup_epochs * steps_per_epoch,
         num_epochs * steps_per_epoch,
     )
+
+
+def optimizer_steps_per_epoch(num_clips: int, batch_size: int, num_processes: int, accumulation_steps: int) -> int:
+    """Optimizer steps in an epoch of `num_clips` clips: full batches (a partial one is dropped) shared out among the
+    processes, `accumulation_steps` to a step, the last step of an epoch taking what is left."""
+    micro_batches = num_clips // batch_size / num_processes  # per process
+    return math.ceil(micro_batches / accumulation_steps)
+
+
+@dataclass(frozen=True)
+class TrainingSchedule:
+    """A run's length in optimizer steps and its learning rate at each step.
+
+    Attributes:
+        steps_per_epoch: optimizer steps per epoch (`optimizer_steps_per_epoch`).
+        total_steps: the schedule's span (`num_epochs` epochs, or a stream's stated number of steps).
+        max_steps: where the run stops (at most `total_steps`).
+        learning_rate: the peak rate, after `warmup_epochs` of linear warm-up from 0.
+        min_learning_rate: the final rate, at `total_steps`.
+        lr_schedule: one of `LR_SCHEDULES`: a value per step, or as the reference applies it.
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+    max_steps: int
+    learning_rate: float
+    min_learning_rate: float
+    warmup_epochs: int
+    num_epochs: int
+    lr_schedule: str = LR_SCHEDULES[0]
+
+    def learning_rate_at(self, step: int) -> float:
+        """The rate of optimizer step `step` (from 0)."""
+        if self.lr_schedule == "reference":
+            return reference_learning_rate_at(
+                step,
+                self.steps_per_epoch,
+                self.learning_rate,
+                self.min_learning_rate,
+                self.warmup_epochs,
+                self.num_epochs,
+            )
+        warmup_steps = self.warmup_epochs * self.steps_per_epoch
+        return learning_rate_at(step, self.learning_rate, self.min_learning_rate, warmup_steps, self.total_steps)
