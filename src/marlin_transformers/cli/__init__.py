@@ -44,8 +44,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"marlin-transformers {__version__}")
     parser.set_defaults(handler=None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.subcommands = {}
     for name, command in COMMANDS.items():
-        subparser = commands.add_parser(name, help=command.help, description=command.description)
+        subparser = parser.subcommands[name] = commands.add_parser(
+            name, help=command.help, description=command.description
+        )
         if only is None or name == only:
             command.add_options(subparser)
     return parser
@@ -60,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.handler(args)
-    except MarlinError as error:
-        print(f"marlin {args.command}: error: {error}", file=sys.stderr)
+    except MarlinError as error:  # the library names the value; the flag that set it goes in front
+        flag = COMMANDS[args.command].flag(parser.subcommands[args.command], error.parameter)
+        print(f"marlin {args.command}: error: {flag + ' ' if flag else ''}{error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"marlin {args.command}: interrupted", file=sys.stderr)

@@ -179,5 +179,6 @@ COMMANDS = {
         _extract_options,
         description="Writes OUT/<name>.npy per video and one JSON line per video to OUT/manifest.jsonl; re-running "
         "skips videos already done. Under `accelerate launch` the inputs are shared between the processes.",
+        parameters={"out_dir": "out", "on_no_face": "no_face"},
     ),
 }

@@ -20,6 +20,14 @@ class Command:
     help: str
     add_options: Callable[[argparse.ArgumentParser], None]
     description: str | None = None
+    # Library parameter -> the option setting it, where their names differ (for `MarlinError.parameter`).
+    parameters: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def flag(self, parser: argparse.ArgumentParser, parameter: str | None) -> str | None:
+        """The flag of this command's `parser` that sets the library's `parameter` (None: no option sets it)."""
+        dest = self.parameters.get(parameter, parameter)
+        flags = [a.option_strings[0] for a in parser._actions if a.dest == dest and a.option_strings]
+        return flags[0] if parameter and flags else None
 
 
 def library_defaults(function: Callable) -> dict[str, Any]:

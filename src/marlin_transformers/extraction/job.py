@@ -225,7 +225,7 @@ def run_extraction(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file of that name, a read-only parent
         raise MarlinError(
-            f"{out_dir}: cannot make this output folder ({error.strerror}); pass another --out."
+            f"{out_dir}: cannot make this output folder ({error.strerror}); use another folder.", parameter="out_dir"
         ) from None
     # One run at a time per folder (the main process holds it for the run's processes, released on any exit).
     with lock_folder(out_dir) if state.is_main_process else contextlib.nullcontext() as lock:
@@ -246,8 +246,9 @@ def run_extraction(
             changed = sorted(k for k in (settings or {}) if before.get(k) != settings[k])
             said = ", ".join(changed) if changed else "unrecorded: made by an earlier version"
             raise MarlinError(
-                f"{out_dir}: holds features made with other settings ({said}); extract into another --out folder "
-                "(one folder holds one model's features made one way)."
+                f"{out_dir}: holds features made with other settings ({said}); extract into another folder "
+                "(one folder holds one model's features made one way).",
+                parameter="out_dir",
             )
         # An output name a previous run gave another input is never reused: this input gets its hashed name.
         taken = {r["output"]: r["input"] for r in done_before if r.get("output")}
