@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 from ..exceptions import MarlinError
-from .options import POSITIVE_INT, Command, add_option, library_defaults
+from .numbers import POSITIVE_INT
+from .options import Command, add_option, command
 
 DOCS_CONFIG = Path(__file__).resolve().parents[3] / "mkdocs.yml"  # the checkout's root, beside src/
+
+COMMANDS: dict[str, Command] = {}
 
 
 def _app(args: argparse.Namespace) -> int:
@@ -19,10 +22,9 @@ def _app(args: argparse.Namespace) -> int:
     return 0
 
 
-def _app_options(app: argparse.ArgumentParser) -> None:
-    from ..app import launch_app
-
-    defaults = library_defaults(launch_app)
+@command(COMMANDS, "app", defaults=("app:launch_app",))
+def _app_options(app: argparse.ArgumentParser, defaults: dict) -> None:
+    """a web app (Gradio): tracked faces, crops, Fasking mask, reconstruction and features of a video"""
     app.add_argument(
         "--model",
         help="a .full.pt/.ckpt file or a converted pretraining folder; default: randomly initialized ViT-B weights "
@@ -39,10 +41,9 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, dtype=args.dtype)
 
 
-def _demo_options(demo: argparse.ArgumentParser) -> None:
-    from ..demo import run_demo
-
-    defaults = library_defaults(run_demo)
+@command(COMMANDS, "demo", defaults=("demo:run_demo",))
+def _demo_options(demo: argparse.ArgumentParser, defaults: dict) -> None:
+    """the whole pipeline on a face clip it renders itself (works offline, with random weights)"""
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     add_option(demo, "--dtype", defaults, "encoder precision (default {default})", choices=["float32", "bfloat16"])
     demo.set_defaults(handler=_demo)
@@ -82,21 +83,10 @@ def _has_module(name: str) -> bool:
         return False
 
 
-def _docs_options(docs: argparse.ArgumentParser) -> None:
+@command(COMMANDS, "docs")
+def _docs_options(docs: argparse.ArgumentParser, defaults: dict) -> None:
+    """serve this documentation site locally (mkdocs), or build a static copy with --build DIR"""
     docs.add_argument("--build", metavar="DIR", help="write the static site to DIR instead of serving it")
     docs.add_argument("--port", type=POSITIVE_INT, default=8000, help="port to serve on (default 8000)")
     docs.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     docs.set_defaults(handler=_docs)
-
-
-COMMANDS = {
-    "app": Command(
-        "a web app (Gradio): tracked faces, crops, Fasking mask, reconstruction and features of a video", _app_options
-    ),
-    "demo": Command(
-        "the whole pipeline on a face clip it renders itself (works offline, with random weights)", _demo_options
-    ),
-    "docs": Command(
-        "serve this documentation site locally (mkdocs), or build a static copy with --build DIR", _docs_options
-    ),
-}

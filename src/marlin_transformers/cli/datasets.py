@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..exceptions import MarlinError
-from .options import POSITIVE_FLOAT, POSITIVE_INT, Command, add_option, library_defaults, positive
+from .numbers import FRACTION, POSITIVE_FLOAT, POSITIVE_INT
+from .options import Command, add_option, command, job_exit_status
+
+COMMANDS: dict[str, Command] = {}
+# The library calls whose defaults prepare-ytf and prepare-faces show.
+PREPARATION = ("pretraining.preparation:PreparationSettings", "pretraining.preparation:prepare_corpus")
+PREPARATION += ("data.face_videos:person_disjoint_split",)
 
 
 def _prepare_celebvhq(args: argparse.Namespace) -> int:
@@ -22,10 +27,9 @@ def _prepare_celebvhq(args: argparse.Namespace) -> int:
     return 0
 
 
-def _celebvhq_options(celebvhq: argparse.ArgumentParser) -> None:
-    from ..data.celebv_hq import prepare_celebvhq
-
-    defaults = library_defaults(prepare_celebvhq)
+@command(COMMANDS, "prepare-celebvhq", defaults=("data.celebv_hq:prepare_celebvhq",))
+def _celebvhq_options(celebvhq: argparse.ArgumentParser, defaults: dict) -> None:
+    """split CelebV-HQ (sorted, seeded 80/10/10), crop its clips to squares and write labels CSVs"""
     celebvhq.add_argument("root", help="the CelebV-HQ folder (celebvhq_info.json, downloaded/)")
     celebvhq.add_argument("out", help="where the prepared layout goes")
     add_option(
@@ -62,14 +66,10 @@ def _prepare(args: argparse.Namespace) -> int:
     from ..pretraining.preparation import PreparationSettings, prepare_corpus
 
     command = f"marlin {args.command}"
-    settings = PreparationSettings(  # checked before any video is listed
-        crop_style=args.crop_style,
-        frame_order=args.frame_order,
-        lossless=args.lossless,
-        crf=args.crf,
-        frame_folder_fps=args.fps,
-        farl_model=args.farl_model,
-    )
+    names = ("crop_style", "frame_order", "lossless", "crf", "frame_folder_fps", "farl_model")
+    settings = PreparationSettings(
+        **{name: getattr(args, name) for name in names}
+    )  # checked before any video is listed
     ytf = args.command == "prepare-ytf"
     videos = ytf_videos(args.root) if ytf else list_face_videos(args.inputs)
     split, split_info = _split(args, videos)
@@ -84,23 +84,13 @@ def _prepare(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         command=command,
     )
-    if not summary.is_main_process:
-        return 1 if summary.failed else 0
-    print(
-        f"{command}: {summary.done} done, {summary.skipped} already done, {summary.failed} failed; see "
-        f"{Path(args.out) / 'manifest.jsonl'}",
-        file=sys.stderr,
-    )
-    return 1 if summary.failed else 0
+    return job_exit_status(summary, command, args.out)
 
 
-def _preparation_options(parser: argparse.ArgumentParser) -> dict:
-    """The options prepare-ytf and prepare-faces share; returns the defaults they are read from."""
-    from ..data.face_videos import person_disjoint_split
-    from ..pretraining.preparation import CROP_STYLES, PreparationSettings, prepare_corpus
+def _preparation_options(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    """The options prepare-ytf and prepare-faces share."""
+    from ..pretraining.preparation import CROP_STYLES
 
-    defaults = library_defaults(PreparationSettings) | library_defaults(prepare_corpus)
-    split = library_defaults(person_disjoint_split)
     parser.add_argument("out", help="the prepared folder to write (re-running it resumes)")
     add_option(
         parser,
@@ -116,14 +106,9 @@ def _preparation_options(parser: argparse.ArgumentParser) -> dict:
         metavar=("TRAIN_CSV", "VAL_CSV"),
         help="the paper's train_set.csv and val_set.csv (path,len rows); default: a seeded person-disjoint split",
     )
-    add_option(
-        parser,
-        "--validation-fraction",
-        split,
-        "without --split-files, fraction of the persons held out (default {default})",
-        type=positive(float, 0.99),
-    )
-    add_option(parser, "--seed", split, "seed of that split (default {default})", type=int)
+    held_out = "without --split-files, fraction of the persons held out (default {default})"
+    add_option(parser, "--validation-fraction", defaults, held_out, type=FRACTION)
+    add_option(parser, "--seed", defaults, "seed of that split (default {default})", type=int)
     add_option(parser, "--lossless", defaults, "lossless RGB H.264 clips (about 5-10x larger)")
     add_option(parser, "--crf", defaults, "H.264 quality of the clips, lower is better (default {default})", type=int)
     parser.add_argument(
@@ -138,15 +123,21 @@ def _preparation_options(parser: argparse.ArgumentParser) -> dict:
         type=POSITIVE_INT,
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(handler=_prepare, frame_order=defaults["frame_order"], fps=defaults["frame_folder_fps"])
-    return defaults
+    parser.set_defaults(handler=_prepare, frame_order=defaults["frame_order"])
+    parser.set_defaults(frame_folder_fps=defaults["frame_folder_fps"])
 
 
-def _ytf_options(ytf: argparse.ArgumentParser) -> None:
+@command(COMMANDS, "prepare-ytf", defaults=PREPARATION)
+def _ytf_options(ytf: argparse.ArgumentParser, defaults: dict) -> None:
+    """YouTube Faces frame folders -> face clips, landmarks and parsing maps, split train/validation
+
+    Tracks and crops the face of every frame_images_DB/<person>/<video>, writes OUT/clips/ and OUT/annotations/ (see
+    docs/datasets.md); re-running skips the videos done.
+    """
     from ..data.youtube_faces import FRAME_ORDERS
 
     ytf.add_argument("root", help="the YouTube Faces folder (holding frame_images_DB/) or frame_images_DB itself")
-    defaults = _preparation_options(ytf)
+    _preparation_options(ytf, defaults)
     add_option(
         ytf,
         "--frame-order",
@@ -161,13 +152,19 @@ def _ytf_options(ytf: argparse.ArgumentParser) -> None:
         defaults,
         "frame rate stored for the frame folders (default {default})",
         parameter="frame_folder_fps",
+        dest="frame_folder_fps",
         type=POSITIVE_FLOAT,
     )
 
 
-def _faces_options(faces: argparse.ArgumentParser) -> None:
+@command(COMMANDS, "prepare-faces", defaults=PREPARATION)
+def _faces_options(faces: argparse.ArgumentParser, defaults: dict) -> None:
+    """any face videos -> face clips, landmarks and parsing maps, split train/validation
+
+    Videos under a folder get their path relative to it as id and its first folder as person.
+    """
     faces.add_argument("inputs", nargs="+", metavar="VIDEOS", help="video files, folders (recursive) or .txt lists")
-    _preparation_options(faces)
+    _preparation_options(faces, defaults)
 
 
 def _push_dataset(args: argparse.Namespace) -> int:
@@ -184,7 +181,9 @@ def _push_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _push_options(push: argparse.ArgumentParser) -> None:
+@command(COMMANDS, "push-dataset")
+def _push_options(push: argparse.ArgumentParser, defaults: dict) -> None:
+    """a prepared folder -> Parquet shards and a dataset card, uploaded to a Hub dataset repo (private)"""
     push.add_argument("prepared", metavar="OUT", help="a folder prepare-ytf or prepare-faces wrote")
     push.add_argument("repo_id", metavar="REPO_ID", nargs="?", help="the Hub dataset repo (made if missing)")
     privacy = push.add_mutually_exclusive_group()
@@ -193,25 +192,3 @@ def _push_options(push: argparse.ArgumentParser) -> None:
     push.add_argument("--folder", help="where the shards and card are written first (default: OUT/hub)")
     push.add_argument("--export-only", action="store_true", help="write the shards and card, upload nothing")
     push.set_defaults(handler=_push_dataset)
-
-
-COMMANDS = {
-    "prepare-celebvhq": Command(
-        "split CelebV-HQ (sorted, seeded 80/10/10), crop its clips to squares and write labels CSVs", _celebvhq_options
-    ),
-    "prepare-ytf": Command(
-        "YouTube Faces frame folders -> face clips, landmarks and parsing maps, split train/validation",
-        _ytf_options,
-        description="Tracks and crops the face of every frame_images_DB/<person>/<video>, writes OUT/clips/ and "
-        "OUT/annotations/ (see docs/datasets.md); re-running skips the videos done.",
-    ),
-    "prepare-faces": Command(
-        "any face videos -> face clips, landmarks and parsing maps, split train/validation",
-        _faces_options,
-        description="Videos under a folder get their path relative to it as id and its first folder as person.",
-    ),
-    "push-dataset": Command(
-        "a prepared folder -> Parquet shards and a dataset card, uploaded to a Hub dataset repo (private)",
-        _push_options,
-    ),
-}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from ..exceptions import MarlinError
-from .options import POSITIVE_FLOAT, POSITIVE_INT, Command, add_option, library_defaults, non_negative_int, positive
+from .numbers import POSITIVE_FLOAT, POSITIVE_INT, non_negative_int, positive
+from .options import Command, add_option, command, job_exit_status
+
+COMMANDS: dict[str, Command] = {}
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -69,63 +70,14 @@ def _extract(args: argparse.Namespace) -> int:
         from accelerate import PartialState
 
         PartialState().destroy_process_group()
-    if not summary.is_main_process:  # one summary for a multi-process run, counting every process
-        return 1 if summary.failed else 0
-    print(
-        f"marlin extract: {summary.done} done, {summary.skipped} already done, {summary.failed} failed; "
-        f"see {Path(args.out) / 'manifest.jsonl'}",
-        file=sys.stderr,
-    )
-    return 1 if summary.failed else 0
+    return job_exit_status(summary, "marlin extract", args.out)
 
 
-def _extract_options(extract: argparse.ArgumentParser) -> None:
-    from ..extraction.extractor import DTYPES, MarlinFeatureExtractor
+def _encoding_options(extract: argparse.ArgumentParser, defaults: dict) -> None:
+    """The options of how clips are encoded: precision, device, batches, workers, clip shape."""
+    from ..extraction.extractor import DTYPES
 
-    defaults = library_defaults(MarlinFeatureExtractor)
     defaults["dtype"] = next(name for name, dtype in DTYPES.items() if dtype == defaults["dtype"])
-    extract.add_argument("inputs", nargs="+", metavar="INPUT", help="video file, folder (recursive) or .txt list")
-    extract.add_argument(
-        "--model",
-        required=True,
-        help="converted folder, Hub id (marlin_vit_base_ytf = ControlNet/marlin_vit_base_ytf) or official "
-        ".pt/.ckpt file (converted on the fly)",
-    )
-    extract.add_argument("--out", required=True, help="output folder")
-    add_option(extract, "--crop-face", defaults, "track the face and crop around it")
-    add_option(
-        extract,
-        "--no-face",
-        defaults,
-        "with --crop-face, a video without any face is an error (default) or gets a centre crop",
-        parameter="on_no_face",
-        choices=["error", "centre"],
-    )
-    add_option(
-        extract,
-        "--face-margin",
-        defaults,
-        "crop side / face box side, above 0 and at most 4 (default {default})",
-        type=positive(float, 4.0),
-    )
-    add_option(extract, "--sample-rate", defaults, "take every n-th frame (default {default})", type=POSITIVE_INT)
-    add_option(
-        extract,
-        "--stride",
-        defaults,
-        "next window after this many sampled frames (default {default})",
-        type=POSITIVE_INT,
-    )
-    add_option(extract, "--stride-seconds", defaults, "window spacing in seconds instead", type=POSITIVE_FLOAT)
-    add_option(extract, "--keep-seq", defaults, "save every token (windows x 1568 x hidden)")
-    add_option(
-        extract,
-        "--all-faces",
-        defaults,
-        "with --crop-face, every face seen in at least 16 sampled frames is its own subject: OUT/<name>.npz "
-        "holds features_<id>, boxes_<id>, frame_indices_<id>; the manifest lists each subject's windows and span "
-        "(default: one subject per video, OUT/<name>.npy)",
-    )
     add_option(
         extract,
         "--dtype",
@@ -170,15 +122,58 @@ def _extract_options(extract: argparse.ArgumentParser) -> None:
         "run the encoder through torch.compile (faster per clip after a one-off compile of each batch shape)",
     )
     extract.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@command(
+    COMMANDS, "extract", defaults=("extraction.extractor:MarlinFeatureExtractor",), out_dir="out", on_no_face="no_face"
+)
+def _extract_options(extract: argparse.ArgumentParser, defaults: dict) -> None:
+    """features of every 16-frame window of videos (files, folders, or text files listing paths)
+
+    Writes OUT/<name>.npy per video and one JSON line per video to OUT/manifest.jsonl; re-running skips videos
+    already done. Under `accelerate launch` the inputs are shared between the processes.
+    """
+    extract.add_argument("inputs", nargs="+", metavar="INPUT", help="video file, folder (recursive) or .txt list")
+    extract.add_argument(
+        "--model",
+        required=True,
+        help="converted folder, Hub id (marlin_vit_base_ytf = ControlNet/marlin_vit_base_ytf) or official "
+        ".pt/.ckpt file (converted on the fly)",
+    )
+    extract.add_argument("--out", required=True, help="output folder")
+    add_option(extract, "--crop-face", defaults, "track the face and crop around it")
+    add_option(
+        extract,
+        "--no-face",
+        defaults,
+        "with --crop-face, a video without any face is an error (default) or gets a centre crop",
+        parameter="on_no_face",
+        choices=["error", "centre"],
+    )
+    add_option(
+        extract,
+        "--face-margin",
+        defaults,
+        "crop side / face box side, above 0 and at most 4 (default {default})",
+        type=positive(float, 4.0),
+    )
+    add_option(extract, "--sample-rate", defaults, "take every n-th frame (default {default})", type=POSITIVE_INT)
+    add_option(
+        extract,
+        "--stride",
+        defaults,
+        "next window after this many sampled frames (default {default})",
+        type=POSITIVE_INT,
+    )
+    add_option(extract, "--stride-seconds", defaults, "window spacing in seconds instead", type=POSITIVE_FLOAT)
+    add_option(extract, "--keep-seq", defaults, "save every token (windows x 1568 x hidden)")
+    add_option(
+        extract,
+        "--all-faces",
+        defaults,
+        "with --crop-face, every face seen in at least 16 sampled frames is its own subject: OUT/<name>.npz "
+        "holds features_<id>, boxes_<id>, frame_indices_<id>; the manifest lists each subject's windows and span "
+        "(default: one subject per video, OUT/<name>.npy)",
+    )
+    _encoding_options(extract, defaults)
     extract.set_defaults(handler=_extract)
-
-
-COMMANDS = {
-    "extract": Command(
-        "features of every 16-frame window of videos (files, folders, or text files listing paths)",
-        _extract_options,
-        description="Writes OUT/<name>.npy per video and one JSON line per video to OUT/manifest.jsonl; re-running "
-        "skips videos already done. Under `accelerate launch` the inputs are shared between the processes.",
-        parameters={"out_dir": "out", "on_no_face": "no_face"},
-    ),
-}

@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 
 from ..exceptions import MarlinError
-from .options import POSITIVE_INT, Command, add_option, library_defaults
+from .numbers import POSITIVE_INT
+from .options import Command, add_option, command
+
+COMMANDS: dict[str, Command] = {}
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -46,7 +49,9 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _convert_options(convert: argparse.ArgumentParser) -> None:
+@command(COMMANDS, "convert")
+def _convert_options(convert: argparse.ArgumentParser, defaults: dict) -> None:
+    """convert an official checkpoint (.encoder.pt, .full.pt, Lightning .ckpt, Hub folder or id)"""
     convert.add_argument("source", help="checkpoint file, the authors' Hub folder, or a Hub id")
     convert.add_argument("output_dir", help="folder to write (must not exist or be empty)")
     convert.add_argument("--num-attention-heads", type=int, help="encoder heads (default: width / 64, as released)")
@@ -71,10 +76,9 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_options(export: argparse.ArgumentParser) -> None:
-    from ..extraction.onnx_export import export_onnx
-
-    defaults = library_defaults(export_onnx)
+@command(COMMANDS, "export", defaults=("extraction.onnx_export:export_onnx",))
+def _export_options(export: argparse.ArgumentParser, defaults: dict) -> None:
+    """the encoder as an ONNX file for onnxruntime and other runtimes (checked against PyTorch)"""
     export.add_argument("model", help="converted folder, Hub id or official .pt/.ckpt file")
     export.add_argument("output", help="the .onnx file to write")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="output format (default onnx)")
@@ -83,13 +87,3 @@ def _export_options(export: argparse.ArgumentParser) -> None:
     )
     add_option(export, "--opset", defaults, "ONNX opset (default: the exporter's)", type=POSITIVE_INT)
     export.set_defaults(handler=_export)
-
-
-COMMANDS = {
-    "convert": Command(
-        "convert an official checkpoint (.encoder.pt, .full.pt, Lightning .ckpt, Hub folder or id)", _convert_options
-    ),
-    "export": Command(
-        "the encoder as an ONNX file for onnxruntime and other runtimes (checked against PyTorch)", _export_options
-    ),
-}

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import inspect
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -30,12 +33,51 @@ class Command:
         return flags[0] if parameter and flags else None
 
 
-def library_defaults(function: Callable) -> dict[str, Any]:
-    """{parameter: default} of a library function, class or dataclass: where the default is written."""
-    if dataclasses.is_dataclass(function):
-        return {f.name: f.default for f in dataclasses.fields(function) if f.default is not dataclasses.MISSING}
-    parameters = inspect.signature(function).parameters.values()
-    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+def command(table: dict[str, Command], name: str, defaults: tuple[str, ...] = (), **parameters: str):
+    """Decorate `function(parser, defaults)`, which adds subcommand `name`'s options: it goes in `table`.
+
+    Its docstring's first paragraph is the one-line help, the rest the description. `defaults` names the library
+    calls ("module:name", module inside the package) whose defaults it is handed (`library_defaults`), read when its
+    options are built; `parameters` as `Command.parameters`.
+    """
+
+    def register(function: Callable[[argparse.ArgumentParser, dict[str, Any]], None]):
+        summary, _, rest = inspect.cleandoc(function.__doc__).partition("\n\n")
+
+        def add_options(parser: argparse.ArgumentParser) -> None:
+            function(parser, library_defaults(*defaults))
+
+        table[name] = Command(" ".join(summary.split()), add_options, " ".join(rest.split()) or None, parameters)
+        return function
+
+    return register
+
+
+def job_exit_status(summary, command: str, out_dir: str) -> int:
+    """Say a job's counts and manifest once (in the main process of a multi-process run); 1 if any input failed."""
+    if summary.is_main_process:  # one summary for a multi-process run, counting every process
+        print(
+            f"{command}: {summary.done} done, {summary.skipped} already done, {summary.failed} failed; "
+            f"see {Path(out_dir) / 'manifest.jsonl'}",
+            file=sys.stderr,
+        )
+    return 1 if summary.failed else 0
+
+
+def library_defaults(*sources: str) -> dict[str, Any]:
+    """{parameter: default} of the library functions, classes or settings dataclasses named "module:name" (module
+    inside the package), where the defaults are written; imported now."""
+    found = {}
+    for source in sources:
+        module, _, name = source.partition(":")
+        function = getattr(importlib.import_module(f"..{module}", __package__), name)
+        if dataclasses.is_dataclass(function):
+            fields = dataclasses.fields(function)
+            found |= {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+        else:
+            parameters = inspect.signature(function).parameters.values()
+            found |= {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    return found
 
 
 def add_option(
@@ -55,34 +97,3 @@ def add_option(
     if default is False:
         kwargs["action"] = "store_true"
     return parser.add_argument(flag, default=default, help=help.format(default=default), **kwargs)
-
-
-def positive(kind: type, maximum: float | None = None):
-    """An argparse type: a number of `kind` above 0 (and at most `maximum`), else argparse's one-line error."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        if not value > 0 or (maximum is not None and value > maximum):
-            bound = f" and at most {maximum:g}" if maximum is not None else ""
-            raise argparse.ArgumentTypeError(f"{text} is out of range: give a value above 0{bound}")
-        return value
-
-    return parse
-
-
-POSITIVE_INT = positive(int)
-POSITIVE_FLOAT = positive(float)
-
-
-def non_negative_int(text: str) -> int:
-    """An argparse type: an integer of 0 or more, else argparse's one-line error."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: give 0 or more")
-    return value

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import POSITIVE_INT, Command, add_option, library_defaults, positive
+from .numbers import FRACTION, POSITIVE_INT
+from .options import Command, add_option, command
+
+COMMANDS: dict[str, Command] = {}
+# The library calls whose defaults show-mask shows: the picture, the windows, the FaRL parser.
+SHOW_MASK = ("visualization:render_fasking_preview", "video.windows:iter_windows")
+SHOW_MASK += ("pretraining.face_parsing:FarlFaceParser",)
 
 
 def _show_mask(args: argparse.Namespace) -> int:
@@ -43,15 +49,12 @@ def _show_mask(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_mask_options(show_mask: argparse.ArgumentParser) -> None:
+@command(COMMANDS, "show-mask", defaults=SHOW_MASK)
+def _show_mask_options(show_mask: argparse.ArgumentParser, defaults: dict) -> None:
+    """picture of a clip's face parsing and its Fasking mask (first window of a video)"""
     from ..configuration_marlin import MASKING_STRATEGIES
     from ..constants import FARL_CHANNEL_ORDERS
-    from ..pretraining.face_parsing import FarlFaceParser
-    from ..video.windows import iter_windows
-    from ..visualization import render_fasking_preview
 
-    defaults = library_defaults(render_fasking_preview) | library_defaults(iter_windows)
-    defaults |= library_defaults(FarlFaceParser)
     show_mask.add_argument("video", help="a face video; its first window is shown")
     show_mask.add_argument("--out", default="mask.png", help="PNG to write (default: mask.png)")
     show_mask.add_argument(
@@ -119,11 +122,16 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reconstruct_options(reconstruct: argparse.ArgumentParser) -> None:
-    from ..configuration_marlin import MASKING_STRATEGIES
-    from ..pretraining.reconstruction import reconstruct_video
+@command(COMMANDS, "reconstruct", defaults=("pretraining.reconstruction:reconstruct_video",))
+def _reconstruct_options(reconstruct: argparse.ArgumentParser, defaults: dict) -> None:
+    """what a pretrained MARLIN sees: mask each window, reconstruct it, write a side-by-side video and a PNG
 
-    defaults = library_defaults(reconstruct_video)
+    Writes OUT (frames | masked input | reconstruction | face parts, window after window) and OUT with .png (a grid
+    of frames, masked inputs and reconstructions). Needs the decoder: a .full.pt, a Lightning .ckpt or a folder
+    converted from one.
+    """
+    from ..configuration_marlin import MASKING_STRATEGIES
+
     reconstruct.add_argument("video", help="a face video")
     reconstruct.add_argument(
         "--model", required=True, help="a .full.pt or .ckpt file, or a converted pretraining folder (with decoder)"
@@ -144,7 +152,7 @@ def _reconstruct_options(reconstruct: argparse.ArgumentParser) -> None:
         "--mask-ratio",
         defaults,
         "fraction of tokens masked, above 0 and at most 0.99 (default: the model config's, 0.9)",
-        type=positive(float, 0.99),
+        type=FRACTION,
     )
     add_option(reconstruct, "--crop-face", defaults, "track the face and crop around it")
     reconstruct.add_argument(
@@ -154,17 +162,3 @@ def _reconstruct_options(reconstruct: argparse.ArgumentParser) -> None:
     add_option(reconstruct, "--sample-rate", defaults, "take every n-th frame (default {default})", type=POSITIVE_INT)
     add_option(reconstruct, "--seed", defaults, "seed of the masks' random draws (default {default})", type=int)
     reconstruct.set_defaults(handler=_reconstruct)
-
-
-COMMANDS = {
-    "show-mask": Command(
-        "picture of a clip's face parsing and its Fasking mask (first window of a video)", _show_mask_options
-    ),
-    "reconstruct": Command(
-        "what a pretrained MARLIN sees: mask each window, reconstruct it, write a side-by-side video and a PNG",
-        _reconstruct_options,
-        description="Writes OUT (frames | masked input | reconstruction | face parts, window after window) and "
-        "OUT with .png (a grid of frames, masked inputs and reconstructions). Needs the decoder: a .full.pt, a "
-        "Lightning .ckpt or a folder converted from one.",
-    ),
-}
