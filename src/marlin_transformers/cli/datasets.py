@@ -15,18 +15,6 @@ PREPARATION = ("pretraining.preparation:PreparationSettings", "pretraining.prepa
 PREPARATION += ("data.face_videos:person_disjoint_split",)
 
 
-def _prepare_celebvhq(args: argparse.Namespace) -> int:
-    from ..data.celebv_hq import prepare_celebvhq
-
-    crop = None if args.crop == "none" else args.crop
-    split = prepare_celebvhq(
-        args.root, args.out, crop=crop, size=args.size, seed=args.seed, num_workers=args.num_workers
-    )
-    counts = ", ".join(f"{name} {len(ids)}" for name, ids in split.items())
-    print(f"prepared CelebV-HQ in {args.out}: {counts} clips; labels CSVs per task and split, see split.json")
-    return 0
-
-
 @command(COMMANDS, "prepare-celebvhq", defaults=("data.celebv_hq:prepare_celebvhq",))
 def _celebvhq_options(celebvhq: argparse.ArgumentParser, defaults: dict) -> None:
     """split CelebV-HQ (sorted, seeded 80/10/10), crop its clips to squares and write labels CSVs"""
@@ -47,6 +35,18 @@ def _celebvhq_options(celebvhq: argparse.ArgumentParser, defaults: dict) -> None
         celebvhq, "--num-workers", defaults, "videos cropped in parallel (default {default})", type=POSITIVE_INT
     )
     celebvhq.set_defaults(handler=_prepare_celebvhq)
+
+
+def _prepare_celebvhq(args: argparse.Namespace) -> int:
+    from ..data.celebv_hq import prepare_celebvhq
+
+    crop = None if args.crop == "none" else args.crop
+    split = prepare_celebvhq(
+        args.root, args.out, crop=crop, size=args.size, seed=args.seed, num_workers=args.num_workers
+    )
+    counts = ", ".join(f"{name} {len(ids)}" for name, ids in split.items())
+    print(f"prepared CelebV-HQ in {args.out}: {counts} clips; labels CSVs per task and split, see split.json")
+    return 0
 
 
 def _split(args: argparse.Namespace, videos) -> tuple[dict, dict]:
