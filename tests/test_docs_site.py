@@ -86,13 +86,14 @@ def test_marlin_docs_build_writes_the_site(tmp_path):
 
 def test_marlin_docs_says_in_one_line_what_is_missing(tmp_path, monkeypatch, capsys):
     from marlin_transformers import cli
+    from marlin_transformers.cli import apps
 
-    monkeypatch.setattr(cli, "DOCS_CONFIG", tmp_path / "mkdocs.yml")  # as in a wheel install: no checkout around
+    monkeypatch.setattr(apps, "DOCS_CONFIG", tmp_path / "mkdocs.yml")  # as in a wheel install: no checkout around
     assert cli.main(["docs", "--build", str(tmp_path / "out")]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("marlin docs: error: no mkdocs.yml") and 'pip install -e ".[docs]"' in line
 
-    monkeypatch.setattr(cli, "DOCS_CONFIG", ROOT / "mkdocs.yml")
+    monkeypatch.setattr(apps, "DOCS_CONFIG", ROOT / "mkdocs.yml")
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None)  # the docs extra not installed
     assert cli.main(["docs", "--build", str(tmp_path / "out")]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()

@@ -21,6 +21,7 @@ STAGES = {
     "video": 1,
     "video_processing_marlin": 1,
     "visualization": 1,
+    "registration": 1,
     # 2: data sets and label tables
     "data": 2,
     # 3: pretraining, extraction, and the checkpoint formats and model cards they load and write

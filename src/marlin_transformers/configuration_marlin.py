@@ -55,7 +55,7 @@ SIZE_FIELDS = (
 )
 
 # Pretraining's masking strategies (`pretraining.masking` implements them; the config names the one in use).
-MASKING_STRATEGIES = ("random", "tube", "frame", "fasking", "fasking_opp")
+MASKING_STRATEGIES = ("fasking", "fasking_opp", "random", "tube", "frame")
 
 # Field names of the authors' Hub config (`ControlNet/marlin_vit_*_ytf`) and of marlin-pytorch -> ours.
 _REFERENCE_FIELD_NAMES = {

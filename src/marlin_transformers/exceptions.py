@@ -2,7 +2,16 @@
 
 
 class MarlinError(Exception):
-    """Base class for user-facing errors; the CLI prints `str(error)` and no traceback."""
+    """Base class for user-facing errors; the CLI prints `str(error)` and no traceback.
+
+    The message says what is wrong with a value, not which command-line flag to pass: `parameter` names the argument
+    of the library call whose value it is (a message then starts with that value), and the CLI puts the flag that
+    sets it in front (`--out OUT: cannot write in this folder ...`).
+    """
+
+    def __init__(self, message: str, parameter: str | None = None):
+        super().__init__(message)
+        self.parameter = parameter
 
 
 class CheckpointError(MarlinError):

@@ -207,7 +207,9 @@ def make_folder(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file of that name, a read-only parent
-        raise DatasetError(f"{out_dir}: cannot make this output folder ({error.strerror}); choose another.") from None
+        raise DatasetError(
+            f"{out_dir}: cannot make this output folder ({error.strerror}); choose another.", parameter="out_dir"
+        ) from None
 
 
 def tidy_folder(out_dir: Path, kind: JobKind) -> None:
@@ -227,7 +229,9 @@ def check_settings(out_dir: Path, kind: JobKind, previous: dict[str, dict], sett
         before = other[0].get("settings") if isinstance(other[0].get("settings"), dict) else {}
         changed = sorted(k for k in settings if before.get(k) != settings[k])
         said = ", ".join(changed) if changed else "unrecorded: made by an earlier version"
-        raise DatasetError(f"{out_dir}: holds {kind.made} with other settings ({said}); use another folder.")
+        raise DatasetError(
+            f"{out_dir}: holds {kind.made} with other settings ({said}); use another folder.", parameter="out_dir"
+        )
 
 
 def is_done(out_dir: Path, kind: JobKind, record: dict | None, item: Item, fingerprint: str) -> bool:

@@ -57,7 +57,7 @@ def lock_folder(out_dir: Path, command: str = "marlin extract"):
         handle = open(out_dir / LOCK, "a")
     except OSError as error:  # a read-only file system, no permission
         raise MarlinError(
-            f"{out_dir}: cannot write in this folder ({error.strerror}); choose a writable one."
+            f"{out_dir}: cannot write in this folder ({error.strerror}); choose a writable one.", parameter="out_dir"
         ) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -187,9 +187,7 @@ def push_dataset(
 
     info, _ = read_prepared(prepared)
     if info.get("name") == "youtube_faces" and not private:
-        raise DatasetError(
-            f"{prepared}: YouTube Faces may not be redistributed publicly; push it as a private repo (drop --public)."
-        )
+        raise DatasetError(f"{prepared}: YouTube Faces may not be redistributed publicly; push it as a private repo.")
     folder = export_for_hub(prepared, folder or Path(prepared) / "hub", cache_dir=cache_dir)
     api = HfApi(token=token)
     url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)

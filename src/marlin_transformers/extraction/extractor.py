@@ -35,7 +35,7 @@ def check_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, AssertionError) as error:  # torch says "Torch not compiled with CUDA..." as an assertion
         reason = " ".join(str(error).split()).split(". ")[0][:120]
         raise MarlinError(
-            f"--device {device}: not usable here ({reason}); use --device cpu or a device this machine has."
+            f"{device}: not usable here ({reason}); use cpu or a device this machine has.", parameter="device"
         ) from None
     return device
 
@@ -159,7 +159,7 @@ class MarlinFeatureExtractor:
         image_size = image_size or config.image_size
         if num_frames % config.tubelet_size or image_size % config.patch_size:
             raise MarlinError(
-                f"--num-frames {num_frames} / --image-size {image_size}: MARLIN reads frame counts that are multiples "
+                f"num_frames {num_frames} / image_size {image_size}: MARLIN reads frame counts that are multiples "
                 f"of {config.tubelet_size} and sizes that are multiples of {config.patch_size}."
             )
         self.interpolate_pos_encoding = (num_frames, image_size) != (config.num_frames, config.image_size)
@@ -182,7 +182,7 @@ class MarlinFeatureExtractor:
             margin=face_margin, crop_size=MARLIN_CROP_SIZE, device=str(self.device), num_threads=None
         )
         if all_faces and not crop_face:
-            raise MarlinError("--all-faces follows faces: use it with --crop-face.")
+            raise MarlinError("all_faces follows faces: use it with crop_face.")
         self.all_faces = all_faces
 
     def iter_clips(self, path: str | os.PathLike):
@@ -254,7 +254,7 @@ class MarlinFeatureExtractor:
             if self.on_no_face == "error":
                 raise NoFaceError(
                     f"{os.fspath(path)}: no face stays long enough to follow (at least {tracker.min_detections} "
-                    "sampled frames); check the video, or allow it (`--no-face centre` records no subject)."
+                    "sampled frames); check the video, or allow it (on_no_face='centre' records no subject)."
                 )
             return []
         records = {s.id: [] for s in subjects}
@@ -308,8 +308,7 @@ class MarlinFeatureExtractor:
 def non_finite_features(path: str | os.PathLike, dtype: torch.dtype) -> MarlinError:
     """The error of a video whose features came out NaN or inf (fp16 overflow, say): never an "ok" of NaNs."""
     return MarlinError(
-        f"{path}: the model gave NaN or inf features in {str(dtype).removeprefix('torch.')}; "
-        "extract in float32 (--dtype float32)."
+        f"{path}: the model gave NaN or inf features in {str(dtype).removeprefix('torch.')}; extract in float32."
     )
 
 

@@ -1,0 +1,72 @@
+"""The `marlin` command line: the only argparse in the package.
+
+One module per command group (`models`, `extraction`, `pretraining`, `datasets`, `apps`), each a table of
+`Command`s whose options read their defaults from the library. Building the parser imports no library module but
+the one of the command being run: `marlin --help` and `marlin --version` start in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..exceptions import MarlinError
+from . import apps, datasets, extraction, models, pretraining
+
+# In the order `marlin --help` lists them.
+_ORDER = (
+    "convert",
+    "extract",
+    "export",
+    "show-mask",
+    "reconstruct",
+    "app",
+    "prepare-celebvhq",
+    "prepare-ytf",
+    "prepare-faces",
+    "push-dataset",
+    "demo",
+    "docs",
+)
+_GROUPS = (models, extraction, pretraining, datasets, apps)
+COMMANDS = {name: group.COMMANDS[name] for name in _ORDER for group in _GROUPS if name in group.COMMANDS}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `marlin` parser with every subcommand's options, or with only those of the subcommand `only`.
+
+    Every subcommand is listed either way (for `marlin --help`); building one's options imports the library module
+    its defaults are read from.
+    """
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="marlin", description="MARLIN facial-video features with Transformers.")
+    parser.add_argument("--version", action="version", version=f"marlin-transformers {__version__}")
+    parser.set_defaults(handler=None)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.subcommands = {}
+    for name, command in COMMANDS.items():
+        subparser = parser.subcommands[name] = commands.add_parser(
+            name, help=command.help, description=command.description
+        )
+        if only is None or name == only:
+            command.add_options(subparser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=next((a for a in argv[:1] if a in COMMANDS), ""))
+    args = parser.parse_args(argv)
+    if args.handler is None:  # a bare `marlin`
+        parser.print_help()
+        return 0
+    try:
+        return args.handler(args)
+    except MarlinError as error:  # the library names the value; the flag that set it goes in front
+        flag = COMMANDS[args.command].flag(parser.subcommands[args.command], error.parameter)
+        print(f"marlin {args.command}: error: {flag + ' ' if flag else ''}{error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"marlin {args.command}: interrupted", file=sys.stderr)
+        return 130

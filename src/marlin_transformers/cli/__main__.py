@@ -1,0 +1,7 @@
+"""`python -m marlin_transformers.cli`: the `marlin` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,194 @@
+"""Data set commands: `marlin prepare-celebvhq`, `prepare-ytf`, `prepare-faces` and `push-dataset`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..exceptions import MarlinError
+from .numbers import FRACTION, POSITIVE_FLOAT, POSITIVE_INT
+from .options import Command, add_option, command, job_exit_status
+
+COMMANDS: dict[str, Command] = {}
+# The library calls whose defaults prepare-ytf and prepare-faces show.
+PREPARATION = ("pretraining.preparation:PreparationSettings", "pretraining.preparation:prepare_corpus")
+PREPARATION += ("data.face_videos:person_disjoint_split",)
+
+
+@command(COMMANDS, "prepare-celebvhq", defaults=("data.celebv_hq:prepare_celebvhq",))
+def _celebvhq_options(celebvhq: argparse.ArgumentParser, defaults: dict) -> None:
+    """split CelebV-HQ (sorted, seeded 80/10/10), crop its clips to squares and write labels CSVs"""
+    celebvhq.add_argument("root", help="the CelebV-HQ folder (celebvhq_info.json, downloaded/)")
+    celebvhq.add_argument("out", help="where the prepared layout goes")
+    add_option(
+        celebvhq,
+        "--crop",
+        defaults,
+        "bbox: the release's box crop of full frames (default); resize: clips already cropped by the "
+        "release script; face: MTCNN tracking, square around the face; reference: as the paper code, a detector box "
+        "per frame (MTCNN for its RetinaFace), no smoothing, square of side 2*int(max(w,h)/2); none: label CSVs only",
+        choices=["bbox", "resize", "face", "reference", "none"],
+    )
+    add_option(celebvhq, "--size", defaults, "side of the square crops (default {default})", type=POSITIVE_INT)
+    add_option(celebvhq, "--seed", defaults, "seed of the 80/10/10 split (default {default})", type=int)
+    add_option(
+        celebvhq, "--num-workers", defaults, "videos cropped in parallel (default {default})", type=POSITIVE_INT
+    )
+    celebvhq.set_defaults(handler=_prepare_celebvhq)
+
+
+def _prepare_celebvhq(args: argparse.Namespace) -> int:
+    from ..data.celebv_hq import prepare_celebvhq
+
+    crop = None if args.crop == "none" else args.crop
+    split = prepare_celebvhq(
+        args.root, args.out, crop=crop, size=args.size, seed=args.seed, num_workers=args.num_workers
+    )
+    counts = ", ".join(f"{name} {len(ids)}" for name, ids in split.items())
+    print(f"prepared CelebV-HQ in {args.out}: {counts} clips; labels CSVs per task and split, see split.json")
+    return 0
+
+
+def _split(args: argparse.Namespace, videos) -> tuple[dict, dict]:
+    from ..data.face_videos import person_disjoint_split
+    from ..data.youtube_faces import read_split_files
+
+    if args.split_files:
+        info = {"method": "files", "files": [str(Path(f).resolve()) for f in args.split_files]}
+        return read_split_files(*args.split_files), info
+    info = {"method": "person-disjoint", "seed": args.seed, "validation_fraction": args.validation_fraction}
+    return person_disjoint_split(videos, args.validation_fraction, args.seed), info
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from ..data.face_videos import list_face_videos
+    from ..data.youtube_faces import ytf_videos
+    from ..pretraining.preparation import PreparationSettings, prepare_corpus
+
+    command = f"marlin {args.command}"
+    names = ("crop_style", "frame_order", "lossless", "crf", "frame_folder_fps", "farl_model")
+    settings = PreparationSettings(
+        **{name: getattr(args, name) for name in names}
+    )  # checked before any video is listed
+    ytf = args.command == "prepare-ytf"
+    videos = ytf_videos(args.root) if ytf else list_face_videos(args.inputs)
+    split, split_info = _split(args, videos)
+    summary = prepare_corpus(
+        videos,
+        args.out,
+        settings,
+        split,
+        split_info,
+        name="youtube_faces" if ytf else "face_videos",
+        num_workers=args.num_workers,
+        show_progress=not args.quiet,
+        command=command,
+    )
+    return job_exit_status(summary, command, args.out)
+
+
+def _preparation_options(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    """The options prepare-ytf and prepare-faces share."""
+    from ..pretraining.preparation import CROP_STYLES
+
+    parser.add_argument("out", help="the prepared folder to write (re-running it resumes)")
+    add_option(
+        parser,
+        "--crop-style",
+        defaults,
+        "tracker: square of side max(w, h) around the tracked, smoothed face (default); reference: the "
+        "paper code's square of side 2*int(max(w, h)/2) around each detector box",
+        choices=CROP_STYLES,
+    )
+    parser.add_argument(
+        "--split-files",
+        nargs=2,
+        metavar=("TRAIN_CSV", "VAL_CSV"),
+        help="the paper's train_set.csv and val_set.csv (path,len rows); default: a seeded person-disjoint split",
+    )
+    held_out = "without --split-files, fraction of the persons held out (default {default})"
+    add_option(parser, "--validation-fraction", defaults, held_out, type=FRACTION)
+    add_option(parser, "--seed", defaults, "seed of that split (default {default})", type=int)
+    add_option(parser, "--lossless", defaults, "lossless RGB H.264 clips (about 5-10x larger)")
+    add_option(parser, "--crf", defaults, "H.264 quality of the clips, lower is better (default {default})", type=int)
+    parser.add_argument(
+        "--farl-model",
+        help="FaRL LaPa TorchScript file for the paper's parsing maps; default: the built-in landmark approximation",
+    )
+    add_option(
+        parser,
+        "--num-workers",
+        defaults,
+        "videos prepared at once, in processes (default {default})",
+        type=POSITIVE_INT,
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_prepare, frame_order=defaults["frame_order"])
+    parser.set_defaults(frame_folder_fps=defaults["frame_folder_fps"])
+
+
+@command(COMMANDS, "prepare-ytf", defaults=PREPARATION)
+def _ytf_options(ytf: argparse.ArgumentParser, defaults: dict) -> None:
+    """YouTube Faces frame folders -> face clips, landmarks and parsing maps, split train/validation
+
+    Tracks and crops the face of every frame_images_DB/<person>/<video>, writes OUT/clips/ and OUT/annotations/ (see
+    docs/datasets.md); re-running skips the videos done.
+    """
+    from ..data.youtube_faces import FRAME_ORDERS
+
+    ytf.add_argument("root", help="the YouTube Faces folder (holding frame_images_DB/) or frame_images_DB itself")
+    _preparation_options(ytf, defaults)
+    add_option(
+        ytf,
+        "--frame-order",
+        defaults,
+        "numeric: frame files by their numbers, 0.555.jpg before 0.1000.jpg (default); reference: sorted "
+        "as strings, as the paper code did",
+        choices=list(FRAME_ORDERS),
+    )
+    add_option(
+        ytf,
+        "--fps",
+        defaults,
+        "frame rate stored for the frame folders (default {default})",
+        parameter="frame_folder_fps",
+        dest="frame_folder_fps",
+        type=POSITIVE_FLOAT,
+    )
+
+
+@command(COMMANDS, "prepare-faces", defaults=PREPARATION)
+def _faces_options(faces: argparse.ArgumentParser, defaults: dict) -> None:
+    """any face videos -> face clips, landmarks and parsing maps, split train/validation
+
+    Videos under a folder get their path relative to it as id and its first folder as person.
+    """
+    faces.add_argument("inputs", nargs="+", metavar="VIDEOS", help="video files, folders (recursive) or .txt lists")
+    _preparation_options(faces, defaults)
+
+
+def _push_dataset(args: argparse.Namespace) -> int:
+    from ..data.dataset_hub import export_for_hub, push_dataset
+
+    if args.export_only:
+        folder = export_for_hub(args.prepared, args.folder or Path(args.prepared) / "hub")
+        print(f"wrote {folder}: Parquet shards and README.md; load it with datasets.load_dataset({str(folder)!r})")
+        return 0
+    if not args.repo_id:
+        raise MarlinError("give the Hub REPO_ID to push to (or --export-only).")
+    url = push_dataset(args.prepared, args.repo_id, folder=args.folder, private=not args.public)
+    print(f"pushed to {url} ({'public' if args.public else 'private'})")
+    return 0
+
+
+@command(COMMANDS, "push-dataset")
+def _push_options(push: argparse.ArgumentParser, defaults: dict) -> None:
+    """a prepared folder -> Parquet shards and a dataset card, uploaded to a Hub dataset repo (private)"""
+    push.add_argument("prepared", metavar="OUT", help="a folder prepare-ytf or prepare-faces wrote")
+    push.add_argument("repo_id", metavar="REPO_ID", nargs="?", help="the Hub dataset repo (made if missing)")
+    privacy = push.add_mutually_exclusive_group()
+    privacy.add_argument("--private", action="store_true", help="a private repo (the default)")
+    privacy.add_argument("--public", action="store_true", help="a public repo (refused for YouTube Faces)")
+    push.add_argument("--folder", help="where the shards and card are written first (default: OUT/hub)")
+    push.add_argument("--export-only", action="store_true", help="write the shards and card, upload nothing")
+    push.set_defaults(handler=_push_dataset)
