@@ -134,7 +134,7 @@ def _ytf_options(ytf: argparse.ArgumentParser, defaults: dict) -> None:
     Tracks and crops the face of every frame_images_DB/<person>/<video>, writes OUT/clips/ and OUT/annotations/ (see
     docs/datasets.md); re-running skips the videos done.
     """
-    from ..data.youtube_faces import FRAME_ORDERS
+    from ..video.decoding import FRAME_ORDERS
 
     ytf.add_argument("root", help="the YouTube Faces folder (holding frame_images_DB/) or frame_images_DB itself")
     _preparation_options(ytf, defaults)
