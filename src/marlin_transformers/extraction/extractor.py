@@ -17,6 +17,7 @@ import torch
 from ..constants import MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
 from ..convert_marlin import HUB_CHECKPOINTS, HUB_ID, load_pretrained_checked, load_reference_checkpoint
 from ..exceptions import CheckpointError, MarlinError
+from ..kernels import enable_cpu_fast_path
 from ..modeling_marlin import MarlinForPreTraining, MarlinModel, MarlinPreTrainedModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -154,7 +155,8 @@ class MarlinFeatureExtractor:
     """Path -> per-window MARLIN features: decode (PyAV), track and crop the face, process, batch, encode.
 
     Args:
-        model: a converted folder, a Hub id, an official checkpoint file, or a loaded MARLIN model.
+        model: a converted folder, a Hub id, an official checkpoint file, or a loaded MARLIN model (used as it is
+            where its device and dtype match, and then given the CPU fast path, `kernels.enable_cpu_fast_path`).
         device: where the encoder runs.
         dtype: in which precision it runs (bf16 is about 2x faster on recent CPUs).
         batch_size: windows per forward pass.
@@ -195,7 +197,8 @@ class MarlinFeatureExtractor:
 
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         self.device = check_device(device)
-        self.model = load_encoder(model, self.device, self.dtype)
+        # The CPU fast path computes what the model computes (off the CPU it runs the plain ops).
+        self.model = enable_cpu_fast_path(load_encoder(model, self.device, self.dtype))
         config = self.model.config
         num_frames = num_frames or config.num_frames
         image_size = image_size or config.image_size
