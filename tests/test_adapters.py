@@ -6,13 +6,14 @@ from peft import LoraConfig, get_peft_model
 
 from conftest import tiny_config
 from marlin_transformers import MarlinModel
+from marlin_transformers.kernels import enable_cpu_fast_path
 
 TARGETS = ["qkv", "proj", "fc1", "fc2"]
 
 
 def lora_model(seed: int = 0):
     torch.manual_seed(seed)
-    base = MarlinModel(tiny_config()).eval()
+    base = enable_cpu_fast_path(MarlinModel(tiny_config()).eval())
     video = torch.rand(2, 4, 3, 10, 10, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         reference = base(video).last_hidden_state
@@ -54,7 +55,7 @@ def test_merged_adapter_reproduces_the_unmerged_output():
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_forward_hook_on_qkv_fires_and_can_change_the_output(mode):
     torch.manual_seed(0)
-    model = MarlinModel(tiny_config()).train(mode == "train")
+    model = enable_cpu_fast_path(MarlinModel(tiny_config())).train(mode == "train")
     video = torch.rand(1, 4, 3, 10, 10)
     with torch.no_grad():
         reference = model(video).last_hidden_state

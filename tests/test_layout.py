@@ -17,6 +17,7 @@ STAGES = {
     "jobs": 0,
     "configuration_marlin": 0,
     "modeling_marlin": 0,
+    "kernels": 0,
     # 1: video in, and the pictures drawn from arrays
     "video": 1,
     "video_processing_marlin": 1,

@@ -16,6 +16,7 @@ from marlin_transformers import (
     patchify_video,
     unpatchify_video,
 )
+from marlin_transformers.kernels import enable_cpu_fast_path
 from marlin_transformers.modeling_marlin import get_sinusoid_encoding_table, interpolate_position_table
 from marlin_transformers.pretraining import attach_critic, detach_critic
 
@@ -232,7 +233,7 @@ def test_bfloat16_inference_on_cpu_runs_and_follows_float32():
     """bf16 takes the fused oneDNN path only where the CPU has bf16 matrix products (AVX-512 BF16 or AMX); on other
     CPUs (AMD Zen 3) that call raised, so the plain ops must be used there."""
     torch.manual_seed(0)
-    model = MarlinModel(tiny_config()).eval()
+    model = enable_cpu_fast_path(MarlinModel(tiny_config()).eval())
     video = random_video(model.config)
     with torch.no_grad():
         reference = model(video).pooler_output
@@ -330,7 +331,7 @@ def test_interpolate_pos_encoding_in_pretraining_and_classification():
 def test_torch_export_and_compile_match_eager():
     config = tiny_config()
     torch.manual_seed(0)
-    model = MarlinModel(config).eval()
+    model = enable_cpu_fast_path(MarlinModel(config).eval())
     video = random_video(config)
     with torch.no_grad():
         eager = model(video)
@@ -350,7 +351,8 @@ def test_torch_export_and_compile_match_eager():
 @pytest.mark.parametrize("seq_len", [50, 1024])  # all 6 (batch, head) pairs in one product; 2 at a time
 def test_headwise_attention_equals_eager_attention(seq_len):
     """The bf16 CPU fast path's attention is the same computation as eager attention, a few heads at a time."""
-    from marlin_transformers.modeling_marlin import eager_attention_forward, headwise_attention_forward
+    from marlin_transformers.kernels.cpu import headwise_attention_forward
+    from marlin_transformers.modeling_marlin import eager_attention_forward
 
     generator = torch.Generator().manual_seed(0)
     query, key, value = (torch.randn(2, 3, seq_len, 8, generator=generator) for _ in range(3))
@@ -366,7 +368,7 @@ def test_headwise_attention_equals_eager_attention(seq_len):
 def test_bfloat16_attention_takes_the_headwise_path_only_where_it_is_faster(monkeypatch, cpu_without_amx):
     """bf16 inference on a CPU with AVX-512 BF16 and no AMX uses `headwise_attention_forward`; elsewhere, with
     autograd on, or in fp32, PyTorch's sdpa. Both follow fp32."""
-    import marlin_transformers.modeling_marlin as modeling
+    import marlin_transformers.kernels.cpu as kernels
 
     calls = []
 
@@ -374,11 +376,11 @@ def test_bfloat16_attention_takes_the_headwise_path_only_where_it_is_faster(monk
         calls.append(args[1].dtype)
         return headwise(*args, **kwargs)
 
-    headwise = modeling.headwise_attention_forward
-    monkeypatch.setattr(modeling, "_CPU_BF16_WITHOUT_AMX", cpu_without_amx)
-    monkeypatch.setattr(modeling, "headwise_attention_forward", counted)
+    headwise = kernels.headwise_attention_forward
+    monkeypatch.setattr(kernels, "CPU_BF16_WITHOUT_AMX", cpu_without_amx)
+    monkeypatch.setattr(kernels, "headwise_attention_forward", counted)
     torch.manual_seed(0)
-    model = MarlinModel(tiny_config()).eval()
+    model = enable_cpu_fast_path(MarlinModel(tiny_config()).eval())
     video = random_video(model.config)
     with torch.no_grad():
         reference = model(video).pooler_output

@@ -20,11 +20,11 @@ if TYPE_CHECKING:
         MarlinForVideoClassification,
         MarlinModel,
         MarlinPreTrainedModel,
-        paint_predictions,
         patchify_video,
         unpatchify_video,
     )
     from .video_processing_marlin import MarlinVideoProcessor
+    from .visualization import paint_predictions
 
 __version__ = "0.1.0"
 
@@ -37,7 +37,7 @@ LAZY_NAMES = {
     "MarlinForVideoClassification": "modeling_marlin",
     "MarlinModel": "modeling_marlin",
     "MarlinPreTrainedModel": "modeling_marlin",
-    "paint_predictions": "modeling_marlin",
+    "paint_predictions": "visualization",
     "patchify_video": "modeling_marlin",
     "unpatchify_video": "modeling_marlin",
     "MarlinVideoProcessor": "video_processing_marlin",

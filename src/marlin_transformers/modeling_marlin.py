@@ -1,3 +1,16 @@
+# Copyright 2026 The marlin-transformers authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """PyTorch MARLIN: a masked autoencoder for facial video (Cai et al., CVPR 2023).
 
 The encoder is a plain ViT over 2x16x16 tubelets with a fixed sin-cos position table; the decoder is a narrower ViT
@@ -5,7 +18,9 @@ that reads the visible tokens plus one mask token per hidden position and predic
 tubelets. Numerically it follows the reference release (marlin-pytorch 0.3.4): LayerNorm eps 1e-5, exact GELU, a
 fused qkv projection with learned q/v biases and a zero k bias, final LayerNorm applied after mean pooling.
 
-This file imports only torch and transformers, so `save_pretrained` can ship it as Hub remote code.
+This file imports only torch and transformers, so `save_pretrained` can ship it as Hub remote code; it computes the
+plain forward. The CPU fast path of this package is applied to a loaded model apart from it
+(`marlin_transformers.kernels.enable_cpu_fast_path`).
 """
 
 import math
@@ -15,14 +30,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.modules import module as torch_module
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, auto_docstring
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -142,29 +157,7 @@ def generator_adversarial_loss(fake_scores: torch.Tensor, adv_weight: float) -> 
     return adv_weight * -fake_scores.float().mean()
 
 
-def paint_predictions(
-    pixel_values_videos: torch.Tensor,
-    logits: torch.Tensor,
-    bool_masked_pos: torch.BoolTensor,
-    patch_size: int,
-    tubelet_size: int,
-) -> torch.Tensor:
-    """Put predicted tubelets back into a video, for pictures of reconstructions.
-
-    Args:
-        pixel_values_videos: (batch, frames, channels, height, width), [0, 1].
-        logits: (batch, num_masked, channels * tubelet_size * patch_size**2), from `MarlinForPreTraining`.
-        bool_masked_pos: (batch, num_tokens), True where masked.
-
-    Returns:
-        The video with every masked tubelet replaced by its prediction, clamped to [0, 1]; same shape as the input.
-    """
-    b, t, c, h, _ = pixel_values_videos.shape
-    patches = patchify_video(pixel_values_videos, patch_size, tubelet_size).clone()
-    patches[bool_masked_pos] = logits.reshape(-1, patches.shape[-1]).to(patches.dtype)
-    return unpatchify_video(patches, patch_size, tubelet_size, t, h, c).clamp(0, 1)
-
-
+@auto_docstring(custom_intro="The outputs of `MarlinForPreTraining`: predicted pixels of the masked tubelets, losses.")
 @dataclass
 class MarlinForPreTrainingOutput(ModelOutput):
     r"""
@@ -186,80 +179,6 @@ class MarlinForPreTrainingOutput(ModelOutput):
     # After the fields transformers outputs share, so a tuple output keeps their positions.
     reconstruction_loss: torch.FloatTensor | None = None
     adversarial_loss: torch.FloatTensor | None = None
-
-
-_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-# oneDNN has bfloat16 matrix products only on CPUs with AVX-512 BF16 or AMX; elsewhere (e.g. AMD Zen 3) the fused call
-# raises "could not create a primitive descriptor", so bfloat16 takes the plain ops there.
-_ONEDNN_BF16 = _ONEDNN_LINEAR and bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-
-
-def _is_plain_linear(module: nn.Module) -> bool:
-    """True when calling `module` is exactly `F.linear(x, module.weight, module.bias)`: a plain `nn.Linear` that no
-    adapter (PEFT), quantization or tensor-parallel wrapper replaced and no forward hook watches. (PyTorch has no
-    public way to ask for hooks; its hook dictionaries are what `Module.__call__` itself reads.)"""
-    return (
-        type(module) is nn.Linear
-        and not module._forward_hooks
-        and not module._forward_pre_hooks
-        and not torch_module._global_forward_hooks
-        and not torch_module._global_forward_pre_hooks
-    )
-
-
-def fused_linear(
-    module: nn.Module,
-    hidden_states: torch.Tensor,
-    extra_bias: torch.Tensor | None = None,
-    activation: str | None = None,
-    residual: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """`activation(module(hidden_states) + extra_bias) + residual` (each part optional; activation and residual not
-    both).
-
-    For a plain `nn.Linear` in eager CPU inference (no autograd, float32, or bfloat16 where the CPU has bf16 matrix
-    products) this is one oneDNN call with the bias, GELU or residual add fused into the matrix product, which saves
-    whole passes over memory (PyTorch's `addmm` first copies the bias into the output). Any other module (a LoRA
-    layer, a quantized or sharded replacement, one with hooks) is called as it is, so it always takes effect.
-
-    Args:
-        module: the projection, normally an `nn.Linear`.
-        extra_bias: (out_features,) added to the output; for the attention's `qkv`, whose q/v biases are separate
-            parameters (the `nn.Linear` itself has none).
-    """
-    if not _is_plain_linear(module):
-        output = module(hidden_states)
-        if extra_bias is not None:
-            output = output + extra_bias
-    else:
-        weight, bias = module.weight, module.bias
-        if extra_bias is not None:
-            bias = extra_bias if bias is None else bias + extra_bias
-        if (
-            _ONEDNN_LINEAR
-            and hidden_states.device.type == "cpu"
-            and (hidden_states.dtype == torch.float32 or (hidden_states.dtype == torch.bfloat16 and _ONEDNN_BF16))
-            and weight.dtype == hidden_states.dtype
-            and not torch.is_grad_enabled()
-            # torch.compile and torch.export trace the plain ops (Inductor fuses them itself, and an exported graph
-            # stays free of oneDNN-only ops).
-            and not torch.compiler.is_compiling()
-            and not torch.compiler.is_exporting()
-            and activation in (None, "gelu")
-            and (residual is None or (activation is None and residual.dtype == hidden_states.dtype))
-        ):
-            if residual is not None:
-                return torch.ops.mkldnn._linear_pointwise.binary(
-                    hidden_states, residual.contiguous(), weight, bias, "add"
-                )
-            # algorithm "none" is the exact (erf) GELU, as nn.GELU()
-            return torch.ops.mkldnn._linear_pointwise(
-                hidden_states, weight, bias, activation or "none", [], "none" if activation else ""
-            )
-        output = F.linear(hidden_states, weight, bias)
-    if activation is not None:
-        output = ACT2FN[activation](output)
-    return output if residual is None else output + residual
 
 
 class MarlinPatchEmbeddings(nn.Module):
@@ -353,57 +272,6 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
-# PyTorch's fused CPU attention (flash) packs its bfloat16 blocks for AMX tiles only. On CPUs with AVX-512 BF16 and no
-# AMX it is the slow part of a bfloat16 clip: on a 2-core AMD EPYC, 40 ms per ViT-B layer against 16 ms for
-# `headwise_attention_forward`, and 60% of the whole clip (tests/benchmarks/bench_encoder.py prints both).
-_CPU_CAPABILITIES = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-_CPU_BF16_WITHOUT_AMX = bool(_CPU_CAPABILITIES.get("avx512_bf16")) and not _CPU_CAPABILITIES.get("amx_bf16")
-
-
-def use_headwise_attention(query: torch.Tensor, dropout: float) -> bool:
-    """Whether `headwise_attention_forward` should stand in for PyTorch's fused attention (sdpa) in this call:
-    bfloat16 CPU inference on a CPU without AMX, outside torch.compile and torch.export, with no dropout."""
-    return (
-        _CPU_BF16_WITHOUT_AMX
-        and query.device.type == "cpu"
-        and query.dtype == torch.bfloat16
-        and dropout == 0.0
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
-    )
-
-
-def headwise_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """softmax(q k^T * scaling) v a few heads at a time, with plain batched matrix products, so that the heads' scores
-    (4.9 MB a head in bfloat16 for 1568 tokens) stay in cache between the two products and the softmax. On the 2-core
-    EPYC, in ViT-S and ViT-B clips, one or two heads a product were equally fast and four were up to 1.7x slower in
-    ViT-S; two a product make half the synchronizations of the cores, which cost more beside other busy processes.
-    For inference: `attention_mask` and `dropout` are not applied (`use_headwise_attention` says when it may run),
-    and the attention weights are not returned."""
-    batch_size, num_heads, seq_len, head_dim = query.shape
-    heads_per_product = max(1, (10 << 20) // (seq_len * seq_len * query.element_size()))  # 2 at 1568 tokens
-    query = (query * scaling).reshape(batch_size * num_heads, seq_len, head_dim)
-    key = key.reshape(batch_size * num_heads, seq_len, head_dim).transpose(1, 2)
-    value = value.reshape(batch_size * num_heads, seq_len, head_dim)
-    output = query.new_empty(batch_size, num_heads, seq_len, head_dim)
-    flat_output = output.view(batch_size * num_heads, seq_len, head_dim)
-    for start in range(0, batch_size * num_heads, heads_per_product):
-        heads = slice(start, start + heads_per_product)
-        scores = torch.matmul(query[heads], key[heads])  # (g, n, n)
-        torch.matmul(torch.softmax(scores, dim=-1), value[heads], out=flat_output[heads])  # (g, n, head_dim)
-    return output.transpose(1, 2), None
-
-
 class MarlinSelfAttention(nn.Module):
     """Multi-head self-attention with one fused qkv matrix, learned q/v biases and a zero k bias."""
 
@@ -425,40 +293,42 @@ class MarlinSelfAttention(nn.Module):
         self.proj = nn.Linear(hidden_size, hidden_size)
 
     def forward(
-        self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None, **kwargs
+        self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attention output projected back to the hidden size, plus `residual` when given."""
+        """(batch, tokens, hidden) -> the attention output projected back to the hidden size, and the attention
+        weights (batch, heads, tokens, tokens) where the implementation forms them."""
+        qkv = self.qkv(hidden_states)  # (b, n, 3 * hidden)
+        bias = self.qkv_bias()
+        if bias is not None:
+            qkv = qkv + bias
+        context, attn_weights = self.attend(qkv, **kwargs)
+        return self.proj(context), attn_weights
+
+    def qkv_bias(self) -> torch.Tensor | None:
+        """The bias of `qkv`, (3 * hidden,): the learned q and v biases around a zero k bias (None without them)."""
+        if self.q_bias is None:
+            return None
+        return torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+
+    def attend(self, qkv: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """softmax(q k^T * scaling) v per head through `config._attn_implementation`: `qkv` (batch, tokens, 3 * hidden)
+        -> the heads' outputs side by side (batch, tokens, hidden), and the attention weights or None."""
         dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
-        batch_size, seq_len, hidden_size = hidden_states.shape
-        bias = None
-        if self.q_bias is not None:
-            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        qkv = fused_linear(self.qkv, hidden_states, bias)  # (b, n, 3 * hidden)
+        batch_size, seq_len, _ = qkv.shape
         qkv = qkv.reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)  # each (b, heads, n, head_dim)
 
         if kwargs.get("output_attentions") and self.config._attn_implementation != "eager":
             # Fused kernels (sdpa, flash, flex) never form the attention matrix: compute this call eagerly instead.
             attention_interface: Callable = eager_attention_forward
-        elif self.config._attn_implementation == "sdpa" and use_headwise_attention(query, dropout):
-            attention_interface = headwise_attention_forward
         else:
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
         context, attn_weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            None,
-            is_causal=False,
-            scaling=self.scaling,
-            dropout=dropout,
-            **kwargs,
+            self, query, key, value, None, is_causal=False, scaling=self.scaling, dropout=dropout, **kwargs
         )  # context: (b, n, heads, head_dim)
-        context = context.reshape(batch_size, seq_len, hidden_size)
-        return fused_linear(self.proj, context, residual=residual), attn_weights
+        return context.reshape(batch_size, seq_len, self.num_heads * self.head_dim), attn_weights
 
 
 class MarlinMLP(nn.Module):
@@ -469,11 +339,9 @@ class MarlinMLP(nn.Module):
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """fc2(dropout(act(fc1(x)))), dropped out, plus `residual` when given (inference only: no dropout then)."""
-        hidden_states = self.dropout(fused_linear(self.fc1, hidden_states, activation=self.activation))
-        if residual is not None:
-            return fused_linear(self.fc2, hidden_states, residual=residual)
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """fc2(dropout(act(fc1(x)))), dropped out."""
+        hidden_states = self.dropout(ACT2FN[self.activation](self.fc1(hidden_states)))
         return self.dropout(self.fc2(hidden_states))
 
 
@@ -488,14 +356,10 @@ class MarlinLayer(GradientCheckpointingLayer):
         self.layernorm_after = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.mlp = MarlinMLP(config, hidden_size, intermediate_size)
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
-        if self.training:
-            attention_output, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
-            hidden_states = hidden_states + self.dropout(attention_output)
-            return hidden_states + self.mlp(self.layernorm_after(hidden_states))
-        # In eval mode dropout is the identity, so each residual add can be fused into the product before it.
-        hidden_states, _ = self.attention(self.layernorm_before(hidden_states), residual=hidden_states, **kwargs)
-        return self.mlp(self.layernorm_after(hidden_states), residual=hidden_states)
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
+        attention_output, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
+        hidden_states = hidden_states + self.dropout(attention_output)
+        return hidden_states + self.mlp(self.layernorm_after(hidden_states))
 
 
 class MarlinEncoder(nn.Module):
@@ -509,7 +373,7 @@ class MarlinEncoder(nn.Module):
         )
         self.gradient_checkpointing = False
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         for layer in self.layer:
             hidden_states = layer(hidden_states, **kwargs)
         return hidden_states
@@ -589,6 +453,7 @@ class MarlinDecoder(nn.Module):
         return self.head(hidden_states)  # (b, num_masked, c * pt * ph * pw)
 
 
+@auto_docstring
 class MarlinPreTrainedModel(PreTrainedModel):
     config: MarlinConfig
     config_class = MarlinConfig
@@ -649,9 +514,8 @@ class MarlinPreTrainedModel(PreTrainedModel):
         return loaded
 
 
+@auto_docstring(custom_intro="The MARLIN encoder: video -> per-token features and a pooled clip feature.")
 class MarlinModel(MarlinPreTrainedModel):
-    """The MARLIN encoder: video -> per-token features and a pooled clip feature."""
-
     # A pretraining folder also holds the decoder, its projection and the critic, a fine-tuned one its classifier:
     # the encoder leaves them, as meant.
     _keys_to_ignore_on_load_unexpected = [
@@ -675,24 +539,24 @@ class MarlinModel(MarlinPreTrainedModel):
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
+    @auto_docstring
     def forward(
         self,
         pixel_values_videos: torch.Tensor,
         bool_masked_pos: torch.BoolTensor | None = None,
         interpolate_pos_encoding: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
-        Args:
-            pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`):
-                RGB frames in [0, 1], not mean/std normalized (as MARLIN was trained).
-            bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
-                True where a token is masked (dropped before the encoder). Every video in the batch must mask the
-                same number of tokens.
-            interpolate_pos_encoding (`bool`, defaults to `False`): read clips of another frame count or size (any
-                multiple of the tubelet and of the patch): the fixed position table is resampled from the model's
-                (time, height, width) token grid to the clip's (`interpolate_position_table`). Clips of the model's
-                own shape are encoded exactly as without it.
+        pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`):
+            RGB frames in [0, 1], not mean/std normalized (as MARLIN was trained).
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+            True where a token is masked (dropped before the encoder). Every video in the batch must mask the same
+            number of tokens.
+        interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+            Read clips of another frame count or size (any multiple of the tubelet and of the patch): the fixed
+            position table is resampled from the model's (time, height, width) token grid to the clip's
+            (`interpolate_position_table`). Clips of the model's own shape are encoded exactly as without it.
 
         Returns:
             `last_hidden_state` (batch, tokens, hidden): every (visible) token after the final LayerNorm, the
@@ -710,9 +574,11 @@ class MarlinModel(MarlinPreTrainedModel):
         )
 
 
+@auto_docstring(
+    custom_intro="MARLIN for pretraining: encoder, bias-free projection, decoder, and the critic of the adversarial "
+    "term (`discriminator`)."
+)
 class MarlinForPreTraining(MarlinPreTrainedModel):
-    """Encoder, bias-free projection, decoder, and the critic of the adversarial term (`discriminator`)."""
-
     def __init__(self, config: MarlinConfig):
         super().__init__(config)
         self.config = config
@@ -727,34 +593,30 @@ class MarlinForPreTraining(MarlinPreTrainedModel):
         """(batch, frames, 3, H, W) -> (batch, tokens, 3 * tubelet * patch**2), the layout of `logits`."""
         return patchify_video(pixel_values_videos, self.config.patch_size, self.config.tubelet_size)
 
-    def paint_predictions(self, pixel_values_videos, logits, bool_masked_pos) -> torch.Tensor:
-        """The input video with its masked tubelets replaced by `logits` (see `paint_predictions`)."""
-        return paint_predictions(
-            pixel_values_videos, logits, bool_masked_pos, self.config.patch_size, self.config.tubelet_size
-        )
-
     @can_return_tuple
+    @auto_docstring
     def forward(
         self,
         pixel_values_videos: torch.Tensor,
         bool_masked_pos: torch.BoolTensor,
         return_loss: bool = True,
         interpolate_pos_encoding: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MarlinForPreTrainingOutput:
         r"""
-        Args:
-            pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`): [0, 1].
-            bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`): True where masked; the same
-                number of masked tokens in every video of the batch.
-            return_loss (`bool`): also return the losses: the reconstruction MSE on the raw pixels of the masked
-                tubelets plus, while the model holds its critic, the adversarial term (see
-                `MarlinForPreTrainingOutput`), so every parameter, the critic's included, gets a gradient from `loss`.
-                The critic trains on its own objective with its own optimizer: `examples/pretrain.py` takes it out
-                (`detach_critic`), and its `train_step` scores this same prediction with it after the critic's step,
-                as the reference does.
-            interpolate_pos_encoding (`bool`): clips of another frame count or size, as in `MarlinModel`; the
-                decoder's position table is resampled the same way.
+        pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`):
+            RGB frames in [0, 1].
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`):
+            True where masked; the same number of masked tokens in every video of the batch.
+        return_loss (`bool`, *optional*, defaults to `True`):
+            Also return the losses: the reconstruction MSE on the raw pixels of the masked tubelets plus, while the
+            model holds its critic, the adversarial term (see `MarlinForPreTrainingOutput`), so every parameter, the
+            critic's included, gets a gradient from `loss`. The critic trains on its own objective with its own
+            optimizer: `examples/pretrain.py` takes it out (`detach_critic`), and its `train_step` scores this
+            same prediction with it after the critic's step, as the reference does.
+        interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+            Clips of another frame count or size, as in `MarlinModel`; the decoder's position table is resampled the
+            same way.
         """
         if bool_masked_pos is None:
             raise ValueError("MarlinForPreTraining needs `bool_masked_pos` (True where a token is masked).")
@@ -787,9 +649,10 @@ class MarlinForPreTraining(MarlinPreTrainedModel):
         )
 
 
+@auto_docstring(
+    custom_intro="MARLIN encoder + a linear head on the pooled feature; single-label, multi-label or regression."
+)
 class MarlinForVideoClassification(MarlinPreTrainedModel):
-    """MARLIN encoder + a linear head on the pooled feature; single-label, multi-label or regression."""
-
     def __init__(self, config: MarlinConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -798,18 +661,19 @@ class MarlinForVideoClassification(MarlinPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
+    @auto_docstring
     def forward(
         self,
         pixel_values_videos: torch.Tensor,
         labels: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutput:
         r"""
-        Args:
-            pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`): [0, 1].
-            labels (`torch.Tensor`, *optional*): `(batch_size,)` long class indices (single-label), or
-                `(batch_size, num_labels)` float 0/1 targets (multi-label) or values (regression);
-                `config.problem_type` picks the loss as in transformers.
+        pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`):
+            RGB frames in [0, 1].
+        labels (`torch.Tensor`, *optional*):
+            `(batch_size,)` long class indices (single-label), or `(batch_size, num_labels)` float 0/1 targets
+            (multi-label) or values (regression); `config.problem_type` picks the loss as in transformers.
         """
         outputs = self.marlin(pixel_values_videos, **kwargs)
         logits = self.classifier(outputs.pooler_output)
@@ -821,19 +685,4 @@ class MarlinForVideoClassification(MarlinPreTrainedModel):
         )
 
 
-__all__ = [
-    "MarlinDiscriminator",
-    "MarlinForPreTraining",
-    "MarlinForPreTrainingOutput",
-    "MarlinForVideoClassification",
-    "MarlinModel",
-    "MarlinPreTrainedModel",
-    "generator_adversarial_loss",
-    "get_sinusoid_encoding_table",
-    "interpolate_position_table",
-    "masked_patch_targets",
-    "paint_predictions",
-    "reconstruction_loss",
-    "patchify_video",
-    "unpatchify_video",
-]
+__all__ = ["MarlinForPreTraining", "MarlinForVideoClassification", "MarlinModel", "MarlinPreTrainedModel"]

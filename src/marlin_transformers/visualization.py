@@ -13,7 +13,30 @@ import numpy as np
 import torch
 
 from .constants import LAPA_LABEL_NAMES, LAPA_PALETTE
-from .modeling_marlin import paint_predictions
+from .modeling_marlin import patchify_video, unpatchify_video
+
+
+def paint_predictions(
+    pixel_values_videos: torch.Tensor,
+    logits: torch.Tensor,
+    bool_masked_pos: torch.BoolTensor,
+    patch_size: int,
+    tubelet_size: int,
+) -> torch.Tensor:
+    """Put predicted tubelets back into a video, for pictures of reconstructions.
+
+    Args:
+        pixel_values_videos: (batch, frames, channels, height, width), [0, 1].
+        logits: (batch, num_masked, channels * tubelet_size * patch_size**2), from `MarlinForPreTraining`.
+        bool_masked_pos: (batch, num_tokens), True where masked.
+
+    Returns:
+        The video with every masked tubelet replaced by its prediction, clamped to [0, 1]; same shape as the input.
+    """
+    b, t, c, h, _ = pixel_values_videos.shape
+    patches = patchify_video(pixel_values_videos, patch_size, tubelet_size).clone()
+    patches[bool_masked_pos] = logits.reshape(-1, patches.shape[-1]).to(patches.dtype)
+    return unpatchify_video(patches, patch_size, tubelet_size, t, h, c).clamp(0, 1)
 
 
 def reconstruction_grid(

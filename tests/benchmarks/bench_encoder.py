@@ -25,8 +25,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from marlin_transformers import MarlinConfig, modeling_marlin  # noqa: E402
+from marlin_transformers import MarlinConfig  # noqa: E402
 from marlin_transformers.convert_marlin import convert_state_dict  # noqa: E402
+from marlin_transformers.kernels import cpu as cpu_kernels  # noqa: E402
+from marlin_transformers.kernels import enable_cpu_fast_path  # noqa: E402
 from marlin_transformers.model_card import clip_macs  # noqa: E402
 from reference_utils import build_reference_model  # noqa: E402
 
@@ -38,11 +40,7 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repe
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     seconds = best_time(lambda: torch.mm(a, b), repeats, device)
-    if (
-        device.type == "cpu"
-        and modeling_marlin._ONEDNN_LINEAR
-        and (dtype == torch.float32 or modeling_marlin._ONEDNN_BF16)
-    ):
+    if device.type == "cpu" and cpu_kernels.ONEDNN_LINEAR and (dtype == torch.float32 or cpu_kernels.ONEDNN_BF16):
         weight = b.t().contiguous()  # (out, in), as nn.Linear keeps it
         onednn = best_time(
             lambda: torch.ops.mkldnn._linear_pointwise(a, weight, None, "none", [], ""), repeats, device
@@ -52,8 +50,8 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repe
 
 
 def build_models(variant: str, device: torch.device):
-    """(config, the reference's feature extractor, ours in fp32) of one variant, with the same random weights (every
-    tensor random, via the converter)."""
+    """(config, the reference's feature extractor, ours in fp32 on its CPU fast path, as `marlin extract` runs it) of
+    one variant, with the same random weights (every tensor random, via the converter)."""
     config = MarlinConfig.from_variant(variant)
     reference = build_reference_model(
         seed=0,
@@ -62,7 +60,7 @@ def build_models(variant: str, device: torch.device):
         encoder_depth=config.num_hidden_layers,
         encoder_num_heads=config.num_attention_heads,
     ).to(device)
-    return config, reference, convert_state_dict(reference.state_dict()).to(device).eval()
+    return config, reference, enable_cpu_fast_path(convert_state_dict(reference.state_dict()).to(device).eval())
 
 
 def best_time(fn, repeats: int, device: torch.device) -> float:
@@ -135,7 +133,7 @@ def main() -> None:
 
     config, reference, ours = build_models(args.variant, device)
     if not args.fp32_only:
-        ours_bf16 = convert_state_dict(reference.state_dict()).to(device, torch.bfloat16).eval()
+        ours_bf16 = enable_cpu_fast_path(convert_state_dict(reference.state_dict()).to(device, torch.bfloat16).eval())
 
     clip = torch.rand(args.batch_size, 3, 16, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
     ours_clip = clip.transpose(1, 2).contiguous()  # ours: (batch, frames, channels, height, width)
@@ -147,11 +145,11 @@ def main() -> None:
         fp32_features = ours(ours_clip).pooler_output
         if not args.fp32_only:
             ours_bf16_time = best_time(lambda: ours_bf16(ours_clip.bfloat16()), args.repeats, device)
-            if modeling_marlin._CPU_BF16_WITHOUT_AMX and device.type == "cpu":
+            if cpu_kernels.CPU_BF16_WITHOUT_AMX and device.type == "cpu":
                 # What this CPU's bf16 attention gives without the head-wise path: PyTorch's fused sdpa.
-                modeling_marlin._CPU_BF16_WITHOUT_AMX = False
+                ours_bf16.set_attn_implementation("sdpa")
                 ours_bf16_sdpa = best_time(lambda: ours_bf16(ours_clip.bfloat16()), args.repeats, device)
-                modeling_marlin._CPU_BF16_WITHOUT_AMX = True
+                ours_bf16.set_attn_implementation(cpu_kernels.ATTENTION_IMPLEMENTATION)
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 ref_bf16 = best_time(lambda: reference.extract_features(clip, keep_seq=False), args.repeats, device)
             bf16_features = ours_bf16(ours_clip.bfloat16()).pooler_output.float()
@@ -182,7 +180,7 @@ def main() -> None:
     print(f"{'':<40}{'s/clip':>8}{'vs ref fp32':>13}")
     rows = [("marlin-pytorch fp32", ref_fp32), ("marlin-transformers fp32 (sdpa)", ours_fp32)]
     if not args.fp32_only:
-        attention = "head-wise" if modeling_marlin._CPU_BF16_WITHOUT_AMX and device.type == "cpu" else "sdpa"
+        attention = "head-wise" if cpu_kernels.CPU_BF16_WITHOUT_AMX and device.type == "cpu" else "sdpa"
         rows += [
             ("marlin-pytorch bf16 autocast", ref_bf16),
             (f"marlin-transformers bf16 ({attention})", ours_bf16_time),

@@ -14,6 +14,7 @@ import torch
 
 from ..constants import MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
 from ..exceptions import MarlinError
+from ..kernels import enable_cpu_fast_path
 from ..loading import load_marlin
 from ..modeling_marlin import MarlinForPreTraining, MarlinPreTrainedModel
 
@@ -112,7 +113,8 @@ class MarlinFeatureExtractor:
     """Path -> per-window MARLIN features: decode (PyAV), track and crop the face, process, batch, encode.
 
     Args:
-        model: a converted folder, a Hub id, an official checkpoint file, or a loaded MARLIN model.
+        model: a converted folder, a Hub id, an official checkpoint file, or a loaded MARLIN model (used as it is
+            where its device and dtype match, and then given the CPU fast path, `kernels.enable_cpu_fast_path`).
         device: where the encoder runs.
         dtype: in which precision it runs (bf16 is about 2x faster on recent CPUs).
         batch_size: windows per forward pass.
@@ -153,7 +155,8 @@ class MarlinFeatureExtractor:
 
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         self.device = check_device(device)
-        self.model = load_marlin(model, dtype=self.dtype, device=self.device)
+        # The CPU fast path computes what the model computes (off the CPU it runs the plain ops).
+        self.model = enable_cpu_fast_path(load_marlin(model, dtype=self.dtype, device=self.device))
         config = self.model.config
         num_frames = num_frames or config.num_frames
         image_size = image_size or config.image_size

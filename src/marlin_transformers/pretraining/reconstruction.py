@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..constants import SAMPLE_RATE, STRIDE
-from ..modeling_marlin import MarlinForPreTraining, paint_predictions
+from ..modeling_marlin import MarlinForPreTraining
+from ..visualization import paint_predictions
 from .masking import generate_mask, seeded_generator
 
 
