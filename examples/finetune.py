@@ -44,10 +44,13 @@ from marlin_transformers.evaluation.finetuning import LORA_TARGET_MODULES, add_l
 from marlin_transformers.evaluation.recipes import RECIPES, describe, get_recipe
 from marlin_transformers.evaluation.selection import finite_metrics
 from marlin_transformers.evaluation.trainer import FinetuningArguments, build_trainer
-from marlin_transformers.exceptions import MarlinError
+from marlin_transformers.exceptions import MarlinError, with_flags
 from marlin_transformers.hub_folders import push_folder_to_hub
 from marlin_transformers.loading import load_marlin
 from marlin_transformers.model_card import render_finetuned_card
+
+# The flags of library parameters an error may name (`read_labels`' split is set by either).
+FLAGS = {"split": "--train-split or --eval-split"}
 
 
 @dataclass
@@ -113,11 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         model_args, data_args, clip_args, training_args = parser.parse_args_into_dataclasses(args=argv)
         ClipOptions(**asdict(clip_args))  # its checks, before the model loads
     except ValueError as error:  # FinetuningArguments' (TrainingArguments') and ClipOptions' own checks
-        parser.error(str(error))
+        parser.error(
+            with_flags(str(error), {name: "--" + name.replace("_", "-") for name in getattr(error, "fields", ())})
+        )
     try:
         return finetune(model_args, data_args, clip_args, training_args)
     except MarlinError as error:
-        print(f"finetune: error: {error}", file=sys.stderr)
+        flags = {error.parameter: FLAGS[error.parameter]} if error.parameter in FLAGS else {}
+        print(f"finetune: error: {with_flags(str(error), flags)}", file=sys.stderr)
         return 1
 
 

@@ -25,7 +25,10 @@ from pathlib import Path
 from marlin_transformers.evaluation.linear_probe import CACHE_NAME, LinearProbeConfig, run_linear_probe
 from marlin_transformers.evaluation.metrics import PROBLEM_TYPES
 from marlin_transformers.evaluation.recipes import RECIPES, describe, get_recipe
-from marlin_transformers.exceptions import MarlinError
+from marlin_transformers.exceptions import MarlinError, with_flags
+
+# The flag of each parameter of `run_linear_probe` an error may name.
+FLAGS = {"features_dir": "--features", "skip_missing": "--skip-missing"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             skip_missing=args.skip_missing,
         )
     except MarlinError as error:
-        print(f"linear_probe: error: {error}", file=sys.stderr)
+        flags = {error.parameter: FLAGS[error.parameter]} if error.parameter in FLAGS else {}
+        print(f"linear_probe: error: {with_flags(str(error), flags)}", file=sys.stderr)
         return 1
     report["recipe"] = {"recipe": recipe.name, "description": recipe.description, "values": recipe_values}
     output = Path(args.output) if args.output else Path(args.features) / "linear_probe_metrics.json"

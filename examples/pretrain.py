@@ -21,9 +21,8 @@ arguments), and the final model in `model/` (`AutoModel` and `AutoModelForPreTra
 """
 
 import json
-import re
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ from accelerate.utils import DataLoaderConfiguration, broadcast, set_seed
 from torch.utils.data import DataLoader
 from transformers import HfArgumentParser
 
-from marlin_transformers.exceptions import CheckpointError, DatasetError, MarlinError
+from marlin_transformers.exceptions import CheckpointError, DatasetError, MarlinError, with_flags
 from marlin_transformers.modeling_marlin import masked_patch_targets
 from marlin_transformers.pretraining.arguments import PretrainingArguments, parse_config_overrides
 from marlin_transformers.pretraining.checkpointing import (
@@ -293,15 +292,18 @@ def training_function(args: PretrainingArguments) -> PretrainingResult:
     return PretrainingResult(step, log.eval_curve, log.train_log, output_dir / "model")
 
 
-def with_flags(error: ValueError) -> str:
-    """An argument error's message with each field it names followed by its flag (`batch_size (--batch-size) is 0`),
-    or the flag first where it names none (`--config-override hidden_size: give KEY=VALUE`)."""
-    message = str(error)
-    for name in getattr(error, "fields", ()):
-        flag = "--" + name.replace("_", "-")
-        named = re.search(rf"\b{name}\b", message)
-        message = f"{message[: named.end()]} ({flag}){message[named.end() :]}" if named else f"{flag} {message}"
-    return message
+# Library parameters whose flag is not `--` and their name, dashed (a field of PretrainingArguments).
+FLAGS = {"config_overrides": "--config-override"}
+
+
+def say(error: Exception) -> str:
+    """An error's message with the flag of each field or parameter it names (`batch_size (--batch-size) is 0`,
+    `... with config_overrides (--config-override)`), or the flag first where it names none (`--config-override
+    hidden_size: give KEY=VALUE`)."""
+    names = [*getattr(error, "fields", ()), getattr(error, "parameter", None)]
+    known = {*FLAGS, *(f.name for f in fields(PretrainingArguments))}
+    flags = {name: FLAGS.get(name, "--" + name.replace("_", "-")) for name in names if name in known}
+    return with_flags(str(error), flags)
 
 
 def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
@@ -309,7 +311,7 @@ def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
     try:
         (args,) = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as error:  # PretrainingArguments' own checks
-        parser.error(with_flags(error))
+        parser.error(say(error))
     return args
 
 
@@ -318,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = training_function(args)
     except MarlinError as error:
-        print(f"pretrain: error: {error}", file=sys.stderr)
+        print(f"pretrain: error: {say(error)}", file=sys.stderr)
         return 1
     if result.eval_curve:
         (first_step, first_mse), (last_step, last_mse) = result.eval_curve[0], result.eval_curve[-1]

@@ -1,17 +1,29 @@
 """Errors a user can cause. Each message is one line naming the input and what to do about it."""
 
+import re
+
 
 class MarlinError(Exception):
     """Base class for user-facing errors; the CLI prints `str(error)` and no traceback.
 
     The message says what is wrong with a value, not which command-line flag to pass: `parameter` names the argument
     of the library call whose value it is (a message then starts with that value), and the CLI puts the flag that
-    sets it in front (`--out OUT: cannot write in this folder ...`).
+    sets it in front (`--out OUT: cannot write in this folder ...`); a message may instead name the parameter to
+    change, which a script then follows with its flag (`with_flags`).
     """
 
     def __init__(self, message: str, parameter: str | None = None):
         super().__init__(message)
         self.parameter = parameter
+
+
+class ArgumentValueError(ValueError):
+    """A value of an arguments dataclass no run can use (raised from its `__post_init__`, as `TrainingArguments`
+    raises `ValueError`): the message says what is wrong, `fields` names the fields (the script adds their flags)."""
+
+    def __init__(self, message: str, *fields: str):
+        super().__init__(message)
+        self.fields = fields
 
 
 class CheckpointError(MarlinError):
@@ -32,3 +44,13 @@ class DatasetError(MarlinError):
 
 class ConfigError(MarlinError):
     """A model config (a variant name, a config file or `--config-override` values) no model can be built from."""
+
+
+def with_flags(message: str, flags: dict[str, str]) -> str:
+    """`message` with each parameter of `flags` (parameter -> its flag) it names followed by the flag
+    (`batch_size (--batch-size) is 0`), and the flag in front for one it does not name (`--out OUT: cannot write...`):
+    how a script that owns the flags says a library error."""
+    for name, flag in flags.items():
+        named = re.search(rf"\b{name}\b", message)
+        message = f"{message[: named.end()]} ({flag}){message[named.end() :]}" if named else f"{flag} {message}"
+    return message

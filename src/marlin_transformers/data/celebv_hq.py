@@ -439,7 +439,8 @@ def prepare_celebvhq(
     cropper = celebvhq_cropper(crop, size)
     if num_workers > 1 and crop not in ("bbox", "resize", None):
         raise DatasetError(
-            f"crop {crop!r} keeps per-clip state: run it with --num-workers 1 (num_workers=1 in Python)"
+            f"{num_workers}: crop {crop!r} keeps per-clip state, so it runs in one worker; give 1",
+            parameter="num_workers",
         )
     crop_name = crop if isinstance(crop, str) or crop is None else getattr(crop, "__name__", "custom")
     ordered = [clip_id for name in SPLITS for clip_id in split[name]]

@@ -283,7 +283,8 @@ def match_videos(
     if missing and not skip_missing:
         raise DatasetError(
             f"{missing[0]}: no features for it ({len(missing)} labelled videos lack them); "
-            "extract them or leave them out (--skip-missing)"
+            "extract them, or leave them out with skip_missing",
+            parameter="skip_missing",
         )
     if not input_rows:
         raise DatasetError("none of the labelled videos has extracted features")
@@ -378,7 +379,9 @@ def _read_saved_dataset(folder: Path, problem_type: str, split: str | None) -> L
         if split is None:
             names = list(loaded) if len(loaded) == 1 else [s for s in DEFAULT_EVAL_SPLITS if s in loaded][:1]
             if not names:
-                raise DatasetError(f"{folder}: a DatasetDict with splits {list(loaded)}; pick one with --*-split")
+                raise DatasetError(
+                    f"{folder}: a DatasetDict with splits {list(loaded)}; pick one with split", parameter="split"
+                )
             split = names[0]
         if split not in loaded:
             raise DatasetError(f"{folder}: no split {split!r} (has {', '.join(loaded)})")

@@ -123,7 +123,7 @@ def load_features(
         manifest_bytes = manifest.read_bytes()
     except FileNotFoundError:
         raise DatasetError(
-            f"{extract_dir}: no manifest.jsonl; point --features at a `marlin extract --out` folder"
+            f"{extract_dir}: no manifest.jsonl; give a folder `marlin extract` wrote", parameter="features_dir"
         ) from None
     key = hashlib.sha256(manifest_bytes).hexdigest()
     cache_path = Path(cache_path) if cache_path is not None else extract_dir / CACHE_NAME

@@ -13,6 +13,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy, SchedulerType
 
+from ..exceptions import ArgumentValueError
 from ..modeling_marlin import MarlinForVideoClassification
 from .clip_dataset import VideoClipDataset, collate_clips
 from .metrics import PROBLEM_TYPES, build_compute_metrics
@@ -131,19 +132,21 @@ class FinetuningArguments(TrainingArguments):
         super().__post_init__()
 
     def _check_training_settings(self) -> None:
-        """Raise ValueError (as `TrainingArguments` does) on settings that would train nothing, or nonsense, and
-        still exit 0: no epochs (without `max_steps`), batches of no video, no or a negative learning rate."""
+        """Raise a ValueError (as `TrainingArguments` does; an `ArgumentValueError` naming the fields where it can) on
+        settings that would train nothing, or nonsense, and still exit 0: no epochs (without `max_steps`), batches of
+        no video, no or a negative learning rate."""
         if self.max_steps <= 0 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
-            raise ValueError(
-                f"num_train_epochs (--num-train-epochs) must be > 0, got {self.num_train_epochs}; "
-                "that would train nothing (or give --max-steps)"
+            raise ArgumentValueError(
+                f"num_train_epochs must be > 0, got {self.num_train_epochs}; that would train nothing (or give "
+                "max_steps)",
+                "num_train_epochs",
+                "max_steps",
             )
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{name} ({flag}) must be at least 1, got {getattr(self, name)}")
+                raise ArgumentValueError(f"{name} must be at least 1, got {getattr(self, name)}", name)
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate (--learning-rate) must be > 0, got {self.learning_rate}")
+            raise ArgumentValueError(f"learning_rate must be > 0, got {self.learning_rate}", "learning_rate")
         if self.plateau_monitor not in PLATEAU_MONITORS:
             choices = ", ".join(PLATEAU_MONITORS)
             raise ValueError(f"plateau_monitor must be one of {choices}, got {self.plateau_monitor}")

@@ -201,8 +201,9 @@ def _iter_pipelined(
         if "DataLoader worker" not in str(error):
             raise
         raise MarlinError(
-            f"a decoding worker died ({' '.join(str(error).split())[:160]}); run again to resume, or use "
-            "--num-workers 0."
+            f"0 to decode in the main process, or run again to resume: a decoding worker died "
+            f"({' '.join(str(error).split())[:160]})",
+            parameter="num_workers",
         ) from None
     if batch:
         encode()

@@ -14,17 +14,9 @@ from typing import Literal
 
 from ..configuration_marlin import MarlinConfig
 from ..constants import FARL_CHANNEL_ORDERS, SAMPLE_RATE
-from ..exceptions import ConfigError
+from ..exceptions import ArgumentValueError, ConfigError
 from .schedule import BASE_LEARNING_RATE, BASE_MIN_LEARNING_RATE, LR_SCHEDULES
 from .videomae import VIDEOMAE_HEAD_LAYOUTS
-
-
-class ArgumentValueError(ValueError):
-    """A value of `PretrainingArguments` no run can use: the message says what is wrong, `fields` names the fields."""
-
-    def __init__(self, message: str, *fields: str):
-        super().__init__(message)
-        self.fields = fields
 
 
 @dataclass

@@ -230,7 +230,8 @@ def load_videomae_release(
         key = mismatched[0]
         raise CheckpointError(
             f"{path}: {key} is {tuple(renamed[key].shape)}, the config wants {tuple(expected[key].shape)}; "
-            "fix the sizes with --config-override."
+            "fix the sizes with config_overrides.",
+            parameter="config_overrides",
         )
     model.load_state_dict(renamed, strict=False)
     return model, sorted(set(expected) - set(renamed))

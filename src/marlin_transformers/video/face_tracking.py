@@ -357,7 +357,7 @@ def iter_face_windows(
         if on_no_face == "error":
             raise NoFaceError(
                 f"{os.fspath(source)}: no face found in any frame; check that it shows a face, or allow a centre crop "
-                "for it (on_no_face='centre', `--no-face centre`)."
+                "for it (on_no_face='centre')."
             )
         for held in pending:
             yield held, tracker.centre_crop(held.frames)
