@@ -22,6 +22,7 @@ from pathlib import Path
 from .constants import SAMPLE_RATE
 from .exceptions import MarlinError
 
+PICTURES = ("crops", "mask", "similarity")  # `<stem>.<kind>.png`, in that order
 RANDOM_WEIGHTS = "random-init ViT-B (no model given: pass --model marlin_vit_base_ytf.full.pt for the released one)"
 
 
@@ -83,21 +84,12 @@ def analyse_video(
     Raises:
         MarlinError: one line, for a video that cannot be read or shows no face.
     """
-    import numpy as np
     import torch
 
-    from .extraction.extractor import VideoFeatures, window_record
-    from .extraction.job import run_extraction
+    from .extraction.extractor import window_record
     from .pretraining.reconstruction import reconstruct_video
     from .video.decoding import frame_rate
-    from .video.writing import write_video
-    from .visualization import (
-        draw_face_boxes,
-        render_mask_overlay,
-        save_crops_picture,
-        save_similarity_picture,
-        write_reconstruction_video,
-    )
+    from .visualization import write_reconstruction_video
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -126,31 +118,70 @@ def analyse_video(
         counted(windows), reconstruction_video, fps, config.patch_size, config.tubelet_size
     )
     report(1.0, desc="drawing")
+    faces_video = _write_faces_video(done, out_dir / f"{stem}.faces.mp4", fps)
 
-    # The face boxes on the frames the windows read, each frame once (the tail window overlaps the one before).
+    records = [window_record(w.window, w.face.detected_fraction) for w in done]
+    features = torch.stack([w.features for w in done]).numpy()  # (windows, hidden_size)
+    crops_picture, mask_picture, similarity_picture, similarity = _draw_pictures(
+        done, records, features, out_dir, stem, config
+    )
+    features_file, manifest = _write_features(
+        path, features, records, out_dir / "features", weights, max_windows, config
+    )
+    return AppResult(
+        faces_video=faces_video,
+        reconstruction_video=reconstruction_video,
+        reconstruction_grid=reconstruction_video.with_suffix(".png"),
+        crops_picture=crops_picture,
+        mask_picture=mask_picture,
+        similarity_picture=similarity_picture,
+        features=features_file,
+        manifest=manifest,
+        summary=_summary(weights, done, records),
+        similarity=similarity.tolist(),
+    )
+
+
+def _write_faces_video(done: list, path: Path, fps: float) -> Path:
+    """The face boxes on the frames the windows read, each frame once (the tail window overlaps the one before)."""
+    from .video.writing import write_video
+    from .visualization import draw_face_boxes
+
     shown = {}
     for window in done:
         drawn = draw_face_boxes(window.window.frames, window.face.crop_boxes, window.face.detected)
         shown.update(zip(window.window.frame_indices, drawn))
-    faces_video = out_dir / f"{stem}.faces.mp4"
-    write_video(faces_video, (shown[index] for index in sorted(shown)), fps)
+    write_video(path, (shown[index] for index in sorted(shown)), fps)
+    return path
 
+
+def _draw_pictures(done: list, records: list[dict], features, out_dir: Path, stem: str, config) -> tuple:
+    """`<stem>.crops.png` (each window's crops), `<stem>.mask.png` (the first window's mask) and
+    `<stem>.similarity.png` (the windows' feature similarity): their paths, and that similarity (windows, windows)."""
+    import numpy as np
+    import torch
+
+    from .visualization import render_mask_overlay, save_crops_picture, save_similarity_picture
+
+    crops_picture, mask_picture, similarity_picture = (out_dir / f"{stem}.{kind}.png" for kind in PICTURES)
+    # The model inputs as pictures: (windows, t, size, size, 3) uint8.
     crops = np.stack([(w.original.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy() for w in done])
-    records = [window_record(w.window, w.face.detected_fraction) for w in done]
-    crops_picture = out_dir / f"{stem}.crops.png"
     save_crops_picture(crops, records, crops_picture)
-    mask_picture = out_dir / f"{stem}.mask.png"
     first = done[0]
     render_mask_overlay(
         crops[0], first.label_maps, first.bool_masked_pos, mask_picture, config.patch_size, config.tubelet_size
     )
-    features = torch.stack([w.features for w in done]).numpy()
-    similarity_picture = out_dir / f"{stem}.similarity.png"
     similarity = save_similarity_picture(features, similarity_picture)
+    return crops_picture, mask_picture, similarity_picture, similarity
 
-    # Written as `marlin extract` writes them (atomic, manifest bound to the input and to these settings).
+
+def _write_features(path, features, records: list[dict], features_dir: Path, weights: str, max_windows: int, config):
+    """The features file and the manifest, written as `marlin extract` writes them (atomic, manifest bound to the
+    input and to these settings); a failure is a `MarlinError` naming the video."""
+    from .extraction.extractor import VideoFeatures
+    from .extraction.job import run_extraction
+
     computed = VideoFeatures(features=features, windows=records)
-    features_dir = out_dir / "features"
     settings = {"model": weights, "crop_face": True, "max_windows": max_windows, "num_frames": config.num_frames}
     summary = run_extraction(
         [path],
@@ -164,32 +195,25 @@ def analyse_video(
     record = json.loads(manifest.read_text().splitlines()[-1])
     if summary.failed:
         raise MarlinError(f"{path}: {record.get('error')}")
+    return features_dir / record["output"], manifest
 
+
+def _summary(weights: str, done: list, records: list[dict]) -> str:
+    """The page's Markdown: the weights, and a table of the windows with their reconstruction error."""
     lines = [
         f"**Weights:** {weights}",
         "",
         "| window | frames | seconds | face detected | reconstruction error (MSE) |",
         "|---|---|---|---|---|",
     ]
-    for index, (window, record_) in enumerate(zip(done, records)):
+    for index, (window, record) in enumerate(zip(done, records)):
         error = float(((window.reconstruction - window.original) ** 2).mean())
         lines.append(
-            f"| {index} | {record_['frame_indices'][0]}-{record_['frame_indices'][-1]} | "
-            f"{record_['start_time']:.2f}-{record_['end_time']:.2f} | {record_['face_detected_fraction']:.0%} | "
+            f"| {index} | {record['frame_indices'][0]}-{record['frame_indices'][-1]} | "
+            f"{record['start_time']:.2f}-{record['end_time']:.2f} | {record['face_detected_fraction']:.0%} | "
             f"{error:.4f} |"
         )
-    return AppResult(
-        faces_video=faces_video,
-        reconstruction_video=reconstruction_video,
-        reconstruction_grid=reconstruction_video.with_suffix(".png"),
-        crops_picture=crops_picture,
-        mask_picture=mask_picture,
-        similarity_picture=similarity_picture,
-        features=features_dir / record["output"],
-        manifest=manifest,
-        summary="\n".join(lines),
-        similarity=similarity.tolist(),
-    )
+    return "\n".join(lines)
 
 
 def build_app(model: str | os.PathLike | None = None, work_dir: str | os.PathLike | None = None, max_windows: int = 8):

@@ -5,6 +5,7 @@ there, so a change to the config is a change everywhere.
 """
 
 import re
+from pathlib import Path
 
 from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
 
@@ -62,6 +63,7 @@ LAPA_PALETTE = (
 )
 
 # The authors' Hub uploads of the released checkpoints, by release name; what a Hub id looks like.
+TEMPLATES = Path(__file__).parent / "templates"  # the model and dataset cards' Jinja templates (package data)
 HUB_CHECKPOINTS = {f"marlin_vit_{v}_ytf": f"ControlNet/marlin_vit_{v}_ytf" for v in MARLIN_VARIANTS}
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
 

@@ -10,10 +10,9 @@ import re
 from pathlib import Path
 
 from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
-from .constants import CITATION, HUB_CHECKPOINTS, HUB_ID, num_visible_tokens
+from .constants import CITATION, HUB_CHECKPOINTS, HUB_ID, TEMPLATES, num_visible_tokens
 
 ARXIV_ID = "2211.06627"
-TEMPLATES = Path(__file__).parent / "templates"  # the cards' Jinja templates (package data)
 # Every card's tags. None is a Hub task name: the Hub reads a task from the tags when `pipeline_tag` is unset.
 TAGS = ["marlin", "video", "face", "masked-autoencoder", f"arxiv:{ARXIV_ID}"]
 # The Hub repo each official release's card (`model_cards/`) is written for, and its usage snippets load from.

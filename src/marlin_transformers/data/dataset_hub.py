@@ -19,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..constants import CITATION
+from ..constants import CITATION, TEMPLATES
 from ..exceptions import DatasetError
 from .face_video_builder import YTF_CITATION, YTF_HOMEPAGE, YTF_LICENSE, load_prepared_faces
 from .prepared_faces import read_prepared
@@ -84,63 +84,24 @@ def dataset_card(info: dict, dataset_dict, pretty_name: str | None = None):
         ],
         **licence,
     )
-    first = next(iter(dataset_dict.values()))
+    features = next(iter(dataset_dict.values())).features
     # The features and split sizes as `dataset_info`: a streaming reader learns the splits' lengths from it.
     split_infos = datasets.SplitDict()
     for split, dataset in dataset_dict.items():
         split_infos.add(datasets.SplitInfo(split, num_bytes=dataset.data.nbytes, num_examples=len(dataset)))
-    info_dict = DatasetInfosDict({"default": datasets.DatasetInfo(features=first.features, splits=split_infos)})
-    info_dict.to_dataset_card_data(data)
-    features = "\n".join(f"| `{name}` | `{feature!r}` |" for name, feature in first.features.items())
-    splits = "\n".join(f"| {split} | {count} |" for split, count in sizes.items())
-    terms = (
-        f"**Terms.** {YTF_LICENSE} This repository must stay private (or gated to people who hold the data set)."
-        if ytf
-        else "**Terms.** Set the licence of the source videos here before sharing this repository."
+    infos = DatasetInfosDict({"default": datasets.DatasetInfo(features=features, splits=split_infos)})
+    infos.to_dataset_card_data(data)
+    return DatasetCard.from_template(
+        data,
+        template_path=str(TEMPLATES / "dataset_card.md"),
+        ytf=ytf,
+        ytf_license=YTF_LICENSE,
+        ytf_citation=YTF_CITATION,
+        citation=CITATION,
+        settings=info.get("settings"),
+        sizes=sizes,
+        features={name: repr(feature) for name, feature in features.items()},
     )
-    citations = f"{YTF_CITATION}\n\n{CITATION}" if ytf else CITATION
-    body = f"""
-# {data.pretty_name}
-
-Face videos prepared by marlin-transformers for MARLIN pretraining (Cai et al., CVPR 2023): one row per video with its
-224x224 face crops as an H.264 clip, MTCNN's five landmarks and LaPa face-parsing maps for every frame.
-
-{terms}
-
-## How it was made
-
-`marlin {"prepare-ytf" if ytf else "prepare-faces"}` tracked one face per video (MTCNN), cut a square around it in
-every frame, zero-padded outside the frame, resized to 224, and parsed the crops into LaPa labels; then
-`marlin push-dataset` wrote these Parquet shards. Settings: `{info.get("settings")}`. The split is person-disjoint.
-
-## Splits
-
-| split | videos |
-|---|---|
-{splits}
-
-## Features
-
-| column | feature |
-|---|---|
-{features}
-
-Decode `clip` with PyAV (`marlin_transformers.data.face_video_builder.decode_clip`) and `parsing_maps` with
-`decode_parsing_maps`; `marlin_transformers.pretraining.dataset_clips` samples the paper's clips and Fasking masks.
-
-```python
-from datasets import load_dataset
-
-dataset = load_dataset("<this repo>", streaming=True)
-```
-
-## Citation
-
-```bibtex
-{citations}
-```
-"""
-    return DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
 def export_for_hub(

@@ -15,7 +15,22 @@ import numpy as np
 import torch
 
 from ..video.decoding import resize_frames
-from .masking import generate_mask
+from .masking import generate_mask, seeded_generator
+
+
+class EpochSeeded:
+    """Draws seeded by `seed` and the epoch: `generator(*keys)` is `seeded_generator(seed, epoch, *keys)`, the same
+    on every process and worker and after a resume. `set_epoch` picks the epoch (Accelerate's prepared dataloaders
+    call it on the sampler and the dataset); a subclass sets `seed`."""
+
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def generator(self, *keys: int) -> torch.Generator:
+        return seeded_generator(self.seed, self.epoch, *keys)
 
 
 def clip_frame_indices(

@@ -21,9 +21,8 @@ from ..data.youtube_faces import precomputed_label_maps
 from ..video.decoding import count_frames, decode_frames, probe_video, resize_frames, skip_unreadable
 from ..video.face_tracking import FaceTracker
 from ..video.windows import iter_frame_chunks
-from .clip_sampling import clip_frame_indices, masked_clip
+from .clip_sampling import EpochSeeded, clip_frame_indices, masked_clip
 from .face_parsing import LandmarkFaceParser
-from .masking import seeded_generator
 
 
 class FacePreparer:
@@ -154,7 +153,7 @@ def _probed_frame_count(video: Path) -> int:
     return count_frames(video)
 
 
-class FaceClipDataset(torch.utils.data.Dataset):
+class FaceClipDataset(EpochSeeded, torch.utils.data.Dataset):
     """Random clips of face videos with their pretraining masks, as MARLIN samples YouTube Faces.
 
     Item `i` is a clip of video `i // clips_per_video`: `num_frames` frames taken every `sample_rate` frames from a
@@ -218,7 +217,6 @@ class FaceClipDataset(torch.utils.data.Dataset):
         self.mask_strategy = mask_strategy
         self.seed = seed
         self.clips_per_video = clips_per_video
-        self.epoch = 0
         self.preparer = FacePreparer(image_size, crop, mask_strategy.startswith("fasking"), face_parser)
         self.cache_entries = None
         # One corrupt video among thousands would otherwise abort the run: it is left out, with a line on stderr.
@@ -245,9 +243,6 @@ class FaceClipDataset(torch.utils.data.Dataset):
         )
         return cls(videos, **{**fields, **kwargs})
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return len(self.videos) * self.clips_per_video
 
@@ -260,7 +255,7 @@ class FaceClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """`pixel_values_videos` (num_frames, 3, image_size, image_size) float32 in [0, 1] and `bool_masked_pos`
         (num_tokens,) bool, True where masked."""
-        generator = seeded_generator(self.seed, self.epoch, index)
+        generator = self.generator(index)
         video = index // self.clips_per_video
         indices = self.frame_indices(index, generator)
         if self.cache_entries is not None:
@@ -283,20 +278,16 @@ class FaceClipDataset(torch.utils.data.Dataset):
         )
 
 
-class EpochShuffleSampler(torch.utils.data.Sampler):
+class EpochShuffleSampler(EpochSeeded, torch.utils.data.Sampler):
     """A permutation of `range(num_items)` drawn from `seeded_generator(seed, epoch)`: the same order on every process
     and after a resume. `set_epoch` picks the epoch (Accelerate's prepared dataloaders call it)."""
 
     def __init__(self, num_items: int, seed: int = 0):
         self.num_items = num_items
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.num_items
 
     def __iter__(self):
-        return iter(torch.randperm(self.num_items, generator=seeded_generator(self.seed, self.epoch)).tolist())
+        return iter(torch.randperm(self.num_items, generator=self.generator()).tolist())

@@ -17,8 +17,7 @@ import torch
 from ..configuration_marlin import MarlinConfig
 from ..constants import SAMPLE_RATE
 from ..data.face_video_builder import decode_clip, decode_parsing_maps
-from .clip_sampling import clip_frame_indices, masked_clip
-from .masking import seeded_generator
+from .clip_sampling import EpochSeeded, clip_frame_indices, masked_clip
 
 
 def sample_clip(row: dict, config: MarlinConfig, sample_rate: int, generator: torch.Generator) -> dict:
@@ -39,7 +38,7 @@ def sample_clip(row: dict, config: MarlinConfig, sample_rate: int, generator: to
     )
 
 
-class PreparedClipDataset(torch.utils.data.Dataset):
+class PreparedClipDataset(EpochSeeded, torch.utils.data.Dataset):
     """`clips_per_video` random clips per row of a `datasets.Dataset` split; item `i` is a clip of row
     `i // clips_per_video` (see the module docstring). Call `set_epoch` to draw new clips each epoch."""
 
@@ -51,20 +50,16 @@ class PreparedClipDataset(torch.utils.data.Dataset):
         self.sample_rate = sample_rate
         self.seed = seed
         self.clips_per_video = clips_per_video
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.rows) * self.clips_per_video
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        generator = seeded_generator(self.seed, self.epoch, index)
+        generator = self.generator(index)
         return sample_clip(self.rows[index // self.clips_per_video], self.config, self.sample_rate, generator)
 
 
-class PreparedClipCollator:
+class PreparedClipCollator(EpochSeeded):
     """Rows of a prepared face-video dataset -> `pixel_values_videos` (batch, num_frames, 3, size, size) in [0, 1]
     and `bool_masked_pos` (batch, num_tokens); for streaming datasets, where rows come already in order."""
 
@@ -72,18 +67,18 @@ class PreparedClipCollator:
         self.config = config
         self.sample_rate = sample_rate
         self.seed = seed
-        self.epoch = 0
         self.calls = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.calls = epoch, 0
+        super().set_epoch(epoch)
+        self.calls = 0
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         # Each dataloader worker holds its own copy (and count of calls): its id keeps their draws apart.
         worker_info = torch.utils.data.get_worker_info()
-        keys = (self.seed, self.epoch, 0 if worker_info is None else worker_info.id, self.calls)
+        keys = (0 if worker_info is None else worker_info.id, self.calls)
         samples = [
-            sample_clip(row, self.config, self.sample_rate, seeded_generator(*keys, i)) for i, row in enumerate(rows)
+            sample_clip(row, self.config, self.sample_rate, self.generator(*keys, i)) for i, row in enumerate(rows)
         ]
         self.calls += 1
         return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}

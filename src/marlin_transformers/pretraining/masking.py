@@ -25,6 +25,7 @@ number of dataloader workers or on which worker loads a sample:
 per worker is wanted.)
 """
 
+import inspect
 import math
 
 import numpy as np
@@ -121,37 +122,21 @@ def generate_mask(
     return ~visible
 
 
-def generate_masks(
-    strategy: str,
-    batch_size: int,
-    num_frames: int,
-    image_size: int,
-    patch_size: int,
-    tubelet_size: int,
-    mask_ratio: float,
-    generator: torch.Generator | int,
-    label_maps: torch.Tensor | np.ndarray | None = None,
-) -> torch.BoolTensor:
-    """A batch of masks, `(batch_size, num_tokens)` bool, True where masked, each drawn as in `generate_mask`.
+def generate_masks(strategy: str, batch_size: int, *args, **kwargs) -> torch.BoolTensor:
+    """A batch of masks, `(batch_size, num_tokens)` bool, True where masked, drawn in turn from one generator.
 
-    `label_maps` is `(batch_size, num_frames, image_size, image_size)` for the Fasking strategies.
+    The arguments after `batch_size` are those of `generate_mask` after `strategy` (clip size, `mask_ratio`,
+    `generator`), except that `label_maps` is `(batch_size, num_frames, image_size, image_size)` for the Fasking
+    strategies.
     """
-    if isinstance(generator, int):
-        generator = seeded_generator(generator)
+    arguments = inspect.signature(generate_mask).bind(strategy, *args, **kwargs).arguments
+    label_maps = arguments.pop("label_maps", None)
+    if isinstance(arguments["generator"], int):
+        arguments["generator"] = seeded_generator(arguments["generator"])
     if label_maps is not None and len(label_maps) != batch_size:
         raise ValueError(f"label_maps holds {len(label_maps)} clips for a batch of {batch_size}.")
     masks = [
-        generate_mask(
-            strategy,
-            num_frames,
-            image_size,
-            patch_size,
-            tubelet_size,
-            mask_ratio,
-            generator,
-            None if label_maps is None else label_maps[i],
-        )
-        for i in range(batch_size)
+        generate_mask(**arguments, label_maps=None if label_maps is None else label_maps[i]) for i in range(batch_size)
     ]
     return torch.stack(masks)
 

@@ -90,8 +90,6 @@ def reconstruct_video(
     Yields:
         One `WindowReconstruction` per window, in order.
     """
-    from ..video.face_tracking import FaceTracker, iter_face_windows
-    from ..video.windows import iter_windows
     from ..video_processing_marlin import MarlinVideoProcessor
     from .face_parsing import LandmarkFaceParser
 
@@ -100,15 +98,8 @@ def reconstruct_video(
     size, num_frames = config.image_size, config.num_frames
     processor = MarlinVideoProcessor(size={"height": size, "width": size}, num_frames=num_frames)
     parser = LandmarkFaceParser() if parser is None else parser
-    windows = iter_windows(path, num_frames=num_frames, sample_rate=sample_rate, stride=stride)
     needs_face = crop_face or strategy.startswith("fasking")
-    if needs_face:
-        tracker = tracker or FaceTracker(crop_size=size)
-        # Without crop_face the face only guides the mask, so a video without one still has something to show.
-        paired = iter_face_windows(windows, tracker, source=path, on_no_face="error" if crop_face else "centre")
-    else:
-        paired = ((window, None) for window in windows)
-    device = next(model.parameters()).device
+    paired = _windows_and_faces(path, config, sample_rate, stride, needs_face, crop_face, tracker)
     for count, (window, face) in enumerate(paired):
         if max_windows is not None and count >= max_windows:
             break
@@ -127,26 +118,59 @@ def reconstruct_video(
             seeded_generator(seed, window.index),
             label_maps=label_maps,
         )
-        with torch.inference_mode():
-            clip, mask = original[None].to(device), bool_masked_pos[None].to(device)
-            logits = model(clip, mask, return_loss=False).logits.float().cpu()  # (1, masked, 3 * pt * p * p)
-            features = model.marlin(clip).pooler_output[0].float().cpu() if with_features else None
-        grey = torch.full_like(logits, 0.5)
-        yield WindowReconstruction(
-            window=window if keep_source_frames else dataclasses.replace(window, frames=None),
-            face=face,
-            original=original,
-            masked=paint_predictions(
-                original[None], grey, bool_masked_pos[None], config.patch_size, config.tubelet_size
-            )[0],
-            reconstruction=paint_predictions(
-                original[None], logits, bool_masked_pos[None], config.patch_size, config.tubelet_size
-            )[0],
-            bool_masked_pos=bool_masked_pos,
-            logits=logits[0],
-            label_maps=torch.as_tensor(label_maps).to(torch.uint8),
-            features=features,
+        yield _reconstruct_window(
+            model,
+            window if keep_source_frames else dataclasses.replace(window, frames=None),
+            face,
+            original,
+            bool_masked_pos,
+            torch.as_tensor(label_maps).to(torch.uint8),
+            with_features,
         )
+
+
+def _windows_and_faces(path, config, sample_rate: int, stride: int, needs_face: bool, crop_face: bool, tracker):
+    """The video's windows (`video.windows.iter_windows`), each with its tracked face (`FaceCrops`) where the crops or
+    the masks need one, else None."""
+    from ..video.face_tracking import FaceTracker, iter_face_windows
+    from ..video.windows import iter_windows
+
+    windows = iter_windows(path, num_frames=config.num_frames, sample_rate=sample_rate, stride=stride)
+    if not needs_face:
+        return ((window, None) for window in windows)
+    tracker = tracker or FaceTracker(crop_size=config.image_size)
+    # Without crop_face the face only guides the mask, so a video without one still has something to show.
+    return iter_face_windows(windows, tracker, source=path, on_no_face="error" if crop_face else "centre")
+
+
+def _reconstruct_window(
+    model: MarlinForPreTraining,
+    window,
+    face,
+    original: torch.Tensor,
+    bool_masked_pos: torch.Tensor,
+    label_maps: torch.Tensor,
+    with_features: bool,
+) -> WindowReconstruction:
+    """The decoder's prediction of the masked tubelets of one clip `original` (t, 3, size, size), painted in."""
+    patch_size, tubelet_size = model.config.patch_size, model.config.tubelet_size
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        clip, mask = original[None].to(device), bool_masked_pos[None].to(device)
+        logits = model(clip, mask, return_loss=False).logits.float().cpu()  # (1, masked, 3 * pt * p * p)
+        features = model.marlin(clip).pooler_output[0].float().cpu() if with_features else None
+    grey = torch.full_like(logits, 0.5)
+    return WindowReconstruction(
+        window=window,
+        face=face,
+        original=original,
+        masked=paint_predictions(original[None], grey, bool_masked_pos[None], patch_size, tubelet_size)[0],
+        reconstruction=paint_predictions(original[None], logits, bool_masked_pos[None], patch_size, tubelet_size)[0],
+        bool_masked_pos=bool_masked_pos,
+        logits=logits[0],
+        label_maps=label_maps,
+        features=features,
+    )
 
 
 def _as_uint8(pixel_values: torch.Tensor) -> torch.Tensor:

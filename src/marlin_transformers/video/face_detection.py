@@ -47,7 +47,7 @@ def torch_threads(num_threads: int | None) -> Iterator[None]:
 
 def _mtcnn_cascade(
     mtcnn, images, min_face_size: float, thresholds: Sequence[float], factor: float, max_per_image: int | None = None
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+) -> list[Detections]:
     """facenet-pytorch's MTCNN cascade on a batch, with every candidate of a stage cropped in one `roi_align` call.
 
     facenet-pytorch (`detect_face`) crops and resizes each candidate box on its own, a few hundred small
@@ -65,91 +65,126 @@ def _mtcnn_cascade(
         per image: boxes (n, 4), probabilities (n,) and landmarks (n, 5, 2), float32 pixels.
     """
     import torch
-    import torch.nn.functional as F
-    from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, generateBoundingBox, rerec
-    from torchvision.ops import batched_nms, roi_align
 
-    num_images, _, height, width = images.shape
-
-    def normalise(data):
-        return (data - 127.5) * 0.0078125
-
-    def crops(boxes, image_indices, size):
-        # facenet-pytorch's `pad`: integer corners clipped to the image, pixels x - 1 .. ex - 1.
-        corners = boxes[:, :4].trunc()
-        x1 = corners[:, 0].clamp(min=1) - 1
-        y1 = corners[:, 1].clamp(min=1) - 1
-        x2 = corners[:, 2].clamp(max=width)
-        y2 = corners[:, 3].clamp(max=height)
-        rois = torch.stack([image_indices.to(images.dtype), x1, y1, x2, y2], dim=1)
-        data = roi_align(images, rois, output_size=size, sampling_ratio=2, aligned=True)
-        return normalise(data).contiguous(memory_format=torch.channels_last)
-
-    # Stage 1: P-Net over an image pyramid.
-    scale = 12.0 / min_face_size
-    shortest = min(height, width) * scale
-    candidates, candidate_images = [], []
-    while shortest >= 12:
-        data = F.interpolate(images, size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
-        regression, probs = mtcnn.pnet(normalise(data).contiguous(memory_format=torch.channels_last))
-        boxes, image_indices = generateBoundingBox(regression, probs[:, 1], scale, thresholds[0])
-        keep = batched_nms(boxes[:, :4], boxes[:, 4], image_indices, 0.5)
-        candidates.append(boxes[keep])
-        candidate_images.append(image_indices[keep])
-        scale *= factor
-        shortest *= factor
-    if not candidates:  # frames smaller than the smallest face looked for: no pyramid level, no face
+    num_images = len(images)
+    candidates = _pnet_candidates(mtcnn, images, min_face_size, thresholds[0], factor)
+    if candidates is None:  # frames smaller than the smallest face looked for: no pyramid level, no face
         nothing = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
         return [nothing] * num_images
-    boxes, image_indices = torch.cat(candidates), torch.cat(candidate_images)
-    keep = batched_nms(boxes[:, :4], boxes[:, 4], image_indices, 0.7)
-    boxes, image_indices = boxes[keep], image_indices[keep]
-    sizes = (boxes[:, 2:4] - boxes[:, 0:2]).repeat(1, 2)
-    boxes = rerec(torch.cat([boxes[:, :4] + boxes[:, 5:9] * sizes, boxes[:, 4:5]], dim=1))
-
-    # Stage 2: R-Net on 24x24 crops.
-    if len(boxes):
-        valid = (boxes[:, 2].trunc().clamp(max=width) > boxes[:, 0].trunc().clamp(min=1) - 1) & (
-            boxes[:, 3].trunc().clamp(max=height) > boxes[:, 1].trunc().clamp(min=1) - 1
-        )
-        boxes, image_indices = boxes[valid], image_indices[valid]
-    if len(boxes):
-        regression, probs = mtcnn.rnet(crops(boxes, image_indices, 24))
-        passed = probs[:, 1] > thresholds[1]
-        boxes = torch.cat([boxes[passed, :4], probs[passed, 1:2]], dim=1)
-        image_indices, regression = image_indices[passed], regression[passed]
-        keep = batched_nms(boxes[:, :4], boxes[:, 4], image_indices, 0.7)
-        boxes = rerec(bbreg(boxes[keep], regression[keep]))
-        image_indices = image_indices[keep]
-        if max_per_image is not None and len(boxes):
-            # batched_nms returns candidates by decreasing score: keep the first few of each image.
-            rank = torch.zeros_like(image_indices)
-            for i in image_indices.unique():
-                mine = image_indices == i
-                rank[mine] = torch.arange(int(mine.sum()), device=rank.device)
-            boxes, image_indices = boxes[rank < max_per_image], image_indices[rank < max_per_image]
-
-    # Stage 3: O-Net on 48x48 crops, with landmarks.
+    boxes, image_indices = _rnet_candidates(mtcnn, images, *candidates, thresholds[1], max_per_image)
     points = torch.zeros(0, 5, 2, device=images.device)
     if len(boxes):
-        regression, landmarks, probs = mtcnn.onet(crops(boxes, image_indices, 48))
-        passed = probs[:, 1] > thresholds[2]
-        boxes = torch.cat([boxes[passed, :4], probs[passed, 1:2]], dim=1)
-        image_indices, regression, landmarks = image_indices[passed], regression[passed], landmarks[passed]
-        box_w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
-        box_h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-        points_x = box_w * landmarks[:, :5] + boxes[:, 0:1] - 1
-        points_y = box_h * landmarks[:, 5:10] + boxes[:, 1:2] - 1
-        points = torch.stack([points_x, points_y], dim=2)  # (n, 5, 2)
-        boxes = bbreg(boxes, regression)
-        keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_indices, 0.7, "Min")
-        boxes, image_indices, points = boxes[keep], image_indices[keep], points[keep]
-
+        boxes, image_indices, points = _onet_faces(mtcnn, images, boxes, image_indices, thresholds[2])
     boxes, points, image_indices = boxes.cpu().numpy(), points.cpu().numpy(), image_indices.cpu().numpy()
     return [
         (boxes[image_indices == i, :4], boxes[image_indices == i, 4], points[image_indices == i])
         for i in range(num_images)
     ]
+
+
+def _normalise(data):
+    """MTCNN's input scaling: [0, 255] -> about [-1, 1]."""
+    return (data - 127.5) * 0.0078125
+
+
+def _candidate_crops(images, boxes, image_indices, size: int):
+    """(n, 3, size, size) channels-last crops of candidate `boxes` (n, >= 4) of `images`, normalised, in one call."""
+    import torch
+    from torchvision.ops import roi_align
+
+    height, width = images.shape[2:]
+    # facenet-pytorch's `pad`: integer corners clipped to the image, pixels x - 1 .. ex - 1.
+    corners = boxes[:, :4].trunc()
+    x1 = corners[:, 0].clamp(min=1) - 1
+    y1 = corners[:, 1].clamp(min=1) - 1
+    x2 = corners[:, 2].clamp(max=width)
+    y2 = corners[:, 3].clamp(max=height)
+    rois = torch.stack([image_indices.to(images.dtype), x1, y1, x2, y2], dim=1)  # (n, 5)
+    data = roi_align(images, rois, output_size=size, sampling_ratio=2, aligned=True)
+    return _normalise(data).contiguous(memory_format=torch.channels_last)
+
+
+def _pnet_candidates(mtcnn, images, min_face_size: float, threshold: float, factor: float):
+    """Stage 1, P-Net over an image pyramid: squared candidate boxes (n, 5) (x1, y1, x2, y2, score) and their images'
+    indices (n,), or None where the images are smaller than the smallest face looked for."""
+    import torch
+    import torch.nn.functional as F
+    from facenet_pytorch.models.utils.detect_face import generateBoundingBox, rerec
+    from torchvision.ops import batched_nms
+
+    height, width = images.shape[2:]
+    scale = 12.0 / min_face_size
+    shortest = min(height, width) * scale
+    candidates, candidate_images = [], []
+    while shortest >= 12:
+        data = F.interpolate(images, size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
+        regression, probs = mtcnn.pnet(_normalise(data).contiguous(memory_format=torch.channels_last))
+        boxes, image_indices = generateBoundingBox(regression, probs[:, 1], scale, threshold)
+        keep = batched_nms(boxes[:, :4], boxes[:, 4], image_indices, 0.5)
+        candidates.append(boxes[keep])
+        candidate_images.append(image_indices[keep])
+        scale *= factor
+        shortest *= factor
+    if not candidates:
+        return None
+    boxes, image_indices = torch.cat(candidates), torch.cat(candidate_images)
+    keep = batched_nms(boxes[:, :4], boxes[:, 4], image_indices, 0.7)
+    boxes, image_indices = boxes[keep], image_indices[keep]
+    sizes = (boxes[:, 2:4] - boxes[:, 0:2]).repeat(1, 2)  # (n, 4): width, height, width, height
+    boxes = rerec(torch.cat([boxes[:, :4] + boxes[:, 5:9] * sizes, boxes[:, 4:5]], dim=1))
+    return boxes, image_indices
+
+
+def _rnet_candidates(mtcnn, images, boxes, image_indices, threshold: float, max_per_image: int | None):
+    """Stage 2, R-Net on 24x24 crops of the P-Net candidates: the boxes (n, 5) that pass, refined and squared, and
+    their images' indices (n,); at most `max_per_image` per image (best first) where given."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import bbreg, rerec
+    from torchvision.ops import batched_nms
+
+    height, width = images.shape[2:]
+    if len(boxes):
+        valid = (boxes[:, 2].trunc().clamp(max=width) > boxes[:, 0].trunc().clamp(min=1) - 1) & (
+            boxes[:, 3].trunc().clamp(max=height) > boxes[:, 1].trunc().clamp(min=1) - 1
+        )
+        boxes, image_indices = boxes[valid], image_indices[valid]
+    if not len(boxes):
+        return boxes, image_indices
+    regression, probs = mtcnn.rnet(_candidate_crops(images, boxes, image_indices, 24))
+    passed = probs[:, 1] > threshold
+    boxes = torch.cat([boxes[passed, :4], probs[passed, 1:2]], dim=1)
+    image_indices, regression = image_indices[passed], regression[passed]
+    keep = batched_nms(boxes[:, :4], boxes[:, 4], image_indices, 0.7)
+    boxes = rerec(bbreg(boxes[keep], regression[keep]))
+    image_indices = image_indices[keep]
+    if max_per_image is not None and len(boxes):
+        # batched_nms returns candidates by decreasing score: keep the first few of each image.
+        rank = torch.zeros_like(image_indices)
+        for i in image_indices.unique():
+            mine = image_indices == i
+            rank[mine] = torch.arange(int(mine.sum()), device=rank.device)
+        boxes, image_indices = boxes[rank < max_per_image], image_indices[rank < max_per_image]
+    return boxes, image_indices
+
+
+def _onet_faces(mtcnn, images, boxes, image_indices, threshold: float):
+    """Stage 3, O-Net on 48x48 crops of the R-Net candidates: the faces' boxes (n, 5), image indices (n,) and
+    landmarks (n, 5, 2) in image pixels."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg
+
+    regression, landmarks, probs = mtcnn.onet(_candidate_crops(images, boxes, image_indices, 48))
+    passed = probs[:, 1] > threshold
+    boxes = torch.cat([boxes[passed, :4], probs[passed, 1:2]], dim=1)
+    image_indices, regression, landmarks = image_indices[passed], regression[passed], landmarks[passed]
+    box_w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]  # (n, 1)
+    box_h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+    points_x = box_w * landmarks[:, :5] + boxes[:, 0:1] - 1  # (n, 5)
+    points_y = box_h * landmarks[:, 5:10] + boxes[:, 1:2] - 1
+    points = torch.stack([points_x, points_y], dim=2)  # (n, 5, 2)
+    boxes = bbreg(boxes, regression)
+    keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_indices, 0.7, "Min")
+    return boxes[keep], image_indices[keep], points[keep]
 
 
 class MtcnnDetector:
@@ -229,40 +264,21 @@ class MtcnnDetector:
             float32, all in frame pixels, keeping only detections with probability >= min_confidence.
         """
         import torch
-        from PIL import Image
 
         mtcnn = self._load()
         num_frames = len(frames)
-        height, width = frames[0].shape[:2] if num_frames else (0, 0)
-        offsets = np.zeros((num_frames, 1, 2), dtype=np.float32)
-        size = None  # what each frame (or region) is resized to for the cascade; None: searched as it is
         if regions is not None:
             regions = np.asarray(regions, dtype=np.int64).reshape(num_frames, 4)
-            size = (self.region_size, self.region_size)
-            factors = ((regions[:, 2] - regions[:, 0]) / self.region_size).astype(np.float32)[:, None, None]
-            offsets = regions[:, None, :2].astype(np.float32)
-        elif max(height, width) > self.detect_size:
-            scale = self.detect_size / max(height, width)
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            # Map boxes back with the exact per-axis factors of the rounded size.
-            factors = np.tile(np.array([width / size[0], height / size[1]], dtype=np.float32), (num_frames, 1, 1))
-        else:
-            factors = np.ones((num_frames, 1, 2), dtype=np.float32)
+        size, factors, offsets = self._search_geometry(frames, regions)
         min_face_size = self.min_face_size
         if regions is not None and region_scale:
             # The subject fills about 1 / region_scale of the region: skip the pyramid levels for much smaller faces
             # (a face that shrank that much is searched again in the whole frame).
             min_face_size = max(min_face_size, 0.6 * self.region_size / region_scale)
 
-        def resized(index: int) -> np.ndarray:
-            """Frame `index` as the cascade searches it: its region, or the whole frame downscaled."""
-            frame = frames[index]
-            if regions is not None:
-                frame = np.ascontiguousarray(crop_with_padding(frame, regions[index]))
-            return frame if size is None else np.asarray(Image.fromarray(frame).resize(size, reducing_gap=2.0))
-
-        def cascade(start: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-            small = np.stack([resized(index) for index in range(start, min(start + self.batch_size, num_frames))])
+        def cascade(start: int) -> list[Detections]:
+            batch = range(start, min(start + self.batch_size, num_frames))
+            small = np.stack([_searched_image(frames[index], regions, index, size) for index in batch])
             # (n, 3, h, w), stored channels-last: the (n, h, w, 3) array as it is
             images = torch.from_numpy(small).to(self.device).permute(0, 3, 1, 2).float()
             with torch.inference_mode():  # thread-local: entered in each thread
@@ -275,20 +291,57 @@ class MtcnnDetector:
                     4 if regions is not None else None,
                 )
 
+        found = self._run_batches(cascade, num_frames)
+        results = []
+        for (boxes, probs, landmarks), factor, offset in zip(found, factors, offsets):
+            keep = probs >= self.min_confidence
+            boxes = (boxes[keep].reshape(-1, 2, 2) * factor + offset).reshape(-1, 4).astype(np.float32)  # (n, 4)
+            landmarks = (landmarks[keep] * factor + offset).astype(np.float32)  # (n, 5, 2)
+            results.append((boxes, probs[keep].astype(np.float32), landmarks))
+        return results
+
+    def _search_geometry(self, frames, regions: np.ndarray | None):
+        """How each frame is searched and its detections mapped back to frame pixels.
+
+        Returns:
+            size: (width, height) each frame (or region) is resized to for the cascade; None: searched as it is.
+            factors: (T, 1, 2) float32 per-axis pixels of the frame per pixel searched.
+            offsets: (T, 1, 2) float32 frame pixel of the searched image's corner.
+        """
+        num_frames = len(frames)
+        height, width = frames[0].shape[:2] if num_frames else (0, 0)
+        offsets = np.zeros((num_frames, 1, 2), dtype=np.float32)
+        if regions is not None:
+            size = (self.region_size, self.region_size)
+            factors = ((regions[:, 2] - regions[:, 0]) / self.region_size).astype(np.float32)[:, None, None]
+            return size, factors, regions[:, None, :2].astype(np.float32)
+        if max(height, width) > self.detect_size:
+            scale = self.detect_size / max(height, width)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            # Map boxes back with the exact per-axis factors of the rounded size.
+            factors = np.tile(np.array([width / size[0], height / size[1]], dtype=np.float32), (num_frames, 1, 1))
+            return size, factors, offsets
+        return None, np.ones((num_frames, 1, 2), dtype=np.float32), offsets
+
+    def _run_batches(self, cascade, num_frames: int) -> list[Detections]:
+        """`cascade(start)` on the batches of `batch_size` frames, side by side on `num_threads` threads on a CPU."""
+        import torch
+
         starts = range(0, num_frames, self.batch_size)
         threads = min(self.num_threads or torch.get_num_threads(), len(starts))
         if torch.device(self.device).type != "cpu" or threads <= 1:
             with torch_threads(self.num_threads):
-                found = [result for start in starts for result in cascade(start)]
-        else:
-            # Batches side by side, each on its own thread with one torch thread: MTCNN's small operations gain
-            # more that way than from torch's threads inside each one (see the class).
-            with torch_threads(1), ThreadPoolExecutor(threads) as pool:
-                found = [result for part in pool.map(cascade, starts) for result in part]
-        results = []
-        for (boxes, probs, landmarks), factor, offset in zip(found, factors, offsets):
-            keep = probs >= self.min_confidence
-            boxes = (boxes[keep].reshape(-1, 2, 2) * factor + offset).reshape(-1, 4).astype(np.float32)
-            landmarks = (landmarks[keep] * factor + offset).astype(np.float32)
-            results.append((boxes, probs[keep].astype(np.float32), landmarks))
-        return results
+                return [result for start in starts for result in cascade(start)]
+        # Batches side by side, each on its own thread with one torch thread: MTCNN's small operations gain
+        # more that way than from torch's threads inside each one (see the class).
+        with torch_threads(1), ThreadPoolExecutor(threads) as pool:
+            return [result for part in pool.map(cascade, starts) for result in part]
+
+
+def _searched_image(frame: np.ndarray, regions: np.ndarray | None, index: int, size) -> np.ndarray:
+    """Frame `index` as the cascade searches it: its region (zero-padded), or the whole frame, resized to `size`."""
+    from PIL import Image
+
+    if regions is not None:
+        frame = np.ascontiguousarray(crop_with_padding(frame, regions[index]))
+    return frame if size is None else np.asarray(Image.fromarray(frame).resize(size, reducing_gap=2.0))
