@@ -126,6 +126,7 @@ def test_init_writes_a_folder_every_loader_reads(init_folder):
     assert card.data.license == "apache-2.0" and RANDOM_INIT in card.data.tags and card.data.base_model is None
     assert "randomly initialized" in card.text and "CC BY-NC 4.0 does not apply" in card.text
     assert "YouTube Faces (Wolf" not in card.text and "The converter is tested" not in card.text
+    assert "The features are random" in card.text and "the results above are the paper's" not in card.text
 
 
 def test_init_refuses_a_non_empty_folder_and_convert_answers_its_folders(init_folder, tmp_path, capsys):
