@@ -93,3 +93,50 @@ def test_reconstruct_mask_ratio_is_checked_up_front(value, capsys):
     assert (
         capsys.readouterr().err.strip().splitlines()[-1].startswith("marlin reconstruct: error: argument --mask-ratio")
     )
+
+
+@pytest.fixture(scope="module")
+def init_folder(tmp_path_factory):
+    """`marlin init` of ViT-S with its decoder: the real sizes and seeded random weights (seconds, about 120 MB)."""
+    folder = tmp_path_factory.mktemp("init") / "marlin-vit-small-random"
+    assert main(["init", str(folder), "--variant", "small", "--pretraining"]) == 0
+    return folder
+
+
+def test_init_writes_a_folder_every_loader_reads(init_folder):
+    from huggingface_hub import ModelCard
+    from transformers import AutoModel, AutoModelForPreTraining, AutoVideoProcessor
+
+    from marlin_transformers.loading import load_marlin
+    from marlin_transformers.model_card import RANDOM_INIT
+
+    names = {path.name for path in init_folder.iterdir()}
+    assert {"model.safetensors", "config.json", "video_preprocessor_config.json", "README.md"} <= names
+    assert {"configuration_marlin.py", "modeling_marlin.py", "video_processing_marlin.py"} <= names  # remote code
+    assert type(AutoModel.from_pretrained(init_folder)).__name__ == "MarlinModel"
+    assert type(AutoModelForPreTraining.from_pretrained(init_folder)).__name__ == "MarlinForPreTraining"
+    processor = AutoVideoProcessor.from_pretrained(init_folder)
+    assert type(processor).__name__ == "MarlinVideoProcessor" and processor.num_frames == 16
+    assert dict(processor.size) == {"height": 224, "width": 224}
+    assert load_marlin(init_folder).config.hidden_size == 384
+    assert type(load_marlin(init_folder, kind="pretraining")).__name__ == "MarlinForPreTraining"
+    classifier = load_marlin(init_folder, kind="classification", id2label={0: "a", 1: "b"})
+    assert classifier.config.num_labels == 2
+    card = ModelCard.load(init_folder / "README.md")
+    assert card.data.license == "apache-2.0" and RANDOM_INIT in card.data.tags and card.data.base_model is None
+    assert "randomly initialized" in card.text and "CC BY-NC 4.0 does not apply" in card.text
+    assert "YouTube Faces (Wolf" not in card.text and "The converter is tested" not in card.text
+    assert "The features are random" in card.text and "the results above are the paper's" not in card.text
+
+
+def test_init_refuses_a_non_empty_folder_and_convert_answers_its_folders(init_folder, tmp_path, capsys):
+    before = sorted(path.name for path in init_folder.iterdir())
+    assert main(["init", str(init_folder), "--variant", "base"]) == 1
+    assert capsys.readouterr().err == (
+        f"marlin init: error: {init_folder}: output folder exists and is not empty; choose another or remove it.\n"
+    )
+    assert sorted(path.name for path in init_folder.iterdir()) == before
+    assert main(["convert", str(init_folder), str(tmp_path / "out")]) == 1
+    (error,) = capsys.readouterr().err.splitlines()
+    assert "already a marlin-transformers folder" in error and "nothing to convert" in error
+    assert not (tmp_path / "out").exists()

@@ -98,6 +98,19 @@ def test_unknown_state_dict_is_rejected(tmp_path):
         convert_state_dict(load_reference_state_dict(tmp_path / "other.pt")[0])
 
 
+@pytest.mark.parametrize("folder", ["tiny_model_dir", "tiny_pretraining_dir"])
+def test_convert_answers_a_folder_of_its_own_in_one_line(folder, request, tmp_path, capsys):
+    source = request.getfixturevalue(folder)
+    capsys.readouterr()  # the fixture's save
+    assert main(["convert", str(source), str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == (
+        f"marlin convert: error: {source}: already a marlin-transformers folder (made by `marlin convert` or "
+        "`marlin init`), nothing to convert; load it as it is (AutoModel.from_pretrained, load_marlin) or copy the "
+        "folder.\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_saved_folder_loads_as_remote_code_without_the_package(tmp_path, reference_io):
     out = tmp_path / "remote"
     assert main(["convert", str(FIXTURES / "tiny.full.pt"), str(out), *HEADS]) == 0

@@ -12,10 +12,12 @@ from marlin_transformers import MARLIN_VARIANTS, MarlinConfig, MarlinModel
 from marlin_transformers.cli import main
 from marlin_transformers.model_card import (
     PAPER_RESULTS,
+    RANDOM_INIT,
     RELEASE_REPO_ID,
     clip_macs,
     parameter_counts,
     release_model_card,
+    render_finetuned_card,
     render_model_card,
     write_release_cards,
 )
@@ -191,3 +193,33 @@ def test_private_without_push_is_refused(tmp_path, capsys):
     assert main(["convert", str(FIXTURES / "tiny.encoder.pt"), str(tmp_path / "x"), "--private"]) == 1
     assert "--private and --token go with --push-to-hub" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_fine_tuned_cards_licence_and_provenance_follow_its_base(tmp_path):
+    """Official weights: CC BY-NC 4.0 and "derived from the official release"; a `marlin init` folder (known by its
+    card's tag): Apache-2.0, randomly initialized, and the tag carried on; a folder that says nothing: unknown."""
+    config = MarlinConfig.from_variant("small", id2label={0: "neutral", 1: "smile"})
+    random_base, official_base, silent_base = tmp_path / "random", tmp_path / "official", tmp_path / "silent"
+    for folder in (random_base, official_base, silent_base):
+        folder.mkdir()
+    card = render_model_card(config, source="seed 0", kind=RANDOM_INIT, architecture="MarlinModel", model_id="x")
+    (random_base / "README.md").write_text(card)
+    (official_base / "README.md").write_text(release_model_card("small"))
+
+    def fine_tuned(base) -> ModelCard:
+        return ModelCard(render_finetuned_card(config, str(base), "train/", "val/", {"eval_accuracy": 0.5}))
+
+    for base in ("ControlNet/marlin_vit_small_ytf", RELEASE_REPO_ID.format(variant="small"), official_base):
+        card = fine_tuned(base)
+        assert card.data.license == "cc-by-nc-4.0" and RANDOM_INIT not in card.data.tags
+        assert "Weights derived from the official MARLIN release are under CC BY-NC 4.0" in card.text
+    card = fine_tuned(random_base)
+    assert card.data.license == "apache-2.0" and RANDOM_INIT in card.data.tags
+    assert "randomly initialized" in card.text and "derived from the official" not in card.text
+    from_random_fine_tune = tmp_path / "fine-tuned"
+    from_random_fine_tune.mkdir()
+    (from_random_fine_tune / "README.md").write_text(str(card))
+    assert fine_tuned(from_random_fine_tune).data.license == "apache-2.0"  # a fine-tune of a fine-tune
+    card = fine_tuned(silent_base)
+    assert card.data.license == "cc-by-nc-4.0" and "unknown origin" in card.text
+    assert "Weights derived from the official MARLIN release" not in card.text

@@ -11,7 +11,8 @@ Formats read (the variant is inferred from tensor shapes):
   `marlin.encoder.*`), as a local folder or a Hub id -> `MarlinModel`.
 
 `convert_checkpoint` writes the result as a Transformers folder (`hub_folders`); `loading.load_marlin` loads any of
-these formats as a model without writing anything.
+these formats as a model without writing anything. `init_marlin_folder` writes the same folder with random weights,
+for where the released ones cannot be had.
 """
 
 import os
@@ -22,9 +23,9 @@ import torch
 
 from .configuration_marlin import MARLIN_VARIANTS, MarlinConfig
 from .constants import HUB_ID
-from .exceptions import CheckpointError
+from .exceptions import CheckpointError, MarlinError
 from .hub_folders import save_marlin_folder, staged_folder
-from .model_card import render_model_card
+from .model_card import RANDOM_INIT, render_model_card
 from .modeling_marlin import (
     MARLIN_FIXED_REFERENCE_KEYS,
     REFERENCE_KEY_MAPPING,
@@ -34,6 +35,9 @@ from .modeling_marlin import (
 )
 
 RELEASE_URL = "https://github.com/ControlNet/MARLIN/releases/download/model_v1/{name}.{kind}.pt"
+# A key of this package's own weights (`marlin.` prefix removed), in no released format: how a folder this package
+# wrote is told from the authors' Hub layout, whose config.json has the same model_type.
+OWN_FORMAT_KEY = "embeddings.patch_embeddings.projection.weight"
 
 
 def load_reference_state_dict(source: str | Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -48,7 +52,13 @@ def load_reference_state_dict(source: str | Path) -> tuple[dict[str, torch.Tenso
         folder = resolve_checkpoint_folder(
             source, example="a local checkpoint file, e.g. marlin_vit_base_ytf.encoder.pt"
         )
-        return {re.sub(r"^marlin\.", "", k): v for k, v in read_checkpoint_folder(folder).items()}, "hub"
+        state_dict = {re.sub(r"^marlin\.", "", k): v for k, v in read_checkpoint_folder(folder).items()}
+        if OWN_FORMAT_KEY in state_dict:
+            raise CheckpointError(
+                f"{source}: already a marlin-transformers folder (made by `marlin convert` or `marlin init`), nothing "
+                "to convert; load it as it is (AutoModel.from_pretrained, load_marlin) or copy the folder."
+            )
+        return state_dict, "hub"
     if not path.exists():
         raise CheckpointError(f"{source}: no such checkpoint file or folder.")
     try:
@@ -313,13 +323,40 @@ def convert_checkpoint(
     overrides = {key: value for key, value in overrides.items() if value is not None}
     model, kind = convert_reference_checkpoint(source, config, **overrides)
     with staged_folder(output_dir) as staging:
-        save_marlin_folder(model, staging)
-        card = render_model_card(
-            model.config,
-            source=str(source),
-            kind=kind,
-            architecture=type(model).__name__,
-            model_id=model_id or str(output_dir),
-        )
-        (staging / "README.md").write_text(card)
+        write_model_folder(model, staging, str(source), kind, model_id or str(output_dir))
+    return Path(output_dir)
+
+
+def write_model_folder(model, folder: Path, source: str, kind: str, model_id: str) -> None:
+    """`hub_folders.save_marlin_folder` and the model card (`model_card.render_model_card`'s arguments)."""
+    save_marlin_folder(model, folder)
+    card = render_model_card(
+        model.config, source=source, kind=kind, architecture=type(model).__name__, model_id=model_id
+    )
+    (folder / "README.md").write_text(card)
+
+
+def init_marlin_folder(output_dir: str | Path, variant: str, pretraining: bool = False, seed: int = 0) -> Path:
+    """Write a randomly initialized MARLIN of a released `variant` (`small`, `base`, `large`) as a complete folder:
+    the same files `convert_checkpoint` writes (weights, config, video processor config, remote code) and a card
+    saying the weights are random, with Apache-2.0 as their licence and the `randomly-initialized` tag, which a card
+    fine-tuned from the folder carries on (`model_card.weights_provenance`). Written whole, like `convert_checkpoint`.
+
+    Args:
+        pretraining: a `MarlinForPreTraining` (encoder, decoder and critic, for `examples/pretrain.py` and
+            `marlin reconstruct`) instead of an encoder-only `MarlinModel`.
+        seed: the weights' seed: one seed, one folder, bit for bit.
+
+    Raises:
+        MarlinError: an unknown `variant`.
+        CheckpointError: `output_dir` exists and is not empty.
+    """
+    if variant not in MARLIN_VARIANTS:
+        raise MarlinError(f"{variant}: not a MARLIN variant; use one of {', '.join(MARLIN_VARIANTS)}.")
+    config = MarlinConfig.from_variant(variant)
+    with staged_folder(output_dir) as staging:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = (MarlinForPreTraining if pretraining else MarlinModel)(config).eval()
+        write_model_folder(model, staging, f"seed {seed}", RANDOM_INIT, str(output_dir))
     return Path(output_dir)

@@ -17,6 +17,14 @@ ARXIV_ID = "2211.06627"
 TAGS = ["marlin", "video", "face", "masked-autoencoder", f"arxiv:{ARXIV_ID}"]
 # The Hub repo each official release's card (`model_cards/`) is written for, and its usage snippets load from.
 RELEASE_REPO_ID = "marlin-transformers/marlin-vit-{variant}"
+# The format name (`kind`) of a folder `convert_marlin.init_marlin_folder` made, and the tag its card, and the card of
+# any model fine-tuned from it, carries: how a card downstream learns that its weights came from no release.
+RANDOM_INIT = "randomly-initialized"
+# The licence of weights by where they come from (`weights_provenance`). The official release is CC BY-NC 4.0. Weights
+# drawn at random by this package derive from no one's release: the folder holds only this package's code and its
+# output, so it takes the code's licence, Apache-2.0, rather than `other`, which would hint at terms there are none of.
+# Weights of unknown origin may derive from the release: they keep its non-commercial licence, the cautious claim.
+LICENCES = {"official": "cc-by-nc-4.0", "random": "apache-2.0", "unknown": "cc-by-nc-4.0"}
 
 
 def variant_name(config: MarlinConfig) -> str:
@@ -36,9 +44,35 @@ def official_release(source: str) -> str | None:
     return match.group(1) if match else None
 
 
+def weights_provenance(source: str) -> str:
+    """Where the weights of the model at `source` (a file, folder or Hub id) come from, as far as its name or its
+    folder's card (README.md metadata) tells: `official` (the authors' release, or converted or fine-tuned from it),
+    `random` (made by `init_marlin_folder`, or fine-tuned from such a folder) or `unknown`."""
+    if official_release(source) or source in {RELEASE_REPO_ID.format(variant=v) for v in MARLIN_VARIANTS}:
+        return "official"
+    card_path = Path(source) / "README.md"
+    if not card_path.is_file():
+        return "unknown"
+    from huggingface_hub import ModelCard
+
+    try:
+        data = ModelCard.load(card_path).data
+    except Exception:  # a README that is not a card (no or broken metadata) tells nothing
+        return "unknown"
+    if RANDOM_INIT in (data.tags or []):
+        return "random"
+    return "official" if data.base_model in HUB_CHECKPOINTS.values() else "unknown"
+
+
 def origin_paragraph(source: str, kind: str, config: MarlinConfig) -> str:
     """What the converter can say of where the weights come from, and no more."""
     release = official_release(source)
+    if kind == RANDOM_INIT:
+        return (
+            f"This folder was made by marlin-transformers' `marlin init` ({source}). **Its weights are randomly "
+            "initialized**: trained on nothing, and derived from no release, so its features mean nothing until it "
+            "is pretrained or fine-tuned. It is for trying the code where the official weights cannot be had."
+        )
     if release is None:
         return (
             f"This folder was made by marlin-transformers from `{source}` (format: {kind}). **The weights are of "
@@ -124,11 +158,12 @@ def render_model_card(config: MarlinConfig, source: str, kind: str, architecture
     from huggingface_hub import ModelCard, ModelCardData
 
     release = official_release(source)
+    random_weights = kind == RANDOM_INIT
     data = ModelCardData(
-        license="cc-by-nc-4.0",
+        license=LICENCES["random" if random_weights else "official" if release else "unknown"],
         library_name="transformers",
         pipeline_tag=None,  # the template's "Task" section says why
-        tags=list(TAGS),
+        tags=[*TAGS, RANDOM_INIT] if random_weights else list(TAGS),
         datasets=["youtube_faces"] if release else None,
         base_model=HUB_CHECKPOINTS[release] if release else None,
     )
@@ -147,6 +182,7 @@ def render_model_card(config: MarlinConfig, source: str, kind: str, architecture
             masked=config.num_patches - num_visible_tokens(config.num_patches, 0.9),  # the paper's mask ratio
             origin=origin_paragraph(source, kind, config),
             release=release,
+            random=random_weights,
             hub_base=HUB_CHECKPOINTS.get(release),
             facts=model_facts(config, architecture),
             model_id=model_id,
@@ -238,6 +274,7 @@ def render_finetuned_card(
 
     release = official_release(base_model)
     hub_base = HUB_CHECKPOINTS[release] if release else base_model if HUB_ID.fullmatch(base_model) else None
+    provenance = weights_provenance(base_model)
     results = {
         name.removeprefix("eval_"): float(value)
         for name, value in metrics.items()
@@ -245,11 +282,11 @@ def render_finetuned_card(
     }
     dataset = eval_data.rstrip("/").rsplit("/", 1)[-1]
     data = ModelCardData(
-        license="cc-by-nc-4.0",
+        license=LICENCES[provenance],
         library_name="transformers",
         pipeline_tag="video-classification",
         base_model=hub_base,
-        tags=[*TAGS, "video-classification"],
+        tags=[*TAGS, "video-classification", *([RANDOM_INIT] if provenance == "random" else [])],
         model_name=f"MARLIN {variant_name(config)} fine-tuned ({config.problem_type})",
         eval_results=[
             EvalResult(
@@ -269,6 +306,7 @@ def render_finetuned_card(
             model_name=data.model_name,
             base_source=base_model,
             hub_base=hub_base,
+            provenance=provenance,
             train_data=train_data,
             eval_data=eval_data,
             problem_type=config.problem_type,

@@ -16,6 +16,7 @@ from . import apps, datasets, extraction, models, pretraining
 # In the order `marlin --help` lists them.
 _ORDER = (
     "convert",
+    "init",
     "extract",
     "export",
     "show-mask",

@@ -1,4 +1,5 @@
-"""Model commands: `marlin convert` (released checkpoints -> Transformers folders) and `marlin export` (ONNX)."""
+"""Model commands: `marlin convert` (released checkpoints -> Transformers folders), `marlin init` (a randomly
+initialized folder, offline) and `marlin export` (ONNX)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,40 @@ def _convert_options(convert: argparse.ArgumentParser, defaults: dict) -> None:
     convert.add_argument("--private", action="store_true", help="with --push-to-hub: make the repo private")
     convert.add_argument("--token", help="with --push-to-hub: Hub token (default: HF_TOKEN or `hf auth login`)")
     convert.set_defaults(handler=_convert)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from ..convert_marlin import init_marlin_folder
+
+    out = init_marlin_folder(args.output_dir, args.variant, pretraining=args.pretraining, seed=args.seed)
+    architecture = "MarlinForPreTraining" if args.pretraining else "MarlinModel"
+    print(
+        f"wrote {out} (ViT-{args.variant[0].upper()}, {architecture}, randomly initialized, seed {args.seed}); load "
+        f'it with AutoModel.from_pretrained("{out}")'
+    )
+    return 0
+
+
+@command(COMMANDS, "init", defaults=("convert_marlin:init_marlin_folder",))
+def _init_options(init: argparse.ArgumentParser, defaults: dict) -> None:
+    """write a randomly initialized MARLIN folder (no download): weights, config, processor, code, card
+
+    For trying the code offline or where the official weights cannot be had: its features mean nothing until it is
+    pretrained or fine-tuned.
+    """
+    from ..configuration_marlin import MARLIN_VARIANTS
+
+    init.add_argument("output_dir", help="folder to write (must not exist or be empty)")
+    init.add_argument("--variant", required=True, choices=list(MARLIN_VARIANTS), help="the released variant's sizes")
+    add_option(
+        init,
+        "--pretraining",
+        defaults,
+        "with the decoder and critic (MarlinForPreTraining), for pretraining and "
+        "reconstruction (default: the encoder only)",
+    )
+    add_option(init, "--seed", defaults, "the weights' seed (default {default})", type=int)
+    init.set_defaults(handler=_init)
 
 
 def _export(args: argparse.Namespace) -> int:
