@@ -2,7 +2,7 @@
 
 `marlin prepare-ytf` (YouTube Faces frame folders) and `marlin prepare-faces` (any face videos) run `prepare_corpus`,
 which writes the folder `data.prepared_faces` describes: per video one clip file and one small array file, not a file
-per frame per artefact. Per video (`VideoPreparer`):
+per frame per artefact. Per video (`FacePreparer.prepare`):
 
 1. frames are read in chunks (`video.decoding`: a video file, or a frame folder in `--frame-order`);
 2. `video.face_tracking.FaceTracker` follows one face (MTCNN, boxes interpolated over missed frames);
@@ -26,6 +26,8 @@ at the end of the run, or at the start of the next if the run was killed).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -47,11 +49,12 @@ from ..data.prepared_faces import (
     read_prepared_records,
     write_text_atomic,
 )
+from ..data.youtube_faces import precomputed_label_maps
 from ..exceptions import DatasetError
 from ..jobs import Item, JobKind, JobSummary, Outcome, Shard, Work, each_item, error_text, model_identity, run_job
 from ..records import OutputWriteError, save_arrays_atomic
 from ..video.cropping import FaceCrops, FaceTrack, crop_track, reference_crop_boxes
-from ..video.decoding import FRAME_ORDERS, frame_files, frame_rate
+from ..video.decoding import FRAME_ORDERS, count_frames, frame_files, frame_rate, resize_frames
 from ..video.face_tracking import FaceTracker, iter_face_windows
 from ..video.windows import VideoWindow, iter_frame_chunks
 
@@ -128,23 +131,147 @@ def iter_source_windows(
     return float(frame_rate(source)), None, windows
 
 
-class VideoPreparer:
-    """Prepares one video at a time into a prepared folder (see the module docstring); holds the tracker and parser.
+class FacePreparer:
+    """The one preparer: face crops (and LaPa maps) of one video at a time, in memory (`__call__`, for
+    `clips.FaceClipDataset`), into the pretraining cache (`cache_video`) or into a prepared folder (`prepare`, for
+    `prepare_corpus`; see the module docstring). Holds the tracker and the parser.
 
     Args:
-        settings: how.
+        settings: how (crop side, crop style, parser model).
         detector: a face detector for the tracker (default: MTCNN, loaded on first use).
+        crop: for frames given to `__call__` / `cache_video`: "auto" treats videos whose frames are square and
+            `MARLIN_CROP_SIZE` (or the crop side) pixels as already cropped and tracks and crops the face in every
+            other video; "always" / "never" force it. `prepare` always tracks.
+        parse: `__call__` / `cache_video` also produce label maps (needed by the "fasking" and "fasking_opp"
+            strategies). `prepare` always parses.
+        face_parser: a `face_parsing.FaceParser`; default `FarlFaceParser` of `settings.farl_model` if given, else
+            the built-in `LandmarkFaceParser`.
     """
 
-    def __init__(self, settings: PreparationSettings, detector=None):
+    def __init__(
+        self,
+        settings: PreparationSettings | None = None,
+        detector=None,
+        *,
+        crop: str = "always",
+        parse: bool = True,
+        face_parser=None,
+    ):
         from .face_parsing import FarlFaceParser, LandmarkFaceParser
 
-        self.settings = settings
+        if crop not in ("auto", "always", "never"):
+            raise ValueError(f"crop must be 'auto', 'always' or 'never', got {crop!r}")
+        self.settings = settings = settings if settings is not None else PreparationSettings()
+        self.image_size = settings.crop_size
+        self.crop = crop
+        self.parse = parse
         tracker_class = ReferenceCropTracker if settings.crop_style == "reference" else FaceTracker
         self.tracker = tracker_class(detector=detector, crop_size=settings.crop_size)
-        self.parser = FarlFaceParser(settings.farl_model) if settings.farl_model else LandmarkFaceParser()
+        if face_parser is None:
+            face_parser = FarlFaceParser(settings.farl_model) if settings.farl_model else LandmarkFaceParser()
+        self.face_parser = face_parser
 
-    def __call__(self, video: FaceVideo, out_dir: str | os.PathLike) -> dict:
+    def is_cropped(self, height: int, width: int) -> bool:
+        if self.crop != "auto":
+            return self.crop == "never"
+        return height == width and height in (MARLIN_CROP_SIZE, self.image_size)
+
+    def reset(self) -> None:
+        """Call before the frames of another video."""
+        self.tracker.reset()
+
+    def __call__(
+        self, frames: np.ndarray, frame_indices: Sequence[int], label_maps: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Crop (and parse) the next frames of the current video.
+
+        Args:
+            frames: (T, H, W, 3) uint8 RGB, in video order after the frames of the previous call.
+            frame_indices: (T,) their indices in the video.
+            label_maps: (T, H, W) LaPa maps already made for these (already cropped) frames, e.g. by the
+                reference's preprocessing (`precomputed_label_maps`): used, resized, instead of parsing.
+
+        Returns:
+            crops (T, image_size, image_size, 3) uint8 and label maps (T, image_size, image_size) uint8 (None when
+            `parse` is off). Frames where no face is known get all-background maps (random masking there).
+        """
+        height, width = frames.shape[1:3]
+        if self.is_cropped(height, width):
+            crops = resize_frames(frames, self.image_size)
+            if not self.parse:
+                return crops, None
+            if label_maps is not None:
+                return crops, resize_frames(
+                    np.asarray(label_maps, np.uint8)[..., None], self.image_size, nearest=True
+                )[..., 0]
+            track = self.tracker.locate(frames, frame_indices)
+            if track is None:
+                landmarks = np.full((len(frames), 5, 2), np.nan, dtype=np.float32)
+            else:
+                landmarks = track.landmarks * np.array([self.image_size / width, self.image_size / height])
+        else:
+            face_crops = self.tracker.track(frames, frame_indices)
+            crops, landmarks = face_crops.crops, face_crops.crop_landmarks
+            if not self.parse:
+                return crops, None
+        import torch
+
+        label_maps = self.face_parser(torch.from_numpy(crops), torch.as_tensor(landmarks, dtype=torch.float32))
+        return crops, np.asarray(label_maps, dtype=np.uint8)
+
+    def cache_video(self, path: str | os.PathLike, cache_dir: str | os.PathLike, chunk_size: int = 32) -> Path:
+        """Crop (and parse) every frame of a video once, into `cache_dir/<name>-<key>/` as `crops.npy` and
+        `labels.npy` (what `clips.FaceClipDataset` reads, memory-mapped).
+
+        The key hashes the video's path, size and modification time with the preparer's crop side, `crop`, parser and
+        `parse`, so a changed video or setting gets a fresh entry; a finished entry is reused. Frames are processed
+        `chunk_size` at a time, so memory stays bounded for long videos (the cache itself is uncompressed: frames *
+        image_size**2 * 4 bytes).
+
+        Returns:
+            The entry's folder.
+        """
+        path = Path(path)
+        stat = path.stat()
+        parser_name = getattr(self.face_parser, "cache_name", type(self.face_parser).__name__)
+        settings = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, self.image_size, self.crop, parser_name]
+        settings.append(self.parse)
+        key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:12]
+        entry = Path(cache_dir) / f"{path.stem}-{key}"
+        if (entry / "done").exists():
+            return entry
+        entry.mkdir(parents=True, exist_ok=True)
+        num_frames = count_frames(path)
+        size = self.image_size
+        crops = np.lib.format.open_memmap(entry / "crops.npy", "w+", np.uint8, (num_frames, size, size, 3))
+        labels = None
+        if self.parse:
+            labels = np.lib.format.open_memmap(entry / "labels.npy", "w+", np.uint8, (num_frames, size, size))
+        self.reset()
+        written = 0
+        for window in iter_frame_chunks(path, chunk_size, strict=False):
+            indices = np.asarray(window.frame_indices)
+            keep = indices < num_frames  # the frames counted, if decoding gives more
+            if not keep.any():
+                break
+            chunk, indices = window.frames[keep], indices[keep]
+            saved_maps = precomputed_label_maps(path, indices.tolist()) if self.parse else None
+            chunk_crops, chunk_labels = self(chunk, indices.tolist(), saved_maps)
+            crops[indices] = chunk_crops
+            if labels is not None:
+                labels[indices] = chunk_labels
+            written = int(indices.max()) + 1
+        if written < num_frames:  # fewer decodable frames than packets: repeat the last one
+            crops[written:] = crops[written - 1]
+            if labels is not None:
+                labels[written:] = labels[written - 1]
+        crops.flush()
+        if labels is not None:
+            labels.flush()
+        (entry / "done").write_text(json.dumps({"video": str(path), "num_frames": num_frames}) + "\n")
+        return entry
+
+    def prepare(self, video: FaceVideo, out_dir: str | os.PathLike) -> dict:
         """Write `clips/<id>.mp4` and `annotations/<id>.npz`; returns the record's fields (paths relative to
         `out_dir`, frame count, rate, detected fraction).
 
@@ -167,7 +294,7 @@ class VideoPreparer:
         def crops() -> Iterator[np.ndarray]:
             for window, faces in iter_face_windows(windows, self.tracker, source=video.source):
                 landmarks = faces.crop_landmarks
-                maps = self.parser(torch.from_numpy(faces.crops), torch.as_tensor(landmarks, dtype=torch.float32))
+                maps = self.face_parser(torch.from_numpy(faces.crops), torch.as_tensor(landmarks, dtype=torch.float32))
                 parts["landmarks"].append(landmarks.astype(np.float32))
                 parts["parsing"].append(np.asarray(maps, dtype=np.uint8))
                 parts["frame_indices"].append(np.asarray(window.frame_indices, dtype=np.int64))
@@ -202,7 +329,7 @@ def face_video(item: Item) -> FaceVideo:
 
 
 # One preparer per worker process, made by `_start_worker` (the pool's initializer).
-_worker_preparer: VideoPreparer | None = None
+_worker_preparer: FacePreparer | None = None
 
 
 def _start_worker(settings: PreparationSettings) -> None:
@@ -211,14 +338,14 @@ def _start_worker(settings: PreparationSettings) -> None:
         import torch
 
         torch.set_num_threads(settings.num_threads)
-    _worker_preparer = VideoPreparer(settings)
+    _worker_preparer = FacePreparer(settings)
 
 
 def _prepare_in_worker(video: FaceVideo, out_dir: str) -> tuple[dict, str | None]:
     """(The record fields of one video, None), or ({}, its error line): every failure is reported, never raised, but
     a full disk, which stops the run."""
     try:
-        return _worker_preparer(video, out_dir), None
+        return _worker_preparer.prepare(video, out_dir), None
     except Exception as error:  # one bad video never stops the run, a full disk does
         if isinstance(error, OutputWriteError) and error.stops_run:
             raise
@@ -226,13 +353,13 @@ def _prepare_in_worker(video: FaceVideo, out_dir: str) -> tuple[dict, str | None
 
 
 def prepare_videos(settings: PreparationSettings, out_dir: Path, num_workers: int) -> Work:
-    """The `jobs.Work` of a preparation: a `VideoPreparer` in this process, or one in each of `num_workers`
+    """The `jobs.Work` of a preparation: a `FacePreparer` in this process, or one in each of `num_workers`
     processes (each with its own MTCNN and parser, records as videos end)."""
 
     def work(todo: list[Item], shard: Shard) -> Iterator[Outcome]:
         if num_workers <= 1 or len(todo) <= 1:
-            preparer = VideoPreparer(PreparationSettings(**{**asdict(settings), "num_threads": None}))
-            yield from each_item(lambda item: preparer(face_video(item), out_dir))(todo, shard)
+            preparer = FacePreparer(PreparationSettings(**{**asdict(settings), "num_threads": None}))
+            yield from each_item(lambda item: preparer.prepare(face_video(item), out_dir))(todo, shard)
             return
         import multiprocessing
 
