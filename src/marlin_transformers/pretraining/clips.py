@@ -95,8 +95,7 @@ class FaceClipDataset(torch.utils.data.Dataset):
         self.clips_per_video = clips_per_video
         self.epoch = 0
         self.preparer = FacePreparer(
-            PreparationSettings(crop_size=image_size),
-            crop=crop,
+            PreparationSettings(crop=crop, crop_size=image_size),
             parse=mask_strategy.startswith("fasking"),
             face_parser=face_parser,
         )

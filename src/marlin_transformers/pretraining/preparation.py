@@ -27,10 +27,11 @@ at the end of the run, or at the start of the next if the run was killed).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ from ..video.decoding import FRAME_ORDERS, count_frames, frame_files, frame_rate
 from ..video.face_tracking import FaceTracker, iter_face_windows
 from ..video.windows import VideoWindow, iter_frame_chunks
 
+CROPS = ("auto", "always", "never")
 CROP_STYLES = ("tracker", "reference")
 # YouTube Faces' frame folders state no frame rate; its videos come from YouTube, mostly 24-30 frames per second.
 FRAME_FOLDER_FPS = 25.0
@@ -68,6 +70,10 @@ class PreparationSettings:
     """How videos are prepared (everything but `chunk_frames` and `num_threads` is bound to the outputs).
 
     Attributes:
+        crop: "always" tracks and crops the face in every video; "never" takes the frames as face crops already
+            (the reference's `crop_images_DB`): resized, not cut, parsed from the landmarks found on them or read from
+            its `face_parsing_images_DB` maps (`precomputed_label_maps`); "auto" does so for frames square and
+            `MARLIN_CROP_SIZE` or `crop_size` pixels.
         crop_style: "tracker" or "reference" (see the module docstring).
         frame_order: frame folders only, "numeric" or "reference" (`video.decoding.FRAME_ORDERS`).
         lossless: clips as lossless RGB H.264 (about 5-10x larger) instead of H.264 at `crf`.
@@ -79,6 +85,7 @@ class PreparationSettings:
         num_threads: torch threads per worker process (None: torch's default).
     """
 
+    crop: str = "always"
     crop_style: str = "tracker"
     frame_order: str = "numeric"
     lossless: bool = False
@@ -90,6 +97,8 @@ class PreparationSettings:
     num_threads: int | None = None
 
     def __post_init__(self):
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be 'auto', 'always' or 'never', got {self.crop!r}")
         if self.crop_style not in CROP_STYLES:
             raise DatasetError(f"crop style {self.crop_style!r}: use one of {', '.join(CROP_STYLES)}.")
         if self.frame_order not in FRAME_ORDERS:
@@ -100,6 +109,8 @@ class PreparationSettings:
         fields = asdict(self)
         del fields["chunk_frames"], fields["num_threads"]
         fields["farl_model"] = None if self.farl_model is None else model_identity(self.farl_model)
+        if self.crop == "always":  # what every folder made before `crop` existed holds: they stay valid
+            del fields["crop"]
         return fields
 
 
@@ -137,11 +148,8 @@ class FacePreparer:
     `prepare_corpus`; see the module docstring). Holds the tracker and the parser.
 
     Args:
-        settings: how (crop side, crop style, parser model).
+        settings: how (crop side, `crop`, crop style, parser model).
         detector: a face detector for the tracker (default: MTCNN, loaded on first use).
-        crop: for frames given to `__call__` / `cache_video`: "auto" treats videos whose frames are square and
-            `MARLIN_CROP_SIZE` (or the crop side) pixels as already cropped and tracks and crops the face in every
-            other video; "always" / "never" force it. `prepare` always tracks.
         parse: `__call__` / `cache_video` also produce label maps (needed by the "fasking" and "fasking_opp"
             strategies). `prepare` always parses.
         face_parser: a `face_parsing.FaceParser`; default `FarlFaceParser` of `settings.farl_model` if given, else
@@ -153,17 +161,14 @@ class FacePreparer:
         settings: PreparationSettings | None = None,
         detector=None,
         *,
-        crop: str = "always",
         parse: bool = True,
         face_parser=None,
     ):
         from .face_parsing import FarlFaceParser, LandmarkFaceParser
 
-        if crop not in ("auto", "always", "never"):
-            raise ValueError(f"crop must be 'auto', 'always' or 'never', got {crop!r}")
         self.settings = settings = settings if settings is not None else PreparationSettings()
         self.image_size = settings.crop_size
-        self.crop = crop
+        self.crop = settings.crop
         self.parse = parse
         tracker_class = ReferenceCropTracker if settings.crop_style == "reference" else FaceTracker
         self.tracker = tracker_class(detector=detector, crop_size=settings.crop_size)
@@ -204,11 +209,7 @@ class FacePreparer:
                 return crops, resize_frames(
                     np.asarray(label_maps, np.uint8)[..., None], self.image_size, nearest=True
                 )[..., 0]
-            track = self.tracker.locate(frames, frame_indices)
-            if track is None:
-                landmarks = np.full((len(frames), 5, 2), np.nan, dtype=np.float32)
-            else:
-                landmarks = track.landmarks * np.array([self.image_size / width, self.image_size / height])
+            landmarks = self.cropped_faces(frames, frame_indices).crop_landmarks
         else:
             face_crops = self.tracker.track(frames, frame_indices)
             crops, landmarks = face_crops.crops, face_crops.crop_landmarks
@@ -218,6 +219,56 @@ class FacePreparer:
 
         label_maps = self.face_parser(torch.from_numpy(crops), torch.as_tensor(landmarks, dtype=torch.float32))
         return crops, np.asarray(label_maps, dtype=np.uint8)
+
+    def cropped_faces(self, frames: np.ndarray, frame_indices: Sequence[int]) -> FaceCrops:
+        """Frames that are face crops already (`is_cropped`), resized to the crop side, with the face the tracker
+        finds on them (landmarks NaN, nothing detected, until one is found); each crop box is the whole frame."""
+        count, height, width = frames.shape[:3]
+        track = self.tracker.locate(frames, frame_indices)
+        whole = np.tile(np.array([0, 0, width, height], np.int64), (count, 1))
+        missing = np.full((count, 5, 2), np.nan, np.float32)
+        landmarks = missing if track is None else track.landmarks
+        scale = np.array([self.image_size / width, self.image_size / height])
+        return FaceCrops(
+            crops=resize_frames(frames, self.image_size),
+            boxes=whole.astype(np.float32) if track is None else track.boxes,
+            crop_boxes=whole,
+            landmarks=landmarks,
+            crop_landmarks=missing if track is None else (landmarks * scale).astype(np.float32),
+            detected=np.zeros(count, bool) if track is None else track.detected,
+            confidence=np.zeros(count, np.float32) if track is None else track.confidence,
+        )
+
+    def iter_faces(
+        self, windows: Iterable[VideoWindow], source: Path
+    ) -> Iterator[tuple[VideoWindow, FaceCrops, np.ndarray]]:
+        """(window, its face crops, their (T, size, size) uint8 LaPa maps) of every window of one video: tracked and
+        cut (`iter_face_windows`), or, for frames that are face crops already (`crop`), `cropped_faces` with the
+        reference's saved maps where it has them.
+
+        Raises:
+            NoFaceError: no face in a video that is not cropped yet.
+        """
+        import torch
+
+        windows = iter(windows)
+        first = next(windows, None)
+        windows = itertools.chain([] if first is None else [first], windows)
+        cropped = first is not None and self.is_cropped(*first.frames.shape[1:3])
+        if cropped:
+            self.reset()
+            faces = ((window, self.cropped_faces(window.frames, window.frame_indices)) for window in windows)
+        else:
+            faces = iter_face_windows(windows, self.tracker, source=source)
+        order = self.settings.frame_order
+        for window, crops in faces:
+            saved = precomputed_label_maps(source, window.frame_indices, order) if cropped else None
+            if saved is not None:
+                maps = resize_frames(saved[..., None], self.image_size, nearest=True)[..., 0]
+            else:
+                landmarks = torch.as_tensor(crops.crop_landmarks, dtype=torch.float32)
+                maps = np.asarray(self.face_parser(torch.from_numpy(crops.crops), landmarks), dtype=np.uint8)
+            yield window, crops, maps
 
     def cache_video(self, path: str | os.PathLike, cache_dir: str | os.PathLike, chunk_size: int = 32) -> Path:
         """Crop (and parse) every frame of a video once, into `cache_dir/<name>-<key>/` as `crops.npy` and
@@ -279,8 +330,6 @@ class FacePreparer:
             VideoError, NoFaceError, DatasetError: the video cannot be read or shows no face.
             OutputWriteError: a file could not be written whole.
         """
-        import torch
-
         from ..video.writing import write_video
 
         settings = self.settings
@@ -292,11 +341,9 @@ class FacePreparer:
         parts["crop_boxes"] = []
 
         def crops() -> Iterator[np.ndarray]:
-            for window, faces in iter_face_windows(windows, self.tracker, source=video.source):
-                landmarks = faces.crop_landmarks
-                maps = self.face_parser(torch.from_numpy(faces.crops), torch.as_tensor(landmarks, dtype=torch.float32))
-                parts["landmarks"].append(landmarks.astype(np.float32))
-                parts["parsing"].append(np.asarray(maps, dtype=np.uint8))
+            for window, faces, maps in self.iter_faces(windows, video.source):
+                parts["landmarks"].append(faces.crop_landmarks.astype(np.float32))
+                parts["parsing"].append(maps)
                 parts["frame_indices"].append(np.asarray(window.frame_indices, dtype=np.int64))
                 parts["detected"].append(faces.detected)
                 parts["crop_boxes"].append(faces.crop_boxes.astype(np.int64))
