@@ -200,25 +200,24 @@ class FacePreparer:
             crops (T, image_size, image_size, 3) uint8 and label maps (T, image_size, image_size) uint8 (None when
             `parse` is off). Frames where no face is known get all-background maps (random masking there).
         """
-        height, width = frames.shape[1:3]
-        if self.is_cropped(height, width):
-            crops = resize_frames(frames, self.image_size)
-            if not self.parse:
-                return crops, None
-            if label_maps is not None:
-                return crops, resize_frames(
-                    np.asarray(label_maps, np.uint8)[..., None], self.image_size, nearest=True
-                )[..., 0]
-            landmarks = self.cropped_faces(frames, frame_indices).crop_landmarks
+        if not self.is_cropped(*frames.shape[1:3]):
+            faces = self.tracker.track(frames, frame_indices)
+        elif self.parse and label_maps is None:
+            faces = self.cropped_faces(frames, frame_indices)
         else:
-            face_crops = self.tracker.track(frames, frame_indices)
-            crops, landmarks = face_crops.crops, face_crops.crop_landmarks
-            if not self.parse:
-                return crops, None
+            return resize_frames(frames, self.image_size), self.resized_maps(label_maps) if self.parse else None
+        return faces.crops, self.parsed(faces) if self.parse else None
+
+    def parsed(self, faces: FaceCrops) -> np.ndarray:
+        """(T, size, size) uint8 LaPa maps of face crops, from their landmarks (`face_parser`)."""
         import torch
 
-        label_maps = self.face_parser(torch.from_numpy(crops), torch.as_tensor(landmarks, dtype=torch.float32))
-        return crops, np.asarray(label_maps, dtype=np.uint8)
+        landmarks = torch.as_tensor(faces.crop_landmarks, dtype=torch.float32)
+        return np.asarray(self.face_parser(torch.from_numpy(faces.crops), landmarks), dtype=np.uint8)
+
+    def resized_maps(self, label_maps: np.ndarray) -> np.ndarray:
+        """(T, size, size) uint8: LaPa maps made already (`precomputed_label_maps`), resized (nearest) to the crops."""
+        return resize_frames(np.asarray(label_maps, np.uint8)[..., None], self.image_size, nearest=True)[..., 0]
 
     def cropped_faces(self, frames: np.ndarray, frame_indices: Sequence[int]) -> FaceCrops:
         """Frames that are face crops already (`is_cropped`), resized to the crop side, with the face the tracker
@@ -249,8 +248,6 @@ class FacePreparer:
         Raises:
             NoFaceError: no face in a video that is not cropped yet.
         """
-        import torch
-
         windows = iter(windows)
         first = next(windows, None)
         windows = itertools.chain([] if first is None else [first], windows)
@@ -263,12 +260,7 @@ class FacePreparer:
         order = self.settings.frame_order
         for window, crops in faces:
             saved = precomputed_label_maps(source, window.frame_indices, order) if cropped else None
-            if saved is not None:
-                maps = resize_frames(saved[..., None], self.image_size, nearest=True)[..., 0]
-            else:
-                landmarks = torch.as_tensor(crops.crop_landmarks, dtype=torch.float32)
-                maps = np.asarray(self.face_parser(torch.from_numpy(crops.crops), landmarks), dtype=np.uint8)
-            yield window, crops, maps
+            yield window, crops, self.parsed(crops) if saved is None else self.resized_maps(saved)
 
     def cache_video(self, path: str | os.PathLike, cache_dir: str | os.PathLike, chunk_size: int = 32) -> Path:
         """Crop (and parse) every frame of a video once, into `cache_dir/<name>-<key>/` as `crops.npy` and
