@@ -563,6 +563,37 @@ def test_youtube_faces_frame_folders_with_saved_parsing(youtube_faces_root, tmp_
         youtube_faces_clips(youtube_faces_root, "test")
 
 
+def test_crop_images_db_converted_to_a_prepared_folder(youtube_faces_root, tmp_path):
+    """The reference's `crop_images_DB` (with its saved parsing maps) becomes a prepared folder through the one
+    preparer, without tracking: the clips are its frames, the parsing its maps."""
+    from PIL import Image
+
+    from marlin_transformers.data.face_videos import FaceVideo
+    from marlin_transformers.data.prepared_faces import read_annotations, read_prepared
+    from marlin_transformers.pretraining import PreparationSettings, prepare_corpus
+
+    clips = youtube_faces_clips(youtube_faces_root, "train")
+    db = youtube_faces_root / "crop_images_DB"
+    videos = [FaceVideo(clip.relative_to(db).as_posix(), clip.parent.name, clip) for clip in clips]
+    split = {"train": [video.video_id for video in videos], "validation": []}
+    settings = PreparationSettings(crop="never", crop_size=32, lossless=True)
+    out = tmp_path / "prepared"
+    summary = prepare_corpus(videos, out, settings, split, {}, name="youtube_faces", show_progress=False)
+    assert summary.failed == 0
+    _, prepared = read_prepared(out)
+    assert [video.video_id for video in prepared["train"]] == ["Ann/0", "Bob/1"]
+    for video, clip in zip(prepared["train"], clips):
+        expected = np.stack([np.asarray(Image.open(clip / f"{t:04d}.png")) for t in range(12)])
+        np.testing.assert_array_equal(decode_frames(video.clip, list(range(12))), expected)
+        arrays = read_annotations(video.annotations)
+        parsing = arrays["parsing"]
+        assert parsing.shape == (12, 32, 32) and (parsing[:11, :, :16] == 6).all()
+        assert (parsing[:11, :, 16:] == 0).all() and (parsing[11] == 0).all()
+        assert arrays["crop_boxes"].tolist() == [[0, 0, 32, 32]] * 12
+    # The outputs are bound to `crop`; tracked folders, made before it existed, keep their settings fingerprint.
+    assert PreparationSettings().bound() != settings.bound() and "crop" not in PreparationSettings().bound()
+
+
 def test_pretrain_on_youtube_faces(youtube_faces_root, tmp_path):
     """The example script end to end, in its own process."""
     overrides = [f"--config-override={k}={v}" for k, v in TINY.items() if k != "mask_strategy"]

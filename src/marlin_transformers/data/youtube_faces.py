@@ -102,8 +102,11 @@ def youtube_faces_clips(root: str | os.PathLike, split: str) -> list[Path]:
     return clips
 
 
-def precomputed_label_maps(source: str | os.PathLike, frame_indices: Sequence[int]) -> np.ndarray | None:
+def precomputed_label_maps(
+    source: str | os.PathLike, frame_indices: Sequence[int], frame_order: str = "numeric"
+) -> np.ndarray | None:
     """The reference's saved LaPa maps of a YouTube Faces frame folder, (T, 224, 224) uint8, or None if it has none.
+    `frame_indices` count its frames in `frame_order` (`video.decoding.frame_files`).
 
     For `.../crop_images_DB/<clip>/<frame>.jpg` the map is `.../face_parsing_images_DB/<clip>/<frame>.npy`, a
     (1, 224, 224) array, or an empty one where no face was parsed (an all-background map here: random masking).
@@ -116,7 +119,7 @@ def precomputed_label_maps(source: str | os.PathLike, frame_indices: Sequence[in
     parsing_folder = Path(*parts)
     if not parsing_folder.is_dir():
         return None
-    files = frame_files(source)
+    files = frame_files(source, frame_order)
     maps = []
     for index in frame_indices:
         saved = np.load(parsing_folder / f"{files[index].stem}.npy")

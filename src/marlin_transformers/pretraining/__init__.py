@@ -7,7 +7,7 @@ schedule, checkpoints, and what a run reports (`run_log`).
 
 from ..modeling_marlin import masked_patch_targets, reconstruction_loss
 from .arguments import PretrainingArguments
-from .clips import EpochShuffleSampler, FaceClipDataset, FacePreparer, prepare_video_cache
+from .clips import EpochShuffleSampler, FaceClipDataset
 from .losses import (
     attach_critic,
     critic_loss,
@@ -19,6 +19,7 @@ from .losses import (
     penalty_interpolates,
 )
 from .masking import MASKING_STRATEGIES, generate_mask, generate_masks, seeded_generator
+from .preparation import FacePreparer, PreparationSettings, prepare_corpus
 from .run_log import PretrainingResult
 from .schedule import TrainingSchedule, learning_rate_at, reference_learning_rate_at, scaled_learning_rates
 from .videomae import (
@@ -34,6 +35,7 @@ __all__ = [
     "EpochShuffleSampler",
     "FaceClipDataset",
     "FacePreparer",
+    "PreparationSettings",
     "PretrainingArguments",
     "PretrainingResult",
     "TrainingSchedule",
@@ -52,7 +54,7 @@ __all__ = [
     "marlin_config_from_videomae",
     "masked_patch_targets",
     "penalty_interpolates",
-    "prepare_video_cache",
+    "prepare_corpus",
     "reconstruction_loss",
     "scaled_learning_rates",
     "seeded_generator",

@@ -6,8 +6,6 @@ number of dataloader workers and a resumed run sees the same clips and masks.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,132 +16,9 @@ import torch
 from ..configuration_marlin import MarlinConfig
 from ..constants import MARLIN_CROP_SIZE, SAMPLE_RATE
 from ..data.youtube_faces import precomputed_label_maps
-from ..video.decoding import count_frames, decode_frames, probe_video, resize_frames, skip_unreadable
-from ..video.face_tracking import FaceTracker
-from ..video.windows import iter_frame_chunks
+from ..video.decoding import count_frames, decode_frames, probe_video, skip_unreadable
 from .clip_sampling import EpochSeeded, clip_frame_indices, masked_clip
-from .face_parsing import LandmarkFaceParser
-
-
-class FacePreparer:
-    """Turns decoded frames into face crops (and LaPa label maps for Fasking), one video at a time.
-
-    Args:
-        image_size: side of the crops, pixels.
-        crop: "auto" (default) treats videos whose frames are square and `MARLIN_CROP_SIZE` (or `image_size`) pixels
-            as already cropped and tracks and crops the face in every other video; "always" / "never" force it.
-        parse: also produce label maps (needed by the "fasking" and "fasking_opp" strategies).
-        face_parser: a `face_parsing.FaceParser`; default the built-in `LandmarkFaceParser`.
-        tracker_kwargs: passed to `video.face_tracking.FaceTracker`.
-    """
-
-    def __init__(self, image_size: int, crop: str = "auto", parse: bool = True, face_parser=None, **tracker_kwargs):
-        if crop not in ("auto", "always", "never"):
-            raise ValueError(f"crop must be 'auto', 'always' or 'never', got {crop!r}")
-        self.image_size = image_size
-        self.crop = crop
-        self.parse = parse
-        self.face_parser = face_parser if face_parser is not None else LandmarkFaceParser()
-        self.tracker = FaceTracker(crop_size=image_size, **tracker_kwargs)
-
-    def is_cropped(self, height: int, width: int) -> bool:
-        if self.crop != "auto":
-            return self.crop == "never"
-        return height == width and height in (MARLIN_CROP_SIZE, self.image_size)
-
-    def reset(self) -> None:
-        """Call before the frames of another video."""
-        self.tracker.reset()
-
-    def __call__(
-        self, frames: np.ndarray, frame_indices: Sequence[int], label_maps: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Crop (and parse) the next frames of the current video.
-
-        Args:
-            frames: (T, H, W, 3) uint8 RGB, in video order after the frames of the previous call.
-            frame_indices: (T,) their indices in the video.
-            label_maps: (T, H, W) LaPa maps already made for these (already cropped) frames, e.g. by the
-                reference's preprocessing (`precomputed_label_maps`): used, resized, instead of parsing.
-
-        Returns:
-            crops (T, image_size, image_size, 3) uint8 and label maps (T, image_size, image_size) uint8 (None when
-            `parse` is off). Frames where no face is known get all-background maps (random masking there).
-        """
-        height, width = frames.shape[1:3]
-        if self.is_cropped(height, width):
-            crops = resize_frames(frames, self.image_size)
-            if not self.parse:
-                return crops, None
-            if label_maps is not None:
-                return crops, resize_frames(
-                    np.asarray(label_maps, np.uint8)[..., None], self.image_size, nearest=True
-                )[..., 0]
-            track = self.tracker.locate(frames, frame_indices)
-            if track is None:
-                landmarks = np.full((len(frames), 5, 2), np.nan, dtype=np.float32)
-            else:
-                landmarks = track.landmarks * np.array([self.image_size / width, self.image_size / height])
-        else:
-            face_crops = self.tracker.track(frames, frame_indices)
-            crops, landmarks = face_crops.crops, face_crops.crop_landmarks
-            if not self.parse:
-                return crops, None
-        label_maps = self.face_parser(torch.from_numpy(crops), torch.as_tensor(landmarks, dtype=torch.float32))
-        return crops, np.asarray(label_maps, dtype=np.uint8)
-
-
-def prepare_video_cache(
-    path: str | os.PathLike, cache_dir: str | os.PathLike, preparer: FacePreparer, chunk_size: int = 32
-) -> Path:
-    """Crop (and parse) every frame of a video once, into `cache_dir/<name>-<key>/` as `crops.npy` and `labels.npy`.
-
-    The key hashes the video's path, size and modification time with the preparer's settings, so a changed video or
-    setting gets a fresh entry; a finished entry is reused. Frames are processed `chunk_size` at a time, so memory
-    stays bounded for long videos (the cache itself is uncompressed: frames * image_size**2 * 4 bytes).
-
-    Returns:
-        The entry's folder.
-    """
-    path = Path(path)
-    stat = path.stat()
-    parser_name = getattr(preparer.face_parser, "cache_name", type(preparer.face_parser).__name__)
-    settings = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, preparer.image_size, preparer.crop, parser_name]
-    settings.append(preparer.parse)
-    key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:12]
-    entry = Path(cache_dir) / f"{path.stem}-{key}"
-    if (entry / "done").exists():
-        return entry
-    entry.mkdir(parents=True, exist_ok=True)
-    num_frames = count_frames(path)
-    size = preparer.image_size
-    crops = np.lib.format.open_memmap(entry / "crops.npy", "w+", np.uint8, (num_frames, size, size, 3))
-    labels = None
-    if preparer.parse:
-        labels = np.lib.format.open_memmap(entry / "labels.npy", "w+", np.uint8, (num_frames, size, size))
-    preparer.reset()
-    written = 0
-    for window in iter_frame_chunks(path, chunk_size, strict=False):
-        indices = np.asarray(window.frame_indices)
-        keep = indices < num_frames  # the frames counted, if decoding gives more
-        if not keep.any():
-            break
-        chunk, indices = window.frames[keep], indices[keep]
-        saved_maps = precomputed_label_maps(path, indices.tolist()) if preparer.parse else None
-        chunk_crops, chunk_labels = preparer(chunk, indices.tolist(), saved_maps)
-        crops[indices] = chunk_crops
-        if labels is not None:
-            labels[indices] = chunk_labels
-        written = int(indices.max()) + 1
-    if written < num_frames:  # fewer decodable frames than packets: repeat the last one
-        crops[written:] = crops[written - 1]
-        if labels is not None:
-            labels[written:] = labels[written - 1]
-    crops.flush()
-    if labels is not None:
-        labels.flush()
-    (entry / "done").write_text(json.dumps({"video": str(path), "num_frames": num_frames}) + "\n")
-    return entry
+from .preparation import FacePreparer, PreparationSettings
 
 
 def _probed_frame_count(video: Path) -> int:
@@ -176,7 +51,7 @@ class FaceClipDataset(EpochSeeded, torch.utils.data.Dataset):
         mask_strategy: as in `MarlinConfig`.
         seed: base seed.
         clips_per_video: items per video per epoch.
-        cache_dir: if given, every video is cropped and parsed once into this folder (`prepare_video_cache`) and
+        cache_dir: if given, every video is cropped and parsed once into this folder (`FacePreparer.cache_video`) and
             clips are read from memory-mapped arrays; otherwise each item decodes, tracks and parses its frames.
         crop, face_parser: see `FacePreparer`.
         frame_range: the part of each video clips come from, as fractions of its frames: (0, 0.7) and (0.7, 1)
@@ -217,11 +92,15 @@ class FaceClipDataset(EpochSeeded, torch.utils.data.Dataset):
         self.mask_strategy = mask_strategy
         self.seed = seed
         self.clips_per_video = clips_per_video
-        self.preparer = FacePreparer(image_size, crop, mask_strategy.startswith("fasking"), face_parser)
+        self.preparer = FacePreparer(
+            PreparationSettings(crop=crop, crop_size=image_size),
+            parse=mask_strategy.startswith("fasking"),
+            face_parser=face_parser,
+        )
         self.cache_entries = None
         # One corrupt video among thousands would otherwise abort the run: it is left out, with a line on stderr.
         if cache_dir is not None:
-            kept = skip_unreadable(self.videos, lambda video: prepare_video_cache(video, cache_dir, self.preparer))
+            kept = skip_unreadable(self.videos, lambda video: self.preparer.cache_video(video, cache_dir))
             self.cache_entries = list(kept.values())
             self.frame_counts = [len(np.load(e / "crops.npy", mmap_mode="r")) for e in self.cache_entries]
         else:

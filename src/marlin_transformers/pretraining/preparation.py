@@ -2,7 +2,7 @@
 
 `marlin prepare-ytf` (YouTube Faces frame folders) and `marlin prepare-faces` (any face videos) run `prepare_corpus`,
 which writes the folder `data.prepared_faces` describes: per video one clip file and one small array file, not a file
-per frame per artefact. Per video (`VideoPreparer`):
+per frame per artefact. Per video (`FacePreparer.prepare`):
 
 1. frames are read in chunks (`video.decoding`: a video file, or a frame folder in `--frame-order`);
 2. `video.face_tracking.FaceTracker` follows one face (MTCNN, boxes interpolated over missed frames);
@@ -26,9 +26,12 @@ at the end of the run, or at the start of the next if the run was killed).
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,14 +50,16 @@ from ..data.prepared_faces import (
     read_prepared_records,
     write_text_atomic,
 )
+from ..data.youtube_faces import precomputed_label_maps
 from ..exceptions import DatasetError
 from ..jobs import Item, JobKind, JobSummary, Outcome, Shard, Work, each_item, error_text, model_identity, run_job
 from ..records import OutputWriteError, save_arrays_atomic
 from ..video.cropping import FaceCrops, FaceTrack, crop_track, reference_crop_boxes
-from ..video.decoding import FRAME_ORDERS, frame_files, frame_rate
+from ..video.decoding import FRAME_ORDERS, count_frames, frame_files, frame_rate, resize_frames
 from ..video.face_tracking import FaceTracker, iter_face_windows
 from ..video.windows import VideoWindow, iter_frame_chunks
 
+CROPS = ("auto", "always", "never")
 CROP_STYLES = ("tracker", "reference")
 # YouTube Faces' frame folders state no frame rate; its videos come from YouTube, mostly 24-30 frames per second.
 FRAME_FOLDER_FPS = 25.0
@@ -65,6 +70,10 @@ class PreparationSettings:
     """How videos are prepared (everything but `chunk_frames` and `num_threads` is bound to the outputs).
 
     Attributes:
+        crop: "always" tracks and crops the face in every video; "never" takes the frames as face crops already
+            (the reference's `crop_images_DB`): resized, not cut, parsed from the landmarks found on them or read from
+            its `face_parsing_images_DB` maps (`precomputed_label_maps`); "auto" does so for frames square and
+            `MARLIN_CROP_SIZE` or `crop_size` pixels.
         crop_style: "tracker" or "reference" (see the module docstring).
         frame_order: frame folders only, "numeric" or "reference" (`video.decoding.FRAME_ORDERS`).
         lossless: clips as lossless RGB H.264 (about 5-10x larger) instead of H.264 at `crf`.
@@ -76,6 +85,7 @@ class PreparationSettings:
         num_threads: torch threads per worker process (None: torch's default).
     """
 
+    crop: str = "always"
     crop_style: str = "tracker"
     frame_order: str = "numeric"
     lossless: bool = False
@@ -87,6 +97,8 @@ class PreparationSettings:
     num_threads: int | None = None
 
     def __post_init__(self):
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be 'auto', 'always' or 'never', got {self.crop!r}")
         if self.crop_style not in CROP_STYLES:
             raise DatasetError(f"crop style {self.crop_style!r}: use one of {', '.join(CROP_STYLES)}.")
         if self.frame_order not in FRAME_ORDERS:
@@ -97,6 +109,8 @@ class PreparationSettings:
         fields = asdict(self)
         del fields["chunk_frames"], fields["num_threads"]
         fields["farl_model"] = None if self.farl_model is None else model_identity(self.farl_model)
+        if self.crop == "always":  # what every folder made before `crop` existed holds: they stay valid
+            del fields["crop"]
         return fields
 
 
@@ -128,23 +142,179 @@ def iter_source_windows(
     return float(frame_rate(source)), None, windows
 
 
-class VideoPreparer:
-    """Prepares one video at a time into a prepared folder (see the module docstring); holds the tracker and parser.
+class FacePreparer:
+    """The one preparer: face crops (and LaPa maps) of one video at a time, in memory (`__call__`, for
+    `clips.FaceClipDataset`), into the pretraining cache (`cache_video`) or into a prepared folder (`prepare`, for
+    `prepare_corpus`; see the module docstring). Holds the tracker and the parser.
 
     Args:
-        settings: how.
+        settings: how (crop side, `crop`, crop style, parser model).
         detector: a face detector for the tracker (default: MTCNN, loaded on first use).
+        parse: `__call__` / `cache_video` also produce label maps (needed by the "fasking" and "fasking_opp"
+            strategies). `prepare` always parses.
+        face_parser: a `face_parsing.FaceParser`; default `FarlFaceParser` of `settings.farl_model` if given, else
+            the built-in `LandmarkFaceParser`.
     """
 
-    def __init__(self, settings: PreparationSettings, detector=None):
+    def __init__(
+        self,
+        settings: PreparationSettings | None = None,
+        detector=None,
+        *,
+        parse: bool = True,
+        face_parser=None,
+    ):
         from .face_parsing import FarlFaceParser, LandmarkFaceParser
 
-        self.settings = settings
+        self.settings = settings = settings if settings is not None else PreparationSettings()
+        self.image_size = settings.crop_size
+        self.crop = settings.crop
+        self.parse = parse
         tracker_class = ReferenceCropTracker if settings.crop_style == "reference" else FaceTracker
         self.tracker = tracker_class(detector=detector, crop_size=settings.crop_size)
-        self.parser = FarlFaceParser(settings.farl_model) if settings.farl_model else LandmarkFaceParser()
+        if face_parser is None:
+            face_parser = FarlFaceParser(settings.farl_model) if settings.farl_model else LandmarkFaceParser()
+        self.face_parser = face_parser
 
-    def __call__(self, video: FaceVideo, out_dir: str | os.PathLike) -> dict:
+    def is_cropped(self, height: int, width: int) -> bool:
+        if self.crop != "auto":
+            return self.crop == "never"
+        return height == width and height in (MARLIN_CROP_SIZE, self.image_size)
+
+    def reset(self) -> None:
+        """Call before the frames of another video."""
+        self.tracker.reset()
+
+    def __call__(
+        self, frames: np.ndarray, frame_indices: Sequence[int], label_maps: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Crop (and parse) the next frames of the current video.
+
+        Args:
+            frames: (T, H, W, 3) uint8 RGB, in video order after the frames of the previous call.
+            frame_indices: (T,) their indices in the video.
+            label_maps: (T, H, W) LaPa maps already made for these (already cropped) frames, e.g. by the
+                reference's preprocessing (`precomputed_label_maps`): used, resized, instead of parsing.
+
+        Returns:
+            crops (T, image_size, image_size, 3) uint8 and label maps (T, image_size, image_size) uint8 (None when
+            `parse` is off). Frames where no face is known get all-background maps (random masking there).
+        """
+        if not self.is_cropped(*frames.shape[1:3]):
+            faces = self.tracker.track(frames, frame_indices)
+        elif self.parse and label_maps is None:
+            faces = self.cropped_faces(frames, frame_indices)
+        else:
+            return resize_frames(frames, self.image_size), self.resized_maps(label_maps) if self.parse else None
+        return faces.crops, self.parsed(faces) if self.parse else None
+
+    def parsed(self, faces: FaceCrops) -> np.ndarray:
+        """(T, size, size) uint8 LaPa maps of face crops, from their landmarks (`face_parser`)."""
+        import torch
+
+        landmarks = torch.as_tensor(faces.crop_landmarks, dtype=torch.float32)
+        return np.asarray(self.face_parser(torch.from_numpy(faces.crops), landmarks), dtype=np.uint8)
+
+    def resized_maps(self, label_maps: np.ndarray) -> np.ndarray:
+        """(T, size, size) uint8: LaPa maps made already (`precomputed_label_maps`), resized (nearest) to the crops."""
+        return resize_frames(np.asarray(label_maps, np.uint8)[..., None], self.image_size, nearest=True)[..., 0]
+
+    def cropped_faces(self, frames: np.ndarray, frame_indices: Sequence[int]) -> FaceCrops:
+        """Frames that are face crops already (`is_cropped`), resized to the crop side, with the face the tracker
+        finds on them (landmarks NaN, nothing detected, until one is found); each crop box is the whole frame."""
+        count, height, width = frames.shape[:3]
+        track = self.tracker.locate(frames, frame_indices)
+        whole = np.tile(np.array([0, 0, width, height], np.int64), (count, 1))
+        missing = np.full((count, 5, 2), np.nan, np.float32)
+        landmarks = missing if track is None else track.landmarks
+        scale = np.array([self.image_size / width, self.image_size / height])
+        return FaceCrops(
+            crops=resize_frames(frames, self.image_size),
+            boxes=whole.astype(np.float32) if track is None else track.boxes,
+            crop_boxes=whole,
+            landmarks=landmarks,
+            crop_landmarks=missing if track is None else (landmarks * scale).astype(np.float32),
+            detected=np.zeros(count, bool) if track is None else track.detected,
+            confidence=np.zeros(count, np.float32) if track is None else track.confidence,
+        )
+
+    def iter_faces(
+        self, windows: Iterable[VideoWindow], source: Path
+    ) -> Iterator[tuple[VideoWindow, FaceCrops, np.ndarray]]:
+        """(window, its face crops, their (T, size, size) uint8 LaPa maps) of every window of one video: tracked and
+        cut (`iter_face_windows`), or, for frames that are face crops already (`crop`), `cropped_faces` with the
+        reference's saved maps where it has them.
+
+        Raises:
+            NoFaceError: no face in a video that is not cropped yet.
+        """
+        windows = iter(windows)
+        first = next(windows, None)
+        windows = itertools.chain([] if first is None else [first], windows)
+        cropped = first is not None and self.is_cropped(*first.frames.shape[1:3])
+        if cropped:
+            self.reset()
+            faces = ((window, self.cropped_faces(window.frames, window.frame_indices)) for window in windows)
+        else:
+            faces = iter_face_windows(windows, self.tracker, source=source)
+        order = self.settings.frame_order
+        for window, crops in faces:
+            saved = precomputed_label_maps(source, window.frame_indices, order) if cropped else None
+            yield window, crops, self.parsed(crops) if saved is None else self.resized_maps(saved)
+
+    def cache_video(self, path: str | os.PathLike, cache_dir: str | os.PathLike, chunk_size: int = 32) -> Path:
+        """Crop (and parse) every frame of a video once, into `cache_dir/<name>-<key>/` as `crops.npy` and
+        `labels.npy` (what `clips.FaceClipDataset` reads, memory-mapped).
+
+        The key hashes the video's path, size and modification time with the preparer's crop side, `crop`, parser and
+        `parse`, so a changed video or setting gets a fresh entry; a finished entry is reused. Frames are processed
+        `chunk_size` at a time, so memory stays bounded for long videos (the cache itself is uncompressed: frames *
+        image_size**2 * 4 bytes).
+
+        Returns:
+            The entry's folder.
+        """
+        path = Path(path)
+        stat = path.stat()
+        parser_name = getattr(self.face_parser, "cache_name", type(self.face_parser).__name__)
+        settings = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, self.image_size, self.crop, parser_name]
+        settings.append(self.parse)
+        key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:12]
+        entry = Path(cache_dir) / f"{path.stem}-{key}"
+        if (entry / "done").exists():
+            return entry
+        entry.mkdir(parents=True, exist_ok=True)
+        num_frames = count_frames(path)
+        size = self.image_size
+        crops = np.lib.format.open_memmap(entry / "crops.npy", "w+", np.uint8, (num_frames, size, size, 3))
+        labels = None
+        if self.parse:
+            labels = np.lib.format.open_memmap(entry / "labels.npy", "w+", np.uint8, (num_frames, size, size))
+        self.reset()
+        written = 0
+        for window in iter_frame_chunks(path, chunk_size, strict=False):
+            indices = np.asarray(window.frame_indices)
+            keep = indices < num_frames  # the frames counted, if decoding gives more
+            if not keep.any():
+                break
+            chunk, indices = window.frames[keep], indices[keep]
+            saved_maps = precomputed_label_maps(path, indices.tolist()) if self.parse else None
+            chunk_crops, chunk_labels = self(chunk, indices.tolist(), saved_maps)
+            crops[indices] = chunk_crops
+            if labels is not None:
+                labels[indices] = chunk_labels
+            written = int(indices.max()) + 1
+        if written < num_frames:  # fewer decodable frames than packets: repeat the last one
+            crops[written:] = crops[written - 1]
+            if labels is not None:
+                labels[written:] = labels[written - 1]
+        crops.flush()
+        if labels is not None:
+            labels.flush()
+        (entry / "done").write_text(json.dumps({"video": str(path), "num_frames": num_frames}) + "\n")
+        return entry
+
+    def prepare(self, video: FaceVideo, out_dir: str | os.PathLike) -> dict:
         """Write `clips/<id>.mp4` and `annotations/<id>.npz`; returns the record's fields (paths relative to
         `out_dir`, frame count, rate, detected fraction).
 
@@ -152,8 +322,6 @@ class VideoPreparer:
             VideoError, NoFaceError, DatasetError: the video cannot be read or shows no face.
             OutputWriteError: a file could not be written whole.
         """
-        import torch
-
         from ..video.writing import write_video
 
         settings = self.settings
@@ -165,11 +333,9 @@ class VideoPreparer:
         parts["crop_boxes"] = []
 
         def crops() -> Iterator[np.ndarray]:
-            for window, faces in iter_face_windows(windows, self.tracker, source=video.source):
-                landmarks = faces.crop_landmarks
-                maps = self.parser(torch.from_numpy(faces.crops), torch.as_tensor(landmarks, dtype=torch.float32))
-                parts["landmarks"].append(landmarks.astype(np.float32))
-                parts["parsing"].append(np.asarray(maps, dtype=np.uint8))
+            for window, faces, maps in self.iter_faces(windows, video.source):
+                parts["landmarks"].append(faces.crop_landmarks.astype(np.float32))
+                parts["parsing"].append(maps)
                 parts["frame_indices"].append(np.asarray(window.frame_indices, dtype=np.int64))
                 parts["detected"].append(faces.detected)
                 parts["crop_boxes"].append(faces.crop_boxes.astype(np.int64))
@@ -202,7 +368,7 @@ def face_video(item: Item) -> FaceVideo:
 
 
 # One preparer per worker process, made by `_start_worker` (the pool's initializer).
-_worker_preparer: VideoPreparer | None = None
+_worker_preparer: FacePreparer | None = None
 
 
 def _start_worker(settings: PreparationSettings) -> None:
@@ -211,14 +377,14 @@ def _start_worker(settings: PreparationSettings) -> None:
         import torch
 
         torch.set_num_threads(settings.num_threads)
-    _worker_preparer = VideoPreparer(settings)
+    _worker_preparer = FacePreparer(settings)
 
 
 def _prepare_in_worker(video: FaceVideo, out_dir: str) -> tuple[dict, str | None]:
     """(The record fields of one video, None), or ({}, its error line): every failure is reported, never raised, but
     a full disk, which stops the run."""
     try:
-        return _worker_preparer(video, out_dir), None
+        return _worker_preparer.prepare(video, out_dir), None
     except Exception as error:  # one bad video never stops the run, a full disk does
         if isinstance(error, OutputWriteError) and error.stops_run:
             raise
@@ -226,13 +392,13 @@ def _prepare_in_worker(video: FaceVideo, out_dir: str) -> tuple[dict, str | None
 
 
 def prepare_videos(settings: PreparationSettings, out_dir: Path, num_workers: int) -> Work:
-    """The `jobs.Work` of a preparation: a `VideoPreparer` in this process, or one in each of `num_workers`
+    """The `jobs.Work` of a preparation: a `FacePreparer` in this process, or one in each of `num_workers`
     processes (each with its own MTCNN and parser, records as videos end)."""
 
     def work(todo: list[Item], shard: Shard) -> Iterator[Outcome]:
         if num_workers <= 1 or len(todo) <= 1:
-            preparer = VideoPreparer(PreparationSettings(**{**asdict(settings), "num_threads": None}))
-            yield from each_item(lambda item: preparer(face_video(item), out_dir))(todo, shard)
+            preparer = FacePreparer(PreparationSettings(**{**asdict(settings), "num_threads": None}))
+            yield from each_item(lambda item: preparer.prepare(face_video(item), out_dir))(todo, shard)
             return
         import multiprocessing
 
