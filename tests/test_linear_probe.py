@@ -181,6 +181,8 @@ def test_missing_features_are_an_error_unless_skipped(linear_probe, tmp_path, ca
     assert linear_probe.main([*argv, "--skip-missing"]) == 0
     report = json.loads((tmp_path / "features" / "linear_probe_metrics.json").read_text())
     assert report["skipped_without_features"] == {"train": 1, "eval": 1}
+    # the recipe is described from the values in force: our probe's lr is constant
+    assert "constant lr" in report["recipe"]["description"] and "linear decay" not in report["recipe"]["description"]
 
 
 def test_validation_keeps_the_best_epoch():
