@@ -355,3 +355,34 @@ def test_user_errors_past_loading_are_one_line(finetune, tiny_model, class_folde
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "finetune: error: somewhere: cannot be written; free some space"
     )
+
+
+class _Line(torch.nn.Module):
+    """y = w x, trained towards y = x: its loss falls every epoch while the test's metric stays 1.0."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, labels=None):
+        prediction = self.w * x
+        return {"loss": torch.nn.functional.mse_loss(prediction, labels), "logits": prediction}
+
+
+def test_tied_metric_keeps_the_checkpoint_with_the_lower_loss(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    data = [{"x": torch.tensor([1.0]), "labels": torch.tensor([1.0])}] * 4
+    args = TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=4, learning_rate=0.1,
+        eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model="score",
+        greater_is_better=True, report_to=[], use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    run = Trainer(
+        model=_Line(), args=args, train_dataset=data, eval_dataset=data,
+        compute_metrics=lambda prediction: {"score": 1.0}, callbacks=[trainer.TieOnLossCallback()],
+    )  # fmt: skip
+    run.train()
+    losses = [e["eval_loss"] for e in run.state.log_history if "eval_loss" in e]
+    assert losses[2] < losses[1] < losses[0]  # three evaluations, all scoring 1.0
+    assert run.state.best_model_checkpoint.endswith("checkpoint-3") and run.state.best_global_step == 3

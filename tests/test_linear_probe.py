@@ -14,6 +14,7 @@ from marlin_transformers.evaluation.linear_probe import (
     evaluate_probe,
     train_linear_probe,
 )
+from marlin_transformers.evaluation.selection import is_better
 from marlin_transformers.exceptions import DatasetError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "linear_probe.py"
@@ -245,3 +246,17 @@ def test_nan_label_is_one_line_naming_file_line_and_column(linear_probe, tmp_pat
         "give a real value or remove the row\n"
     )
     assert not (tmp_path / "features" / "linear_probe_metrics.json").exists()
+
+
+def test_a_tied_metric_goes_to_the_lower_validation_loss():
+    # Two clusters far apart: accuracy is 1.0 from the first evaluation on while the loss keeps falling.
+    rng = np.random.default_rng(5)
+    labels = np.arange(40) % 2
+    features = (labels[:, None] * 2.0 - 1.0) * 5.0 + 0.1 * rng.normal(size=(40, 4))
+    config = LinearProbeConfig(metric_for_best_model="accuracy", eval_every=5, epochs=20, batch_size=0)
+    _, selection = train_linear_probe(
+        features[:20], labels[:20], "single_label_classification", 2, config, (features[20:], labels[20:])
+    )
+    assert selection["validation"]["accuracy"] == 1.0 and selection["best_epoch"] == 20
+    assert is_better(1.0, 0.1, 1.0, 0.2, greater=True) and not is_better(1.0, 0.2, 1.0, 0.1, greater=True)
+    assert not is_better(float("nan"), 0.0, 0.5, 1.0, greater=True) and is_better(0.1, 9.0, 0.2, 0.0, greater=False)
