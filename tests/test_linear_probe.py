@@ -91,7 +91,11 @@ def test_single_label_probe_learns_and_caches(linear_probe, tmp_path):
     argv = ["--features", str(tmp_path / "features"), "--train-labels", str(train_csv), "--eval-labels",
             str(eval_csv), "--problem-type", "single_label_classification", "--epochs", "30", "--batch-size", "32",
             "--output", str(output)]  # fmt: skip
-    assert linear_probe.main(argv) == 0
+    with pytest.warns(UserWarning, match="file name only") as said:
+        assert linear_probe.main(argv) == 0
+    # one line a labels file: the manifest's relative paths are not those of the CSVs' folder, so names matched
+    by_name = [str(w.message).split(" (e.g.")[0] for w in said if "file name only" in str(w.message)]
+    assert by_name == [f"{n} of {n} labelled videos matched by file name only, not by path" for n in (100, 50)]
     report = json.loads(output.read_text())
     assert report["num_train"] == 100 and report["num_eval"] == 50 and report["hidden_size"] == HIDDEN
     assert report["label_names"] == names.tolist()
