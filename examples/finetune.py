@@ -39,15 +39,24 @@ from pathlib import Path
 from transformers import HfArgumentParser, set_seed
 
 from marlin_transformers import MarlinConfig
-from marlin_transformers.evaluation.clip_dataset import EVAL_CLIPS, ClipOptions, build_datasets
-from marlin_transformers.evaluation.finetuning import LORA_TARGET_MODULES, add_lora, build_classifier, save_finetuned
-from marlin_transformers.evaluation.recipes import RECIPES, describe, finetuning_summary, get_recipe
-from marlin_transformers.evaluation.selection import finite_metrics
-from marlin_transformers.evaluation.trainer import FinetuningArguments, build_trainer
-from marlin_transformers.exceptions import MarlinError
+from marlin_transformers.exceptions import MarlinError, missing_extra
 from marlin_transformers.hub_folders import push_folder_to_hub
 from marlin_transformers.loading import load_marlin
 from marlin_transformers.model_card import render_finetuned_card
+
+try:  # the 'train' extra (datasets, evaluate): without it, one line saying so
+    from marlin_transformers.evaluation.clip_dataset import EVAL_CLIPS, ClipOptions, build_datasets
+    from marlin_transformers.evaluation.finetuning import (
+        LORA_TARGET_MODULES,
+        add_lora,
+        build_classifier,
+        save_finetuned,
+    )
+    from marlin_transformers.evaluation.recipes import RECIPES, describe, finetuning_summary, get_recipe
+    from marlin_transformers.evaluation.selection import finite_metrics
+    from marlin_transformers.evaluation.trainer import FinetuningArguments, build_trainer
+except ModuleNotFoundError as error:
+    sys.exit(f"finetune: {missing_extra(error) or error}")
 
 
 @dataclass

@@ -22,10 +22,14 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from marlin_transformers.evaluation.linear_probe import CACHE_NAME, LinearProbeConfig, run_linear_probe
-from marlin_transformers.evaluation.metrics import PROBLEM_TYPES
-from marlin_transformers.evaluation.recipes import RECIPES, describe, get_recipe, probe_summary
-from marlin_transformers.exceptions import MarlinError
+from marlin_transformers.exceptions import MarlinError, missing_extra
+
+try:  # the 'train' extra (datasets, evaluate): without it, one line saying so
+    from marlin_transformers.evaluation.linear_probe import CACHE_NAME, LinearProbeConfig, run_linear_probe
+    from marlin_transformers.evaluation.metrics import PROBLEM_TYPES
+    from marlin_transformers.evaluation.recipes import RECIPES, describe, get_recipe, probe_summary
+except ModuleNotFoundError as error:
+    sys.exit(f"linear_probe: {missing_extra(error) or error}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,8 @@ import importlib.util
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -386,3 +388,20 @@ def test_tied_metric_keeps_the_checkpoint_with_the_lower_loss(tmp_path):
     losses = [e["eval_loss"] for e in run.state.log_history if "eval_loss" in e]
     assert losses[2] < losses[1] < losses[0]  # three evaluations, all scoring 1.0
     assert run.state.best_model_checkpoint.endswith("checkpoint-3") and run.state.best_global_step == 3
+
+
+# Runs an example with `datasets` unimportable, as on a machine without the 'train' extra.
+WITHOUT_DATASETS = (
+    "import sys, runpy; sys.modules['datasets'] = None; sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+@pytest.mark.parametrize("example", ["finetune", "linear_probe"])
+def test_an_example_without_its_extra_names_it_in_one_line(example):
+    script = Path(__file__).resolve().parents[1] / "examples" / f"{example}.py"
+    command = [sys.executable, "-c", WITHOUT_DATASETS, str(script), "--help"]
+    process = subprocess.run(command, capture_output=True, text=True)
+    assert process.returncode == 1 and process.stdout == ""
+    said = "datasets is not installed: install the 'train' extra (pip install -e \".[train]\" in a clone)"
+    assert process.stderr == f"{example}: {said}\n"

@@ -32,3 +32,22 @@ class DatasetError(MarlinError):
 
 class ConfigError(MarlinError):
     """A model config (a variant name, a config file or `--config-override` values) no model can be built from."""
+
+
+# The import names each extra of pyproject.toml brings: what to install when one is missing.
+EXTRA_MODULES = {
+    "train": ("datasets", "evaluate", "sklearn", "tensorboard"),
+    "demo": ("skimage",),
+    "app": ("gradio",),
+    "onnx": ("onnx", "onnxscript", "onnxruntime"),
+    "docs": ("mkdocs", "mkdocstrings"),
+}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """One line naming the extra that installs the module `error` did not find, or None when no extra brings it."""
+    top = (error.name or "").split(".")[0]
+    for extra, modules in EXTRA_MODULES.items():
+        if top in modules:
+            return f'{top} is not installed: install the {extra!r} extra (pip install -e ".[{extra}]" in a clone)'
+    return None
