@@ -39,18 +39,27 @@ from pathlib import Path
 from transformers import HfArgumentParser, set_seed
 
 from marlin_transformers import MarlinConfig
-from marlin_transformers.evaluation.clip_dataset import EVAL_CLIPS, ClipOptions, build_datasets
-from marlin_transformers.evaluation.finetuning import LORA_TARGET_MODULES, add_lora, build_classifier, save_finetuned
-from marlin_transformers.evaluation.recipes import RECIPES, describe, get_recipe
-from marlin_transformers.evaluation.selection import finite_metrics
-from marlin_transformers.evaluation.trainer import FinetuningArguments, build_trainer
-from marlin_transformers.exceptions import MarlinError, with_flags
+from marlin_transformers.exceptions import MarlinError, missing_extra, with_flags
 from marlin_transformers.hub_folders import push_folder_to_hub
 from marlin_transformers.loading import load_marlin
 from marlin_transformers.model_card import render_finetuned_card
 
 # The flags of library parameters an error may name (`read_labels`' split is set by either).
 FLAGS = {"split": "--train-split or --eval-split"}
+
+try:  # the 'train' extra (datasets, evaluate): without it, one line saying so
+    from marlin_transformers.evaluation.clip_dataset import EVAL_CLIPS, ClipOptions, build_datasets
+    from marlin_transformers.evaluation.finetuning import (
+        LORA_TARGET_MODULES,
+        add_lora,
+        build_classifier,
+        save_finetuned,
+    )
+    from marlin_transformers.evaluation.recipes import RECIPES, describe, finetuning_summary, get_recipe
+    from marlin_transformers.evaluation.selection import finite_metrics
+    from marlin_transformers.evaluation.trainer import FinetuningArguments, build_trainer
+except ModuleNotFoundError as error:
+    sys.exit(f"finetune: {missing_extra(error) or error}")
 
 
 @dataclass
@@ -136,8 +145,9 @@ def finetune(
     recipe = get_recipe(training_args.recipe)
     settings = {**asdict(clip_args), **training_args.to_dict()}
     recipe_values = {name: settings[name] for name in recipe.finetuning}
+    summary = finetuning_summary(settings)  # the values in force, whatever set them
     if recipe_values:  # a preset, not our defaults
-        print(f"finetune: {describe(recipe, recipe_values)}", file=sys.stderr)
+        print(f"finetune: {describe(recipe, summary, recipe_values)}", file=sys.stderr)
     problem_type = training_args.problem_type
     encoder = load_marlin(model_args.model)
     options = ClipOptions(
@@ -169,7 +179,7 @@ def finetune(
     trainer = build_trainer(model, training_args, problem_type, train_dataset, eval_dataset)
     if trainer.is_world_process_zero():  # once the inputs are known good: a failed start leaves no folder
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-        recipe_record = {"recipe": recipe.name, "description": recipe.description, "values": recipe_values}
+        recipe_record = {"recipe": recipe.name, "description": summary, "values": recipe_values}
         (Path(training_args.output_dir) / "recipe.json").write_text(json.dumps(recipe_record, indent=1) + "\n")
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()  # the best checkpoint, reloaded by load_best_model_at_end

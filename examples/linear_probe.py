@@ -19,13 +19,17 @@ output JSON (`recipe`).
 import argparse
 import json
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
-from marlin_transformers.evaluation.linear_probe import CACHE_NAME, LinearProbeConfig, run_linear_probe
-from marlin_transformers.evaluation.metrics import PROBLEM_TYPES
-from marlin_transformers.evaluation.recipes import RECIPES, describe, get_recipe
-from marlin_transformers.exceptions import MarlinError, with_flags
+from marlin_transformers.exceptions import MarlinError, missing_extra, with_flags
+
+try:  # the 'train' extra (datasets, evaluate): without it, one line saying so
+    from marlin_transformers.evaluation.linear_probe import CACHE_NAME, LinearProbeConfig, run_linear_probe
+    from marlin_transformers.evaluation.metrics import PROBLEM_TYPES
+    from marlin_transformers.evaluation.recipes import RECIPES, describe, get_recipe, probe_summary
+except ModuleNotFoundError as error:
+    sys.exit(f"linear_probe: {missing_extra(error) or error}")
 
 # The flag of each parameter of `run_linear_probe` an error may name.
 FLAGS = {"features_dir": "--features", "skip_missing": "--skip-missing"}
@@ -76,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # its own checks: --epochs 0, --batch-size -1, --learning-rate 0...
         parser.error(str(error))
     recipe_values = {name: getattr(config, name) for name in recipe.linear_probe}
+    summary = probe_summary(asdict(config))  # the values in force, whatever set them
     if recipe_values:  # a preset, not our defaults
-        print(f"linear_probe: {describe(recipe, recipe_values)}", file=sys.stderr)
+        print(f"linear_probe: {describe(recipe, summary, recipe_values)}", file=sys.stderr)
     try:
         report = run_linear_probe(
             args.features,
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = {error.parameter: FLAGS[error.parameter]} if error.parameter in FLAGS else {}
         print(f"linear_probe: error: {with_flags(str(error), flags)}", file=sys.stderr)
         return 1
-    report["recipe"] = {"recipe": recipe.name, "description": recipe.description, "values": recipe_values}
+    report["recipe"] = {"recipe": recipe.name, "description": summary, "values": recipe_values}
     output = Path(args.output) if args.output else Path(args.features) / "linear_probe_metrics.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=1) + "\n")

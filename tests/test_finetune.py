@@ -5,6 +5,8 @@ import importlib.util
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -355,3 +357,51 @@ def test_user_errors_past_loading_are_one_line(finetune, tiny_model, class_folde
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "finetune: error: somewhere: cannot be written; free some space"
     )
+
+
+class _Line(torch.nn.Module):
+    """y = w x, trained towards y = x: its loss falls every epoch while the test's metric stays 1.0."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, labels=None):
+        prediction = self.w * x
+        return {"loss": torch.nn.functional.mse_loss(prediction, labels), "logits": prediction}
+
+
+def test_tied_metric_keeps_the_checkpoint_with_the_lower_loss(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    data = [{"x": torch.tensor([1.0]), "labels": torch.tensor([1.0])}] * 4
+    args = TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=4, learning_rate=0.1,
+        eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model="score",
+        greater_is_better=True, report_to=[], use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    run = Trainer(
+        model=_Line(), args=args, train_dataset=data, eval_dataset=data,
+        compute_metrics=lambda prediction: {"score": 1.0}, callbacks=[trainer.TieOnLossCallback()],
+    )  # fmt: skip
+    run.train()
+    losses = [e["eval_loss"] for e in run.state.log_history if "eval_loss" in e]
+    assert losses[2] < losses[1] < losses[0]  # three evaluations, all scoring 1.0
+    assert run.state.best_model_checkpoint.endswith("checkpoint-3") and run.state.best_global_step == 3
+
+
+# Runs an example with `datasets` unimportable, as on a machine without the 'train' extra.
+WITHOUT_DATASETS = (
+    "import sys, runpy; sys.modules['datasets'] = None; sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+@pytest.mark.parametrize("example", ["finetune", "linear_probe"])
+def test_an_example_without_its_extra_names_it_in_one_line(example):
+    script = Path(__file__).resolve().parents[1] / "examples" / f"{example}.py"
+    command = [sys.executable, "-c", WITHOUT_DATASETS, str(script), "--help"]
+    process = subprocess.run(command, capture_output=True, text=True)
+    assert process.returncode == 1 and process.stdout == ""
+    said = "datasets is not installed: install the 'train' extra (pip install -e \".[train]\" in a clone)"
+    assert process.stderr == f"{example}: {said}\n"

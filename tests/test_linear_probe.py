@@ -14,6 +14,7 @@ from marlin_transformers.evaluation.linear_probe import (
     evaluate_probe,
     train_linear_probe,
 )
+from marlin_transformers.evaluation.selection import is_better
 from marlin_transformers.exceptions import DatasetError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "linear_probe.py"
@@ -90,7 +91,11 @@ def test_single_label_probe_learns_and_caches(linear_probe, tmp_path):
     argv = ["--features", str(tmp_path / "features"), "--train-labels", str(train_csv), "--eval-labels",
             str(eval_csv), "--problem-type", "single_label_classification", "--epochs", "30", "--batch-size", "32",
             "--output", str(output)]  # fmt: skip
-    assert linear_probe.main(argv) == 0
+    with pytest.warns(UserWarning, match="file name only") as said:
+        assert linear_probe.main(argv) == 0
+    # one line a labels file: the manifest's relative paths are not those of the CSVs' folder, so names matched
+    by_name = [str(w.message).split(" (e.g.")[0] for w in said if "file name only" in str(w.message)]
+    assert by_name == [f"{n} of {n} labelled videos matched by file name only, not by path" for n in (100, 50)]
     report = json.loads(output.read_text())
     assert report["num_train"] == 100 and report["num_eval"] == 50 and report["hidden_size"] == HIDDEN
     assert report["label_names"] == names.tolist()
@@ -181,6 +186,8 @@ def test_missing_features_are_an_error_unless_skipped(linear_probe, tmp_path, ca
     assert linear_probe.main([*argv, "--skip-missing"]) == 0
     report = json.loads((tmp_path / "features" / "linear_probe_metrics.json").read_text())
     assert report["skipped_without_features"] == {"train": 1, "eval": 1}
+    # the recipe is described from the values in force: our probe's lr is constant
+    assert "constant lr" in report["recipe"]["description"] and "linear decay" not in report["recipe"]["description"]
 
 
 def test_validation_keeps_the_best_epoch():
@@ -243,3 +250,17 @@ def test_nan_label_is_one_line_naming_file_line_and_column(linear_probe, tmp_pat
         "give a real value or remove the row\n"
     )
     assert not (tmp_path / "features" / "linear_probe_metrics.json").exists()
+
+
+def test_a_tied_metric_goes_to_the_lower_validation_loss():
+    # Two clusters far apart: accuracy is 1.0 from the first evaluation on while the loss keeps falling.
+    rng = np.random.default_rng(5)
+    labels = np.arange(40) % 2
+    features = (labels[:, None] * 2.0 - 1.0) * 5.0 + 0.1 * rng.normal(size=(40, 4))
+    config = LinearProbeConfig(metric_for_best_model="accuracy", eval_every=5, epochs=20, batch_size=0)
+    _, selection = train_linear_probe(
+        features[:20], labels[:20], "single_label_classification", 2, config, (features[20:], labels[20:])
+    )
+    assert selection["validation"]["accuracy"] == 1.0 and selection["best_epoch"] == 20
+    assert is_better(1.0, 0.1, 1.0, 0.2, greater=True) and not is_better(1.0, 0.2, 1.0, 0.1, greater=True)
+    assert not is_better(float("nan"), 0.0, 0.5, 1.0, greater=True) and is_better(0.1, 9.0, 0.2, 0.0, greater=False)

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import stat
@@ -612,6 +613,22 @@ def test_pretrain_on_youtube_faces(youtube_faces_root, tmp_path):
     eval_steps = [int(line.split(",")[0]) for line in (run / "eval.csv").read_text().splitlines()]
     assert steps == [1, 2] and eval_steps == [0, 2]
     assert (run / "model" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_the_documented_two_process_cpu_command_starts_two_ranks(tiny_videos, tmp_path):
+    """docs/pretraining.md's CPU data-parallel command, on the tiny model for 2 steps: one RNG state file per rank."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "pretraining.md").read_text()
+    documented = re.search(r"`(torchrun [^`]*) \.\.\.`", page).group(1).split()
+    assert documented[:4] == ["torchrun", "--nproc_per_node", "2", "examples/pretrain.py"], documented
+    run = tmp_path / "run"
+    argv = ["--train-data", str(tiny_videos), "--output-dir", str(run), "--model-config=small", *TINY_RUN_FLAGS]
+    argv += ["--max-steps=2", "--eval-steps=0", "--image-steps=0", "--no-tensorboard"]
+    command = [sys.executable, "-m", "torch.distributed.run", *documented[1:3], str(EXAMPLE), *documented[4:], *argv]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr
+    states = sorted(p.name for p in (run / "checkpoints" / "step_2").glob("random_states_*.pkl"))
+    assert states == ["random_states_0.pkl", "random_states_1.pkl"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -96,6 +96,7 @@ def test_finetune_recipe_marlin_end_to_end(finetune, tiny_model, class_folders, 
     record = json.loads((out / "recipe.json").read_text())
     values = record["values"]
     assert record["recipe"] == "marlin" and set(values) == set(RECIPES["marlin"].finetuning)
+    assert "Adam, betas 0.5/0.9" in record["description"] and "without a lower train_loss" in record["description"]
     assert values["adam_beta1"] == 0.5 and values["adam_beta2"] == 0.9 and values["weight_decay"] == 0.0
     assert values["lr_scheduler_type"] == "reduce_lr_on_plateau" and values["plateau_monitor"] == "train_loss"
     assert values["eval_clips"] == "random" and values["metric_for_best_model"] == "roc_auc_batch_mean"
@@ -145,6 +146,7 @@ def test_linear_probe_recipe_marlin(linear_probe, tmp_path, capsys):  # noqa: F8
     assert "recipe marlin:" in capsys.readouterr().err
     report = json.loads(output.read_text())
     assert report["recipe"]["recipe"] == "marlin"
+    assert report["recipe"]["description"].startswith("Adam, betas 0.5/0.9, lr 0.01, lr x")  # --learning-rate won
     hyper = report["hyperparameters"]
     assert hyper["standardize"] is False and hyper["zero_init"] is False and hyper["adam_beta1"] == 0.5
     assert hyper["learning_rate"] == 1e-2 and hyper["lr_scheduler_kwargs"] == json.loads(PLATEAU)

@@ -54,3 +54,22 @@ def with_flags(message: str, flags: dict[str, str]) -> str:
         named = re.search(rf"\b{name}\b", message)
         message = f"{message[: named.end()]} ({flag}){message[named.end() :]}" if named else f"{flag} {message}"
     return message
+
+
+# The import names each extra of pyproject.toml brings: what to install when one is missing.
+EXTRA_MODULES = {
+    "train": ("datasets", "evaluate", "sklearn", "tensorboard"),
+    "demo": ("skimage",),
+    "app": ("gradio",),
+    "onnx": ("onnx", "onnxscript", "onnxruntime"),
+    "docs": ("mkdocs", "mkdocstrings"),
+}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """One line naming the extra that installs the module `error` did not find, or None when no extra brings it."""
+    top = (error.name or "").split(".")[0]
+    for extra, modules in EXTRA_MODULES.items():
+        if top in modules:
+            return f'{top} is not installed: install the {extra!r} extra (pip install -e ".[{extra}]" in a clone)'
+    return None

@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,7 +254,7 @@ def match_videos(
     """The row of `inputs` (e.g. a `marlin extract` manifest's) for each labelled video.
 
     A labelled path matches the input with the same absolute path, else the one input with the same `video_key`
-    (so a labels file may list bare stems).
+    (so a labels file may list bare stems); a match by name only is said in one warning a call.
 
     Args:
         inputs: num_inputs paths, absolute or relative to the working directory.
@@ -267,7 +268,7 @@ def match_videos(
     by_key: dict[str, list[int]] = {}
     for i, name in enumerate(inputs):
         by_key.setdefault(video_key(name), []).append(i)
-    input_rows, label_rows, missing = [], [], []
+    input_rows, label_rows, missing, by_name = [], [], [], []
     for row, path in enumerate(video_paths):
         index = by_path.get(os.path.normpath(path))
         if index is None:
@@ -275,6 +276,8 @@ def match_videos(
             if len(candidates) > 1:
                 raise DatasetError(f"{path}: {len(candidates)} inputs share its name; list full paths")
             index = candidates[0] if candidates else None
+            if index is not None:
+                by_name.append((path, inputs[index]))
         if index is None:
             missing.append(path)
             continue
@@ -288,6 +291,13 @@ def match_videos(
         )
     if not input_rows:
         raise DatasetError("none of the labelled videos has extracted features")
+    if by_name:
+        path, name = by_name[0]
+        warnings.warn(
+            f"{len(by_name)} of {len(video_paths)} labelled videos matched by file name only, not by path "
+            f"(e.g. {path} -> {name})",
+            stacklevel=2,
+        )
     return np.array(input_rows, dtype=np.int64), np.array(label_rows, dtype=np.int64)
 
 

@@ -31,7 +31,7 @@ from ..data.labels import align_label_names, match_videos, read_labels_csv
 from ..exceptions import DatasetError
 from .metrics import batch_mean_auroc, load_downstream_metric
 from .probe_head import ProbeHead
-from .selection import finite_metrics, greater_is_better
+from .selection import finite_metrics, greater_is_better, is_better
 
 CACHE_NAME = "linear_probe_cache.npz"
 
@@ -190,6 +190,14 @@ def new_probe(features: torch.Tensor, num_labels: int, config: LinearProbeConfig
     return probe
 
 
+def _tensors(features: np.ndarray, labels: np.ndarray, problem_type: str, num_labels: int):
+    """(features as float, labels as `_loss` takes them): class indices, or (num_videos, num_labels) floats."""
+    x = torch.as_tensor(features, dtype=torch.float32)
+    if problem_type == "single_label_classification":
+        return x, torch.as_tensor(labels, dtype=torch.long)
+    return x, torch.as_tensor(labels, dtype=torch.float32).reshape(len(x), num_labels)
+
+
 def train_linear_probe(
     features: np.ndarray,
     labels: np.ndarray,
@@ -217,11 +225,7 @@ def train_linear_probe(
     """
     config = config or LinearProbeConfig()
     metric = config.metric_for_best_model
-    x = torch.as_tensor(features, dtype=torch.float32)
-    if problem_type == "single_label_classification":
-        y = torch.as_tensor(labels, dtype=torch.long)
-    else:
-        y = torch.as_tensor(labels, dtype=torch.float32).reshape(len(x), num_labels)
+    x, y = _tensors(features, labels, problem_type, num_labels)
     probe = new_probe(x, num_labels, config)
     betas, decay = (config.adam_beta1, config.adam_beta2), config.weight_decay
     optimizer = torch.optim.AdamW(probe.parameters(), lr=config.learning_rate, betas=betas, weight_decay=decay)
@@ -233,7 +237,9 @@ def train_linear_probe(
     eval_batch_size = batch_size if metric == "roc_auc_batch_mean" else None
     best = {"best_epoch": config.epochs, "validation": None}
     best_state = None
-    sign = 1.0 if greater_is_better(metric) else -1.0
+    greater, best_loss = greater_is_better(metric), math.inf
+    if validation is not None:
+        validation_tensors = _tensors(*validation, problem_type, num_labels)
     epochs_trained = 0
     for epoch in range(1, config.epochs + 1):
         probe.train()
@@ -256,10 +262,11 @@ def train_linear_probe(
             metrics = evaluate_probe(probe.eval(), *validation, problem_type, eval_batch_size)
             if metric not in metrics:
                 raise DatasetError(f"metric_for_best_model {metric!r}: not one of {sorted(metrics)}")
-            score = metrics[metric]
+            with torch.no_grad():  # breaks a tie of the metric: the lower validation loss wins
+                loss = _loss(problem_type, probe(validation_tensors[0]), validation_tensors[1]).item()
             previous = best["validation"]
-            if previous is None or (not math.isnan(score) and sign * score > sign * previous[metric]):
-                best = {"best_epoch": epoch, "validation": metrics}
+            if previous is None or is_better(metrics[metric], loss, previous[metric], best_loss, greater):
+                best, best_loss = {"best_epoch": epoch, "validation": metrics}, loss
                 best_state = {k: v.clone() for k, v in probe.state_dict().items()}
         if last:
             break

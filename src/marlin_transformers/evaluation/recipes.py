@@ -33,27 +33,24 @@ PAPER_SEED = 42
 
 @dataclass(frozen=True)
 class Recipe:
-    """A named preset.
+    """A named preset. What a run trained with is described from the values in force (`finetuning_summary`,
+    `probe_summary`), not here: a flag can change any of them.
 
     Attributes:
         name: what `--recipe` takes.
-        description: one line, printed at start.
         finetuning: field name -> value, for `FinetuningArguments` and the clip flags of `examples/finetune.py`.
         linear_probe: field name -> value, for `LinearProbeConfig`.
     """
 
     name: str
-    description: str
     finetuning: dict = field(default_factory=dict)
     linear_probe: dict = field(default_factory=dict)
 
 
 RECIPES = {
-    "ours": Recipe("ours", "this library's defaults (AdamW, linear decay, all evaluation windows)"),
+    "ours": Recipe("ours"),
     "marlin": Recipe(
         "marlin",
-        "the MARLIN paper code's (Adam 0.5/0.9, plateau x0.5 on training loss, stop at lr 1e-6, batch 32, "
-        "one random clip per video, per-batch-mean validation AUC)",
         finetuning={
             "learning_rate": 1e-4,
             "weight_decay": 0.0,
@@ -101,6 +98,47 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def describe(recipe: Recipe, values: dict) -> str:
-    """The line printed at start: the recipe's name and the values its fields ended with (after any flag)."""
-    return f"recipe {recipe.name}: {recipe.description}; " + json.dumps(values, sort_keys=True, default=str)
+def _optimizer(values: dict) -> str:
+    betas = f"betas {values['adam_beta1']}/{values['adam_beta2']}"
+    decay = values["weight_decay"]
+    name = f"AdamW (weight decay {decay})" if decay else "Adam"  # AdamW without weight decay is Adam
+    return f"{name}, {betas}, lr {values['learning_rate']:g}"
+
+
+def _plateau(kwargs: dict, monitor: str) -> str:
+    factor, patience = kwargs.get("factor", 0.1), kwargs.get("patience", 10)  # ReduceLROnPlateau's defaults
+    return f"lr x{factor} after {patience} epochs without a lower {monitor}"
+
+
+def _stop(values: dict) -> str:
+    return f"; stop at lr {values['stop_learning_rate']:g}" if values.get("stop_learning_rate") else ""
+
+
+def probe_summary(values: dict) -> str:
+    """The linear probe's recipe in words, from a `LinearProbeConfig`'s values (`dataclasses.asdict`)."""
+    if values["lr_scheduler"] == "plateau":
+        schedule = _plateau(values["lr_scheduler_kwargs"], "training loss")
+    else:
+        schedule = "constant lr"
+    batch = f"batches of {values['batch_size']}" if values["batch_size"] else "full batch"
+    features = "standardized features" if values["standardize"] else "raw features"
+    init = "zero init" if values["zero_init"] else "nn.Linear's init"
+    return f"{_optimizer(values)}, {schedule}{_stop(values)}, {batch}, {values['epochs']} epochs, {features}, {init}"
+
+
+def finetuning_summary(values: dict) -> str:
+    """Fine-tuning's recipe in words, from `FinetuningArguments.to_dict()` with the clip flags."""
+    scheduler = str(values["lr_scheduler_type"]).removeprefix("SchedulerType.").lower()
+    if scheduler == "reduce_lr_on_plateau":
+        schedule = _plateau(values.get("lr_scheduler_kwargs") or {}, values.get("plateau_monitor", "eval loss"))
+    else:
+        warmup = values.get("warmup_steps") or values.get("warmup_ratio") or 0
+        schedule = f"{scheduler} schedule" + (f" after warmup {warmup}" if warmup else "")
+    batch, clips = values["per_device_train_batch_size"], values["eval_clips"]
+    return f"{_optimizer(values)}, {schedule}{_stop(values)}, batches of {batch} per device, {clips} evaluation clips"
+
+
+def describe(recipe: Recipe, summary: str, values: dict) -> str:
+    """The line printed at start: the recipe's name, `summary` (the values in force in words) and the values its
+    fields ended with (after any flag)."""
+    return f"recipe {recipe.name}: {summary}; " + json.dumps(values, sort_keys=True, default=str)

@@ -22,6 +22,17 @@ def greater_is_better(metric: str) -> bool:
     return metric.removeprefix("eval_") not in LOWER_IS_BETTER
 
 
+def is_better(score: float, loss: float, best_score: float, best_loss: float, greater: bool) -> bool:
+    """Whether a model with metric `score` and loss `loss` beats the best so far (`best_score`, `best_loss`): a better
+    metric, or the same metric and a lower loss (a tie goes to the better fit, not the earlier one). A NaN score
+    never wins."""
+    if math.isnan(score):
+        return False
+    if score == best_score:
+        return loss < best_loss
+    return score > best_score if greater else score < best_score
+
+
 def finite_metrics(metrics: dict) -> dict:
     """`metrics` with NaN values (an AUC of a split holding one class) replaced by None, for strict JSON."""
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}

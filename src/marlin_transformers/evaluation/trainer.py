@@ -65,11 +65,12 @@ class FinetuningArguments(TrainingArguments):
 
     Adds `problem_type`. Differs from `TrainingArguments` in its defaults: `output_dir` is required; evaluation and
     saving every epoch, and the best checkpoint by `metric_for_best_model` (default `roc_auc`, `mse` for regression;
-    `greater_is_better` follows the metric) loaded at the end; 10 epochs at learning rate 1e-4, weight decay 0.05;
-    2 videos (all their windows) per evaluation batch; 4 data-loader workers; seed 0; a log every 10 steps; at most 2
-    checkpoints kept; `hub_strategy="end"` (with `push_to_hub`, the Trainer only creates the repo: upload the final
-    folder with `hub_folders.push_folder_to_hub`). Without an accelerator it runs on the CPU (`use_cpu`).
-    Settings that would train nothing (no epochs, batches of no video, a learning rate <= 0) raise ValueError.
+    `greater_is_better` follows the metric; a tie goes to the lower `eval_loss`) loaded at the end; 10 epochs at
+    learning rate 1e-4, weight decay 0.05; 2 videos (all their windows) per evaluation batch; 4 data-loader workers;
+    seed 0; a log every 10 steps; at most 2 checkpoints kept; `hub_strategy="end"` (with `push_to_hub`, the Trainer
+    only creates the repo: upload the final folder with `hub_folders.push_folder_to_hub`). Without an accelerator it
+    runs on the CPU (`use_cpu`). Settings that would train nothing (no epochs, batches of no video, a learning rate
+    <= 0) raise ValueError.
 
     Adds, for the paper code's recipe (`evaluation.recipes`): `recipe` (the preset's name, recorded with the run),
     `plateau_monitor` (with `lr_scheduler_type="reduce_lr_on_plateau"`: `train_loss` steps the plateau once an epoch
@@ -248,6 +249,21 @@ class VideoClipTrainer(Trainer):
         return loss, logits, labels
 
 
+class TieOnLossCallback(TrainerCallback):
+    """Makes a tie of `metric_for_best_model` go to the lower `eval_loss`: Trainer's strict comparison would keep the
+    earlier checkpoint, even with twice the loss. Runs after an evaluation is logged and before Trainer compares it."""
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        name = args.metric_for_best_model or ""
+        key = name if name.startswith("eval_") else f"eval_{name}"
+        if not metrics or state.best_metric is None or metrics.get(key) != state.best_metric:
+            return
+        logged = [e for e in state.log_history if e.get("step") == state.best_global_step and "eval_loss" in e]
+        if logged and metrics.get("eval_loss", math.inf) < logged[-1]["eval_loss"]:
+            # The stored best, moved out of the way: Trainer's own comparison then takes this evaluation.
+            state.best_metric = -math.inf if args.greater_is_better else math.inf
+
+
 class EpochSeedCallback(TrainerCallback):
     """Tells the training dataset the epoch before its data loader starts, so each epoch draws new windows."""
 
@@ -274,7 +290,7 @@ def build_trainer(
             `label_names=["labels"]`).
     """
     callbacks = [EpochSeedCallback(train_dataset)] if train_dataset is not None else []
-    callbacks.append(PlateauCallback())
+    callbacks += [PlateauCallback(), TieOnLossCallback()]
     if getattr(args, "stop_learning_rate", 0):
         callbacks.append(StopAtLearningRateCallback(args.stop_learning_rate))
     batch_mean = (args.metric_for_best_model or "").removeprefix("eval_") == "roc_auc_batch_mean"
