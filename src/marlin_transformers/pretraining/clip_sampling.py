@@ -19,8 +19,8 @@ from .masking import generate_mask, seeded_generator
 
 
 class EpochSeeded:
-    """Draws seeded by `seed` and the epoch: `generator(*keys)` is `seeded_generator(seed, epoch, *keys)`, the same
-    on every process and worker and after a resume. `set_epoch` picks the epoch (Accelerate's prepared dataloaders
+    """Draws seeded by `seed` and the epoch: `epoch_generator(*keys)` is `seeded_generator(seed, epoch, *keys)`, the
+    same on every process and worker and after a resume. `set_epoch` picks the epoch (Accelerate's prepared dataloaders
     call it on the sampler and the dataset); a subclass sets `seed`."""
 
     seed: int = 0
@@ -29,7 +29,8 @@ class EpochSeeded:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def generator(self, *keys: int) -> torch.Generator:
+    # Not named `generator`: Accelerate takes a sampler's `generator` attribute for a torch.Generator to synchronize.
+    def epoch_generator(self, *keys: int) -> torch.Generator:
         return seeded_generator(self.seed, self.epoch, *keys)
 
 

@@ -134,7 +134,7 @@ class FaceClipDataset(EpochSeeded, torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """`pixel_values_videos` (num_frames, 3, image_size, image_size) float32 in [0, 1] and `bool_masked_pos`
         (num_tokens,) bool, True where masked."""
-        generator = self.generator(index)
+        generator = self.epoch_generator(index)
         video = index // self.clips_per_video
         indices = self.frame_indices(index, generator)
         if self.cache_entries is not None:
@@ -169,4 +169,4 @@ class EpochShuffleSampler(EpochSeeded, torch.utils.data.Sampler):
         return self.num_items
 
     def __iter__(self):
-        return iter(torch.randperm(self.num_items, generator=self.generator()).tolist())
+        return iter(torch.randperm(self.num_items, generator=self.epoch_generator()).tolist())

@@ -55,7 +55,7 @@ class PreparedClipDataset(EpochSeeded, torch.utils.data.Dataset):
         return len(self.rows) * self.clips_per_video
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        generator = self.generator(index)
+        generator = self.epoch_generator(index)
         return sample_clip(self.rows[index // self.clips_per_video], self.config, self.sample_rate, generator)
 
 
@@ -78,7 +78,8 @@ class PreparedClipCollator(EpochSeeded):
         worker_info = torch.utils.data.get_worker_info()
         keys = (0 if worker_info is None else worker_info.id, self.calls)
         samples = [
-            sample_clip(row, self.config, self.sample_rate, self.generator(*keys, i)) for i, row in enumerate(rows)
+            sample_clip(row, self.config, self.sample_rate, self.epoch_generator(*keys, i))
+            for i, row in enumerate(rows)
         ]
         self.calls += 1
         return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
