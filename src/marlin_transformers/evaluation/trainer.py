@@ -17,7 +17,7 @@ from ..exceptions import ArgumentValueError
 from ..modeling_marlin import MarlinForVideoClassification
 from .clip_dataset import VideoClipDataset, collate_clips
 from .metrics import PROBLEM_TYPES, build_compute_metrics
-from .selection import default_metric_for_best_model, greater_is_better
+from .selection import default_metric_for_best_model, greater_is_better, is_better
 
 
 def video_logits(model: torch.nn.Module, videos: torch.Tensor, window_mask: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -250,8 +250,9 @@ class VideoClipTrainer(Trainer):
 
 
 class TieOnLossCallback(TrainerCallback):
-    """Makes a tie of `metric_for_best_model` go to the lower `eval_loss`: Trainer's strict comparison would keep the
-    earlier checkpoint, even with twice the loss. Runs after an evaluation is logged and before Trainer compares it."""
+    """Makes a tie of `metric_for_best_model` go to the lower `eval_loss` (`selection.is_better`, the linear probe's
+    rule too): Trainer's strict comparison would keep the earlier checkpoint, even with twice the loss. Runs after an
+    evaluation is logged and before Trainer compares it."""
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         name = args.metric_for_best_model or ""
@@ -259,7 +260,8 @@ class TieOnLossCallback(TrainerCallback):
         if not metrics or state.best_metric is None or metrics.get(key) != state.best_metric:
             return
         logged = [e for e in state.log_history if e.get("step") == state.best_global_step and "eval_loss" in e]
-        if logged and metrics.get("eval_loss", math.inf) < logged[-1]["eval_loss"]:
+        loss, best_loss = metrics.get("eval_loss", math.inf), logged[-1]["eval_loss"] if logged else math.inf
+        if logged and is_better(metrics[key], loss, state.best_metric, best_loss, args.greater_is_better):
             # The stored best, moved out of the way: Trainer's own comparison then takes this evaluation.
             state.best_metric = -math.inf if args.greater_is_better else math.inf
 
