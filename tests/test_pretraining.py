@@ -194,6 +194,26 @@ def test_eval_curve_ticks_are_whole_steps_and_distinct_values(points):
     assert all(float(t).is_integer() for t in steps), steps
 
 
+def test_a_run_without_matplotlib_ends_with_one_line_for_its_curve(tmp_path, monkeypatch, capsys):
+    from accelerate import Accelerator
+
+    from marlin_transformers.pretraining.run_log import RunLog
+
+    log = RunLog(Accelerator(cpu=True), tmp_path, max_steps=2, quiet=True)
+    log.eval_curve = [(0, 0.3), (2, 0.2)]
+    for module in ("matplotlib", "matplotlib.figure", "matplotlib.ticker"):
+        monkeypatch.setitem(sys.modules, module, None)  # importing it raises ModuleNotFoundError
+    log.close()
+    assert not (tmp_path / "eval_curve.png").exists()
+    assert capsys.readouterr().err.strip() == (
+        "eval_curve.png not drawn: matplotlib is not installed: install the 'train' extra "
+        '(pip install -e ".[train]" in a clone)'
+    )
+    monkeypatch.undo()
+    log.close()  # with matplotlib: the curve
+    assert (tmp_path / "eval_curve.png").stat().st_size > 0
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Schedule
 # ---------------------------------------------------------------------------------------------------------------------

@@ -321,7 +321,7 @@ def labelled_panels(reconstruction, patch_size: int, tubelet_size: int) -> np.nd
     span = window_title(window)
     labelled = []
     for frame, index, time in zip(panels, window.frame_indices, window.timestamps):
-        shown = f"this frame: {index}, {time:.2f} s"
+        shown = f"shown: frame {index}, {time:.2f} s"
         footer = text_strip([span, shown], [2 * width, 2 * width], CAPTION_HEIGHT, align="left")
         labelled.append(np.concatenate([header, frame, footer], axis=0))
     return np.stack(labelled)

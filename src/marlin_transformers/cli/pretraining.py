@@ -116,7 +116,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
         sample_rate=args.sample_rate,
     )
     config = model.config
-    windows = tqdm(windows, desc="reconstructing", unit=" windows")
+    windows = tqdm(windows, desc="reconstructing", unit="window")  # as `marlin extract` counts them
     done = write_reconstruction_video(windows, args.out, fps, config.patch_size, config.tubelet_size)
     losses = [float(((w.reconstruction - w.original) ** 2).mean()) for w in done]
     print(
