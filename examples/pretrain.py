@@ -31,6 +31,7 @@ from accelerate.utils import DataLoaderConfiguration, broadcast, set_seed
 from torch.utils.data import DataLoader
 from transformers import HfArgumentParser
 
+from marlin_transformers.cli.options import quiet_libraries
 from marlin_transformers.exceptions import CheckpointError, DatasetError, MarlinError, with_flags
 from marlin_transformers.modeling_marlin import masked_patch_targets
 from marlin_transformers.pretraining.arguments import PretrainingArguments, parse_config_overrides
@@ -317,6 +318,7 @@ def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet_libraries(args.verbose)  # our bar and lines the only progress on the terminal
     try:
         result = training_function(args)
     except MarlinError as error:

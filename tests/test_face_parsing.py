@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from marlin_transformers.constants import LAPA_PALETTE
+from marlin_transformers.constants import CAPTION_HEIGHT, LAPA_PALETTE, ROW_LABEL_WIDTH, TITLE_HEIGHT
 from marlin_transformers.exceptions import CheckpointError
 from marlin_transformers.pretraining.face_parsing import FarlFaceParser, LandmarkFaceParser
 from marlin_transformers.pretraining.mask_preview import render_fasking_preview
@@ -164,15 +164,22 @@ def test_render_mask_overlay_writes_the_picture(tmp_path):
     labels = LandmarkFaceParser()(frames, LANDMARKS.expand(16, 5, 2))
     mask = generate_mask("fasking", 16, 224, 16, 2, 0.9, 0, label_maps=labels)
     path = tmp_path / "mask.png"
-    returned = render_mask_overlay(frames, labels, mask, path)
+    returned = render_mask_overlay(frames, labels, mask, path, frame_indices=list(range(100, 132, 2)))
     assert path.is_file()
     picture = np.asarray(Image.open(path).convert("RGB"))
-    assert picture.shape[1] == 4 * 224 and 3 * 224 < picture.shape[0] <= 3 * 224 + 60
+    # A line naming the frames, three rows of 224 pixels named on the left, the legend.
+    assert picture.shape[1] == ROW_LABEL_WIDTH + 4 * 224
+    assert CAPTION_HEIGHT + 3 * 224 < picture.shape[0] <= CAPTION_HEIGHT + 3 * 224 + 60
     assert returned.size == (picture.shape[1], picture.shape[0])
+    for row in range(3):  # each row's name is written (dark pixels) beside it
+        assert picture[CAPTION_HEIGHT + row * 224 : CAPTION_HEIGHT + (row + 1) * 224, :ROW_LABEL_WIDTH].min() < 100
+    for column in range(4):  # each column's frame is named above it
+        names = picture[:CAPTION_HEIGHT, ROW_LABEL_WIDTH + column * 224 : ROW_LABEL_WIDTH + (column + 1) * 224]
+        assert names.min() < 100
 
     # Columns show tubelets 0, 2, 5, 7 by their first frames: rows frame / parsing / mask.
     frame = frames[10].numpy().astype(float)  # tubelet 5, column 2
-    column = picture[:, 2 * 224 : 3 * 224].astype(float)
+    column = picture[CAPTION_HEIGHT:, ROW_LABEL_WIDTH + 2 * 224 : ROW_LABEL_WIDTH + 3 * 224].astype(float)
     assert np.array_equal(column[:224], frame)
     eye_y, eye_x = 100, 80
     expected_eye = 0.4 * frame[eye_y, eye_x] + 0.6 * np.array(LAPA_PALETTE[4])
@@ -194,8 +201,10 @@ def test_render_fasking_preview(tmp_path):
     picture = render_fasking_preview(
         frames, LANDMARKS.expand(16, 5, 2), path, mask_ratio=0.9, patch_size=16, tubelet_size=2, num_shown=2
     )
-    assert path.is_file() and picture.size[0] == 2 * 224
+    assert path.is_file() and picture.size[0] == ROW_LABEL_WIDTH + 2 * 224
     assert Image.open(path).size == picture.size
+    # The title line (strategy and ratio) above the frames' names: text in it.
+    assert np.asarray(picture.convert("L"))[:TITLE_HEIGHT].min() < 100
 
 
 class FirstChannelFarl(torch.nn.Module):

@@ -21,7 +21,7 @@ from torch import nn
 
 from conftest import TINY_CLIP
 from marlin_transformers import MarlinConfig, MarlinForPreTraining
-from marlin_transformers.constants import num_visible_tokens
+from marlin_transformers.constants import CAPTION_HEIGHT, ROW_LABEL_WIDTH, TITLE_HEIGHT, num_visible_tokens
 from marlin_transformers.data import precomputed_label_maps, youtube_faces_clips
 from marlin_transformers.exceptions import CheckpointError, DatasetError
 from marlin_transformers.pretraining import (
@@ -45,7 +45,7 @@ from marlin_transformers.pretraining.checkpointing import PROGRESS_FILENAME, che
 from marlin_transformers.pretraining.masking import seeded_generator
 from marlin_transformers.pretraining.model import build_model
 from marlin_transformers.video import decode_frames
-from marlin_transformers.visualization import reconstruction_grid
+from marlin_transformers.visualization import curve_figure, reconstruction_grid
 from video_factory import encode_video
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pretrain.py"
@@ -151,10 +151,67 @@ def test_reconstruction_loss_matches_the_model():
     assert targets.shape == output.logits.shape == (2, 4, 3 * 2 * 16 * 16)
     torch.testing.assert_close(reconstruction_loss(output.logits, targets), output.reconstruction_loss)
     grid = reconstruction_grid(pixel_values_videos, output.logits, bool_masked_pos, 16, 2, num_shown=2)
-    assert grid.shape == (2 * 3 * 32, 2 * 32, 3) and grid.dtype == np.uint8
-    # Row 0 is the original clip's first frame, unchanged.
+    # Per clip: a title line, a line naming the frames, three rows of 32 pixels; a column of row labels on the left.
+    clip_height = TITLE_HEIGHT + CAPTION_HEIGHT + 3 * 32
+    assert grid.shape == (2 * clip_height, ROW_LABEL_WIDTH + 2 * 32, 3) and grid.dtype == np.uint8
+    # Row 0 is the original clip's first frame, unchanged, under its two label lines and right of the row labels.
     first = (pixel_values_videos[0, 0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    np.testing.assert_array_equal(grid[:32, :32], first)
+    top = TITLE_HEIGHT + CAPTION_HEIGHT
+    np.testing.assert_array_equal(grid[top : top + 32, ROW_LABEL_WIDTH : ROW_LABEL_WIDTH + 32], first)
+    # Every label has text (dark pixels) in it: the clips' titles, the frame names, each row's label.
+    for clip in range(2):
+        title = grid[clip * clip_height : clip * clip_height + TITLE_HEIGHT]
+        frames = grid[clip * clip_height + TITLE_HEIGHT : clip * clip_height + top]
+        assert title.min() < 100 and all(
+            frames[:, x : x + 32].min() < 100 for x in (ROW_LABEL_WIDTH, ROW_LABEL_WIDTH + 32)
+        )
+        for row in range(3):
+            label = grid[
+                clip * clip_height + top + row * 32 : clip * clip_height + top + (row + 1) * 32, :ROW_LABEL_WIDTH
+            ]
+            assert label.min() < 100, f"clip {clip}, row {row}: no label"
+
+
+@pytest.mark.parametrize(
+    "points",
+    [
+        [(0, 0.32071), (2, 0.32069), (4, 0.32066), (6, 0.32066)],  # a span the old PIL plot wrote 0, 0, 1, 2, 2 over
+        [(0, 0.5), (1, 0.4)],
+        [(100, 1e-3), (20000, 2e-4), (40000, 1.5e-4)],
+    ],
+)
+def test_eval_curve_ticks_are_whole_steps_and_distinct_values(points):
+    figure = curve_figure(points, "Reconstruction MSE", "optimizer step", "MSE")
+    figure.canvas.draw()  # Agg: the ticks as they are written in the PNG
+    (axes,) = figure.axes
+    assert (axes.get_title(), axes.get_xlabel(), axes.get_ylabel()) == ("Reconstruction MSE", "optimizer step", "MSE")
+    for axis, (low, high) in ((axes.xaxis, axes.get_xlim()), (axes.yaxis, axes.get_ylim())):
+        ticks = [t for t in axis.get_majorticklocs() if low <= t <= high]
+        labels = axis.get_major_formatter().format_ticks(ticks)
+        assert len(ticks) >= 2 and len(set(labels)) == len(labels), labels
+        assert axis.get_offset_text().get_text() == ""  # each label says its whole value
+    steps = [t for t in axes.xaxis.get_majorticklocs() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+    assert all(float(t).is_integer() for t in steps), steps
+
+
+def test_a_run_without_matplotlib_ends_with_one_line_for_its_curve(tmp_path, monkeypatch, capsys):
+    from accelerate import Accelerator
+
+    from marlin_transformers.pretraining.run_log import RunLog
+
+    log = RunLog(Accelerator(cpu=True), tmp_path, max_steps=2, quiet=True)
+    log.eval_curve = [(0, 0.3), (2, 0.2)]
+    for module in ("matplotlib", "matplotlib.figure", "matplotlib.ticker"):
+        monkeypatch.setitem(sys.modules, module, None)  # importing it raises ModuleNotFoundError
+    log.close()
+    assert not (tmp_path / "eval_curve.png").exists()
+    assert capsys.readouterr().err.strip() == (
+        "eval_curve.png not drawn: matplotlib is not installed: install the 'train' extra "
+        '(pip install -e ".[train]" in a clone)'
+    )
+    monkeypatch.undo()
+    log.close()  # with matplotlib: the curve
+    assert (tmp_path / "eval_curve.png").stat().st_size > 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -6,18 +6,20 @@ import torch
 
 from conftest import TINY_CLIP
 from marlin_transformers.cli import main
+from marlin_transformers.constants import CAPTION_HEIGHT, ROW_LABEL_WIDTH, TITLE_HEIGHT
 from marlin_transformers.loading import load_marlin
 from marlin_transformers.modeling_marlin import patchify_video
 from marlin_transformers.pretraining.reconstruction import reconstruct_video
 from marlin_transformers.video.decoding import read_video
-from marlin_transformers.visualization import reconstruction_panels
+from marlin_transformers.visualization import labelled_panels, reconstruction_panels
 from video_factory import encode_video, moving_face_frames
 
 SIZE = TINY_CLIP["image_size"]  # 32-pixel panels
 # Mean absolute error (uint8 levels) of each decoded panel against the panels drawn from the returned tensors: the
 # H.264 (crf 18, yuv420p) loss. Measured over seeds 0-2 and the fasking and random strategies, maxima 3.07 (frames),
 # 0.42 (masked input), 10.9 (reconstruction: the tiny random model predicts noise, H.264's worst case) and 5.27
-# (parts); bounds at twice those. A panel in the wrong place is off by 49 or more.
+# (parts); bounds at twice those. With the label lines above and below the panels (their edges share H.264's blocks),
+# measured again: 3.38, 0.60, 11.64 and 5.61, still under the bounds. A panel in the wrong place is off by 49 or more.
 PANEL_TOLERANCE = (6.0, 1.0, 22.0, 11.0)
 
 
@@ -55,7 +57,9 @@ def test_reconstruct_writes_four_panels_that_match_the_model(tiny_pretraining_di
         torch.testing.assert_close(tokens["reconstruction"][hidden], logits.clamp(0, 1), atol=1e-5, rtol=0)
 
     decoded, _ = read_video(out)
-    assert decoded.shape == (16 * len(windows), SIZE, 4 * SIZE, 3)  # four panels of the model's size, per frame
+    # Four panels of the model's size per frame, their titles above, the window and the frame said below.
+    assert decoded.shape == (16 * len(windows), TITLE_HEIGHT + SIZE + CAPTION_HEIGHT, 4 * SIZE, 3)
+    decoded = decoded[:, TITLE_HEIGHT : TITLE_HEIGHT + SIZE]
     expected = np.concatenate(
         [
             reconstruction_panels(w.original, w.masked, w.reconstruction, w.label_maps, w.bool_masked_pos, 16, 2)
@@ -69,8 +73,8 @@ def test_reconstruct_writes_four_panels_that_match_the_model(tiny_pretraining_di
 
     from PIL import Image
 
-    grid = Image.open(out.with_suffix(".png"))  # original / masked / reconstruction rows per window, 4 frames each
-    assert grid.size == (4 * SIZE, 3 * SIZE * len(windows))
+    grid = Image.open(out.with_suffix(".png"))  # per window: a title, the frames' names, then 3 labelled rows
+    assert grid.size == (ROW_LABEL_WIDTH + 4 * SIZE, (TITLE_HEIGHT + CAPTION_HEIGHT + 3 * SIZE) * len(windows))
 
 
 def test_random_masks_need_no_face_and_repeat_with_the_seed(tiny_pretraining_dir, face_video):
@@ -91,3 +95,41 @@ def test_an_encoder_only_model_is_one_line_before_the_video_is_read(tiny_model_d
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"marlin reconstruct: error: {tiny_model_dir}: an encoder-only model") and "decoder" in line
     assert not out.exists() and not out.with_suffix(".png").exists()
+
+
+def test_each_frame_of_the_video_names_its_panels_window_and_frame(tiny_pretraining_dir, face_video):
+    model = load_marlin(tiny_pretraining_dir, "pretraining")
+    (window,) = reconstruct_video(face_video, model, crop_face=True, max_windows=1)
+    frames = labelled_panels(window, 16, 2)
+    assert frames.shape == (16, TITLE_HEIGHT + SIZE + CAPTION_HEIGHT, 4 * SIZE, 3)
+    plain = reconstruction_panels(
+        window.original, window.masked, window.reconstruction, window.label_maps, window.bool_masked_pos, 16, 2
+    )
+    np.testing.assert_array_equal(frames[:, TITLE_HEIGHT : TITLE_HEIGHT + SIZE], plain)
+    titles, captions = frames[:, :TITLE_HEIGHT], frames[:, TITLE_HEIGHT + SIZE :]
+    for panel in range(4):  # a title over each panel, the same on every frame
+        assert titles[0, :, panel * SIZE : (panel + 1) * SIZE].min() < 100, f"panel {panel} has no title"
+    assert (titles == titles[:1]).all()
+    # Below: the window (the same on every frame) in the left half, the frame (its own on each) in the right half.
+    window_half, frame_half = captions[:, :, : 2 * SIZE], captions[:, :, 2 * SIZE :]
+    assert window_half.min() < 100 and (window_half == window_half[:1]).all()
+    assert frame_half.min() < 100 and all(not np.array_equal(frame_half[0], frame_half[i]) for i in range(1, 16))
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_transformers_bars_only_with_verbose(tiny_pretraining_dir, face_video, tmp_path, verbose):
+    """One progress display per command: ours; transformers' "Loading weights" bar only with --verbose. A process of
+    its own: the quieting is process-wide."""
+    import subprocess
+    import sys
+
+    argv = ["reconstruct", face_video, "--model", str(tiny_pretraining_dir), "--out", str(tmp_path / "rec.mp4")]
+    run = subprocess.run(
+        [sys.executable, "-m", "marlin_transformers.cli", *argv, *(["--verbose"] if verbose else [])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "reconstructing" in run.stderr and "wrote" in run.stdout
+    assert ("Loading weights" in run.stderr) == verbose, run.stderr

@@ -169,7 +169,13 @@ def _draw_pictures(done: list, records: list[dict], features, out_dir: Path, ste
     save_crops_picture(crops, records, crops_picture)
     first = done[0]
     render_mask_overlay(
-        crops[0], first.label_maps, first.bool_masked_pos, mask_picture, config.patch_size, config.tubelet_size
+        crops[0],
+        first.label_maps,
+        first.bool_masked_pos,
+        mask_picture,
+        config.patch_size,
+        config.tubelet_size,
+        frame_indices=list(first.window.frame_indices),
     )
     similarity = save_similarity_picture(features, similarity_picture)
     return crops_picture, mask_picture, similarity_picture, similarity

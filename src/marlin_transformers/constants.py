@@ -61,6 +61,9 @@ LAPA_PALETTE = (
     (204, 0, 102),
     (102, 51, 0),
 )
+# Label sizes of the labelled pictures (`visualization`), pixels, even for H.264's yuv420p: the column of row labels,
+# a title line, a caption line.
+ROW_LABEL_WIDTH, TITLE_HEIGHT, CAPTION_HEIGHT = 112, 22, 20
 
 # The authors' Hub uploads of the released checkpoints, by release name; what a Hub id looks like.
 TEMPLATES = Path(__file__).parent / "templates"  # the model and dataset cards' Jinja templates (package data)

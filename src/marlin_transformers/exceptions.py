@@ -58,7 +58,7 @@ def with_flags(message: str, flags: dict[str, str]) -> str:
 
 # The import names each extra of pyproject.toml brings: what to install when one is missing.
 EXTRA_MODULES = {
-    "train": ("datasets", "evaluate", "sklearn", "tensorboard"),
+    "train": ("datasets", "evaluate", "sklearn", "tensorboard", "matplotlib"),
     "demo": ("skimage",),
     "app": ("gradio",),
     "onnx": ("onnx", "onnxscript", "onnxruntime"),

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .constants import LAPA_LABEL_NAMES, LAPA_PALETTE
+from .constants import CAPTION_HEIGHT, LAPA_LABEL_NAMES, LAPA_PALETTE, ROW_LABEL_WIDTH, TITLE_HEIGHT
 from .modeling_marlin import patchify_video, unpatchify_video
 
 
@@ -47,8 +47,12 @@ def reconstruction_grid(
     tubelet_size: int,
     num_shown: int = 4,
     max_clips: int = 2,
+    clip_titles: list[str] | None = None,
+    frame_indices: list[list[int]] | None = None,
+    timestamps: list[list[float]] | None = None,
 ) -> np.ndarray:
-    """A picture of reconstructions: per clip, rows original / masked input (masked tubelets grey) / reconstruction.
+    """A labelled picture of reconstructions: per clip a title line, a line naming the frames shown, then the rows
+    input / masked (masked tubelets grey; the row label gives the share masked) / reconstruction, labelled on the left.
 
     Args:
         pixel_values_videos: (batch, frames, 3, height, width) in [0, 1].
@@ -56,9 +60,12 @@ def reconstruction_grid(
         bool_masked_pos: (batch, num_tokens), True where masked.
         num_shown: frames per clip, spread over the clip (first frame of evenly spaced tubelets).
         max_clips: clips shown, from the start of the batch.
+        clip_titles: one title per clip shown (default "clip k").
+        frame_indices: per clip, each frame's index in its video (default: its position in the clip).
+        timestamps: per clip, each frame's time in seconds, said beside its index (default: not said).
 
     Returns:
-        (rows * height, num_shown * width, 3) uint8 RGB.
+        (height, width, 3) uint8 RGB: `ROW_LABEL_WIDTH + num_shown * frame width` wide.
     """
     clips = pixel_values_videos[:max_clips].detach().float().cpu()
     logits = logits[: len(clips)].detach().float().cpu()
@@ -68,12 +75,55 @@ def reconstruction_grid(
     painted = paint_predictions(clips, logits, masked, patch_size, tubelet_size)
     frames = torch.linspace(0, num_frames // tubelet_size - 1, min(num_shown, num_frames // tubelet_size))
     frames = (frames.round().long() * tubelet_size).tolist()
-    rows = []
+    width = clips.shape[4]
+    parts = []
     for clip in range(len(clips)):
-        for video in (clips[clip], greyed[clip], painted[clip]):
-            row = video[frames].clamp(0, 1).permute(2, 0, 3, 1)  # (h, shown, w, c)
-            rows.append(row.reshape(image_size, -1, channels))
-    return (torch.cat(rows, dim=0) * 255).round().to(torch.uint8).numpy()
+        title = clip_titles[clip] if clip_titles else f"clip {clip}"
+        indices = frame_indices[clip] if frame_indices else list(range(num_frames))
+        wide = width >= 96  # room for "frame 12, 0.40 s" over each frame; else "frame" once, on the left
+        names = [f"{indices[f]}" + (f", {timestamps[clip][f]:.2f} s" if timestamps else "") for f in frames]
+        names = [("frame " if wide else "") + name for name in names]
+        parts.append(text_strip([title], [ROW_LABEL_WIDTH + len(frames) * width], TITLE_HEIGHT, align="left"))
+        cells = [ROW_LABEL_WIDTH] + [width] * len(frames)
+        parts.append(text_strip(["" if wide else "frame", *names], cells, CAPTION_HEIGHT))
+        labels = ("input", f"masked ({float(masked[clip].float().mean()):.0%})", "reconstruction")
+        for label, video in zip(labels, (clips[clip], greyed[clip], painted[clip])):
+            row = video[frames].clamp(0, 1).permute(2, 0, 3, 1).reshape(image_size, -1, channels)  # (h, shown * w, c)
+            row = (row * 255).round().to(torch.uint8).numpy()
+            parts.append(np.concatenate([text_strip([label], [ROW_LABEL_WIDTH], image_size), row], axis=1))
+    return np.concatenate(parts, axis=0)
+
+
+def text_strip(texts: list[str], widths: list[int], height: int, align: str = "center") -> np.ndarray:
+    """A white strip with `texts[i]` written in black in its cell of `widths[i]` pixels, vertically centred; the
+    font (PIL's default, 14 px) shrinks to fit a narrow cell, down to 8 px.
+
+    Returns:
+        (height, sum(widths), 3) uint8 RGB.
+    """
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (sum(widths), height), "white")
+    draw = ImageDraw.Draw(image)
+    left = 0
+    for text, width in zip(texts, widths):
+        font = fitted_font(text, width - 6, height)
+        size = font.getlength(text)
+        x = left + 3 if align == "left" else left + max(3, (width - size) / 2)
+        draw.text((x, height / 2), text, fill="black", font=font, anchor="lm")
+        left += width
+    return np.asarray(image)
+
+
+def fitted_font(text: str, width: int, height: int):
+    """PIL's default font at the largest size from 14 px down to 8 px at which `text` fits `width` x `height`."""
+    from PIL import ImageFont
+
+    for size in range(min(14, height - 4), 8, -1):
+        font = ImageFont.load_default(size=size)
+        if font.getlength(text) <= width:
+            return font
+    return ImageFont.load_default(size=8)
 
 
 def save_crops_picture(crops: np.ndarray, windows: list[dict], path: str | Path, per_row: int = 8) -> None:
@@ -107,20 +157,25 @@ def render_mask_overlay(
     patch_size: int = 16,
     tubelet_size: int = 2,
     num_shown: int = 4,
+    title: str | None = None,
+    frame_indices: list[int] | None = None,
 ):
     """Write a PNG of a few frames: the frame, its parsing overlaid in colour, and the frame with masked tokens greyed.
 
     Columns are `num_shown` tubelets spread over the clip, each shown by its first frame (the one whose parsing
-    decides Fasking); rows are frame / parsing / mask, then a colour legend.
+    decides Fasking) and named above; rows are input / face parsing / masked (with the share masked), named on the
+    left; then a colour legend.
 
     Args:
         frames: `(num_frames, height, width, 3)` uint8 RGB face crops.
         label_maps: `(num_frames, height, width)` LaPa labels 0..10.
         bool_masked_pos: `(num_tokens,)` bool, True where masked, tokens ordered (time, row, column).
         path: the PNG to write.
+        title: a line above the picture (default: none).
+        frame_indices: each frame's index in its video, to name the columns (default: its position in the clip).
 
     Returns:
-        The picture, a `PIL.Image.Image` of width `num_shown * width`.
+        The picture, a `PIL.Image.Image` of width `ROW_LABEL_WIDTH + num_shown * width`.
     """
     from PIL import Image, ImageDraw, ImageFont
 
@@ -140,6 +195,15 @@ def render_mask_overlay(
         greyed = torch.where(masked_pixels[tubelet, ..., None], 0.15 * frame + 0.85 * 128, frame)
         rows.append(torch.cat([frame, parsing, greyed], dim=0))  # (3 h, w, 3)
     grid = torch.cat(rows, dim=1).round().clamp(0, 255).to(torch.uint8).numpy()  # (3 h, shown * w, 3)
+    row_names = ("input", "face parsing", f"masked ({float(masked.float().mean()):.0%})")
+    labels = np.concatenate([text_strip([name], [ROW_LABEL_WIDTH], height) for name in row_names], axis=0)
+    grid = np.concatenate([labels, grid], axis=1)
+    indices = frame_indices or list(range(num_frames))
+    names = ["", *(f"frame {indices[tubelet * tubelet_size]}" for tubelet in shown.tolist())]
+    strips = [text_strip(names, [ROW_LABEL_WIDTH] + [width] * len(shown), CAPTION_HEIGHT)]
+    if title:
+        strips.insert(0, text_strip([title], [grid.shape[1]], TITLE_HEIGHT, align="left"))
+    grid = np.concatenate([*strips, grid], axis=0)
 
     entries = [(name, colour) for name, colour in zip(LAPA_LABEL_NAMES, LAPA_PALETTE)] + [("masked", (128,) * 3)]
     entry_width = 96
@@ -174,30 +238,30 @@ def colour_parsing(frames: torch.Tensor, label_maps: torch.Tensor) -> torch.Tens
     return torch.where(label_maps[..., None] > 0, 0.4 * frames + 0.6 * colours, frames)
 
 
-def write_curve_png(points: list[tuple[int, float]], path: Path, title: str) -> None:
-    """A line plot of (step, value) points, drawn with PIL (no plotting library needed)."""
-    from PIL import Image, ImageDraw
+def curve_figure(points: list[tuple[int, float]], title: str, xlabel: str = "optimizer step", ylabel: str = "value"):
+    """A matplotlib line plot of (step, value) points: whole steps on the x axis, values written with as many
+    decimals as their ticks need (no offset, no two ticks alike).
 
-    width, height, margin = 640, 400, 50
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    steps, values = [p[0] for p in points], [p[1] for p in points]
-    low, high = min(values), max(values)
-    span_x, span_y = max(max(steps) - min(steps), 1), max(high - low, 1e-12)
+    Returns:
+        The `matplotlib.figure.Figure` (drawn by Agg, no pyplot: nothing global is touched).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    def xy(step, value):
-        x = margin + (step - min(steps)) / span_x * (width - 2 * margin)
-        return x, height - margin - (value - low) / span_y * (height - 2 * margin)
+    figure = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    steps, values = zip(*points)
+    axes.plot(steps, values, color="tab:red", marker="o", markersize=3)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.ticklabel_format(axis="y", style="plain", useOffset=False)
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axes.grid(alpha=0.3)
+    return figure
 
-    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
-    for i in range(5):
-        value = low + span_y * i / 4
-        draw.text((2, xy(min(steps), value)[1] - 5), f"{value:.4f}", fill="black")
-        step = min(steps) + span_x * i / 4
-        draw.text((xy(step, low)[0] - 10, height - margin + 5), f"{step:.0f}", fill="black")
-    draw.line([xy(s, v) for s, v in points], fill=(200, 30, 30), width=2)
-    draw.text((margin, 15), title, fill="black")
-    image.save(path)
+
+def write_curve_png(points: list[tuple[int, float]], path: Path, title: str, xlabel: str, ylabel: str) -> None:
+    """`curve_figure` written as a PNG (needs matplotlib, the `train` extra)."""
+    curve_figure(points, title, xlabel, ylabel).savefig(path)
 
 
 def reconstruction_panels(
@@ -235,6 +299,40 @@ def reconstruction_panels(
     return torch.cat(panels, dim=2).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+def labelled_panels(reconstruction, patch_size: int, tubelet_size: int) -> np.ndarray:
+    """One window's `reconstruction_panels`, each frame with the panels' titles above it and, below, the window
+    (its number, frames and time span) and the frame (its index in the video and time).
+
+    Args:
+        reconstruction: a `pretraining.reconstruction.WindowReconstruction` (its window's `frame_indices`,
+            `timestamps`, `start_time`, `end_time` and `index` are said).
+
+    Returns:
+        `(num_frames, TITLE_HEIGHT + size + CAPTION_HEIGHT, 4 * size, 3)` uint8 RGB.
+    """
+    r, window = reconstruction, reconstruction.window
+    panels = reconstruction_panels(
+        r.original, r.masked, r.reconstruction, r.label_maps, r.bool_masked_pos, patch_size, tubelet_size
+    )
+    width = panels.shape[2] // 4
+    ratio = float(r.bool_masked_pos.float().mean())
+    titles = ["input", f"masked ({ratio:.0%})", "reconstruction", "face parts, masked darker"]
+    header = text_strip(titles, [width] * 4, TITLE_HEIGHT)
+    span = window_title(window)
+    labelled = []
+    for frame, index, time in zip(panels, window.frame_indices, window.timestamps):
+        shown = f"shown: frame {index}, {time:.2f} s"
+        footer = text_strip([span, shown], [2 * width, 2 * width], CAPTION_HEIGHT, align="left")
+        labelled.append(np.concatenate([header, frame, footer], axis=0))
+    return np.stack(labelled)
+
+
+def window_title(window) -> str:
+    """The title of a `video.windows.VideoWindow`: "window 2: frames 64-94, 2.13-3.17 s" (time span in seconds)."""
+    first, last = window.frame_indices[0], window.frame_indices[-1]
+    return f"window {window.index}: frames {first}-{last}, {window.start_time:.2f}-{window.end_time:.2f} s"
+
+
 def write_reconstruction_video(
     windows,
     path: str | Path,
@@ -244,11 +342,11 @@ def write_reconstruction_video(
     grid_windows: int = 8,
     grid_frames: int = 4,
 ) -> list:
-    """Write the side-by-side video of every window (`reconstruction_panels`, window after window) and, beside it
-    (same name, `.png`), the picture of `reconstruction_grid` for the first `grid_windows` windows.
+    """Write the side-by-side video of every window (`labelled_panels`, window after window) and, beside it (same
+    name, `.png`), the picture of `reconstruction_grid` for the first `grid_windows` windows.
 
     Args:
-        windows: `pretraining.reconstruction.WindowReconstruction`s, or anything with their tensor attributes; an
+        windows: `pretraining.reconstruction.WindowReconstruction`s, or anything with their attributes; an
             iterator is drawn as it comes (the video is written streaming).
         path: the video to write (H.264, written whole or not at all, `video.writing.write_video`).
         fps: frames per second of the video (the sampled frames' rate plays them at their real speed).
@@ -266,8 +364,7 @@ def write_reconstruction_video(
     def frames():
         for window in windows:
             kept.append(window)
-            arguments = (window.original, window.masked, window.reconstruction, window.label_maps)
-            yield from reconstruction_panels(*arguments, window.bool_masked_pos, patch_size, tubelet_size)
+            yield from labelled_panels(window, patch_size, tubelet_size)
 
     write_video(path, frames(), fps)
     shown = kept[:grid_windows]
@@ -280,6 +377,9 @@ def write_reconstruction_video(
             tubelet_size,
             num_shown=grid_frames,
             max_clips=len(shown),
+            clip_titles=[window_title(w.window) for w in shown],
+            frame_indices=[w.window.frame_indices for w in shown],
+            timestamps=[w.window.timestamps for w in shown],
         )
         Image.fromarray(grid).save(path.with_suffix(".png"))
     return kept

@@ -12,6 +12,7 @@ import sys
 
 from ..exceptions import MarlinError
 from . import apps, datasets, extraction, models, pretraining
+from .options import quiet_libraries
 
 # In the order `marlin --help` lists them.
 _ORDER = (
@@ -52,6 +53,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         )
         if only is None or name == only:
             command.add_options(subparser)
+            subparser.add_argument(
+                "--verbose", action="store_true", help="also show transformers' and accelerate's own bars and notices"
+            )
     return parser
 
 
@@ -62,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.handler is None:  # a bare `marlin`
         parser.print_help()
         return 0
+    quiet_libraries(args.verbose)
     try:
         return args.handler(args)
     except MarlinError as error:  # the library names the value; the flag that set it goes in front

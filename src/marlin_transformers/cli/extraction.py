@@ -19,11 +19,6 @@ def _extract(args: argparse.Namespace) -> int:
     if args.device:  # before any input is looked at
         check_device(args.device)
 
-    if args.quiet:  # transformers' "Loading weights" bar too: only errors and the summary
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-
     if args.all_faces and not args.crop_face:
         raise MarlinError("--all-faces follows faces: use it with --crop-face.")
     try:

@@ -64,6 +64,26 @@ def job_exit_status(summary, command: str, out_dir: str) -> int:
     return 1 if summary.failed else 0
 
 
+def quiet_libraries(verbose: bool = False) -> None:
+    """Leave a command one progress display, its own: transformers' bars ("Loading weights", "Writing model shards")
+    and notices, huggingface_hub's download bars and accelerate's log lines off, errors still said; with `verbose`,
+    all left as they are.
+
+    Process-wide, so called where a process starts (`marlin`'s `main`, the example scripts), never by the library.
+    """
+    if verbose:
+        return
+    import logging
+
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    disable_progress_bars()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
 def library_defaults(*sources: str) -> dict[str, Any]:
     """{parameter: default} of the library functions, classes or settings dataclasses named "module:name" (module
     inside the package), where the defaults are written; imported now."""

@@ -44,6 +44,7 @@ def _show_mask(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         seed=args.seed,
         num_shown=args.frames,
+        frame_indices=list(window.frame_indices),
     )
     print(f"wrote {args.out}: frames {window.frame_indices[0]}-{window.frame_indices[-1]} of {args.video}")
     return 0
@@ -93,6 +94,8 @@ def _show_mask_options(show_mask: argparse.ArgumentParser, defaults: dict) -> No
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from ..loading import load_marlin
     from ..pretraining.face_parsing import FarlFaceParser
     from ..pretraining.reconstruction import reconstruct_video
@@ -113,10 +116,11 @@ def _reconstruct(args: argparse.Namespace) -> int:
         sample_rate=args.sample_rate,
     )
     config = model.config
+    windows = tqdm(windows, desc="reconstructing", unit="window")  # as `marlin extract` counts them
     done = write_reconstruction_video(windows, args.out, fps, config.patch_size, config.tubelet_size)
     losses = [float(((w.reconstruction - w.original) ** 2).mean()) for w in done]
     print(
-        f"wrote {args.out} ({len(done)} windows, panels: frames | masked input | reconstruction | face parts) and "
+        f"wrote {args.out} ({len(done)} windows, panels: input | masked | reconstruction | face parts) and "
         f"{Path(args.out).with_suffix('.png')}; mean squared error per window: "
         + ", ".join(f"{loss:.4f}" for loss in losses)
     )
@@ -127,8 +131,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
 def _reconstruct_options(reconstruct: argparse.ArgumentParser, defaults: dict) -> None:
     """what a pretrained MARLIN sees: mask each window, reconstruct it, write a side-by-side video and a PNG
 
-    Writes OUT (frames | masked input | reconstruction | face parts, window after window) and OUT with .png (a grid
-    of frames, masked inputs and reconstructions). Needs the decoder: a .full.pt, a Lightning .ckpt or a folder
+    Writes OUT (input | masked | reconstruction | face parts, titled, window after window, each frame captioned with
+    its window, frame index and time) and OUT with .png (per window: input, masked and reconstruction rows of a few
+    frames, labelled). Needs the decoder: a .full.pt, a Lightning .ckpt or a folder
     converted from one.
     """
     from ..configuration_marlin import MASKING_STRATEGIES

@@ -168,6 +168,9 @@ class PretrainingArguments:
     )
     logging_steps: int = field(default=1, metadata={"help": "log the losses every N steps"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar and no loss lines on the terminal"})
+    verbose: bool = field(
+        default=False, metadata={"help": "also show transformers' and accelerate's own bars and notices"}
+    )
     eval_steps: int = field(default=500, metadata={"help": "evaluate every N steps (0: never)"})
     image_steps: int = field(default=1000, metadata={"help": "reconstruction picture every N steps (0: never)"})
     tensorboard: bool = field(default=True, metadata={"help": "log to TensorBoard (--no-tensorboard: don't)"})

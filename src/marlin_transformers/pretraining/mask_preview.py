@@ -28,12 +28,14 @@ def render_fasking_preview(
     strategy: str = "fasking",
     seed: int = 0,
     num_shown: int = 4,
+    frame_indices: list[int] | None = None,
 ):
     """Parse a clip of face crops, draw its Fasking mask and write the picture of `render_mask_overlay`.
 
     What `marlin show-mask` needs after decoding and cropping: `face_crops` `(num_frames, size, size, 3)` uint8 RGB
     with `num_frames` a multiple of `tubelet_size`, `landmarks` `(num_frames, 5, 2)` in crop pixels (NaN where no
-    face), `parser` defaulting to `LandmarkFaceParser()`. Returns the picture.
+    face), `parser` defaulting to `LandmarkFaceParser()`, `frame_indices` each frame's index in its video (to name
+    the columns). Returns the picture.
     """
     face_crops = torch.as_tensor(np.asarray(face_crops))
     num_frames, image_size = face_crops.shape[:2]
@@ -42,4 +44,7 @@ def render_fasking_preview(
     bool_masked_pos = generate_mask(
         strategy, num_frames, image_size, patch_size, tubelet_size, mask_ratio, seed, label_maps=label_maps
     )
-    return render_mask_overlay(face_crops, label_maps, bool_masked_pos, path, patch_size, tubelet_size, num_shown)
+    title = f"masking strategy {strategy}, mask ratio {mask_ratio:g}"
+    return render_mask_overlay(
+        face_crops, label_maps, bool_masked_pos, path, patch_size, tubelet_size, num_shown, title, frame_indices
+    )

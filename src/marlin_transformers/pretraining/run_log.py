@@ -5,6 +5,7 @@ pictures; and what the run did (`PretrainingResult`)."""
 from __future__ import annotations
 
 import csv
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..configuration_marlin import MarlinConfig
+from ..exceptions import missing_extra
 from ..modeling_marlin import masked_patch_targets, reconstruction_loss
 from ..visualization import reconstruction_grid, write_curve_png
 
@@ -59,6 +61,7 @@ def save_eval_picture(
         eval_batch["bool_masked_pos"],
         config.patch_size,
         config.tubelet_size,
+        clip_titles=[f"held-out clip {clip}, step {step}" for clip in range(len(logits))],
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
@@ -152,5 +155,12 @@ class RunLog:
     def close(self) -> None:
         """Close the bar and plot the eval curve (`eval_curve.png`, main process, with two evaluations or more)."""
         self.bar.close()
-        if self.is_main and len(self.eval_curve) > 1:
-            write_curve_png(self.eval_curve, self.output_dir / "eval_curve.png", "reconstruction MSE, held-out batch")
+        if not (self.is_main and len(self.eval_curve) > 1):
+            return
+        try:
+            path, title = self.output_dir / "eval_curve.png", "Reconstruction MSE of the held-out batch"
+            write_curve_png(self.eval_curve, path, title, "optimizer step", "MSE of masked patches")
+        except ModuleNotFoundError as error:  # a finished run is not failed for its plot; eval.csv has the numbers
+            if missing_extra(error) is None:
+                raise
+            print(f"eval_curve.png not drawn: {missing_extra(error)}", file=sys.stderr)
