@@ -15,6 +15,7 @@ from marlin_transformers.evaluation.linear_probe import (
     train_linear_probe,
 )
 from marlin_transformers.evaluation.selection import is_better
+from marlin_transformers.data.labels import match_videos
 from marlin_transformers.exceptions import DatasetError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "linear_probe.py"
@@ -183,6 +184,9 @@ def test_missing_features_are_an_error_unless_skipped(linear_probe, tmp_path, ca
     assert linear_probe.main(argv) == 1
     message = capsys.readouterr().err.strip()
     assert message.startswith("linear_probe: error: ") and "broken.mp4" in message and "\n" not in message
+    assert "(1 labelled video lacks them)" in message  # one video: singular
+    with pytest.raises(DatasetError, match=r"\(2 labelled videos lack them\)"):
+        match_videos(inputs, [*inputs, "videos/broken.mp4", "videos/gone.mp4"])
     assert linear_probe.main([*argv, "--skip-missing"]) == 0
     report = json.loads((tmp_path / "features" / "linear_probe_metrics.json").read_text())
     assert report["skipped_without_features"] == {"train": 1, "eval": 1}
