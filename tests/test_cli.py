@@ -6,6 +6,7 @@ import pytest
 
 from marlin_transformers import __version__
 from marlin_transformers.cli import build_parser, main
+from marlin_transformers.cli.options import DeprecatedFlag
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -27,8 +28,8 @@ def test_every_option_of_every_subcommand_has_help_with_its_default():
     missing = []
     for name, parser in subcommands(build_parser()).items():
         for action in parser._actions:
-            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
-                continue
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction, DeprecatedFlag)):
+                continue  # an old spelling is hidden on purpose: test_old_flag_spellings_... checks it
             label = f"marlin {name} {'/'.join(action.option_strings) or action.dest}"
             if not action.help or action.help == argparse.SUPPRESS:
                 missing.append(f"{label}: no help")
@@ -39,6 +40,45 @@ def test_every_option_of_every_subcommand_has_help_with_its_default():
                 ):
                     missing.append(f"{label}: help does not give the default {action.default!r}")
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    "argv, old, new, dest, value",
+    [
+        (["show-mask", "v.mp4"], "--strategy", "--mask-strategy", "mask_strategy", "random"),
+        (["prepare-celebvhq", "root", "out"], "--size", "--image-size", "image_size", 112),
+    ],
+)
+def test_old_flag_spellings_still_work_with_one_deprecation_line(argv, old, new, dest, value, capsys):
+    parser = build_parser()
+    args = parser.parse_args([*argv, old, str(value), old, str(value)])  # given twice: said once
+    assert getattr(args, dest) == value
+    assert capsys.readouterr().err == f"marlin: {old} is deprecated; use {new}\n"
+    assert getattr(parser.parse_args([*argv, new, str(value)]), dest) == value
+    assert capsys.readouterr().err == ""
+    help_text = subcommands(parser)[argv[0]].format_help()
+    assert new in help_text and f"{old} " not in help_text  # hidden from --help
+
+
+def test_one_flag_name_per_concept_across_commands():
+    """No command shows a spelling that another command (or itself) has deprecated, every old spelling sets a shown
+    flag of its own command, and the FaRL parser is `--farl-model` wherever faces are parsed."""
+    commands = subcommands(build_parser())
+    shown = {name: {o for a in p._actions if not isinstance(a, DeprecatedFlag) for o in a.option_strings}
+             for name, p in commands.items()}  # fmt: skip
+    deprecated = {}
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if isinstance(action, DeprecatedFlag):
+                assert action.new_flag in shown[name], f"marlin {name}: {action.option_strings} -> {action.new_flag}"
+                deprecated.update({old: (name, action.new_flag) for old in action.option_strings})
+    clashes = {
+        f"marlin {name} {flag}": deprecated[flag] for name, flags in shown.items() for flag in flags & set(deprecated)
+    }
+    assert clashes == {}
+    for name in ("show-mask", "reconstruct", "prepare-ytf", "prepare-faces"):
+        assert "--farl-model" in shown[name], f"marlin {name}"
+    assert "--mask-strategy" in shown["show-mask"] and "--mask-strategy" in shown["reconstruct"]
 
 
 @pytest.mark.parametrize(

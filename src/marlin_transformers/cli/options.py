@@ -97,3 +97,51 @@ def add_option(
     if default is False:
         kwargs["action"] = "store_true"
     return parser.add_argument(flag, default=default, help=help.format(default=default), **kwargs)
+
+
+FARL_MODEL_HELP = (
+    "FaRL LaPa TorchScript file (face_parsing.farl.lapa.main_ema_136500_jit191.pt, downloaded by you) for the "
+    "paper's parsing; default: the built-in landmark approximation"
+)
+
+
+def add_farl_model(parser: argparse.ArgumentParser) -> argparse.Action:
+    """`--farl-model PATH`, the FaRL face parser, one definition for every command that parses faces
+    (`examples/pretrain.py`'s field `farl_model` says the same)."""
+    return parser.add_argument("--farl-model", metavar="PATH", help=FARL_MODEL_HELP)
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old spelling of a flag, hidden from `--help`: it sets the new flag's value and says once, on stderr, to use
+    the new one."""
+
+    def __init__(self, option_strings, dest, new_flag: str, **kwargs):
+        self.new_flag = new_flag
+        self.said: set[str] = set()  # the old spellings already warned about: once each, however often given
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string not in self.said:
+            self.said.add(option_string)
+            print(f"marlin: {option_string} is deprecated; use {self.new_flag}", file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def add_deprecated_alias(parser: argparse.ArgumentParser, *old: str, new: str) -> None:
+    """Accept the spellings `old` (hidden from `--help`) for `parser`'s option `new`, which it already has; using one
+    prints `marlin: OLD is deprecated; use NEW` once per process."""
+    target = next(a for a in parser._actions if new in a.option_strings)
+    switch = target.nargs == 0  # a store_true/store_const option
+    parser.add_argument(
+        *old,
+        dest=target.dest,
+        action=DeprecatedFlag,
+        new_flag=new,
+        nargs=0 if switch else target.nargs,
+        const=target.const if switch else None,
+        type=None if switch else target.type,
+        choices=None if switch else target.choices,
+        metavar=target.metavar,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )

@@ -70,7 +70,7 @@ class PretrainingArguments:
     )
     crop: Literal["auto", "always", "never"] = field(default="auto", metadata={"help": "see FacePreparer"})
     sample_rate: int = field(default=SAMPLE_RATE, metadata={"help": "take every n-th frame"})
-    farl_parser: str | None = field(
+    farl_model: str | None = field(
         default=None,
         metadata={
             "metavar": "PATH",
