@@ -180,3 +180,20 @@ def test_init_refuses_a_non_empty_folder_and_convert_answers_its_folders(init_fo
     (error,) = capsys.readouterr().err.splitlines()
     assert "already a marlin-transformers folder" in error and "nothing to convert" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_reconstruct_says_when_frames_far_from_square_are_squeezed(tiny_pretraining_dir, tmp_path, capsys):
+    from video_factory import encode_video, indexed_frames
+
+    wide = tmp_path / "wide.mp4"
+    encode_video(wide, indexed_frames(20, 48, 96))
+    run = ["reconstruct", str(wide), "--model", str(tiny_pretraining_dir), "--mask-strategy", "random"]
+    assert main([*run, "--out", str(tmp_path / "rec.mp4")]) == 0
+    line = (
+        f"marlin: {wide} is 96x48; without --crop-face it is squeezed to 32x32; add --crop-face for in-the-wild video"
+    )
+    assert capsys.readouterr().err.splitlines().count(line) == 1
+    # With --crop-face nothing is squeezed: no such line (this clip has no face, so its one error line instead).
+    assert main([*run, "--out", str(tmp_path / "rec2.mp4"), "--crop-face"]) == 1
+    err = capsys.readouterr().err
+    assert "squeezed" not in err and "marlin reconstruct: error: " in err

@@ -7,13 +7,17 @@ there (`library_defaults`) and says it in the help, so `marlin` and the Python A
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import inspect
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from ..exceptions import SqueezedVideoWarning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,3 +149,27 @@ def add_deprecated_alias(parser: argparse.ArgumentParser, *old: str, new: str) -
         default=argparse.SUPPRESS,
         help=argparse.SUPPRESS,
     )
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """While a command runs, the library's `SqueezedVideoWarning` is one line with the flag that helps, once a video
+    (`marlin: VIDEO is 1280x720; without --crop-face ...`); other warnings show as Python shows them."""
+    said: set[str] = set()
+    show = warnings.showwarning
+
+    def show_line(message, category, filename, lineno, file=None, line=None):
+        if not isinstance(message, SqueezedVideoWarning):
+            return show(message, category, filename, lineno, file, line)
+        if message.source not in said:
+            said.add(message.source)
+            print(
+                f"marlin: {message.source} is {message.width}x{message.height}; without --crop-face it is squeezed "
+                f"to {message.size}x{message.size}; add --crop-face for in-the-wild video",
+                file=sys.stderr,
+            )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SqueezedVideoWarning)  # once a video, counted here
+        warnings.showwarning = show_line
+        yield

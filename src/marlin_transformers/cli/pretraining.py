@@ -94,10 +94,13 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from ..loading import load_marlin
     from ..pretraining.face_parsing import FarlFaceParser
     from ..pretraining.reconstruction import reconstruct_video
-    from ..video.decoding import frame_rate
+    from ..video.cropping import warn_if_squeezed
+    from ..video.decoding import frame_rate, frame_size
     from ..visualization import write_reconstruction_video
 
     model = load_marlin(args.model, "pretraining")  # checked before any video is read
+    if not args.crop_face:
+        warn_if_squeezed(args.video, *frame_size(args.video), model.config.image_size)
     parser = FarlFaceParser(args.farl_model) if args.farl_model else None
     fps = frame_rate(args.video) / args.sample_rate  # the sampled frames at their real speed
     windows = reconstruct_video(
