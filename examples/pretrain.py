@@ -90,7 +90,7 @@ def get_dataloaders(args: PretrainingArguments, model_config, accelerator: Accel
                 eval_videos,
                 holdout,
                 cache_dir=args.cache_dir,
-                crop=args.crop,
+                crop=args.crop_face,
                 face_parser=face_parser,
                 **clips,
             )
@@ -309,7 +309,8 @@ def say(error: Exception) -> str:
 
 def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
     parser = HfArgumentParser(PretrainingArguments, description="MARLIN pretraining (masked reconstruction + critic).")
-    add_deprecated_alias(parser, "--farl_parser", "--farl-parser", new="--farl-model")  # marlin's commands' name
+    add_deprecated_alias(parser, "--farl_parser", "--farl-parser", new="--farl-model")  # marlin's commands' names
+    add_deprecated_alias(parser, "--crop", new="--crop-face")
     try:
         (args,) = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as error:  # PretrainingArguments' own checks
