@@ -3,7 +3,7 @@
     marlin extract CelebV-HQ/cropped --model marlin_vit_base_ytf --out features/
     python examples/linear_probe.py --features features/ \
         --train-labels CelebV-HQ/appearance/train.csv --eval-labels CelebV-HQ/appearance/test.csv \
-        --problem-type multi_label_classification --output probe_appearance.json
+        --problem-type multi_label_classification --out probe_appearance.json
 
 Temporal mean of each video's window features, standardized, one linear layer trained with AdamW, scored on the
 held-out split; the metrics go to a JSON file. The work is `marlin_transformers.evaluation.linear_probe`'s
@@ -22,6 +22,7 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from marlin_transformers.cli.options import add_deprecated_alias
 from marlin_transformers.exceptions import MarlinError, missing_extra, with_flags
 
 try:  # the 'train' extra (datasets, evaluate): without it, one line saying so
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--cache", default=None, help=f"feature cache file (default: FEATURES/{CACHE_NAME})")
     parser.add_argument("--skip-missing", action="store_true", help="leave out labelled videos without features")
-    parser.add_argument("--output", default=None, help="metrics JSON (default: FEATURES/linear_probe_metrics.json)")
+    parser.add_argument("--out", default=None, help="metrics JSON (default: FEATURES/linear_probe_metrics.json)")
+    add_deprecated_alias(parser, "--output", new="--out")  # `--out`, as marlin's commands say it
     recipe = get_recipe(parser.parse_known_args(argv)[0].recipe)
     parser.set_defaults(**recipe.linear_probe)  # a flag given on the command line still wins
     args = parser.parse_args(argv)
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"linear_probe: error: {with_flags(str(error), flags)}", file=sys.stderr)
         return 1
     report["recipe"] = {"recipe": recipe.name, "description": summary, "values": recipe_values}
-    output = Path(args.output) if args.output else Path(args.features) / "linear_probe_metrics.json"
+    output = Path(args.out) if args.out else Path(args.features) / "linear_probe_metrics.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({"eval": report["eval"], "num_train": report["num_train"], "num_eval": report["num_eval"]}))

@@ -31,7 +31,7 @@ from accelerate.utils import DataLoaderConfiguration, broadcast, set_seed
 from torch.utils.data import DataLoader
 from transformers import HfArgumentParser
 
-from marlin_transformers.cli.options import quiet_libraries
+from marlin_transformers.cli.options import add_deprecated_alias, quiet_libraries
 from marlin_transformers.exceptions import CheckpointError, DatasetError, MarlinError, with_flags
 from marlin_transformers.modeling_marlin import masked_patch_targets
 from marlin_transformers.pretraining.arguments import PretrainingArguments, parse_config_overrides
@@ -75,10 +75,10 @@ def get_dataloaders(args: PretrainingArguments, model_config, accelerator: Accel
             )
     else:
         face_parser = None
-        if args.farl_parser:  # the paper's parser; default: the built-in landmark approximation
+        if args.farl_model:  # the paper's parser; default: the built-in landmark approximation
             from marlin_transformers.pretraining.face_parsing import FarlFaceParser
 
-            face_parser = FarlFaceParser(args.farl_parser, accelerator.device, channel_order=args.farl_channel_order)
+            face_parser = FarlFaceParser(args.farl_model, accelerator.device, channel_order=args.farl_channel_order)
         train_videos, eval_videos = clip_videos(
             args.train_data, args.eval_data, args.youtube_faces, args.eval_batch_size
         )
@@ -90,7 +90,7 @@ def get_dataloaders(args: PretrainingArguments, model_config, accelerator: Accel
                 eval_videos,
                 holdout,
                 cache_dir=args.cache_dir,
-                crop=args.crop,
+                crop=args.crop_face,
                 face_parser=face_parser,
                 **clips,
             )
@@ -309,6 +309,8 @@ def say(error: Exception) -> str:
 
 def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
     parser = HfArgumentParser(PretrainingArguments, description="MARLIN pretraining (masked reconstruction + critic).")
+    add_deprecated_alias(parser, "--farl_parser", "--farl-parser", new="--farl-model")  # marlin's commands' names
+    add_deprecated_alias(parser, "--crop", new="--crop-face")
     try:
         (args,) = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as error:  # PretrainingArguments' own checks

@@ -6,6 +6,7 @@ import pytest
 
 from marlin_transformers import __version__
 from marlin_transformers.cli import build_parser, main
+from marlin_transformers.cli.options import DeprecatedFlag
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -27,8 +28,8 @@ def test_every_option_of_every_subcommand_has_help_with_its_default():
     missing = []
     for name, parser in subcommands(build_parser()).items():
         for action in parser._actions:
-            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
-                continue
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction, DeprecatedFlag)):
+                continue  # an old spelling is hidden on purpose: test_old_flag_spellings_... checks it
             label = f"marlin {name} {'/'.join(action.option_strings) or action.dest}"
             if not action.help or action.help == argparse.SUPPRESS:
                 missing.append(f"{label}: no help")
@@ -39,6 +40,45 @@ def test_every_option_of_every_subcommand_has_help_with_its_default():
                 ):
                     missing.append(f"{label}: help does not give the default {action.default!r}")
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    "argv, old, new, dest, value",
+    [
+        (["show-mask", "v.mp4"], "--strategy", "--mask-strategy", "mask_strategy", "random"),
+        (["prepare-celebvhq", "root", "out"], "--size", "--image-size", "image_size", 112),
+    ],
+)
+def test_old_flag_spellings_still_work_with_one_deprecation_line(argv, old, new, dest, value, capsys):
+    parser = build_parser()
+    args = parser.parse_args([*argv, old, str(value), old, str(value)])  # given twice: said once
+    assert getattr(args, dest) == value
+    assert capsys.readouterr().err == f"marlin: {old} is deprecated; use {new}\n"
+    assert getattr(parser.parse_args([*argv, new, str(value)]), dest) == value
+    assert capsys.readouterr().err == ""
+    help_text = subcommands(parser)[argv[0]].format_help()
+    assert new in help_text and f"{old} " not in help_text  # hidden from --help
+
+
+def test_one_flag_name_per_concept_across_commands():
+    """No command shows a spelling that another command (or itself) has deprecated, every old spelling sets a shown
+    flag of its own command, and the FaRL parser is `--farl-model` wherever faces are parsed."""
+    commands = subcommands(build_parser())
+    shown = {name: {o for a in p._actions if not isinstance(a, DeprecatedFlag) for o in a.option_strings}
+             for name, p in commands.items()}  # fmt: skip
+    deprecated = {}
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if isinstance(action, DeprecatedFlag):
+                assert action.new_flag in shown[name], f"marlin {name}: {action.option_strings} -> {action.new_flag}"
+                deprecated.update({old: (name, action.new_flag) for old in action.option_strings})
+    clashes = {
+        f"marlin {name} {flag}": deprecated[flag] for name, flags in shown.items() for flag in flags & set(deprecated)
+    }
+    assert clashes == {}
+    for name in ("show-mask", "reconstruct", "prepare-ytf", "prepare-faces"):
+        assert "--farl-model" in shown[name], f"marlin {name}"
+    assert "--mask-strategy" in shown["show-mask"] and "--mask-strategy" in shown["reconstruct"]
 
 
 @pytest.mark.parametrize(
@@ -140,3 +180,20 @@ def test_init_refuses_a_non_empty_folder_and_convert_answers_its_folders(init_fo
     (error,) = capsys.readouterr().err.splitlines()
     assert "already a marlin-transformers folder" in error and "nothing to convert" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_reconstruct_says_when_frames_far_from_square_are_squeezed(tiny_pretraining_dir, tmp_path, capsys):
+    from video_factory import encode_video, indexed_frames
+
+    wide = tmp_path / "wide.mp4"
+    encode_video(wide, indexed_frames(20, 48, 96))
+    run = ["reconstruct", str(wide), "--model", str(tiny_pretraining_dir), "--mask-strategy", "random"]
+    assert main([*run, "--out", str(tmp_path / "rec.mp4")]) == 0
+    line = (
+        f"marlin: {wide} is 96x48; without --crop-face it is squeezed to 32x32; add --crop-face for in-the-wild video"
+    )
+    assert capsys.readouterr().err.splitlines().count(line) == 1
+    # With --crop-face nothing is squeezed: no such line (this clip has no face, so its one error line instead).
+    assert main([*run, "--out", str(tmp_path / "rec2.mp4"), "--crop-face"]) == 1
+    err = capsys.readouterr().err
+    assert "squeezed" not in err and "marlin reconstruct: error: " in err

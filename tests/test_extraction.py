@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -11,8 +12,10 @@ import torch
 
 from marlin_transformers import MarlinModel, MarlinVideoProcessor
 from marlin_transformers.cli import main
+from marlin_transformers.exceptions import SqueezedVideoWarning
 from marlin_transformers.extraction import MarlinFeatureExtractor, extract_features, extract_video
 from marlin_transformers.extraction.job import output_names
+from marlin_transformers.extraction.pipeline import VideoWindows
 from marlin_transformers.video import find_videos, read_video
 from video_factory import encode_video, indexed_frames, moving_face_frames, write_audio_only
 
@@ -405,3 +408,30 @@ def test_a_decoding_worker_that_dies_is_one_line_and_the_rerun_resumes(
     assert main(args + ["--num-workers", "2"]) == 1  # only the unreadable video fails now
     records = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
     assert sum(r["status"] == "ok" for r in records) == 4
+
+
+def test_frames_far_from_square_without_crop_face_are_said_once_a_video(tiny_model_dir, tmp_path, capsys):
+    wide, near = tmp_path / "wide.mp4", tmp_path / "near.mp4"
+    encode_video(wide, indexed_frames(40, 48, 96))  # 96x48: width / height 2.0, two windows
+    encode_video(near, indexed_frames(40, 60, 64))  # 64x60: 1.07, square enough
+    extractor = MarlinFeatureExtractor(tiny_model_dir)
+    expected = rf"^{wide} is 96x48; without crop_face it is squeezed to 32x32; pass crop_face=True"
+    with pytest.warns(SqueezedVideoWarning, match=expected) as said:
+        extractor(wide)
+    assert len(said) == 1  # once a video, not once a window
+    with pytest.warns(SqueezedVideoWarning, match=expected) as said:  # the pipelined path's windows too
+        assert len(list(VideoWindows([wide], extractor))) == 3  # two windows and the end of the video
+    assert len(said) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SqueezedVideoWarning)
+        extractor(near)
+
+    # The command line says it in one line, with its flag, once a video.
+    run = ["extract", str(wide), str(near), str(wide), "--model", str(tiny_model_dir), "--quiet"]
+    capsys.readouterr()  # what the library calls above printed (transformers' loading bars)
+    assert main([*run, "--out", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == (
+        f"marlin: {wide} is 96x48; without --crop-face it is squeezed to 32x32; add --crop-face for in-the-wild video"
+    )
+    assert len(lines) == 2 and lines[1].startswith("marlin extract: ")  # that line, then the summary

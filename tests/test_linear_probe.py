@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from marlin_transformers.data.labels import match_videos
 from marlin_transformers.evaluation.linear_probe import (
     CACHE_NAME,
     LinearProbeConfig,
@@ -90,7 +91,7 @@ def test_single_label_probe_learns_and_caches(linear_probe, tmp_path):
     output = tmp_path / "metrics.json"
     argv = ["--features", str(tmp_path / "features"), "--train-labels", str(train_csv), "--eval-labels",
             str(eval_csv), "--problem-type", "single_label_classification", "--epochs", "30", "--batch-size", "32",
-            "--output", str(output)]  # fmt: skip
+            "--out", str(output)]  # fmt: skip
     with pytest.warns(UserWarning, match="file name only") as said:
         assert linear_probe.main(argv) == 0
     # one line a labels file: the manifest's relative paths are not those of the CSVs' folder, so names matched
@@ -115,7 +116,7 @@ def test_single_label_probe_learns_and_caches(linear_probe, tmp_path):
     assert linear_probe.main(argv) == 1
 
 
-def test_multi_label_probe_learns(linear_probe, tmp_path):
+def test_multi_label_probe_learns(linear_probe, tmp_path, capsys):
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, (160, 5))
     directions = rng.normal(scale=1.5, size=(5, HIDDEN))
@@ -144,11 +145,12 @@ def test_multi_label_probe_learns(linear_probe, tmp_path):
             "0",
             "--learning-rate",
             "1e-2",
-            "--output",
+            "--output",  # the old spelling of --out: still accepted, with one line saying so
             str(output),
         ]  # fmt: skip
     )
     assert code == 0
+    assert "marlin: --output is deprecated; use --out\n" in capsys.readouterr().err
     report = json.loads(output.read_text())
     assert report["best_epoch"] in (50, 100, 150, 200) and report["validation"]["roc_auc"] >= 0.95
     metrics = report["eval"]
@@ -183,6 +185,9 @@ def test_missing_features_are_an_error_unless_skipped(linear_probe, tmp_path, ca
     assert linear_probe.main(argv) == 1
     message = capsys.readouterr().err.strip()
     assert message.startswith("linear_probe: error: ") and "broken.mp4" in message and "\n" not in message
+    assert "(1 labelled video lacks them)" in message  # one video: singular
+    with pytest.raises(DatasetError, match=r"\(2 labelled videos lack them\)"):
+        match_videos(inputs, [*inputs, "videos/broken.mp4", "videos/gone.mp4"])
     assert linear_probe.main([*argv, "--skip-missing"]) == 0
     report = json.loads((tmp_path / "features" / "linear_probe_metrics.json").read_text())
     assert report["skipped_without_features"] == {"train": 1, "eval": 1}

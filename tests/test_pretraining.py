@@ -469,6 +469,21 @@ def test_command_line_flags_are_the_arguments_fields(pretrain_example, tiny_vide
         pretrain_example.parse_args(["--output-dir", str(tmp_path)])
 
 
+def test_old_spellings_of_farl_model_and_crop_face(pretrain_example, tiny_videos, tmp_path, capsys):
+    argv = ["--train-data", str(tiny_videos), "--output-dir", str(tmp_path)]
+    assert pretrain_example.parse_args([*argv, "--farl-model", "a.pt"]).farl_model == "a.pt"  # marlin's name
+    assert capsys.readouterr().err == ""
+    assert pretrain_example.parse_args([*argv, "--farl-parser", "b.pt"]).farl_model == "b.pt"
+    assert capsys.readouterr().err == "marlin: --farl-parser is deprecated; use --farl-model\n"
+    assert pretrain_example.parse_args([*argv, "--farl_parser", "c.pt"]).farl_model == "c.pt"
+    assert capsys.readouterr().err == "marlin: --farl_parser is deprecated; use --farl-model\n"
+    assert pretrain_example.parse_args([*argv, "--crop-face", "never"]).crop_face == "never"
+    assert pretrain_example.parse_args([*argv, "--crop", "always"]).crop_face == "always"
+    assert capsys.readouterr().err == "marlin: --crop is deprecated; use --crop-face\n"
+    with pytest.raises(SystemExit):  # the old spelling takes the same values only
+        pretrain_example.parse_args([*argv, "--crop", "sometimes"])
+
+
 def test_resume_matches_an_uninterrupted_run(tiny_videos, tmp_path, capsys):
     """3 batches per epoch: the resumed run restarts mid-epoch 0 (step 2) and crosses into epoch 1."""
     full = train(tiny_run(tiny_videos, tmp_path / "full"))

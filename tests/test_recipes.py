@@ -141,7 +141,7 @@ def test_linear_probe_recipe_marlin(linear_probe, tmp_path, capsys):  # noqa: F8
     argv = ["--features", str(tmp_path / "features"), "--train-labels", str(train_csv), "--val-labels", str(val_csv),
             "--eval-labels", str(eval_csv), "--problem-type", "single_label_classification", "--recipe", "marlin",
             "--learning-rate", "1e-2", "--lr-scheduler-kwargs", PLATEAU, "--stop-learning-rate", "1e-5",
-            "--output", str(output)]  # fmt: skip
+            "--out", str(output)]  # fmt: skip
     assert linear_probe.main(argv) == 0
     assert "recipe marlin:" in capsys.readouterr().err
     report = json.loads(output.read_text())

@@ -28,9 +28,9 @@ def make_figures(out_dir: Path, strategies=STRATEGIES) -> list[Path]:
         render_demo_clip(clip)
         for strategy in strategies:
             path = out_dir / f"mask_{strategy}.png"
-            status = marlin(["show-mask", str(clip), "--out", str(path), "--strategy", strategy, "--seed", "0"])
+            status = marlin(["show-mask", str(clip), "--out", str(path), "--mask-strategy", strategy, "--seed", "0"])
             if status != 0:
-                raise SystemExit(f"marlin show-mask --strategy {strategy} failed")
+                raise SystemExit(f"marlin show-mask --mask-strategy {strategy} failed")
             Image.open(path).convert("RGB").quantize(colors=128).save(path, optimize=True)
             written.append(path)
     return written

@@ -20,6 +20,10 @@ MARLIN_CROP_SIZE: int = _DEFAULT_CONFIG.image_size
 SAMPLE_RATE = 2
 STRIDE = 16
 
+# Width / height of frames read whole (without face cropping) that pass as square: outside it a video is squeezed to
+# the model's square, and the user is told once (`video.cropping.warn_if_squeezed`).
+SQUARE_ENOUGH: tuple[float, float] = (0.8, 1.25)
+
 
 def num_visible_tokens(num_tokens: int, mask_ratio: float) -> int:
     """Tokens left visible by every masking strategy: `int((1 - mask_ratio) * num_tokens)`, 156 of 1568 at 0.9."""

@@ -46,6 +46,18 @@ class ConfigError(MarlinError):
     """A model config (a variant name, a config file or `--config-override` values) no model can be built from."""
 
 
+class SqueezedVideoWarning(UserWarning):
+    """A video whose frames are far from square, read whole (no face cropping): each frame is squeezed to the model's
+    square. `source`, `width`, `height` and `size` let a command line say it with its own flag."""
+
+    def __init__(self, source: str, width: int, height: int, size: int):
+        self.source, self.width, self.height, self.size = source, width, height, size
+        super().__init__(
+            f"{source} is {width}x{height}; without crop_face it is squeezed to {size}x{size}; "
+            "pass crop_face=True for in-the-wild video"
+        )
+
+
 def with_flags(message: str, flags: dict[str, str]) -> str:
     """`message` with each parameter of `flags` (parameter -> its flag) it names followed by the flag
     (`batch_size (--batch-size) is 0`), and the flag in front for one it does not name (`--out OUT: cannot write...`):

@@ -12,7 +12,7 @@ import sys
 
 from ..exceptions import MarlinError
 from . import apps, datasets, extraction, models, pretraining
-from .options import quiet_libraries
+from .options import quiet_libraries, warnings_as_lines
 
 # In the order `marlin --help` lists them.
 _ORDER = (
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     quiet_libraries(args.verbose)
     try:
-        return args.handler(args)
+        with warnings_as_lines():
+            return args.handler(args)
     except MarlinError as error:  # the library names the value; the flag that set it goes in front
         flag = COMMANDS[args.command].flag(parser.subcommands[args.command], error.parameter)
         print(f"marlin {args.command}: error: {flag + ' ' if flag else ''}{error}", file=sys.stderr)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..exceptions import MarlinError
 from .numbers import FRACTION, POSITIVE_FLOAT, POSITIVE_INT
-from .options import Command, add_option, command, job_exit_status
+from .options import Command, add_deprecated_alias, add_farl_model, add_option, command, job_exit_status
 
 COMMANDS: dict[str, Command] = {}
 # The library calls whose defaults prepare-ytf and prepare-faces show.
@@ -15,7 +15,7 @@ PREPARATION = ("pretraining.preparation:PreparationSettings", "pretraining.prepa
 PREPARATION += ("data.face_videos:person_disjoint_split",)
 
 
-@command(COMMANDS, "prepare-celebvhq", defaults=("data.celebv_hq:prepare_celebvhq",))
+@command(COMMANDS, "prepare-celebvhq", defaults=("data.celebv_hq:prepare_celebvhq",), size="image_size")
 def _celebvhq_options(celebvhq: argparse.ArgumentParser, defaults: dict) -> None:
     """split CelebV-HQ (sorted, seeded 80/10/10), crop its clips to squares and write labels CSVs"""
     celebvhq.add_argument("root", help="the CelebV-HQ folder (celebvhq_info.json, downloaded/)")
@@ -29,7 +29,10 @@ def _celebvhq_options(celebvhq: argparse.ArgumentParser, defaults: dict) -> None
         "per frame (MTCNN for its RetinaFace), no smoothing, square of side 2*int(max(w,h)/2); none: label CSVs only",
         choices=["bbox", "resize", "face", "reference", "none"],
     )
-    add_option(celebvhq, "--size", defaults, "side of the square crops (default {default})", type=POSITIVE_INT)
+    add_option(
+        celebvhq, "--image-size", defaults, "side of the square crops (default {default})", "size", type=POSITIVE_INT
+    )
+    add_deprecated_alias(celebvhq, "--size", new="--image-size")
     add_option(celebvhq, "--seed", defaults, "seed of the 80/10/10 split (default {default})", type=int)
     add_option(
         celebvhq, "--num-workers", defaults, "videos cropped in parallel (default {default})", type=POSITIVE_INT
@@ -42,7 +45,7 @@ def _prepare_celebvhq(args: argparse.Namespace) -> int:
 
     crop = None if args.crop == "none" else args.crop
     split = prepare_celebvhq(
-        args.root, args.out, crop=crop, size=args.size, seed=args.seed, num_workers=args.num_workers
+        args.root, args.out, crop=crop, size=args.image_size, seed=args.seed, num_workers=args.num_workers
     )
     counts = ", ".join(f"{name} {len(ids)}" for name, ids in split.items())
     print(f"prepared CelebV-HQ in {args.out}: {counts} clips; labels CSVs per task and split, see split.json")
@@ -111,10 +114,7 @@ def _preparation_options(parser: argparse.ArgumentParser, defaults: dict) -> Non
     add_option(parser, "--seed", defaults, "seed of that split (default {default})", type=int)
     add_option(parser, "--lossless", defaults, "lossless RGB H.264 clips (about 5-10x larger)")
     add_option(parser, "--crf", defaults, "H.264 quality of the clips, lower is better (default {default})", type=int)
-    parser.add_argument(
-        "--farl-model",
-        help="FaRL LaPa TorchScript file for the paper's parsing maps; default: the built-in landmark approximation",
-    )
+    add_farl_model(parser)
     add_option(
         parser,
         "--num-workers",

@@ -7,13 +7,17 @@ there (`library_defaults`) and says it in the help, so `marlin` and the Python A
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import inspect
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from ..exceptions import SqueezedVideoWarning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,3 +121,75 @@ def add_option(
     if default is False:
         kwargs["action"] = "store_true"
     return parser.add_argument(flag, default=default, help=help.format(default=default), **kwargs)
+
+
+FARL_MODEL_HELP = (
+    "FaRL LaPa TorchScript file (face_parsing.farl.lapa.main_ema_136500_jit191.pt, downloaded by you) for the "
+    "paper's parsing; default: the built-in landmark approximation"
+)
+
+
+def add_farl_model(parser: argparse.ArgumentParser) -> argparse.Action:
+    """`--farl-model PATH`, the FaRL face parser, one definition for every command that parses faces
+    (`examples/pretrain.py`'s field `farl_model` says the same)."""
+    return parser.add_argument("--farl-model", metavar="PATH", help=FARL_MODEL_HELP)
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old spelling of a flag, hidden from `--help`: it sets the new flag's value and says once, on stderr, to use
+    the new one."""
+
+    def __init__(self, option_strings, dest, new_flag: str, **kwargs):
+        self.new_flag = new_flag
+        self.said: set[str] = set()  # the old spellings already warned about: once each, however often given
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string not in self.said:
+            self.said.add(option_string)
+            print(f"marlin: {option_string} is deprecated; use {self.new_flag}", file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def add_deprecated_alias(parser: argparse.ArgumentParser, *old: str, new: str) -> None:
+    """Accept the spellings `old` (hidden from `--help`) for `parser`'s option `new`, which it already has; using one
+    prints `marlin: OLD is deprecated; use NEW` once per process."""
+    target = next(a for a in parser._actions if new in a.option_strings)
+    switch = target.nargs == 0  # a store_true/store_const option
+    parser.add_argument(
+        *old,
+        dest=target.dest,
+        action=DeprecatedFlag,
+        new_flag=new,
+        nargs=0 if switch else target.nargs,
+        const=target.const if switch else None,
+        type=None if switch else target.type,
+        choices=None if switch else target.choices,
+        metavar=target.metavar,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """While a command runs, the library's `SqueezedVideoWarning` is one line with the flag that helps, once a video
+    (`marlin: VIDEO is 1280x720; without --crop-face ...`); other warnings show as Python shows them."""
+    said: set[str] = set()
+    show = warnings.showwarning
+
+    def show_line(message, category, filename, lineno, file=None, line=None):
+        if not isinstance(message, SqueezedVideoWarning):
+            return show(message, category, filename, lineno, file, line)
+        if message.source not in said:
+            said.add(message.source)
+            print(
+                f"marlin: {message.source} is {message.width}x{message.height}; without --crop-face it is squeezed "
+                f"to {message.size}x{message.size}; add --crop-face for in-the-wild video",
+                file=sys.stderr,
+            )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SqueezedVideoWarning)  # once a video, counted here
+        warnings.showwarning = show_line
+        yield

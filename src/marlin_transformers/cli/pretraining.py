@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .numbers import FRACTION, POSITIVE_INT
-from .options import Command, add_option, command
+from .options import Command, add_deprecated_alias, add_farl_model, add_option, command
 
 COMMANDS: dict[str, Command] = {}
 # The library calls whose defaults show-mask shows: the picture, the windows, the FaRL parser.
@@ -41,7 +41,7 @@ def _show_mask(args: argparse.Namespace) -> int:
         patch_size=config.patch_size,
         tubelet_size=config.tubelet_size,
         parser=parser,
-        strategy=args.strategy,
+        strategy=args.mask_strategy,
         seed=args.seed,
         num_shown=args.frames,
         frame_indices=list(window.frame_indices),
@@ -50,7 +50,7 @@ def _show_mask(args: argparse.Namespace) -> int:
     return 0
 
 
-@command(COMMANDS, "show-mask", defaults=SHOW_MASK)
+@command(COMMANDS, "show-mask", defaults=SHOW_MASK, strategy="mask_strategy")
 def _show_mask_options(show_mask: argparse.ArgumentParser, defaults: dict) -> None:
     """picture of a clip's face parsing and its Fasking mask (first window of a video)"""
     from ..configuration_marlin import MASKING_STRATEGIES
@@ -58,11 +58,7 @@ def _show_mask_options(show_mask: argparse.ArgumentParser, defaults: dict) -> No
 
     show_mask.add_argument("video", help="a face video; its first window is shown")
     show_mask.add_argument("--out", default="mask.png", help="PNG to write (default: mask.png)")
-    show_mask.add_argument(
-        "--farl-model",
-        help="FaRL LaPa TorchScript file (face_parsing.farl.lapa.main_ema_136500_jit191.pt) for the paper's "
-        "parsing; default: the built-in landmark approximation",
-    )
+    add_farl_model(show_mask)
     add_option(
         show_mask,
         "--farl-channel-order",
@@ -74,11 +70,13 @@ def _show_mask_options(show_mask: argparse.ArgumentParser, defaults: dict) -> No
     )
     add_option(
         show_mask,
-        "--strategy",
+        "--mask-strategy",
         defaults,
         "masking strategy (default {default}: facial parts first, as the paper)",
+        parameter="strategy",
         choices=MASKING_STRATEGIES,
     )
+    add_deprecated_alias(show_mask, "--strategy", new="--mask-strategy")
     show_mask.add_argument(
         "--model", help="converted folder or Hub id whose config sets clip length, crop size, tubelets and mask ratio"
     )
@@ -99,10 +97,13 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from ..loading import load_marlin
     from ..pretraining.face_parsing import FarlFaceParser
     from ..pretraining.reconstruction import reconstruct_video
-    from ..video.decoding import frame_rate
+    from ..video.cropping import warn_if_squeezed
+    from ..video.decoding import frame_rate, frame_size
     from ..visualization import write_reconstruction_video
 
     model = load_marlin(args.model, "pretraining")  # checked before any video is read
+    if not args.crop_face:
+        warn_if_squeezed(args.video, *frame_size(args.video), model.config.image_size)
     parser = FarlFaceParser(args.farl_model) if args.farl_model else None
     fps = frame_rate(args.video) / args.sample_rate  # the sampled frames at their real speed
     windows = reconstruct_video(
@@ -127,7 +128,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-@command(COMMANDS, "reconstruct", defaults=("pretraining.reconstruction:reconstruct_video",))
+@command(COMMANDS, "reconstruct", defaults=("pretraining.reconstruction:reconstruct_video",), strategy="mask_strategy")
 def _reconstruct_options(reconstruct: argparse.ArgumentParser, defaults: dict) -> None:
     """what a pretrained MARLIN sees: mask each window, reconstruct it, write a side-by-side video and a PNG
 
@@ -161,10 +162,7 @@ def _reconstruct_options(reconstruct: argparse.ArgumentParser, defaults: dict) -
         type=FRACTION,
     )
     add_option(reconstruct, "--crop-face", defaults, "track the face and crop around it")
-    reconstruct.add_argument(
-        "--farl-model",
-        help="FaRL LaPa TorchScript file for the paper's parsing; default: the built-in landmark approximation",
-    )
+    add_farl_model(reconstruct)
     add_option(reconstruct, "--sample-rate", defaults, "take every n-th frame (default {default})", type=POSITIVE_INT)
     add_option(reconstruct, "--seed", defaults, "seed of the masks' random draws (default {default})", type=int)
     reconstruct.set_defaults(handler=_reconstruct)

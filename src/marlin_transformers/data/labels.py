@@ -285,7 +285,8 @@ def match_videos(
         label_rows.append(row)
     if missing and not skip_missing:
         raise DatasetError(
-            f"{missing[0]}: no features for it ({len(missing)} labelled videos lack them); "
+            f"{missing[0]}: no features for it ({len(missing)} labelled "
+            f"{'video lacks' if len(missing) == 1 else 'videos lack'} them); "
             "extract them, or leave them out with skip_missing",
             parameter="skip_missing",
         )

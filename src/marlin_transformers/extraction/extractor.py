@@ -190,7 +190,8 @@ class MarlinFeatureExtractor:
 
     def iter_clips(self, path: str | os.PathLike):
         """Yield (window metadata dict, frames (T, H, W, 3) uint8) for each window of a video, cropped if asked."""
-        return iter_clips(path, self.window_options, self.tracker if self.crop_face else None, self.on_no_face)
+        tracker = self.tracker if self.crop_face else None
+        return iter_clips(path, self.window_options, tracker, self.on_no_face, self.settings["image_size"])
 
     @torch.inference_mode()
     def extract_clips(self, clips: list[np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -315,15 +316,24 @@ def non_finite_features(path: str | os.PathLike, dtype: torch.dtype) -> MarlinEr
     )
 
 
-def iter_clips(path: str | os.PathLike, window_options: dict, tracker=None, on_no_face: str = "error"):
+def iter_clips(
+    path: str | os.PathLike,
+    window_options: dict,
+    tracker=None,
+    on_no_face: str = "error",
+    size: int = MARLIN_CROP_SIZE,
+):
     """Yield (window metadata dict, frames (T, H, W, 3) uint8) for each window of a video: with a `FaceTracker`, the
-    crops around the face it follows (reset for this video), else the resized frames. `window_options` are
-    `video.windows.iter_windows`'s."""
+    crops around the face it follows (reset for this video), else the whole frames, which the processor resizes to
+    `size` (a `SqueezedVideoWarning` if they are far from square). `window_options` are `iter_windows`'s."""
+    from ..video.cropping import warn_if_squeezed
     from ..video.windows import iter_windows
 
     windows = iter_windows(path, **window_options, stack=tracker is None)  # the tracker takes frames one at a time
     if tracker is None:
-        for window in windows:
+        for number, window in enumerate(windows):
+            if number == 0:
+                warn_if_squeezed(path, window.frames.shape[2], window.frames.shape[1], size)
             yield window_record(window, None), window.frames
         return
     from ..video.face_tracking import iter_face_windows

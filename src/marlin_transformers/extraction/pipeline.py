@@ -95,6 +95,7 @@ class VideoWindows(torch.utils.data.IterableDataset):
         self.tracker = extractor.tracker if extractor.crop_face else None
         self.on_no_face = extractor.on_no_face
         self.processor = extractor.processor
+        self.image_size = extractor.settings["image_size"]
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -102,7 +103,7 @@ class VideoWindows(torch.utils.data.IterableDataset):
         if info is not None and self.tracker is not None:
             self.tracker.detector.num_threads = 1  # the worker's own copy: the encoder fills the cores beside it
         for index in range(worker, len(self.paths), num_workers):
-            clips = iter_clips(self.paths[index], self.window_options, self.tracker, self.on_no_face)
+            clips = iter_clips(self.paths[index], self.window_options, self.tracker, self.on_no_face, self.image_size)
             try:
                 for record, frames in clips:
                     pixel_values = self.processor([frames], return_tensors="pt")["pixel_values_videos"][0]

@@ -68,9 +68,12 @@ class PretrainingArguments:
     cache_dir: str | None = field(
         default=None, metadata={"help": "crop and parse every video once into this folder (recommended)"}
     )
-    crop: Literal["auto", "always", "never"] = field(default="auto", metadata={"help": "see FacePreparer"})
+    crop_face: Literal["auto", "always", "never"] = field(
+        default="auto",
+        metadata={"help": "track the face and crop around it: auto (unless frames are 224x224), always or never"},
+    )
     sample_rate: int = field(default=SAMPLE_RATE, metadata={"help": "take every n-th frame"})
-    farl_parser: str | None = field(
+    farl_model: str | None = field(
         default=None,
         metadata={
             "metavar": "PATH",

@@ -8,12 +8,15 @@ without a face.
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..constants import MARLIN_CROP_SIZE
+from ..constants import MARLIN_CROP_SIZE, SQUARE_ENOUGH
+from ..exceptions import SqueezedVideoWarning
 
 # A window's frames: a (T, H, W, 3) uint8 RGB array, or a sequence of T (H, W, 3) ones (no copy of the whole window).
 Frames = np.ndarray | Sequence[np.ndarray]
@@ -210,3 +213,14 @@ def reference_square(box: Sequence[float]) -> tuple[int, int, int, int]:
     half = int(max(x2 - x1, y2 - y1) / 2)
     centre_x, centre_y = int((x1 + x2) / 2), int((y1 + y2) / 2)
     return centre_x - half, centre_y - half, centre_x + half, centre_y + half
+
+
+def warn_if_squeezed(source: str | os.PathLike, width: int, height: int, size: int) -> bool:
+    """Warn (`SqueezedVideoWarning`) when frames of `width` x `height` pixels, read whole, are far from square
+    (width / height outside `constants.SQUARE_ENOUGH`), so resizing them to `size` x `size` squeezes the face;
+    returns whether it warned."""
+    low, high = SQUARE_ENOUGH
+    if low <= width / height <= high:
+        return False
+    warnings.warn(SqueezedVideoWarning(os.fspath(source), width, height, size), stacklevel=2)
+    return True

@@ -64,6 +64,13 @@ def frame_rate(path: str | os.PathLike) -> Fraction:
         return Fraction(stream.guessed_rate or stream.average_rate or 25)
 
 
+def frame_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) in pixels of a video's frames, as its first video stream states them."""
+    container, stream = open_video(path)
+    with container:
+        return stream.codec_context.width, stream.codec_context.height
+
+
 def frame_to_rgb(frame) -> np.ndarray:
     """(height, width, 3) uint8 RGB of an av.VideoFrame, turned upright according to its display matrix."""
     rgb = frame.to_ndarray(format="rgb24")
