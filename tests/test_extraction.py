@@ -435,3 +435,45 @@ def test_frames_far_from_square_without_crop_face_are_said_once_a_video(tiny_mod
         f"marlin: {wide} is 96x48; without --crop-face it is squeezed to 32x32; add --crop-face for in-the-wild video"
     )
     assert len(lines) == 2 and lines[1].startswith("marlin extract: ")  # that line, then the summary
+
+
+@pytest.mark.parametrize("num_workers", [0, 2], ids=["serial", "pipelined"])
+def test_timings_say_where_the_time_went(tiny_model_dir, tmp_path, capsys, num_workers):
+    frames, _ = moving_face_frames(34, height=120, width=160, scale=0.35)
+    video = encode_video(tmp_path / "face.mp4", frames)
+    args = ["extract", str(video), "--model", str(tiny_model_dir), "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(args + ["--crop-face", "--timings", "--num-workers", str(num_workers)]) == 0
+    line = next(line for line in capsys.readouterr().err.splitlines() if "seconds:" in line)
+    parts = (part.rsplit(" ", 1) for part in line.split("seconds:")[1].split(","))
+    timings = {stage.strip(): float(seconds) for stage, seconds in parts}
+    stages = ["model load", "decode", "detection", "tracking", "crop", "process", "encode", "write", "job"]
+    assert sorted(timings) == sorted(stages)
+    assert min(timings[stage] for stage in ("detection", "encode", "job")) > 0  # decoding 34 small frames: ~0
+    if not num_workers:  # one process: its stages are parts of the job
+        assert sum(timings[stage] for stage in stages[:-1]) <= timings["job"]
+
+
+def test_the_face_detector_runs_on_the_extraction_device(tiny_model_dir, monkeypatch):
+    import facenet_pytorch
+
+    devices = []
+    real = facenet_pytorch.MTCNN
+
+    def recording(*args, **kwargs):
+        devices.append(kwargs.get("device"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(facenet_pytorch, "MTCNN", recording)
+    extractor = MarlinFeatureExtractor(tiny_model_dir, device=torch.device("cpu"), crop_face=True)
+    extractor.tracker.detector.detect(np.zeros((1, 64, 64, 3), np.uint8))
+    assert devices == ["cpu"]
+
+
+def test_default_workers_feed_a_gpu_and_leave_a_small_cpu_to_the_encoder(monkeypatch):
+    from marlin_transformers.extraction import pipeline
+
+    for cores, cpu, gpu in ((1, 0, 1), (2, 0, 1), (8, 4, 7), (16, 4, 15), (64, 4, 17)):
+        monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid, cores=cores: set(range(cores)))
+        assert (pipeline.default_num_workers("cpu"), pipeline.default_num_workers("cuda")) == (cpu, gpu), cores
+    # Two batches queued over all the workers, and never fewer than the data loader's default per worker.
+    assert [pipeline.prefetch_factor(w, 8) for w in (0, 1, 3, 15)] == [16, 16, 6, 2]

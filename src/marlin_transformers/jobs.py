@@ -91,6 +91,7 @@ class Shard:
         private_files: descriptors a forked worker must not keep open (the folder's lock).
         show_progress: whether bars are drawn.
         previous: the last record per key found when the run started.
+        timings: where the work's time goes, seconds by stage (`timed`); the run's `JobSummary.timings`.
     """
 
     device: str
@@ -98,6 +99,35 @@ class Shard:
     private_files: tuple[int, ...]
     show_progress: bool
     previous: dict[str, dict]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float] | None, stage: str) -> Iterator[None]:
+    """Add the block's wall-clock seconds to `timings[stage]` (nothing when `timings` is None): the one stage clock of
+    the jobs, two `perf_counter` calls a block."""
+    if timings is None:
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def timed_iter(iterable: Iterable, timings: dict[str, float] | None, stage: str) -> Iterator:
+    """The items of `iterable`, the seconds spent making each added to `timings[stage]`."""
+    iterator = iter(iterable)
+    while True:
+        with timed(timings, stage):
+            item = next(iterator, _END)
+        if item is _END:
+            return
+        yield item
+
+
+_END = object()
 
 
 Work = Callable[[list[Item], Shard], Iterable[Outcome]]
@@ -106,12 +136,15 @@ Work = Callable[[list[Item], Shard], Iterable[Outcome]]
 
 @dataclass
 class JobSummary:
-    """Items done, skipped as already done, and failed; over every process of a multi-process run."""
+    """Items done, skipped as already done, and failed; over every process of a multi-process run. `timings`: where
+    this process's time went, seconds by stage (what the work recorded with `timed`; e.g. `marlin extract`'s model
+    load, decode, detection, tracking, crop, encode, write)."""
 
     done: int = 0
     skipped: int = 0
     failed: int = 0
     is_main_process: bool = True  # the one process that reports a multi-process run
+    timings: dict[str, float] = field(default_factory=dict)
 
     def gathered(self, state, out_dir: Path, is_record) -> JobSummary:
         """The end of a multi-process run (every process calls it): the main process merges the per-process records
@@ -125,7 +158,7 @@ class JobSummary:
         counts = torch.tensor([self.done, self.skipped, self.failed], device=state.device)
         torch.distributed.all_reduce(counts)
         done, skipped, failed = (int(count) for count in counts.tolist())
-        return JobSummary(done, skipped, failed, is_main_process=state.is_main_process)
+        return JobSummary(done, skipped, failed, is_main_process=state.is_main_process, timings=self.timings)
 
 
 def input_identity(path: Path) -> dict | None:
@@ -297,7 +330,7 @@ def run_job(
         manifest = out_dir / (f"manifest.rank{state.process_index}.jsonl" if several else records.MANIFEST)
         label = f"[{state.process_index}] " if several else ""
         private = (lock.fileno(),) if lock is not None else ()
-        shard = Shard(str(state.device), label, private, show_progress, previous)
+        shard = Shard(str(state.device), label, private, show_progress, previous, summary.timings)
         bar = tqdm(total=len(todo), desc=f"{label}videos", unit="video", disable=not show_progress, position=0)
         for outcome in work(todo, shard) if todo else ():
             bar.set_postfix_str(outcome.item.source.name[-40:])

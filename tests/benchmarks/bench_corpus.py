@@ -1,184 +1,248 @@
-"""A corpus through `marlin extract`: the reference per video, our serial path, our pipelined path, the encoder alone.
+"""A corpus through the whole `marlin extract` command, start-up and model load included, against the encoder alone.
 
-    python tests/benchmarks/bench_corpus.py [--videos ../shared/videos] [--variant base] [--inputs 42]
-        [--num-workers 2] [--batch-size 8] [--reference-videos 3]
+    python tests/benchmarks/bench_corpus.py [--videos ../shared/videos] [--copies 1] [--repeats 2] [--quick]
+        [--num-workers N [N ...]] [--batch-size 4] [--reference-videos 2]
+    python tests/benchmarks/bench_corpus.py --no-encoder [--copies 2] [--quick]
 
-The six sample videos are copied under distinct names into a temporary folder until there are `--inputs` of them
-(`marlin extract` takes two spellings of one file as one input, so they are real copies). Ours runs
-`--crop-face --dtype bfloat16` through `run_extraction` (the job `marlin extract` runs: manifest, atomic outputs), on
-one loaded extractor, model loading not timed. Prints videos/s and windows/s for:
+The sample videos (`--videos`: three face crops at 224 x 224, three in the wild, one of them 1280 x 720) are copied
+`--copies` times into a temporary folder, and a ViT-B folder with random weights is written there (not timed).
 
-1. marlin-pytorch 0.3.4's `extract_video` (fp32, its only precision; no cropping: its cropping needs FaceX-Zoo, and
-   without it it reads only 224 x 224 videos), timed on the first `--reference-videos` already cropped inputs (each
-   cropped sample once by default) and counted per window;
-2. our serial path (`--num-workers 0`) over the corpus;
-3. our pipelined path (`--num-workers N`) over the corpus;
-4. the encoder alone on as many random windows as the corpus has, at the same batch size and dtype, timed before
-   and after the corpus (the faster of the two is used, so a machine slowing down only makes the ratios worse).
+Encoder mode (the default) times, interleaved `--repeats` times, the whole command
+`python -m marlin_transformers.cli extract FOLDER --crop-face --dtype bfloat16 --timings` in a fresh process, and
+the encoder alone on as many random windows at the same batch size, in this process after a warm-up; then prints
+the whole run over the encoder alone (fastest of each; goal <= 1.25), and over the run's own encode seconds (the
+same ratio, but measured within one process, so a load that changes between runs does not move it; on a shared
+machine it is the one to quote), where the run's time went
+(`--timings`: start-up is the command's wall time less its job), and the run's windows/s over marlin-pytorch 0.3.4's
+`extract_video` (fp32, its only precision; no crop: without FaceX-Zoo it reads only 224 x 224 videos, so it is
+timed on the first `--reference-videos` face crops; goal >= 4x). Last, this machine's floor for the ratio: start-up,
+model load and the encoder are serial, so the ratio can reach at best (start-up + model load + encode) / encode.
 
-Then the ratios pipelined time / encoder-only time (goal <= 1.15) and pipelined windows/s / reference windows/s
-(goal >= 10), the same for the serial path (which `marlin extract` takes by default on one or two cores, as printed),
-and this machine's floor for the first: decoding, tracking and cropping took `serial - encoder-only`
-seconds in the serial run, CPU time that a machine whose cores the encoder already fills cannot hide, only spread
-over its cores (printed beside the goal). `--variant small --inputs 12` finishes in a few minutes on a
-2-core CPU. Both models get the same random weights. Nothing is asserted: machines are noisy.
+`--no-encoder` runs decoding, face tracking, cropping and the processor only, in 1, 2 and N (usable cores) data
+loader workers of the pipelined path (`extraction.pipeline.VideoWindows`, one torch thread each), and prints
+windows/s and windows/s per worker: what a machine whose encoder waits on nothing (a GPU) gets from its cores
+(`pipeline.default_num_workers` is derived from it, docs/benchmarks.md).
+
+Every figure line carries the load average: the machine is shared, so compare within a run. Nothing is asserted.
+`--quick` (one repeat, one reference video) took 52 s on the 2-core AMX Xeon at load 1.5; `--no-encoder` 15 s.
 """
 
 import argparse
-import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_extract import patch_ffprobe_if_missing  # noqa: E402
 
-from marlin_transformers.convert_marlin import convert_state_dict  # noqa: E402
-from marlin_transformers.extraction import MarlinFeatureExtractor  # noqa: E402
-from marlin_transformers.extraction.job import run_extraction  # noqa: E402
-from marlin_transformers.extraction.pipeline import default_num_workers  # noqa: E402
-from marlin_transformers.hub_folders import save_marlin_folder  # noqa: E402
-from reference_utils import build_reference_model  # noqa: E402
+from marlin_transformers.constants import MARLIN_CROP_SIZE  # noqa: E402
+from marlin_transformers.extraction.pipeline import VideoWindows  # noqa: E402
 
 DEFAULT_VIDEOS = Path(__file__).resolve().parents[3] / "shared" / "videos"
-VARIANTS = {  # the reference's fields beyond ViT-B's
-    "small": dict(encoder_embed_dim=384, encoder_num_heads=6),
-    "base": {},
-    "large": dict(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, decoder_embed_dim=512),
-}
+STAGES = ("model load", "decode", "detection", "tracking", "crop", "process", "encode", "write")
 
 
-def corpus(videos: Path, count: int, root: Path) -> list[Path]:
-    """`count` copies of the sample videos, cycling through them, each under its own name."""
-    samples = sorted(videos.glob("*.mp4"))
+def load() -> str:
+    return "load " + " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def corpus(videos: Path, copies: int, root: Path) -> list[Path]:
+    """Every sample video `copies` times, each under its own name (`marlin extract` takes one file once)."""
+    root.mkdir()
     paths = []
-    for index in range(count):
-        source = samples[index % len(samples)]
-        path = root / f"{index:03d}_{source.name}"
-        shutil.copyfile(source, path)
-        paths.append(path)
+    for copy in range(copies):
+        for source in sorted(videos.glob("*.mp4")):
+            paths.append(root / f"{copy}_{source.name}")
+            shutil.copyfile(source, paths[-1])
     return paths
 
 
-def timed_job(paths: list[Path], out: Path, extractor: MarlinFeatureExtractor, num_workers: int) -> tuple[float, int]:
-    """(seconds, windows) of `run_extraction` over `paths` into a fresh `out`."""
+def whole_run(folder: Path, model: Path, out: Path, options: list[str]) -> tuple[float, dict[str, float]]:
+    """(wall seconds, seconds by stage with `job`) of one `marlin extract` process over `folder` into a fresh `out`."""
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "marlin_transformers.cli", "extract", str(folder), "--model", str(model)]
+    command += ["--out", str(out), "--crop-face", "--dtype", "bfloat16", "--quiet", "--timings", *options]
     start = time.perf_counter()
-    summary = run_extraction(paths, out, lambda device: extractor, show_progress=False, num_workers=num_workers)
+    done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    line = next((row for row in done.stderr.splitlines() if "seconds:" in row), None)
+    if done.returncode or line is None:
+        raise SystemExit(f"marlin extract failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    pairs = (part.rsplit(" ", 1) for part in line.split("seconds:")[-1].split(","))
+    timings = {stage.strip(): float(value) for stage, value in pairs}
+    return seconds, timings
+
+
+@torch.inference_mode()
+def time_encoder(extractor, windows: int, batch_size: int) -> float:
+    """Seconds the extractor's encoder takes on `windows` random clips, `batch_size` at a time (after a warm-up)."""
+    config = extractor.model.config
+    shape = (config.num_frames, config.num_channels, config.image_size, config.image_size)
+    generator = torch.Generator().manual_seed(0)
+    sizes = [min(batch_size, windows - first) for first in range(0, windows, batch_size)]
+    batches = [torch.rand(size, *shape, generator=generator) for size in sizes]
+    extractor.extract_clips(batches[0])
+    start = time.perf_counter()
+    for pixel_values in batches:
+        extractor.extract_clips(pixel_values)
+    return time.perf_counter() - start
+
+
+def encoder_mode(args, root: Path, paths: list[Path]) -> None:
+    from marlin_transformers.convert_marlin import convert_state_dict
+    from marlin_transformers.extraction import MarlinFeatureExtractor
+    from marlin_transformers.extraction.pipeline import default_num_workers
+    from marlin_transformers.hub_folders import save_marlin_folder
+    from reference_utils import build_reference_model
+
+    patch_ffprobe_if_missing()
+    reference = build_reference_model(seed=0, as_feature_extractor=True)
+    model = root / "model"
+    save_marlin_folder(convert_state_dict(reference.state_dict()), model)
+    extractor = MarlinFeatureExtractor(model, dtype="bfloat16", batch_size=args.batch_size)
+    settings = args.num_workers or [default_num_workers()]
+    print(
+        f"{len(paths)} videos, ViT-B bf16, batch {args.batch_size}, --num-workers {settings} (default here "
+        f"{default_num_workers()}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{len(os.sched_getaffinity(0))} usable cores"
+    )
+    runs = {workers: [] for workers in settings}
+    encoder = []
+    for repeat in range(args.repeats):  # interleaved, so that a machine slowing down touches every setting alike
+        for workers in settings:
+            options = ["--batch-size", str(args.batch_size), "--num-workers", str(workers)]
+            runs[workers].append(whole_run(root / "videos", model, root / "out", options))
+            print(f"pair {repeat + 1}: whole run, --num-workers {workers}: {runs[workers][-1][0]:.1f} s ({load()})")
+        windows = count_windows(root / "out")
+        encoder.append(time_encoder(extractor, windows, args.batch_size))
+        print(f"pair {repeat + 1}: encoder alone: {encoder[-1]:.1f} s ({load()})")
+    encoder_seconds = min(encoder)
+
+    start = time.perf_counter()
+    cropped = [p for p in paths if "cropped" in p.name][: args.reference_videos]
+    reference_windows = sum(len(reference.extract_video(str(p))) for p in cropped)
+    reference_rate = reference_windows / (time.perf_counter() - start)
+    print(
+        f"marlin-pytorch extract_video, fp32, no crop: {reference_rate:.3f} windows/s on {len(cropped)} videos "
+        f"({load()})"
+    )
+    print(f"\n{windows} windows; encoder alone {encoder_seconds:.1f} s ({windows / encoder_seconds:.3f} windows/s)")
+    for workers in settings:
+        seconds, timings = min(runs[workers])
+        print(
+            f"--num-workers {workers}: whole run {seconds:.1f} s ({windows / seconds:.3f} windows/s), "
+            f"{seconds / encoder_seconds:.2f} of the encoder alone (goal <= 1.25), "
+            f"{windows / seconds / reference_rate:.1f}x the reference's windows/s (goal >= 4x); "
+            f"fastest of {args.repeats} each"
+        )
+        encode = timings.get("encode", 0.0)
+        print(
+            f"  and {seconds / encode:.2f} of its own encode seconds ({encode:.1f} s): the same ratio, immune to the "
+            f"machine's load changing between the run and the encoder alone"
+        )
+        say_stages(seconds, timings, encoder_seconds, workers)
+
+
+def say_stages(seconds: float, timings: dict[str, float], encoder_seconds: float, workers: int) -> None:
+    """Where a whole run's time went, and the floor of its ratio to the encoder alone."""
+    start_up = seconds - timings["job"]
+    beside = " (decode to process: the workers' seconds, beside the encoder)" if workers else ""
+    print(f"  where its {seconds:.1f} s went, seconds{beside}:")
+    print(f"    start-up and exit (imports, arguments; wall less job) {start_up:.2f}")
+    print("    " + ", ".join(f"{stage} {timings.get(stage, 0.0):.2f}" for stage in STAGES))
+    if not workers:
+        rest = timings["job"] - sum(timings.get(stage, 0.0) for stage in STAGES)
+        print(f"    other (job bookkeeping, the folder, the lock, first-call set-up) {rest:.2f}")
+    encode = timings.get("encode", encoder_seconds)
+    floor = start_up + timings.get("model load", 0.0) + encode
+    print(
+        f"  floor: start-up + model load + its encode = {floor:.1f} s, {floor / encode:.2f} of its encode seconds "
+        f"(decoding, detection and cropping hidden entirely, at no cost to the encoder)"
+    )
+
+
+def count_windows(out: Path) -> int:
+    import json
+
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    if summary.failed:
-        print(f"   ({summary.failed} inputs failed: {[r['error'] for r in records if r['status'] != 'ok'][:2]})")
-    return seconds, sum(len(r["windows"]) for r in records)
+    return sum(len(record["windows"]) for record in records if record["status"] == "ok")
+
+
+def feed_mode(args, paths: list[Path]) -> None:
+    """Windows/s of decoding, tracking, cropping and the processor alone in 1, 2 and N data loader workers."""
+    from marlin_transformers.constants import SAMPLE_RATE, STRIDE
+    from marlin_transformers.video.face_tracking import FaceTracker
+    from marlin_transformers.video_processing_marlin import MarlinVideoProcessor
+
+    cores = len(os.sched_getaffinity(0))
+    source = SimpleNamespace(  # what VideoWindows takes of an extractor: no model
+        window_options=dict(num_frames=16, sample_rate=SAMPLE_RATE, stride=STRIDE, stride_seconds=None),
+        tracker=FaceTracker(crop_size=MARLIN_CROP_SIZE, num_threads=1),
+        crop_face=True,
+        on_no_face="error",
+        processor=MarlinVideoProcessor(),
+    )
+    print(
+        f"{len(paths)} videos, decode + detect + track + crop + process, {cores} usable cores, "
+        f"torch {torch.__version__}"
+    )
+    print(f"{'workers':>8}{'windows':>9}{'seconds':>9}{'windows/s':>11}{'per worker':>12}")
+    for workers in sorted({1, 2, cores}):
+        loader = torch.utils.data.DataLoader(
+            VideoWindows(paths, source), batch_size=None, num_workers=workers, prefetch_factor=4
+        )
+        start, windows = time.perf_counter(), 0
+        for _, record, _, _, _ in loader:
+            windows += record is not None
+        seconds = time.perf_counter() - start
+        rate = windows / seconds
+        print(f"{workers:>8}{windows:>9}{seconds:>9.1f}{rate:>11.2f}{rate / workers:>12.2f}   ({load()})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS)
-    parser.add_argument("--variant", default="base", choices=sorted(VARIANTS))
-    parser.add_argument("--inputs", type=int, default=42, help="videos in the corpus (default 42: 7 of each)")
-    parser.add_argument("--num-workers", type=int, default=2, help="workers of the pipelined path (default 2)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--reference-videos", type=int, default=3, help="cropped inputs the reference is timed on")
+    parser.add_argument("--copies", type=int, default=1, help="times each sample video is in the corpus")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved whole runs and encoder-only timings")
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="marlin extract's; several (e.g. 0 1) are timed interleaved (default: its own)",
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="marlin extract's (default 4, its own)")
+    parser.add_argument("--reference-videos", type=int, default=2, help="face crops the reference is timed on")
+    parser.add_argument("--no-encoder", action="store_true", help="decoding, tracking and cropping only, by workers")
+    parser.add_argument("--quick", action="store_true", help="one repeat, one reference video")
     args = parser.parse_args()
-    patch_ffprobe_if_missing()
-
-    reference = build_reference_model(seed=0, as_feature_extractor=True, **VARIANTS[args.variant])
+    if args.quick:
+        args.repeats, args.reference_videos = 1, 1
+    print(f"CPU: {cpu_name()} ({load()})")
     with tempfile.TemporaryDirectory() as temporary:
         root = Path(temporary)
-        (root / "videos").mkdir()
-        paths = corpus(args.videos, args.inputs, root / "videos")
-        model_dir = root / "model"
-        save_marlin_folder(convert_state_dict(reference.state_dict()), model_dir)
-        extractor = MarlinFeatureExtractor(model_dir, dtype="bfloat16", batch_size=args.batch_size, crop_face=True)
-        extractor(paths[0])  # warm-up: lazy init, the detector's first call, the allocator
-
-        print(
-            f"{args.inputs} inputs ({len({p.name[4:] for p in paths})} distinct videos), "
-            f"ViT-{args.variant[0].upper()}, batch {args.batch_size}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, {len(os.sched_getaffinity(0))} usable cores"
-        )
-        rows = []
-        # The encoder alone is timed before and after the corpus, and the faster of the two is the one the ratios
-        # divide by: a machine that slowed down for part of the run then makes the ratios worse, never better.
-        encoder_before = time_encoder(extractor, windows_in(paths, extractor), args.batch_size)
-        start = time.perf_counter()
-        # Without its cropping the reference reads only 224 x 224 videos: the already cropped samples.
-        cropped = [p for p in paths if "cropped" in p.name][: args.reference_videos]
-        reference_windows = sum(len(reference.extract_video(str(p))) for p in cropped)
-        rows.append(
-            (
-                "marlin-pytorch extract_video, fp32, no crop",
-                len(cropped),
-                reference_windows,
-                time.perf_counter() - start,
-            )
-        )
-        seconds, windows = timed_job(paths, root / "serial", extractor, 0)
-        rows.append(("ours serial (--num-workers 0), crop, bf16", args.inputs, windows, seconds))
-        seconds, windows = timed_job(paths, root / "pipelined", extractor, args.num_workers)
-        rows.append((f"ours pipelined (--num-workers {args.num_workers}), crop, bf16", args.inputs, windows, seconds))
-        encoder_after = time_encoder(extractor, windows, args.batch_size)
-        encoder_seconds = min(encoder_before, encoder_after)
-        rows.append(("encoder only, random windows, bf16", 0, windows, encoder_seconds))
-
-        print(f"\n{'':<48}{'videos':>7}{'windows':>8}{'seconds':>9}{'videos/s':>10}{'windows/s':>10}")
-        for name, videos, count, seconds in rows:
-            rate = f"{videos / seconds:10.3f}" if videos else f"{'-':>10}"
-            print(f"{name:<48}{videos:>7}{count:>8}{seconds:9.1f}{rate}{count / seconds:10.3f}")
-        reference_rate = rows[0][2] / rows[0][3]
-        pipelined_rate = rows[2][2] / rows[2][3]
-        print(f"(encoder only before the corpus {encoder_before:.1f} s, after it {encoder_after:.1f} s: the faster)")
-        default = default_num_workers()
-        print(f"\npipelined / encoder-only time: {rows[2][3] / encoder_seconds:.2f} (goal <= 1.15)")
-        print(f"serial / encoder-only time: {rows[1][3] / encoder_seconds:.2f}")
-        print(
-            f"`marlin extract` here defaults to --num-workers {default} ({'serial' if default == 0 else 'pipelined'})"
-        )
-        print(f"pipelined / reference windows/s: {pipelined_rate / reference_rate:.1f}x (goal >= 10x)")
-        print(f"serial / reference windows/s: {rows[1][2] / rows[1][3] / reference_rate:.1f}x")
-        # The machine's floor for hiding decoding and cropping: in the serial run they took `serial - encoder-only`
-        # seconds of wall time, so at least that much CPU time; with the encoder already using every core, the
-        # pipelined path can at best spread that work over the cores, whatever the number of workers. (CPU seconds
-        # are no measure here: the encoder's OpenMP threads spin while they wait, and count that as CPU time.)
-        cores = len(os.sched_getaffinity(0))
-        preparation = max(0.0, rows[1][3] - encoder_seconds)
-        floor = encoder_seconds + preparation / cores
-        print(
-            f"decoding, tracking and cropping: {preparation:.1f} s of the serial run; over {cores} cores beside "
-            f"the encoder, at least {floor:.1f} s: floor of pipelined / encoder-only on this machine "
-            f"{floor / encoder_seconds:.2f}; pipelined / that floor {rows[2][3] / floor:.2f}"
-        )
+        paths = corpus(args.videos, args.copies, root / "videos")
+        if args.no_encoder:
+            feed_mode(args, paths)
+        else:
+            encoder_mode(args, root, paths)
 
 
-def windows_in(paths: list[Path], extractor: MarlinFeatureExtractor) -> int:
-    """How many windows the corpus has, from its frame times (decoded, nothing cropped or encoded)."""
-    from marlin_transformers.video.decoding import iter_frames
-    from marlin_transformers.video.windows import plan_windows
-
-    options = extractor.window_options
-    return sum(len(plan_windows([time for _, time, _, _ in iter_frames(path)], **options)) for path in paths)
-
-
-@torch.inference_mode()
-def time_encoder(extractor: MarlinFeatureExtractor, windows: int, batch_size: int) -> float:
-    """Seconds the extractor's encoder takes on `windows` random clips, `batch_size` at a time (after one warm-up)."""
-    config = extractor.model.config
-    shape = (config.num_frames, config.num_channels, config.image_size, config.image_size)
-    generator = torch.Generator().manual_seed(0)
-    batches = [
-        torch.rand(min(batch_size, windows - first), *shape, generator=generator)
-        for first in range(0, windows, batch_size)
-    ]
-    extractor.extract_clips(batches[0])  # warm-up
-    start = time.perf_counter()
-    for pixel_values in batches:
-        extractor.extract_clips(pixel_values)
-    return time.perf_counter() - start
+def cpu_name() -> str:
+    try:
+        names = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+    except OSError:
+        return "unknown"
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    amx = "AMX" if capabilities.get("amx_bf16") else "no AMX"
+    return f"{names[0].split(':', 1)[1].strip() if names else 'unknown'}, {amx}"
 
 
 if __name__ == "__main__":

@@ -15,6 +15,16 @@ machine's fp32 (and bf16) peak in a large square matmul, and each of our paths' 
 bf16 is timed twice: with the head-wise attention it takes there by default, and with PyTorch's fused sdpa. With
 `--clips-per-call`, ours is timed on 8 clips given to the model 8, 4, 2 and 1 at a time, in fp32 and bf16 (why
 `MarlinFeatureExtractor` hands a CPU encoder `extraction.extractor.CPU_CLIPS_PER_CALL` clips at a time).
+
+    python tests/benchmarks/bench_encoder.py --floor [--compile] [--repeats 3]
+
+`--floor` prints only the bf16 floor, quickly (about a minute on an idle 2-core AMX Xeon; `--compile` adds Inductor's
+compile, minutes): this CPU's bf16 matrix-product peak (a 4096^3 product, best of `--repeats`; AMX where present),
+the FLOPs of a ViT-B clip as `torch.utils.flop_counter.FlopCounterMode` counts them, and the share of the peak a
+bf16 clip reaches at 1, 2 and 8 clips a call: ours as `marlin extract` runs it, with the other attention kernel (the
+head-wise one where sdpa is the default, and the reverse), and with `--compile` through `torch.compile` (Inductor,
+weights frozen); with each, the cosine of its features to fp32's (min over the clips). Every line carries the load
+average (a shared machine: compare within one run).
 """
 
 import argparse
@@ -47,6 +57,87 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repe
         )
         seconds = min(seconds, onednn)
     return 2 * size**3 / seconds
+
+
+def clip_flops(config) -> int:
+    """FLOPs of one clip through the plain encoder, counted by `FlopCounterMode` (one fp32 clip, a second or two),
+    with eager attention: the counter has no formula for PyTorch's CPU flash attention and would leave the attention's
+    two products out."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from marlin_transformers.modeling_marlin import MarlinModel
+
+    config = MarlinConfig.from_dict({**config.to_dict(), "_attn_implementation": "eager"})
+    config._attn_implementation = "eager"
+    model = MarlinModel(config).eval()
+    clip = torch.zeros(1, config.num_frames, config.num_channels, config.image_size, config.image_size)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(clip)
+    return counter.get_total_flops()
+
+
+def floor(variant: str, repeats: int, compile: bool) -> None:
+    """`--floor`: the bf16 peak, a clip's FLOPs, and the share of the peak ours reaches at 1, 2 and 8 clips a call."""
+    import copy
+    import os
+
+    def load() -> str:
+        return "load " + " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+    device = torch.device("cpu")
+    config = MarlinConfig.from_variant(variant)
+    flops = clip_flops(config)
+    peak = matmul_peak(torch.bfloat16, device, size=4096, repeats=repeats)
+    capabilities = {
+        k for k, v in (torch.cpu.get_capabilities() or {}).items() if v and k in ("amx_bf16", "avx512_bf16")
+    }
+    print(
+        f"ViT-{variant[0].upper()} clip: {flops / 1e9:.1f} GFLOP (FlopCounterMode; 2 x clip_macs = "
+        f"{2 * clip_macs(config) / 1e9:.1f}); bf16 peak (4096^3 matmul, best of {repeats}): {peak / 1e12:.2f} TFLOP/s "
+        f"on {torch.get_num_threads()} threads, {', '.join(sorted(capabilities)) or 'no bf16 matrix units'} ({load()})"
+    )
+    torch.manual_seed(0)
+    plain = convert_state_dict(build_reference_model(seed=0, as_feature_extractor=True).state_dict()).eval()
+    clips = torch.rand(8, 16, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        fp32 = torch.cat([plain(chunk).pooler_output for chunk in clips.split(2)])
+    ours = enable_cpu_fast_path(copy.deepcopy(plain).to(torch.bfloat16))
+    other = "head-wise" if not cpu_kernels.CPU_BF16_WITHOUT_AMX else "sdpa"
+    paths = [("ours, as marlin extract", ours, None), (f"ours, {other} attention", ours, other)]
+    if compile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # weights as constants: Inductor prepacks them for oneDNN / AMX
+        paths.append(("ours, torch.compile (Inductor, frozen)", torch.compile(copy.deepcopy(ours)), None))
+    bf16 = clips.bfloat16()
+    rows = []
+    for label, model, attention in paths:
+        with torch.inference_mode(), swapped_attention(attention):
+            times = []
+            for per_call in (1, 2, 8):
+                seconds = best_time(lambda: [model(c) for c in bf16.split(per_call)], repeats, device)  # noqa: B023
+                times.append(seconds / len(clips))
+            features = torch.cat([model(chunk).pooler_output.float() for chunk in bf16.split(2)])
+        cosine = torch.nn.functional.cosine_similarity(features, fp32).min().item()
+        rows.append((label, times, cosine, load()))
+    # The peak again after the clips: the faster of the two divides (a machine slowed down while one was taken would
+    # otherwise flatter every share).
+    peak = max(peak, matmul_peak(torch.bfloat16, device, size=4096, repeats=repeats))
+    print(f"bf16 peak, the faster of before and after: {peak / 1e12:.2f} TFLOP/s ({load()})")
+    print(f"{'bf16, s/clip (share of peak)':<40}{'1 a call':>18}{'2 a call':>18}{'8 a call':>18}{'cosine':>9}")
+    for label, times, cosine, at in rows:
+        cells = "".join(f"{f'{seconds:.3f} ({flops / seconds / peak:.0%})':>18}" for seconds in times)
+        print(f"{label:<40}{cells}{cosine:>9.5f}   ({at})")
+
+
+def swapped_attention(attention: str | None):
+    """A context in which bf16 attention on the CPU takes `attention` ("head-wise" or "sdpa"; None: as it is)."""
+    import contextlib
+    from unittest import mock
+
+    if attention is None:
+        return contextlib.nullcontext()
+    return mock.patch.object(cpu_kernels, "CPU_BF16_WITHOUT_AMX", attention == "head-wise")
 
 
 def build_models(variant: str, device: torch.device):
@@ -128,7 +219,11 @@ def main() -> None:
     parser.add_argument(
         "--clips-per-call", action="store_true", help="also time ours on 8 clips given 8, 4, 2 and 1 at a time"
     )
+    parser.add_argument("--floor", action="store_true", help="only the bf16 peak and the share of it a clip reaches")
     args = parser.parse_args()
+    if args.floor:
+        floor(args.variant, args.repeats, args.compile)
+        return
     device = torch.device(args.device)
 
     config, reference, ours = build_models(args.variant, device)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 
 from ..exceptions import MarlinError
 from .numbers import POSITIVE_FLOAT, POSITIVE_INT, non_negative_int, positive
@@ -21,6 +23,7 @@ def _extract(args: argparse.Namespace) -> int:
 
     if args.all_faces and not args.crop_face:
         raise MarlinError("--all-faces follows faces: use it with --crop-face.")
+    started = time.perf_counter()
     try:
         summary = extract_corpus(
             args.inputs,
@@ -29,7 +32,7 @@ def _extract(args: argparse.Namespace) -> int:
             device=args.device,
             batch_size=args.batch_size,
             compile=args.compile,
-            num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
+            num_workers=default_num_workers(args.device) if args.num_workers is None else args.num_workers,
             show_progress=not args.quiet,
             on_no_face=args.no_face,
             **{k: getattr(args, k) for k in ("dtype", "crop_face", "face_margin", "keep_seq", "all_faces")},
@@ -41,7 +44,16 @@ def _extract(args: argparse.Namespace) -> int:
         from accelerate import PartialState
 
         PartialState().destroy_process_group()
+    if args.timings and summary.is_main_process:
+        say_timings(summary.timings, time.perf_counter() - started)
     return job_exit_status(summary, "marlin extract", args.out)
+
+
+def say_timings(timings: dict[str, float], job_seconds: float) -> None:
+    """`--timings`: one line of seconds by stage (`JobSummary.timings`) and of the whole job (model load included,
+    start-up not: a caller timing the command gets start-up as its wall time less `job`)."""
+    stages = ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in timings.items())
+    print(f"marlin extract: seconds: {stages}, job {job_seconds:.2f}", file=sys.stderr)
 
 
 def _encoding_options(extract: argparse.ArgumentParser, defaults: dict) -> None:
@@ -69,7 +81,8 @@ def _encoding_options(extract: argparse.ArgumentParser, defaults: dict) -> None:
         type=non_negative_int,
         default=None,
         help="processes decoding and cropping videos while the model encodes full batches packed from several "
-        "videos; 0 does one video at a time (default: min(4, cores - 1), 0 on one or two cores; not with "
+        "videos; 0 does one video at a time (default: on a CPU min(4, cores - 1), 0 on one or two cores; with a "
+        "GPU enough to feed it, at most cores - 1; not with "
         "--all-faces or under ulimit -f)",
     )
     add_option(
@@ -93,6 +106,12 @@ def _encoding_options(extract: argparse.ArgumentParser, defaults: dict) -> None:
         "run the encoder through torch.compile (faster per clip after a one-off compile of each batch shape)",
     )
     extract.add_argument("--quiet", action="store_true", help="no progress bars")
+    extract.add_argument(
+        "--timings",
+        action="store_true",
+        help="say where the time went after the summary: seconds of model load, decode, detection, tracking, crop, "
+        "process, encode and write (with --num-workers, the workers' seconds beside the encoder), and the whole job",
+    )
 
 
 @command(

@@ -14,6 +14,7 @@ import torch
 
 from ..constants import MARLIN_CROP_SIZE, SAMPLE_RATE, STRIDE
 from ..exceptions import MarlinError
+from ..jobs import timed, timed_iter
 from ..kernels import enable_cpu_fast_path
 from ..loading import load_marlin
 from ..modeling_marlin import MarlinForPreTraining, MarlinPreTrainedModel
@@ -130,6 +131,11 @@ class MarlinFeatureExtractor:
         compile: run the encoder through `torch.compile` (the first batches of each shape pay its compile time).
         all_faces: with `crop_face`, follow every face that stays long enough as its own subject
             (`video.multi_face_tracking`), and give each its features (`__call__` returns them in `subjects`).
+
+    Attributes:
+        timings: wall seconds by stage since construction: `model load` (loading and checking the weights),
+            `decode`, `detection`, `tracking`, `crop` (the face tracker's), `process` (crops to `pixel_values`) and
+            `encode` (the model); the pipelined path adds its workers' seconds (`pipeline.iter_outcomes`).
     """
 
     def __init__(
@@ -153,10 +159,13 @@ class MarlinFeatureExtractor:
         from ..video.face_tracking import FaceTracker
         from ..video_processing_marlin import MarlinVideoProcessor
 
+        # Where the extractor's time goes, seconds by stage since it was made (see `timings` in the class docstring).
+        self.timings: dict[str, float] = {}
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         self.device = check_device(device)
-        # The CPU fast path computes what the model computes (off the CPU it runs the plain ops).
-        self.model = enable_cpu_fast_path(load_marlin(model, dtype=self.dtype, device=self.device))
+        with timed(self.timings, "model load"):
+            # The CPU fast path computes what the model computes (off the CPU it runs the plain ops).
+            self.model = enable_cpu_fast_path(load_marlin(model, dtype=self.dtype, device=self.device))
         config = self.model.config
         num_frames = num_frames or config.num_frames
         image_size = image_size or config.image_size
@@ -184,6 +193,7 @@ class MarlinFeatureExtractor:
         self.tracker = FaceTracker(
             margin=face_margin, crop_size=MARLIN_CROP_SIZE, device=str(self.device), num_threads=None
         )
+        self.tracker.timings = self.timings
         if all_faces and not crop_face:
             raise MarlinError("all_faces follows faces: use it with crop_face.")
         self.all_faces = all_faces
@@ -191,7 +201,9 @@ class MarlinFeatureExtractor:
     def iter_clips(self, path: str | os.PathLike):
         """Yield (window metadata dict, frames (T, H, W, 3) uint8) for each window of a video, cropped if asked."""
         tracker = self.tracker if self.crop_face else None
-        return iter_clips(path, self.window_options, tracker, self.on_no_face, self.settings["image_size"])
+        return iter_clips(
+            path, self.window_options, tracker, self.on_no_face, self.settings["image_size"], self.timings
+        )
 
     @torch.inference_mode()
     def extract_clips(self, clips: list[np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -204,14 +216,16 @@ class MarlinFeatureExtractor:
         if isinstance(clips, torch.Tensor) and clips.is_floating_point():
             pixel_values = clips
         else:
-            pixel_values = self.processor(list(clips), return_tensors="pt")["pixel_values_videos"]
-        pixel_values = pixel_values.to(self.device, self.dtype)
-        step = CPU_CLIPS_PER_CALL if self.device.type == "cpu" else len(pixel_values)
-        features = []
-        for chunk in pixel_values.split(max(step, 1)):
-            outputs = self.encode(chunk, interpolate_pos_encoding=self.interpolate_pos_encoding)
-            features.append(outputs.last_hidden_state if self.keep_seq else outputs.pooler_output)
-        return torch.cat(features).float().cpu()
+            with timed(self.timings, "process"):
+                pixel_values = self.processor(list(clips), return_tensors="pt")["pixel_values_videos"]
+        with timed(self.timings, "encode"):
+            pixel_values = pixel_values.to(self.device, self.dtype)
+            step = CPU_CLIPS_PER_CALL if self.device.type == "cpu" else len(pixel_values)
+            features = []
+            for chunk in pixel_values.split(max(step, 1)):
+                outputs = self.encode(chunk, interpolate_pos_encoding=self.interpolate_pos_encoding)
+                features.append(outputs.last_hidden_state if self.keep_seq else outputs.pooler_output)
+            return torch.cat(features).float().cpu()
 
     def __call__(self, path: str | os.PathLike, progress=None, keep_crops: bool = False) -> VideoFeatures:
         """Features and window metadata of one video (of each face in it, with `all_faces`). `progress` (a tqdm bar)
@@ -322,14 +336,18 @@ def iter_clips(
     tracker=None,
     on_no_face: str = "error",
     size: int = MARLIN_CROP_SIZE,
+    timings: dict | None = None,
 ):
     """Yield (window metadata dict, frames (T, H, W, 3) uint8) for each window of a video: with a `FaceTracker`, the
     crops around the face it follows (reset for this video), else the whole frames, which the processor resizes to
-    `size` (a `SqueezedVideoWarning` if they are far from square). `window_options` are `iter_windows`'s."""
+    `size` (a `SqueezedVideoWarning` if they are far from square). `window_options` are
+    `video.windows.iter_windows`'s; decoding's seconds are added to `timings["decode"]` where given (the tracker
+    keeps its own, `FaceTracker.timings`)."""
     from ..video.cropping import warn_if_squeezed
     from ..video.windows import iter_windows
 
-    windows = iter_windows(path, **window_options, stack=tracker is None)  # the tracker takes frames one at a time
+    # The tracker takes frames one at a time.
+    windows = timed_iter(iter_windows(path, **window_options, stack=tracker is None), timings, "decode")
     if tracker is None:
         for number, window in enumerate(windows):
             if number == 0:

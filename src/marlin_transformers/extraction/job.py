@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..constants import SAMPLE_RATE, STRIDE
-from ..jobs import Item, JobKind, JobSummary, Outcome, Shard, model_identity, run_job
+from ..jobs import Item, JobKind, JobSummary, Outcome, Shard, model_identity, run_job, timed
 from ..records import MANIFEST, read_records, save_arrays_atomic  # noqa: F401  (MANIFEST: as readers know it)
 from ..video.decoding import find_videos
 from .extractor import MarlinFeatureExtractor
@@ -127,9 +127,13 @@ def run_extraction(
         try:
             for item, video in zip(todo, videos):
                 fields = {"output": names[item.source], **(metadata or {}), **getattr(extractor, "settings", {})}
-                yield save_features(out_dir / names[item.source], item, video, fields)
+                with timed(shard.timings, "write"):
+                    outcome = save_features(out_dir / names[item.source], item, video, fields)
+                yield outcome
         finally:
             bar.close()
+            for stage, seconds in getattr(extractor, "timings", {}).items():  # the summary's: model load, decode...
+                shard.timings[stage] = shard.timings.get(stage, 0.0) + seconds
 
     def say_empty_folders() -> None:
         for folder in empty_folders:

@@ -3,8 +3,9 @@
 Serial (`num_workers=0`): the extractor decodes, crops and encodes one video after another, batching each video's
 windows on its own. Pipelined (`num_workers=N`): N `DataLoader` worker processes decode, track and crop the videos
 (video i goes to worker i mod N) and run the processor, yielding one window at a time (at most `prefetch_factor`
-windows waiting per worker, so memory stays bounded); the main process packs the windows of consecutive videos into
-full batches for the model, and hands each video back, in input order, once all its windows are encoded.
+windows waiting per worker, about two batches in all, so memory stays bounded); the main process packs the windows of
+consecutive videos into full batches for the model, and hands each video back, in input order, once all its windows
+are encoded.
 
 On the CPU each window's features are those of the serial path to the last bit: the processor works on one clip at
 a time, and the encoder's rows do not depend on which other windows share their batch (tests/test_extraction.py
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -25,19 +27,42 @@ from pathlib import Path
 import torch
 
 from ..exceptions import MarlinError
-from ..jobs import error_text
+from ..jobs import error_text, timed
 from .extractor import MarlinFeatureExtractor, VideoFeatures, iter_clips, non_finite_features
 
+# Windows a second one data loader worker (one core) decodes, tracks, crops and processes: 2-core AMX Xeon, the six
+# sample videos, `tests/benchmarks/bench_corpus.py --no-encoder` (docs/benchmarks.md).
+FEED_WINDOWS_PER_WORKER = 6.0
+# Windows a second a GPU encodes: ViT-B in bf16 at about 10 ms a clip on an A100 (transformers' VideoMAE docs).
+GPU_WINDOWS_PER_SECOND = 100.0
 
-def default_num_workers() -> int:
-    """Worker processes for `marlin extract` on this machine: min(4, usable cores - 1), none on one or two cores.
 
-    On two cores the encoder's threads already fill the machine, and workers beside it slow its synchronizing threads
-    down more than they save: on the 2-core EPYC with the bf16 encoder, 2 workers made a ViT-B `--crop-face` corpus
-    4-8% slower than none (54.3-55.1 s against 50.2-52.7 s) and a ViT-S one 6% slower (25.2 s against 23.8 s;
-    tests/benchmarks/bench_corpus.py). Three or more cores were not measured."""
+def default_num_workers(device: str | torch.device | None = None) -> int:
+    """Worker processes for `marlin extract` on this machine and `device` (None: CUDA where there is a GPU, else CPU).
+
+    With a GPU encoder the cores do nothing else: enough workers to feed it, `GPU_WINDOWS_PER_SECOND` /
+    `FEED_WINDOWS_PER_WORKER` (17), at most every usable core but the main process's. On a 16-core machine that is 15
+    workers, about 90 windows a second: the feed then keeps up with a ViT-B bf16 encoder on a GPU within 10%.
+
+    On the CPU the encoder and the workers share the cores: min(4, usable cores - 1), none on one or two cores. On two
+    cores the encoder's threads already fill the machine, and workers beside it slow its synchronizing threads down
+    more than they save: on the 2-core EPYC with the bf16 encoder, 2 workers made a ViT-B `--crop-face` corpus 4-8%
+    slower than none (54.3-55.1 s against 50.2-52.7 s) and a ViT-S one 6% slower (25.2 s against 23.8 s); on the
+    2-core AMX Xeon, 1 worker against none: docs/benchmarks.md (tests/benchmarks/bench_corpus.py --num-workers 0 1).
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type != "cpu":
+        return max(1, min(cores - 1, math.ceil(GPU_WINDOWS_PER_SECOND / FEED_WINDOWS_PER_WORKER)))
     return 0 if cores <= 2 else min(4, cores - 1)
+
+
+def prefetch_factor(num_workers: int, batch_size: int) -> int:
+    """Windows each worker may have waiting: enough that two full batches are queued over all the workers (the
+    encoder never waits for a batch while the workers are ahead), at least 2, the data loader's default. A window
+    waits as float32 pixel values, 9.6 MB at 16 x 224 x 224: 2 x batch_size of them bound the memory."""
+    return max(2, math.ceil(2 * batch_size / max(num_workers, 1)))
 
 
 def file_size_limited() -> bool:
@@ -85,8 +110,8 @@ def iter_outcomes(
 
 
 class VideoWindows(torch.utils.data.IterableDataset):
-    """(video index, window record, pixel_values (frames, 3, H, W) float32, None) per window of the worker's videos,
-    then (video index, None, None, error line or None) when the video ends or fails."""
+    """(video index, window record, pixel_values (frames, 3, H, W) float32, None, None) per window of the worker's
+    videos, then (video index, None, None, error line or None, the video's seconds by stage) when it ends or fails."""
 
     def __init__(self, paths: list[Path], extractor: MarlinFeatureExtractor):
         self.paths = paths
@@ -103,15 +128,21 @@ class VideoWindows(torch.utils.data.IterableDataset):
         if info is not None and self.tracker is not None:
             self.tracker.detector.num_threads = 1  # the worker's own copy: the encoder fills the cores beside it
         for index in range(worker, len(self.paths), num_workers):
-            clips = iter_clips(self.paths[index], self.window_options, self.tracker, self.on_no_face, self.image_size)
+            timings = {}  # this video's seconds by stage, handed back with its end
+            if self.tracker is not None:
+                self.tracker.timings = timings
+            clips = iter_clips(
+                self.paths[index], self.window_options, self.tracker, self.on_no_face, self.image_size, timings
+            )
             try:
                 for record, frames in clips:
-                    pixel_values = self.processor([frames], return_tensors="pt")["pixel_values_videos"][0]
-                    yield index, record, pixel_values, None
+                    with timed(timings, "process"):
+                        pixel_values = self.processor([frames], return_tensors="pt")["pixel_values_videos"][0]
+                    yield index, record, pixel_values, None, None
             except Exception as error:  # the video's line; the worker goes on with its next video
-                yield index, None, None, error_text(error)
+                yield index, None, None, error_text(error), timings
             else:
-                yield index, None, None, None
+                yield index, None, None, None, timings
 
 
 @dataclass
@@ -140,7 +171,7 @@ def _iter_pipelined(
         VideoWindows(paths, extractor),
         batch_size=None,
         num_workers=num_workers,
-        prefetch_factor=2,
+        prefetch_factor=prefetch_factor(num_workers, extractor.batch_size),
         multiprocessing_context=None if forked else "spawn",
         worker_init_fn=functools.partial(close_files, tuple(private_files)) if forked else None,
     )
@@ -184,10 +215,12 @@ def _iter_pipelined(
             next_out += 1
 
     try:
-        for index, record, pixel_values, error in loader:
+        for index, record, pixel_values, error, timings in loader:
             video = videos[index]
             video.started = video.started or time.perf_counter()
             if record is None:
+                for stage, seconds in timings.items():  # the workers' seconds, spent beside the encoder
+                    extractor.timings[stage] = extractor.timings.get(stage, 0.0) + seconds
                 video.ended = True
                 video.error = MarlinError(error) if error is not None else video.error
             else:

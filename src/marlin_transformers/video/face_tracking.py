@@ -17,6 +17,7 @@ import numpy as np
 
 from ..constants import MARLIN_CROP_SIZE
 from ..exceptions import NoFaceError
+from ..jobs import timed
 from .cropping import FaceCrops, FaceTrack, Frames, centre_track, crop_track
 from .face_detection import Detections, MtcnnDetector
 from .windows import VideoWindow
@@ -137,6 +138,10 @@ class FaceTracker(BaseFaceTracker):
             detection nearest to where it was last seen.
         region_scale: once a face is tracked, search only a square this many times its size around it, several times
             cheaper than the whole frame (frames where nothing turns up there are searched whole); 0 disables.
+
+    Attributes:
+        timings: None (the default), or a dict where the tracker adds its seconds by stage: `detection` (the
+            detector's calls), `tracking` (the rest of `locate`) and `crop`.
     """
 
     _MEMORY = 512  # frames of detections and of the subject's boxes kept, bounding memory on long videos
@@ -147,6 +152,7 @@ class FaceTracker(BaseFaceTracker):
         super().__init__(detector, **options)
         self.reacquire_after = reacquire_after
         self.region_scale = region_scale
+        self.timings: dict[str, float] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -176,6 +182,12 @@ class FaceTracker(BaseFaceTracker):
         corner = np.round((box[:2] + box[2:]) / 2 - side / 2).astype(np.int64)
         return (*corner, *(corner + side))
 
+    def _detect(self, frames: Frames, regions=None, region_scale: float | None = None) -> list[Detections]:
+        with timed(self.timings, "detection"):
+            if regions is None:  # a detector may know whole frames only
+                return self.detector.detect(frames)
+            return self.detector.detect(frames, regions, region_scale=region_scale)
+
     def _first_detections(self, frames: Frames, todo: dict[int, int]) -> dict[int, Detections]:
         """Detections in the frames before the subject is known, in order, found cheaply; misses are left out.
 
@@ -186,14 +198,14 @@ class FaceTracker(BaseFaceTracker):
         found, pending, anchor = {}, list(todo), None
         while pending and anchor is None:
             index = pending.pop(0)
-            found[index] = result = self.detector.detect([frames[todo[index]]])[0]
+            found[index] = result = self._detect([frames[todo[index]]])[0]
             chosen = self._match(index, result[0])  # no subject yet: the largest face
             if chosen is not None:
                 anchor = result[0][chosen]
         step = getattr(self.detector, "batch_size", 4)
         while pending:
             chunk, pending = pending[:step], pending[step:]
-            searched = self.detector.detect(
+            searched = self._detect(
                 [frames[todo[index]] for index in chunk], [self._region(anchor)] * len(chunk), self.region_scale
             )
             for index, result in zip(chunk, searched):
@@ -220,7 +232,7 @@ class FaceTracker(BaseFaceTracker):
                 regions[index] = self._region(nearest[1])
         if regions:
             positions = [todo[index] for index in regions]
-            searched = self.detector.detect(
+            searched = self._detect(
                 [frames[position] for position in positions], list(regions.values()), region_scale=self.region_scale
             )
             for index, result in zip(regions, searched):
@@ -228,7 +240,7 @@ class FaceTracker(BaseFaceTracker):
                     found[index] = result
         rest = [index for index in todo if index not in found]
         if rest:
-            found.update(zip(rest, self.detector.detect([frames[todo[index]] for index in rest])))
+            found.update(zip(rest, self._detect([frames[todo[index]] for index in rest])))
         for index in todo:
             self._cache[index] = found[index]
         while len(self._cache) > self._MEMORY:
@@ -263,6 +275,16 @@ class FaceTracker(BaseFaceTracker):
             frame_indices: (T,) index of each frame in the video (repeats allowed, for padding); by default the
                 frames follow those of the previous call.
         """
+        if self.timings is None:
+            return self._locate(frames, frame_indices)
+        detection = self.timings.get("detection", 0.0)
+        with timed(self.timings, "tracking"):
+            track = self._locate(frames, frame_indices)
+        # The detector's share is counted apart.
+        self.timings["tracking"] -= self.timings.get("detection", 0.0) - detection
+        return track
+
+    def _locate(self, frames: Frames, frame_indices: Sequence[int] | None) -> FaceTrack | None:
         if frame_indices is None:
             frame_indices = range(self._next_index, self._next_index + len(frames))
         frame_indices = [int(i) for i in frame_indices]
@@ -292,7 +314,8 @@ class FaceTracker(BaseFaceTracker):
 
     def crop(self, frames: Frames, track: FaceTrack) -> FaceCrops:
         """Cut a window's frames (`cropping.Frames`) around its track (see `cropping.crop_faces`)."""
-        return crop_track(frames, track, self.margin, self.crop_size)
+        with timed(self.timings, "crop"):
+            return crop_track(frames, track, self.margin, self.crop_size)
 
     def centre_crop(self, frames: Frames) -> FaceCrops:
         """The fallback without a face: the largest centred square of each frame, nothing detected."""
