@@ -214,8 +214,9 @@ def _iter_pipelined(
             video.handed_back, video.records, video.features = True, [], []  # frees its features
             next_out += 1
 
+    windows = iter(loader)
     try:
-        for index, record, pixel_values, error, timings in loader:
+        for index, record, pixel_values, error, timings in windows:
             video = videos[index]
             video.started = video.started or time.perf_counter()
             if record is None:
@@ -239,6 +240,10 @@ def _iter_pipelined(
             f"({' '.join(str(error).split())[:160]})",
             parameter="num_workers",
         ) from None
+    finally:
+        # Stop the workers now, not when the iterator is collected: until then torch's SIGCHLD handler still watches
+        # a worker that died, and raises from whatever the main process runs next (the same call as its __del__).
+        windows._shutdown_workers()
     if batch:
         encode()
     yield from finished()
