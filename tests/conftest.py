@@ -85,3 +85,24 @@ def tiny_pretraining_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "tiny-pretraining"
     save_marlin_folder(MarlinForPreTraining(MarlinConfig(**{**TINY_CLIP, "num_frames": 16})), folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def library_logging_as_found():
+    """Put the libraries' logging back after each test: a command run in-process (`marlin ...`'s `main`) quiets
+    transformers, huggingface_hub and accelerate process-wide (`cli.options.quiet_libraries`), and a later test that
+    reads transformers' warnings (its common suite's `CaptureLogger`) would otherwise see none."""
+    import logging
+
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+    hub_bars = not are_progress_bars_disabled()
+    accelerate_level = logging.getLogger("accelerate").level
+    yield
+    transformers_logging.set_verbosity(verbosity)
+    (transformers_logging.enable_progress_bar if bars else transformers_logging.disable_progress_bar)()
+    (enable_progress_bars if hub_bars else disable_progress_bars)()
+    logging.getLogger("accelerate").setLevel(accelerate_level)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from marlin_transformers.data.labels import read_labels, read_labels_csv
+from marlin_transformers.data.labels import read_labels, read_labels_csv, write_labels_csv
 from marlin_transformers.exceptions import DatasetError
 
 
@@ -77,3 +77,22 @@ def test_json_labels_are_checked_too(tmp_path):
     (tmp_path / "data.jsonl").write_bytes('{"path": "é.mp4", "label": "smile"}\n'.encode("latin-1"))
     with pytest.raises(DatasetError, match="data.jsonl: not UTF-8 text; save the file as UTF-8$"):
         read_labels(tmp_path / "data.jsonl", "single_label_classification")
+
+
+@pytest.mark.parametrize(
+    "problem_type, labels, names, expected, read_names",
+    [  # single-label: indices are written as names, read back as indices into the sorted names
+        ("single_label_classification", [1, 0, 1], ["real", "fake"], [0, 1, 0], ["fake", "real"]),
+        ("single_label_classification", ["fake", "real", "fake"], ["real", "fake"], [0, 1, 0], ["fake", "real"]),
+        ("multi_label_classification", [[0, 1], [1, 1], [0, 0]], ["happy", "sad"], [[0, 1], [1, 1], [0, 0]], None),
+        ("regression", [[-3.0], [0.4], [2.6666666666666665]], ["sentiment"], [[-3.0], [0.4], [2.6666667]], None),
+    ],
+)
+def test_written_labels_read_back_as_written(tmp_path, problem_type, labels, names, expected, read_names):
+    videos = [tmp_path / "clips" / f"{i}.mp4" for i in range(3)]
+    write_labels_csv(tmp_path / "task" / "train.csv", videos, labels, names, problem_type)
+    table = read_labels_csv(tmp_path / "task" / "train.csv", problem_type)
+    assert table.paths == [str(v) for v in videos]
+    assert table.label_names == (read_names or names)
+    np.testing.assert_array_equal(table.labels, np.asarray(expected, dtype=table.labels.dtype))
+    assert not list((tmp_path / "task").glob(".*partial"))

@@ -38,24 +38,40 @@ DEFAULT_EVAL_SPLITS = ("validation", "val", "test")
 
 
 def write_labels_csv(
-    path: str | os.PathLike, video_paths: Sequence[str | os.PathLike], labels: np.ndarray, label_names: Sequence[str]
+    path: str | os.PathLike,
+    video_paths: Sequence[str | os.PathLike],
+    labels: np.ndarray | Sequence,
+    label_names: Sequence[str],
+    problem_type: str = "multi_label_classification",
 ) -> None:
-    """Write a multi-label labels CSV: `path` (relative to the CSV's folder) and one 0/1 column per label.
+    """Write a labels CSV (layout in the module docstring) atomically: `path` (relative to the CSV's folder), then
+    the labels as `problem_type` reads them back.
 
     Args:
         video_paths: num_videos paths.
-        labels: (num_videos, num_labels) 0/1.
-        label_names: num_labels column names.
+        labels: multi-label (num_videos, num_labels) 0/1; single-label num_videos class names or indices into
+            `label_names`, written as names; regression (num_videos, num_targets) numbers.
+        label_names: multi-label and regression: the column names; single-label: the class names.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    labels = np.asarray(labels, dtype=np.int64).reshape(len(video_paths), len(label_names))
+    if problem_type == "single_label_classification":
+        header = ["label"]
+        rows = [[label_names[label] if isinstance(label, int | np.integer) else str(label)] for label in labels]
+    elif problem_type == "multi_label_classification":
+        header = list(label_names)
+        rows = np.asarray(labels, dtype=np.int64).reshape(len(video_paths), len(label_names)).tolist()
+    elif problem_type == "regression":
+        header = list(label_names)
+        rows = [[repr(float(v)) for v in row] for row in np.asarray(labels, dtype=np.float64).reshape(len(video_paths), -1)]
+    else:
+        raise DatasetError(f"unknown problem type {problem_type!r} for {path}; use one of {', '.join(PROBLEM_TYPES)}")
     partial = path.with_name(f".{path.name}.partial")
     with open(partial, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", *label_names])
-        for video, row in zip(video_paths, labels):
-            writer.writerow([os.path.relpath(Path(video).absolute(), path.parent.absolute()), *row.tolist()])
+        writer.writerow(["path", *header])
+        for video, row in zip(video_paths, rows, strict=True):
+            writer.writerow([os.path.relpath(Path(video).absolute(), path.parent.absolute()), *row])
     os.replace(partial, path)
 
 
