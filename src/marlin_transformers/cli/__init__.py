@@ -24,6 +24,7 @@ _ORDER = (
     "reconstruct",
     "app",
     "prepare-celebvhq",
+    "prepare-ffpp",
     "prepare-ytf",
     "prepare-faces",
     "push-dataset",

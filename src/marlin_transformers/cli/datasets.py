@@ -1,4 +1,4 @@
-"""Data set commands: `marlin prepare-celebvhq`, `prepare-ytf`, `prepare-faces` and `push-dataset`."""
+"""Data set commands: `marlin prepare-celebvhq`, `prepare-ffpp`, `prepare-ytf`, `prepare-faces` and `push-dataset`."""
 
 from __future__ import annotations
 
@@ -50,6 +50,59 @@ def _prepare_celebvhq(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{name} {len(ids)}" for name, ids in split.items())
     print(f"prepared CelebV-HQ in {args.out}: {counts} clips; labels CSVs per task and split, see split.json")
     return 0
+
+
+@command(COMMANDS, "prepare-ffpp", defaults=("data.ffpp:prepare_ffpp",))
+def _ffpp_options(ffpp: argparse.ArgumentParser, defaults: dict) -> None:
+    """FaceForensics++ (official layout and split files) -> face clips and the ffpp labels tables
+
+    Tracks and crops the face of every original and manipulated video with MTCNN, writes OUT/clips/,
+    OUT/ffpp/{train,val,test}.csv (fake/real; DeepFakeDetection and actors, when present, as a held-out dfd.csv),
+    OUT/videos.csv and OUT/preparation.json (protocol, class balance); re-running resumes. See docs/tasks.md.
+    """
+    from ..data.ffpp import COMPRESSIONS, METHODS
+
+    ffpp.add_argument("root", help="the FaceForensics++ folder (original_sequences/, manipulated_sequences/)")
+    ffpp.add_argument("out", help="the prepared folder to write (re-running it resumes)")
+    add_option(ffpp, "--compression", defaults, "which release to read (default {default})", choices=COMPRESSIONS)
+    ffpp.add_argument(
+        "--methods",
+        type=lambda text: [m.strip() for m in text.split(",") if m.strip()],
+        help=f"manipulation methods taken as fakes, comma-separated, of {','.join(METHODS)} "
+        "(default: every one present)",
+    )
+    ffpp.add_argument(
+        "--split-files",
+        metavar="DIR",
+        help="the folder holding the official train.json, val.json, test.json (default: ROOT/splits, "
+        "ROOT/dataset/splits or ROOT)",
+    )
+    add_option(
+        ffpp, "--num-workers", defaults, "videos cropped at once, in threads (default {default})", type=POSITIVE_INT
+    )
+    ffpp.add_argument("--device", default=None, help="torch device MTCNN runs on, e.g. cuda (default: cpu)")
+    ffpp.add_argument("--quiet", action="store_true", help="no progress bar")
+    ffpp.set_defaults(handler=_prepare_ffpp)
+
+
+def _prepare_ffpp(args: argparse.Namespace) -> int:
+    from ..data.ffpp import describe_balance, prepare_ffpp
+
+    result = prepare_ffpp(
+        args.root,
+        args.out,
+        compression=args.compression,
+        methods=args.methods,
+        split_files=args.split_files,
+        num_workers=args.num_workers,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    if result.summary.is_main_process:
+        print(f"prepared FaceForensics++ in {args.out} (task ffpp); videos per split, class balance:")
+        for line in describe_balance(result.balance["ffpp"]):
+            print(f"  {line}")
+    return job_exit_status(result.summary, "marlin prepare-ffpp", args.out)
 
 
 def _split(args: argparse.Namespace, videos) -> tuple[dict, dict]:

@@ -26,6 +26,7 @@ import io
 import json
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from ..jobs import Item, JobKind, JobSummary, each_item, is_keyed_record, run_jo
 from ..records import read_records, write_text_atomic
 from ..video.decoding import resize_frames
 from ..video.face_tracking import FaceTracker
-from .labels import labels_dataset, write_labels_csv
+from .labels import labels_dataset, read_labels_csv, write_labels_csv
 
 CLIPS_FOLDER = "clips"
 SPLIT_ORDER = ("train", "val", "test")
@@ -125,11 +126,15 @@ FACE_CROPS = ("face", "reference")
 
 
 def face_cropper_factory(
-    crop: str | Callable[[], FrameCropper], size: int = MARLIN_CROP_SIZE, num_workers: int = 1
+    crop: str | Callable[[], FrameCropper],
+    size: int = MARLIN_CROP_SIZE,
+    num_workers: int = 1,
+    device: str | None = None,
 ) -> Callable[[], FrameCropper]:
     """What makes one worker's `FrameCropper`: "face" (`face_tracker_cropper`, the default), "reference"
-    (`reference_cropper`, as the paper code), or your own factory. Each worker gets its own detector, using
-    `cpu_count // num_workers` torch threads, so workers never share a tracker's per-video state."""
+    (`reference_cropper`, as the paper code), or your own factory. Each worker gets its own MTCNN (on `device`, by
+    default the CPU) using `cpu_count // num_workers` torch threads, so workers never share a tracker's per-video
+    state."""
     if callable(crop):
         return crop
     if crop not in FACE_CROPS:
@@ -141,7 +146,7 @@ def face_cropper_factory(
     def make() -> FrameCropper:
         from ..video.face_detection import MtcnnDetector
 
-        detector = MtcnnDetector(num_threads=threads)
+        detector = MtcnnDetector(num_threads=threads, device=device or "cpu")
         if crop == "reference":
             return reference_cropper(detector, size=size)
         return face_tracker_cropper(FaceTracker(detector, crop_size=size), size=size)
@@ -340,6 +345,8 @@ def prepare_task(
     crop: str | Callable[[], FrameCropper] = "face",
     size: int = MARLIN_CROP_SIZE,
     num_workers: int = 1,
+    device: str | None = None,
+    balance_by: Sequence[str] = (),
     progress: bool = True,
 ) -> TaskPreparation:
     """Crop the faces of `videos` and write the prepared layout of the module docstring.
@@ -352,6 +359,8 @@ def prepare_task(
         crop: "face" (default), "reference", or a factory of `FrameCropper`s (see `face_cropper_factory`).
         size: side of the clips, pixels.
         num_workers: videos cropped at once, in threads, each with its own detector.
+        device: where MTCNN runs ("cuda"); default the CPU. Not part of the settings: clips made on either are kept.
+        balance_by: fields of `TaskVideo.fields` whose values are counted per split too (`balance["by <field>"]`).
 
     Returns:
         `TaskPreparation`.
@@ -369,7 +378,7 @@ def prepare_task(
     made = crop_clips(
         {v.video_id: Path(v.path) for v in videos},
         out_dir,
-        face_cropper_factory(crop, size, num_workers),
+        face_cropper_factory(crop, size, num_workers, device),
         settings,
         kind,
         annotations={v.video_id: v for v in videos},
@@ -380,6 +389,11 @@ def prepare_task(
     kept = [v for v in videos if v.video_id in made.clips]
     splits = {s: [v.video_id for v in kept if v.split == s] for s in ordered_splits(v.split for v in kept)}
     balance = {task.name: class_balance(kept, task) for task in tasks}
+    for name in balance_by:
+        balance[f"by {name}"] = {
+            split: dict(sorted(Counter(str(v.fields.get(name, "")) for v in kept if v.split == split).items()))
+            for split in splits
+        }
     if made.summary.is_main_process:
         for task in tasks:
             write_task_tables(out_dir, task, kept, made.clips)
@@ -441,13 +455,32 @@ def read_videos_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         raise DatasetError(f"{path}: no videos.csv here; prepare the folder first") from None
 
 
-def load_task(prepared_dir: str | os.PathLike, task: str, problem_type: str):
+def load_task(prepared_dir: str | os.PathLike, task: str, problem_type: str, label_names: Sequence[str] = ()):
     """A prepared folder's `task` as a `datasets.DatasetDict`, one split per `<task>/<split>.csv` (train, val, test
-    first). Rows: `path` (absolute clip path), `labels` (as `data.labels.labels_dataset` reads them)."""
+    first). Rows: `path` (absolute clip path), `labels` (as `data.labels.labels_dataset` reads them).
+
+    Args:
+        label_names: single-label: every class of the task, in index order. A table names only the classes it holds,
+            so without them a split of one class would index it 0 whatever it is; with them every split shares one
+            `ClassLabel`.
+    """
     import datasets
 
     folder = Path(prepared_dir) / task
     tables = {p.stem: p for p in folder.glob("*.csv")} if folder.is_dir() else {}
     if not tables:
         raise DatasetError(f"{prepared_dir}: no {task}/ tables; prepare the folder first", parameter="prepared_dir")
-    return datasets.DatasetDict({s: labels_dataset(tables[s], problem_type) for s in ordered_splits(tables)})
+    if problem_type != "single_label_classification" or not label_names:
+        return datasets.DatasetDict({s: labels_dataset(tables[s], problem_type) for s in ordered_splits(tables)})
+    features = datasets.Features(
+        {"path": datasets.Value("string"), "labels": datasets.ClassLabel(names=list(label_names))}
+    )
+    splits = {}
+    for split in ordered_splits(tables):
+        table = read_labels_csv(tables[split], problem_type)
+        unknown = sorted(set(table.label_names) - set(label_names))
+        if unknown:
+            raise DatasetError(f"{tables[split]}: class {unknown[0]!r} is not one of {', '.join(label_names)}")
+        labels = [list(label_names).index(table.label_names[i]) for i in table.labels]
+        splits[split] = datasets.Dataset.from_dict({"path": table.paths, "labels": labels}, features=features)
+    return datasets.DatasetDict(splits)
