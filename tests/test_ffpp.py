@@ -197,6 +197,7 @@ def test_prepare_ffpp_resumes_after_a_kill_and_isolates_a_corrupt_video(tmp_path
     rows = {row["id"]: row for row in read_videos_csv(out / "videos.csv")}
     assert rows["Deepfakes_002_003"]["clip"] == "" and rows["original_000"]["clip"] == "clips/original_000.mp4"
     assert rows["FaceSwap_001_000"]["pair"] == "000_001" and rows["FaceSwap_001_000"]["method"] == "FaceSwap"
+    assert rows["FaceSwap_001_000"]["source"] == "000" and rows["FaceSwap_001_000"]["video"].endswith("001_000.mp4")
 
     clip = decode(out / "clips" / "original_000.mp4")
     assert clip.shape == (FRAMES, 224, 224, 3)

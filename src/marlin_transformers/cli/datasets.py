@@ -78,6 +78,14 @@ def _ffpp_options(ffpp: argparse.ArgumentParser, defaults: dict) -> None:
         "ROOT/dataset/splits or ROOT)",
     )
     add_option(
+        ffpp,
+        "--crop",
+        defaults,
+        "face: MTCNN tracking, smoothed, square of side max(w, h) (default); reference: the paper code's square of "
+        "side 2*int(max(w,h)/2) per detector box (MTCNN for its RetinaFace), no smoothing",
+        choices=["face", "reference"],
+    )
+    add_option(
         ffpp, "--num-workers", defaults, "videos cropped at once, in threads (default {default})", type=POSITIVE_INT
     )
     ffpp.add_argument("--device", default=None, help="torch device MTCNN runs on, e.g. cuda (default: cpu)")
@@ -94,6 +102,7 @@ def _prepare_ffpp(args: argparse.Namespace) -> int:
         compression=args.compression,
         methods=args.methods,
         split_files=args.split_files,
+        crop=args.crop,
         num_workers=args.num_workers,
         device=args.device,
         progress=not args.quiet,

@@ -6,7 +6,8 @@ Every task preparer (CelebV-HQ, FaceForensics++, RAVDESS, CMU-MOSEI) reads its r
     OUT/clips/<id>.mp4                 face clips: MTCNN `FaceTracker` (one subject, smoothed), square of side
                                        max(w, h) around the face, zero-padded, resized to 224 (`face_tracker_cropper`)
     OUT/<task>/<split>.csv             `data.labels` tables, one per split (train, val, test, then any other split)
-    OUT/videos.csv                     one row per source video: id, split, its decoded fields, source, clip
+    OUT/videos.csv                     one row per source video: id, split, its decoded fields, video (the source's
+                                       path), clip, error
     OUT/preparation.json               the protocol and its source, split sizes, class balance per split, failed ids
     OUT/manifest.jsonl                 the job's records (`jobs.run_job`)
 
@@ -43,6 +44,8 @@ from .labels import labels_dataset, read_labels_csv, write_labels_csv
 
 CLIPS_FOLDER = "clips"
 SPLIT_ORDER = ("train", "val", "test")
+# videos.csv: id and split first, then the release's decoded fields, then these three.
+VIDEOS_CSV_COLUMNS = ("id", "split", "video", "clip", "error")
 
 FrameCropper = Callable[[Iterator[np.ndarray], object], Iterable[np.ndarray]]
 """Takes a video's frames, each (height, width, 3) uint8 RGB, in order, and its annotation `clip` (what the preparer
@@ -372,6 +375,9 @@ def prepare_task(
     if len(set(ids)) != len(ids):
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise DatasetError(f"{command}: two videos share the id {duplicate!r}")
+    reserved = sorted({name for v in videos for name in v.fields} & set(VIDEOS_CSV_COLUMNS))
+    if reserved:
+        raise DatasetError(f"{command}: a decoded field may not be called {reserved[0]!r} (a column of videos.csv)")
     crop_name = crop if isinstance(crop, str) else getattr(crop, "__name__", "custom")
     settings = {"crop": crop_name, "size": size}
     kind = clip_job_kind(command)
@@ -423,14 +429,14 @@ def write_task_tables(out_dir: Path, task: LabelTask, videos: Sequence[TaskVideo
 
 
 def write_videos_csv(path: Path, videos: Sequence[TaskVideo], clips: dict[str, Path], failed: dict[str, str]) -> None:
-    """One row per source video: id, split, every decoded field, the source path, the clip (relative to `path`'s
-    folder; empty where none was made) and the error of a video that failed."""
+    """One row per source video: id, split, every decoded field, `video` (the source's absolute path), the clip
+    (relative to `path`'s folder; empty where none was made) and the error of a video that failed."""
     columns: list[str] = []
     for video in videos:
         columns.extend(name for name in video.fields if name not in columns)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["id", "split", *columns, "source", "clip", "error"])
+    writer.writerow([*VIDEOS_CSV_COLUMNS[:2], *columns, *VIDEOS_CSV_COLUMNS[2:]])
     for video in videos:
         clip = clips.get(video.video_id)
         writer.writerow(
