@@ -51,7 +51,7 @@ from marlin_transformers.loading import load_marlin
 from marlin_transformers.model_card import render_finetuned_card
 
 # The flags of library parameters an error may name (`read_labels`' split is set by either).
-FLAGS = {"split": "--train-split or --eval-split", "data": "--data", "task": "--task"}
+FLAGS = {"split": "--train-split, --eval-split or --test-split", "data": "--data", "task": "--task"}
 
 try:  # the 'train' extra (datasets, evaluate): without it, one line saying so
     from marlin_transformers.evaluation.clip_dataset import EVAL_CLIPS, ClipOptions, build_datasets, build_test_dataset
@@ -106,6 +106,7 @@ class DataArguments:
     eval_split: str | None = field(
         default=None, metadata={"help": "split of a saved DatasetDict (default: validation/val/test)"}
     )
+    test_split: str | None = field(default="test", metadata={"help": "split of a saved DatasetDict (--test-data)"})
 
 
 @dataclass
@@ -182,7 +183,15 @@ def finetune(
     )
     test_dataset = None
     if test_data is not None:
-        test_dataset = build_test_dataset(test_data, train_data, problem_type, options, training_args.seed)
+        test_dataset = build_test_dataset(
+            test_data,
+            train_data,
+            problem_type,
+            options,
+            training_args.seed,
+            data_args.train_split,
+            data_args.test_split,
+        )
     task_metrics = None
     if data_args.task:
         task = get_task(data_args.task)
