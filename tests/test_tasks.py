@@ -2,6 +2,7 @@
 fine-tune per task (and a linear probe) on a tiny MARLIN over a prepared folder in the preparers' format, which the
 test writes itself: OUT/clips/<id>.mp4 and OUT/<task>/{train,val,test}.csv."""
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -111,6 +112,35 @@ def test_task_table_and_prepared_tables(prepared, tmp_path):
     # the paper recipe's selection is an AUC: a regression task keeps its own metric
     assert "metric_for_best_model" not in RECIPES["marlin"].finetuning_for("regression")
     assert RECIPES["marlin"].finetuning_for("multi_label_classification") == RECIPES["marlin"].finetuning
+
+
+# Where each preparer keeps the tables it writes (`data.task_preparation.LabelTask`s).
+PREPARERS = {
+    "ffpp": lambda module: [module.TASK],
+    "ravdess": lambda module: [module.ravdess_task()],
+    "mosei": lambda module: module.mosei_tasks(),
+}
+
+
+def test_the_preparers_tables_are_the_ones_the_tasks_read():
+    """Each table a preparer writes has the problem type and labels its `--task` reads (in checkouts that hold the
+    preparers' modules)."""
+    checked = []
+    for name, label_tasks in PREPARERS.items():
+        try:
+            module = importlib.import_module(f"marlin_transformers.data.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"marlin_transformers.data.{name}":
+                raise
+            continue
+        for written in label_tasks(module):
+            task = TASKS[written.name]
+            assert written.problem_type == task.problem_type and sorted(written.label_names) == sorted(
+                task.label_names
+            ), written.name
+            checked.append(written.name)
+    if not checked:
+        pytest.skip("no preparer module (data.ffpp, data.ravdess, data.mosei) in this checkout")
 
 
 def _finite_in(metrics: dict, key: str, low: float = 0.0, high: float = 1.0) -> float:
