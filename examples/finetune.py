@@ -21,6 +21,12 @@ the end and saved to `--output-dir` as a folder `AutoModelForVideoClassification
 `--lora-target-modules`; the head trains in full) and saves the adapter, or with `--merge-lora` merged weights that
 load like any MARLIN folder (`evaluation.finetuning.save_finetuned` says how to load an adapter).
 
+`--task ffpp|ravdess|mosei-sentiment|mosei-emotions` trains on a table a `marlin prepare-*` command wrote
+(`marlin_transformers.evaluation.tasks`): it sets `--problem-type`, `--metric-for-best-model`,
+`--window-aggregation` (FF++ averages the windows' probabilities) and adds the task's metrics (`evaluation.metrics`).
+With `--data OUT`, the prepared folder, the tables are OUT/<task>/train.csv, val.csv (selection) and test.csv (scored
+once, at the end); `--train-data`, `--eval-data` and `--test-data` still name any table, and win.
+
 `--recipe marlin` starts from the MARLIN paper code's recipe instead of ours (`marlin_transformers.evaluation.recipes`:
 Adam 0.5/0.9, learning rate halved on plateaus of the training loss, stop at lr 1e-6, batch 32, one random clip per
 video, per-batch-mean validation AUC); any flag given overrides its value. The recipe's values are printed at start
@@ -45,10 +51,10 @@ from marlin_transformers.loading import load_marlin
 from marlin_transformers.model_card import render_finetuned_card
 
 # The flags of library parameters an error may name (`read_labels`' split is set by either).
-FLAGS = {"split": "--train-split or --eval-split"}
+FLAGS = {"split": "--train-split, --eval-split or --test-split", "data": "--data", "task": "--task"}
 
 try:  # the 'train' extra (datasets, evaluate): without it, one line saying so
-    from marlin_transformers.evaluation.clip_dataset import EVAL_CLIPS, ClipOptions, build_datasets
+    from marlin_transformers.evaluation.clip_dataset import EVAL_CLIPS, ClipOptions, build_datasets, build_test_dataset
     from marlin_transformers.evaluation.finetuning import (
         LORA_TARGET_MODULES,
         add_lora,
@@ -57,6 +63,7 @@ try:  # the 'train' extra (datasets, evaluate): without it, one line saying so
     )
     from marlin_transformers.evaluation.recipes import RECIPES, describe, finetuning_summary, get_recipe
     from marlin_transformers.evaluation.selection import finite_metrics
+    from marlin_transformers.evaluation.tasks import TASKS, get_task, labels_tables
     from marlin_transformers.evaluation.trainer import FinetuningArguments, build_trainer
 except ModuleNotFoundError as error:
     sys.exit(f"finetune: {missing_extra(error) or error}")
@@ -83,12 +90,23 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    train_data: str = field(metadata={"help": "labels CSV, class folders, JSON(L) or saved dataset"})
-    eval_data: str = field(metadata={"help": "as --train-data, for evaluation and model selection"})
+    task: str | None = field(
+        default=None,
+        metadata={"help": "a prepared task: its problem type, metrics and selection", "choices": list(TASKS)},
+    )
+    data: str | None = field(default=None, metadata={"help": "with --task: a prepared folder (OUT/<task>/*.csv)"})
+    train_data: str | None = field(
+        default=None, metadata={"help": "labels CSV, class folders, JSON(L) or saved dataset"}
+    )
+    eval_data: str | None = field(
+        default=None, metadata={"help": "as --train-data, for evaluation and model selection"}
+    )
+    test_data: str | None = field(default=None, metadata={"help": "as --train-data, scored once after training"})
     train_split: str | None = field(default="train", metadata={"help": "split of a saved DatasetDict"})
     eval_split: str | None = field(
         default=None, metadata={"help": "split of a saved DatasetDict (default: validation/val/test)"}
     )
+    test_split: str | None = field(default="test", metadata={"help": "split of a saved DatasetDict (--test-data)"})
 
 
 @dataclass
@@ -116,11 +134,15 @@ class ClipArguments:
 
 def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser((ModelArguments, DataArguments, ClipArguments, FinetuningArguments))
-    # The recipe sets the defaults; a flag given on the command line still wins.
-    recipe_parser = argparse.ArgumentParser(add_help=False)
-    recipe_parser.add_argument("--recipe", default="ours", choices=list(RECIPES))
-    recipe = get_recipe(recipe_parser.parse_known_args(argv)[0].recipe)
-    parser.set_defaults(**recipe.finetuning)
+    # The task, then the recipe, set the defaults; a flag given on the command line still wins.
+    preset_parser = argparse.ArgumentParser(add_help=False)
+    preset_parser.add_argument("--recipe", default="ours", choices=list(RECIPES))
+    preset_parser.add_argument("--task", default=None, choices=list(TASKS))
+    preset_parser.add_argument("--problem-type", "--problem_type", default=None)
+    presets = preset_parser.parse_known_args(argv)[0]
+    task_defaults = get_task(presets.task).finetuning_defaults() if presets.task else {}
+    problem_type = presets.problem_type or task_defaults.get("problem_type", FinetuningArguments.problem_type)
+    parser.set_defaults(**{**task_defaults, **get_recipe(presets.recipe).finetuning_for(problem_type)})
     try:
         model_args, data_args, clip_args, training_args = parser.parse_args_into_dataclasses(args=argv)
         ClipOptions(**asdict(clip_args))  # its checks, before the model loads
@@ -143,25 +165,38 @@ def finetune(
     if model_args.lora and model_args.freeze_encoder:
         raise MarlinError("--lora and --freeze-encoder exclude each other: pick one.")
     recipe = get_recipe(training_args.recipe)
+    problem_type = training_args.problem_type
     settings = {**asdict(clip_args), **training_args.to_dict()}
-    recipe_values = {name: settings[name] for name in recipe.finetuning}
+    recipe_values = {name: settings[name] for name in recipe.finetuning_for(problem_type)}
     summary = finetuning_summary(settings)  # the values in force, whatever set them
     if recipe_values:  # a preset, not our defaults
         print(f"finetune: {describe(recipe, summary, recipe_values)}", file=sys.stderr)
-    problem_type = training_args.problem_type
+    train_data, eval_data, test_data = labels_tables(
+        data_args.data, data_args.task, data_args.train_data, data_args.eval_data, data_args.test_data
+    )
     encoder = load_marlin(model_args.model)
     options = ClipOptions(
         num_frames=encoder.config.num_frames, image_size=encoder.config.image_size, **asdict(clip_args)
     )
     train_dataset, eval_dataset, label_names = build_datasets(
-        data_args.train_data,
-        data_args.eval_data,
-        problem_type,
-        options,
-        training_args.seed,
-        data_args.train_split,
-        data_args.eval_split,
+        train_data, eval_data, problem_type, options, training_args.seed, data_args.train_split, data_args.eval_split
     )
+    test_dataset = None
+    if test_data is not None:
+        test_dataset = build_test_dataset(
+            test_data,
+            train_data,
+            problem_type,
+            options,
+            training_args.seed,
+            data_args.train_split,
+            data_args.test_split,
+        )
+    task_metrics = None
+    if data_args.task:
+        task = get_task(data_args.task)
+        task.check_label_names(label_names, train_data)
+        task_metrics = task.metrics_for(label_names)
     set_seed(training_args.seed)  # the new head and the adapters start the same in every run of a seed
     model = build_classifier(encoder, problem_type, label_names, model_args.freeze_encoder)
     if model_args.lora:
@@ -176,7 +211,7 @@ def finetune(
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"finetune: {trainable:,} of {total:,} parameters trained ({100 * trainable / total:.2f}%)", file=sys.stderr)
-    trainer = build_trainer(model, training_args, problem_type, train_dataset, eval_dataset)
+    trainer = build_trainer(model, training_args, problem_type, train_dataset, eval_dataset, task_metrics)
     if trainer.is_world_process_zero():  # once the inputs are known good: a failed start leaves no folder
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
         recipe_record = {"recipe": recipe.name, "description": summary, "values": recipe_values}
@@ -188,20 +223,28 @@ def finetune(
     if options.eval_clips != "all":  # the recipe's one clip per video, and beside it every window (ours)
         all_windows = trainer.evaluate(eval_dataset.all_windows(), metric_key_prefix="eval_all_windows")
         trainer.save_metrics("eval_all_windows", all_windows)
+    test_metrics = None
+    if test_dataset is not None:  # the selected model, once, on the held-out split
+        test_metrics = trainer.evaluate(test_dataset, metric_key_prefix="test")
+        trainer.save_metrics("test", test_metrics)
     if trainer.is_world_process_zero():
         save_finetuned(trainer.model, training_args.output_dir, merge_lora=model_args.merge_lora)
         card = render_finetuned_card(
             MarlinConfig.from_pretrained(training_args.output_dir),
             model_args.model,
-            data_args.train_data,
-            data_args.eval_data,
+            train_data,
+            eval_data,
             finite_metrics(metrics),
             trainable,
         )
         (Path(training_args.output_dir) / "README.md").write_text(card)
         summary = {"eval": finite_metrics(metrics), "best_checkpoint": trainer.state.best_model_checkpoint}
+        if data_args.task:
+            summary["task"] = data_args.task
         if all_windows is not None:
             summary["eval_all_windows"] = finite_metrics(all_windows)
+        if test_metrics is not None:
+            summary["test"] = finite_metrics(test_metrics)
         print(json.dumps({**summary, "trainable_parameters": trainable, "parameters": total}))
         if training_args.push_to_hub:
             repo_id = training_args.hub_model_id or Path(training_args.output_dir).absolute().name

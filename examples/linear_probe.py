@@ -10,6 +10,13 @@ held-out split; the metrics go to a JSON file. The work is `marlin_transformers.
 (`run_linear_probe`); labels files are labels CSVs (`marlin_transformers.data.labels`), whose rows may name a video
 by path or by bare file stem.
 
+`--task ffpp|ravdess|mosei-sentiment|mosei-emotions` probes a table a `marlin prepare-*` command wrote
+(`marlin_transformers.evaluation.tasks`): it sets `--problem-type` and `--metric-for-best-model` and adds the task's
+metrics. With `--data OUT`, the prepared folder, the labels are OUT/<task>/train.csv, val.csv (the best epoch) and
+test.csv (scored); `--train-labels`, `--val-labels` and `--eval-labels` still name any table, and win. A video is
+scored from its temporal-mean feature, so FF++'s fake probability is that of the mean feature, not a mean of its
+windows' probabilities (fine-tuning's).
+
 `--recipe marlin` starts from the paper code's settings instead (`marlin_transformers.evaluation.recipes`: raw
 features, Adam 0.5/0.9 at 1e-4, lr halved on plateaus of the training loss until 1e-6, batch 32, per-batch-mean
 validation AUC); any flag given overrides its value. The recipe and its values are printed at start and written to the
@@ -29,20 +36,23 @@ try:  # the 'train' extra (datasets, evaluate): without it, one line saying so
     from marlin_transformers.evaluation.linear_probe import CACHE_NAME, LinearProbeConfig, run_linear_probe
     from marlin_transformers.evaluation.metrics import PROBLEM_TYPES
     from marlin_transformers.evaluation.recipes import RECIPES, describe, get_recipe, probe_summary
+    from marlin_transformers.evaluation.tasks import TASKS, get_task, labels_tables
 except ModuleNotFoundError as error:
     sys.exit(f"linear_probe: {missing_extra(error) or error}")
 
 # The flag of each parameter of `run_linear_probe` an error may name.
-FLAGS = {"features_dir": "--features", "skip_missing": "--skip-missing"}
+FLAGS = {"features_dir": "--features", "skip_missing": "--skip-missing", "data": "--data", "task": "--task"}
 
 
 def main(argv: list[str] | None = None) -> int:
     defaults = LinearProbeConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="ours", choices=list(RECIPES), help="named preset of the defaults below")
+    parser.add_argument("--task", default=None, choices=list(TASKS), help="a prepared task: problem type, metrics")
+    parser.add_argument("--data", default=None, help="with --task: a prepared folder (OUT/<task>/*.csv)")
     parser.add_argument("--features", required=True, help="folder written by `marlin extract --out`")
-    parser.add_argument("--train-labels", required=True, help="labels CSV of the training videos")
-    parser.add_argument("--eval-labels", required=True, help="labels CSV of the held-out videos")
+    parser.add_argument("--train-labels", default=None, help="labels CSV of the training videos")
+    parser.add_argument("--eval-labels", default=None, help="labels CSV of the held-out (test) videos")
     parser.add_argument("--val-labels", default=None, help="labels CSV to pick the best epoch on (optional)")
     parser.add_argument(
         "--metric-for-best-model", default=defaults.metric_for_best_model, help="validation metric (--val-labels)"
@@ -73,28 +83,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-missing", action="store_true", help="leave out labelled videos without features")
     parser.add_argument("--out", default=None, help="metrics JSON (default: FEATURES/linear_probe_metrics.json)")
     add_deprecated_alias(parser, "--output", new="--out")  # `--out`, as marlin's commands say it
-    recipe = get_recipe(parser.parse_known_args(argv)[0].recipe)
-    parser.set_defaults(**recipe.linear_probe)  # a flag given on the command line still wins
+    # The task, then the recipe, set the defaults; a flag given on the command line still wins.
+    preset_parser = argparse.ArgumentParser(add_help=False)
+    preset_parser.add_argument("--recipe", default="ours", choices=list(RECIPES))
+    preset_parser.add_argument("--task", default=None, choices=list(TASKS))
+    preset_parser.add_argument("--problem-type", default=None)
+    presets = preset_parser.parse_known_args(argv)[0]
+    task = get_task(presets.task) if presets.task else None
+    task_defaults = task.linear_probe_defaults() if task else {}
+    recipe = get_recipe(presets.recipe)
+    problem_type = presets.problem_type or task_defaults.get("problem_type", parser.get_default("problem_type"))
+    parser.set_defaults(**{**task_defaults, **recipe.linear_probe_for(problem_type)})
     args = parser.parse_args(argv)
 
     try:
         config = LinearProbeConfig(**{f.name: getattr(args, f.name) for f in fields(LinearProbeConfig)})
     except ValueError as error:  # its own checks: --epochs 0, --batch-size -1, --learning-rate 0...
         parser.error(str(error))
-    recipe_values = {name: getattr(config, name) for name in recipe.linear_probe}
+    recipe_values = {name: getattr(config, name) for name in recipe.linear_probe_for(args.problem_type)}
     summary = probe_summary(asdict(config))  # the values in force, whatever set them
     if recipe_values:  # a preset, not our defaults
         print(f"linear_probe: {describe(recipe, summary, recipe_values)}", file=sys.stderr)
     try:
+        train_labels, val_labels, eval_labels = labels_tables(
+            args.data, args.task, args.train_labels, args.val_labels, args.eval_labels, required=("train", "test")
+        )
         report = run_linear_probe(
             args.features,
-            args.train_labels,
-            args.eval_labels,
+            train_labels,
+            eval_labels,
             args.problem_type,
             config,
-            val_labels=args.val_labels,
+            val_labels=val_labels,
             cache_path=args.cache,
             skip_missing=args.skip_missing,
+            task=task,
         )
     except MarlinError as error:
         flags = {error.parameter: FLAGS[error.parameter]} if error.parameter in FLAGS else {}

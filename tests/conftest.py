@@ -87,21 +87,37 @@ def tiny_pretraining_dir(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(autouse=True)
-def library_logging_as_found():
-    """Put the libraries' logging back after each test: a command run in-process (`marlin ...`'s `main`) quiets
-    transformers, huggingface_hub and accelerate process-wide (`cli.options.quiet_libraries`), and a later test that
-    reads transformers' warnings (its common suite's `CaptureLogger`) would otherwise see none."""
+def _library_logging() -> tuple:
+    """transformers' verbosity and progress bar, huggingface_hub's progress bars, accelerate's log level."""
     import logging
 
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import are_progress_bars_disabled
     from transformers.utils import logging as transformers_logging
 
-    verbosity = transformers_logging.get_verbosity()
-    bars = transformers_logging.is_progress_bar_enabled()
-    hub_bars = not are_progress_bars_disabled()
-    accelerate_level = logging.getLogger("accelerate").level
+    return (
+        transformers_logging.get_verbosity(),
+        transformers_logging.is_progress_bar_enabled(),
+        not are_progress_bars_disabled(),
+        logging.getLogger("accelerate").level,
+    )
+
+
+_LIBRARY_LOGGING = _library_logging()  # as the test run found it, before any fixture ran a command
+
+
+@pytest.fixture(autouse=True)
+def library_logging_as_found():
+    """Put the libraries' logging back as the run found it after each test: a command run in-process (`marlin ...`'s
+    `main`, also from a module-scoped fixture) quiets transformers, huggingface_hub and accelerate process-wide
+    (`cli.options.quiet_libraries`), and a later test that reads transformers' warnings (its common suite's
+    `CaptureLogger`) would otherwise see none."""
+    import logging
+
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
     yield
+    verbosity, bars, hub_bars, accelerate_level = _LIBRARY_LOGGING
     transformers_logging.set_verbosity(verbosity)
     (transformers_logging.enable_progress_bar if bars else transformers_logging.disable_progress_bar)()
     (enable_progress_bars if hub_bars else disable_progress_bars)()

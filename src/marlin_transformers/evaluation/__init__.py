@@ -4,6 +4,6 @@
 a metric; `probe_head` the one linear-probe head; the pieces `examples/finetune.py` gives `transformers.Trainer` are
 `clip_dataset` (labelled videos as clips, collator), `finetuning` (the classifier: built, LoRA, exported, saved) and
 `trainer` (`FinetuningArguments`, `VideoClipTrainer`, its callbacks); `linear_probe` the paper's probe on `marlin
-extract` features. Nothing is
-imported here, so `import marlin_transformers.evaluation` stays cheap.
+extract` features; `tasks` the downstream tasks `--task` names (FF++, RAVDESS, CMU-MOSEI). Nothing is imported here,
+so `import marlin_transformers.evaluation` stays cheap.
 """

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..constants import MARLIN_CROP_SIZE, NUM_FRAMES, SAMPLE_RATE
-from ..data.labels import align_label_names, read_labels
+from ..data.labels import LabelsTable, align_label_names, read_labels
 from ..exceptions import DatasetError
 from ..video.decoding import skip_unreadable
 from ..video.face_tracking import FaceTracker
@@ -230,10 +230,36 @@ def build_datasets(
 ) -> tuple[VideoClipDataset, VideoClipDataset, list[str]]:
     """The training and evaluation datasets, and the class/label/target names (from the training data)."""
     train = read_labels(train_source, problem_type, train_split)
-    evaluated = read_labels(eval_source, problem_type, eval_split)
-    eval_labels = align_label_names(train, evaluated, problem_type, str(eval_source))
     return (
         VideoClipDataset(train.paths, train.labels, problem_type, options, True, seed, source=str(train_source)),
-        VideoClipDataset(evaluated.paths, eval_labels, problem_type, options, False, seed, source=str(eval_source)),
+        _evaluation_dataset(train, eval_source, problem_type, options, seed, eval_split),
         list(train.label_names),
     )
+
+
+def build_test_dataset(
+    test_source: str | os.PathLike,
+    train_source: str | os.PathLike,
+    problem_type: str,
+    options: ClipOptions,
+    seed: int = 0,
+    train_split: str | None = "train",
+    test_split: str | None = None,
+) -> VideoClipDataset:
+    """A held-out evaluation dataset (a test split scored once, after model selection), its labels in the terms of
+    the training data's label names (as `build_datasets`' evaluation dataset)."""
+    train = read_labels(train_source, problem_type, train_split)
+    return _evaluation_dataset(train, test_source, problem_type, options, seed, test_split)
+
+
+def _evaluation_dataset(
+    train: LabelsTable,
+    source: str | os.PathLike,
+    problem_type: str,
+    options: ClipOptions,
+    seed: int,
+    split: str | None,
+) -> VideoClipDataset:
+    evaluated = read_labels(source, problem_type, split)
+    labels = align_label_names(train, evaluated, problem_type, str(source))
+    return VideoClipDataset(evaluated.paths, labels, problem_type, options, False, seed, source=str(source))

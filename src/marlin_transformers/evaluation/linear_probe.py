@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from ..exceptions import DatasetError
 from .metrics import batch_mean_auroc, load_downstream_metric
 from .probe_head import ProbeHead
 from .selection import finite_metrics, greater_is_better, is_better
+from .tasks import Task
 
 CACHE_NAME = "linear_probe_cache.npz"
 
@@ -205,6 +207,7 @@ def train_linear_probe(
     num_labels: int,
     config: LinearProbeConfig | None = None,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
+    task_metrics: Callable | None = None,
 ) -> tuple[ProbeHead, dict]:
     """Fit a `ProbeHead` (fixed standardization, then the linear layer) with AdamW, optionally keeping the epoch best
     on a validation split (the paper's way).
@@ -218,6 +221,8 @@ def train_linear_probe(
         validation: (features, labels) of a validation split, shaped like the training ones. When given, the probe
             is scored every `config.eval_every` epochs and after the last, and the best state by
             `config.metric_for_best_model` is returned.
+        task_metrics: a task's metrics, (logits, labels) -> dict (`tasks.Task.metrics_for`), added to the
+            validation's (so `metric_for_best_model` may name one of them).
 
     Returns:
         (probe in eval mode, {"best_epoch": int, "validation": metrics of the returned probe or None,
@@ -259,7 +264,7 @@ def train_linear_probe(
         floor = config.stop_learning_rate
         last = epoch == config.epochs or (floor > 0 and all(g["lr"] <= floor for g in optimizer.param_groups))
         if validation is not None and (epoch % config.eval_every == 0 or last):
-            metrics = evaluate_probe(probe.eval(), *validation, problem_type, eval_batch_size)
+            metrics = evaluate_probe(probe.eval(), *validation, problem_type, eval_batch_size, task_metrics)
             if metric not in metrics:
                 raise DatasetError(f"metric_for_best_model {metric!r}: not one of {sorted(metrics)}")
             with torch.no_grad():  # breaks a tie of the metric: the lower validation loss wins
@@ -279,10 +284,16 @@ def train_linear_probe(
 
 
 def evaluate_probe(
-    probe: ProbeHead, features: np.ndarray, labels: np.ndarray, problem_type: str, batch_size: int | None = None
+    probe: ProbeHead,
+    features: np.ndarray,
+    labels: np.ndarray,
+    problem_type: str,
+    batch_size: int | None = None,
+    task_metrics: Callable | None = None,
 ) -> dict:
     """The metrics of `evaluation.metrics` for the probe's logits on (num_videos, hidden) features; with
-    `batch_size` (classification), also `roc_auc_batch_mean` over consecutive batches of that many videos."""
+    `batch_size` (classification), also `roc_auc_batch_mean` over consecutive batches of that many videos; with
+    `task_metrics` ((logits, labels) -> dict, `tasks.Task.metrics_for`), a task's metrics too."""
     with torch.no_grad():
         logits = probe(torch.as_tensor(features, dtype=torch.float32)).numpy()
     if problem_type == "regression" and logits.shape[1] == 1:
@@ -290,6 +301,8 @@ def evaluate_probe(
     metrics = load_downstream_metric(problem_type).compute(predictions=logits, references=labels)
     if batch_size and problem_type != "regression":
         metrics["roc_auc_batch_mean"] = batch_mean_auroc(logits, labels, problem_type, batch_size)
+    if task_metrics is not None:
+        metrics.update(task_metrics(logits, labels))
     return metrics
 
 
@@ -302,6 +315,7 @@ def run_linear_probe(
     val_labels: str | os.PathLike | None = None,
     cache_path: str | os.PathLike | None = None,
     skip_missing: bool = False,
+    task: Task | None = None,
 ) -> dict:
     """Probe the features of `features_dir` (a `marlin extract --out` folder) on labels CSVs and score it.
 
@@ -312,11 +326,14 @@ def run_linear_probe(
         val_labels: a labels CSV to pick the best epoch on (`config.metric_for_best_model`); None keeps the last.
         cache_path: the feature cache (default `features_dir/linear_probe_cache.npz`).
         skip_missing: leave out labelled videos without features instead of raising.
+        task: a downstream task (`evaluation.tasks`): the training labels must be its labels, and its metrics join
+            the others. A video is scored from its temporal-mean feature (the paper's probe), so a task's window
+            aggregation does not apply: the probe sees one feature per video, not its windows.
 
     Returns:
-        The report, ready for JSON (NaN metrics as None): `eval`, `train` and `validation` metrics, `best_epoch`,
-        `num_train`, `num_eval`, `skipped_without_features`, `hidden_size`, `label_names`, `hyperparameters`,
-        `features` (the folder's absolute path).
+        The report, ready for JSON (NaN metrics as None): `problem_type`, `task` (its name or None), `eval`, `train`
+        and `validation` metrics, `best_epoch`, `num_train`, `num_eval`, `skipped_without_features`, `hidden_size`,
+        `label_names`, `hyperparameters`, `features` (the folder's absolute path).
 
     Raises:
         DatasetError: a missing or malformed manifest, feature file or labels file, or videos without features.
@@ -336,8 +353,12 @@ def run_linear_probe(
         validation = (features[val_rows], val_targets[val_label_rows])
     train_x, train_y = features[train_rows], train.labels[train_label_rows]  # (num_train, hidden), labels
     eval_x, eval_y = features[eval_rows], eval_targets[eval_label_rows]
+    task_metrics = None
+    if task is not None:
+        task.check_label_names(train.label_names, train_labels)
+        task_metrics = task.metrics_for(train.label_names)
     probe, selection = train_linear_probe(
-        train_x, train_y, problem_type, len(train.label_names), config, validation=validation
+        train_x, train_y, problem_type, len(train.label_names), config, validation, task_metrics
     )
     hyperparameters = asdict(config)
     del hyperparameters["eval_every"]
@@ -345,8 +366,9 @@ def run_linear_probe(
         hyperparameters["metric_for_best_model"] = None
     return {
         "problem_type": problem_type,
-        "eval": finite_metrics(evaluate_probe(probe, eval_x, eval_y, problem_type)),
-        "train": finite_metrics(evaluate_probe(probe, train_x, train_y, problem_type)),
+        "task": task.name if task is not None else None,
+        "eval": finite_metrics(evaluate_probe(probe, eval_x, eval_y, problem_type, task_metrics=task_metrics)),
+        "train": finite_metrics(evaluate_probe(probe, train_x, train_y, problem_type, task_metrics=task_metrics)),
         "validation": finite_metrics(selection["validation"]) if selection["validation"] else None,
         "best_epoch": selection["best_epoch"],
         "epochs_trained": selection["epochs_trained"],

@@ -25,13 +25,45 @@ of `roc_auc_macro` (NaN when none is defined).
 paper code's validation AUC: `roc_auc` of each consecutive batch, averaged with the batch sizes as weights (Lightning's
 epoch mean of a per-step metric). It depends on the batch size and the order of the videos, which is why it is not
 our default; `batch_mean_auroc` computes it.
+
+## Task metrics
+
+The tasks `evaluation.tasks` names (`--task` of the examples) add their papers' metrics to the keys above, computed
+with scikit-learn (`build_compute_metrics(..., task_metrics=...)`, `linear_probe.evaluate_probe`). Classes are looked
+up by name in the run's label names, never by index.
+
+- `ffpp` (`ffpp_metrics`): `video_auc`, the ROC AUC of the probability of the class named `fake` over videos (fake
+  positive), and `video_accuracy` (fake when that probability is > 0.5). Fine-tuning's evaluation otherwise scores a
+  video by the mean of its windows' logits (`trainer.video_logits`); the `ffpp` task averages the windows' softmax
+  probabilities instead (`window_aggregation="probabilities"`: the video's logits are the log of that mean, so its
+  softmax is the mean probability), as FF++ video-level AUCs are computed. With two classes the AUC of `fake`
+  equals the generic `roc_auc` (the AUC of `1 - p` against the other class is the same number); by name it stays
+  right whatever the class order.
+- `ravdess` (`ravdess_metrics`): `accuracy` is the weighted accuracy (WA) of the emotion-recognition literature (each
+  class weighted by its support), `unweighted_accuracy` the mean of the per-class recalls (UA, balanced accuracy),
+  `weighted_f1` and `unweighted_f1` (macro), and per class `recall_<class>` (the class's accuracy) and `f1_<class>`
+  (NaN for a class the split lacks). RAVDESS's WA is not MOSEI's `weighted_accuracy` below, hence no key of that name.
+- `mosei-sentiment` (`mosei_sentiment_metrics`), from one regression output x in [-3, 3]: both binary readings of
+  the multimodal sentiment literature, as MMSA (thuiar/MMSA `metricsTop.py`) names them: `acc2_has0`/`f1_has0`
+  (negative, x < 0, against non-negative, x >= 0, over every video) and `acc2_non0`/`f1_non0` (negative against
+  positive, x > 0, over the videos whose label is not 0; MulT's `exclude_zero=True`, yaohungt/Multimodal-Transformer
+  `src/eval_metrics.py`); F1 weighted by class support as both codes compute it; `acc7`, the accuracy of
+  round(clip(x, -3, 3)) (numpy's round: halves to even, as both codes); `mae` and `pearson`.
+- `mosei-emotions` (`mosei_emotion_metrics`), six multi-label outputs (present when the logit is > 0):
+  `weighted_accuracy_<emotion>` = (TP * N / P + TN) / (2 N), P and N the videos with and without the emotion (Tong et
+  al., ACL 2017, P17-1142, the weighted accuracy CMU-MOSEI's paper, Zadeh et al. ACL 2018, and MulT report; it equals
+  the mean of the two recalls, scikit-learn's balanced accuracy), `weighted_accuracy` their mean, `f1_<emotion>`
+  (weighted by support, as for sentiment) and `f1` their mean. An emotion the split holds in no or every video has no
+  weighted accuracy (NaN), left out of the mean.
 """
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 
 import datasets
 import evaluate
 import numpy as np
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 
 from ..constants import CITATION, PROBLEM_TYPES
 
@@ -183,6 +215,128 @@ def regression_metrics(predictions: np.ndarray, references: np.ndarray) -> dict:
     }
 
 
+def _class_index(label_names: Sequence[str], name: str) -> int:
+    names = list(label_names)
+    if name not in names:
+        raise ValueError(f"no class named {name!r} among the labels {names}")
+    return names.index(name)
+
+
+def ffpp_metrics(
+    predictions: np.ndarray, references: np.ndarray, label_names: Sequence[str], from_logits: bool = True
+) -> dict:
+    """FF++ video-level metrics (module docstring): `video_auc` and `video_accuracy` of the class named `fake`.
+
+    Args:
+        predictions: (num_videos, num_classes) logits (the log of the windows' mean probability under the `ffpp`
+            task's aggregation), or probabilities with `from_logits=False`.
+        references: (num_videos,) class indices into `label_names`.
+        label_names: the run's class names; one is `fake`.
+    """
+    predictions = np.asarray(predictions, dtype=np.float64)
+    references = np.asarray(references).astype(np.int64).ravel()
+    if predictions.ndim != 2 or len(predictions) != len(references):
+        raise ValueError(f"FF++ metrics take (num_videos, num_classes) scores, got {predictions.shape}")
+    fake = _class_index(label_names, "fake")
+    probabilities = _softmax(predictions) if from_logits else predictions
+    fake_probability, is_fake = probabilities[:, fake], references == fake  # (N,), (N,)
+    both = is_fake.any() and not is_fake.all()
+    return {
+        "video_auc": float(roc_auc_score(is_fake, fake_probability)) if both else float("nan"),
+        "video_accuracy": float(accuracy_score(is_fake, fake_probability > 0.5)),
+    }
+
+
+def _balanced_accuracy(references: np.ndarray, predicted: np.ndarray) -> float:
+    """The mean recall of the classes `references` holds (a class only predicted has no recall: not a warning)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(references, predicted))
+
+
+def ravdess_metrics(predictions: np.ndarray, references: np.ndarray, label_names: Sequence[str]) -> dict:
+    """RAVDESS emotion metrics (module docstring): weighted and unweighted accuracy and F1, recall and F1 per class.
+
+    Args:
+        predictions: (num_videos, num_classes) scores (logits or probabilities: only the argmax counts).
+        references: (num_videos,) class indices into `label_names`.
+    """
+    predicted = np.asarray(predictions).argmax(axis=1)  # (N,)
+    references = np.asarray(references).astype(np.int64).ravel()
+    classes = list(range(len(label_names)))
+    # NaN for a class with nothing to score (no video of it: no recall; none true or predicted: no F1)
+    recalls = recall_score(references, predicted, labels=classes, average=None, zero_division=np.nan)
+    f1s = f1_score(references, predicted, labels=classes, average=None, zero_division=np.nan)
+    metrics = {
+        "accuracy": float(accuracy_score(references, predicted)),
+        "unweighted_accuracy": _balanced_accuracy(references, predicted),
+        "weighted_f1": float(f1_score(references, predicted, average="weighted", zero_division=0)),
+        "unweighted_f1": float(f1_score(references, predicted, average="macro", zero_division=0)),
+    }
+    metrics.update({f"recall_{name}": float(value) for name, value in zip(label_names, recalls)})
+    metrics.update({f"f1_{name}": float(value) for name, value in zip(label_names, f1s)})
+    return metrics
+
+
+def mosei_sentiment_metrics(predictions: np.ndarray, references: np.ndarray) -> dict:
+    """CMU-MOSEI sentiment metrics (module docstring) of one regression output. Both (num_videos,) or (N, 1), in
+    [-3, 3] (predictions may leave it: they are clipped for `acc7` only)."""
+    predictions = np.asarray(predictions, dtype=np.float64).ravel()
+    references = np.asarray(references, dtype=np.float64).ravel()
+    if predictions.shape != references.shape:
+        raise ValueError(f"predictions ({predictions.size}) and references ({references.size}) differ in size")
+    non_negative, predicted_non_negative = references >= 0, predictions >= 0
+    non_zero = references != 0
+    positive, predicted_positive = references[non_zero] > 0, predictions[non_zero] > 0
+    metrics = {
+        "acc2_has0": float(accuracy_score(non_negative, predicted_non_negative)),
+        "f1_has0": float(f1_score(non_negative, predicted_non_negative, average="weighted", zero_division=0)),
+        "acc2_non0": float(accuracy_score(positive, predicted_positive)) if non_zero.any() else float("nan"),
+        "f1_non0": (
+            float(f1_score(positive, predicted_positive, average="weighted", zero_division=0))
+            if non_zero.any()
+            else float("nan")
+        ),
+        "acc7": float(accuracy_score(np.round(np.clip(references, -3, 3)), np.round(np.clip(predictions, -3, 3)))),
+    }
+    regression = regression_metrics(predictions, references)
+    return {**metrics, "mae": regression["mae"], "pearson": regression["pearson"]}
+
+
+def mosei_emotion_metrics(
+    predictions: np.ndarray, references: np.ndarray, label_names: Sequence[str], from_logits: bool = True
+) -> dict:
+    """CMU-MOSEI emotion metrics (module docstring): weighted accuracy and F1 per emotion, and their means.
+
+    Args:
+        predictions: (num_videos, num_emotions) logits (present when > 0), or probabilities (present when > 0.5)
+            with `from_logits=False`.
+        references: (num_videos, num_emotions) 0/1.
+        label_names: the emotions, in the columns' order.
+    """
+    predictions = np.asarray(predictions, dtype=np.float64)
+    references = np.asarray(references).astype(bool)
+    if predictions.shape != references.shape or predictions.shape[1] != len(label_names):
+        raise ValueError(
+            f"emotion predictions {predictions.shape} and references {references.shape} must both be "
+            f"(num_videos, {len(label_names)})"
+        )
+    predicted = predictions > (0.0 if from_logits else 0.5)
+    metrics, accuracies, f1s = {}, [], []
+    for j, name in enumerate(label_names):
+        truth = references[:, j]
+        # (TP * N / P + TN) / (2 N) = (TP / P + TN / N) / 2: balanced accuracy; undefined without P or N
+        defined = truth.any() and not truth.all()
+        accuracy = _balanced_accuracy(truth, predicted[:, j]) if defined else float("nan")
+        f1 = float(f1_score(truth, predicted[:, j], average="weighted", zero_division=0))
+        metrics[f"weighted_accuracy_{name}"], metrics[f"f1_{name}"] = accuracy, f1
+        accuracies.append(accuracy)
+        f1s.append(f1)
+    metrics["weighted_accuracy"] = float("nan") if np.isnan(accuracies).all() else float(np.nanmean(accuracies))
+    metrics["f1"] = float(np.mean(f1s))
+    return metrics
+
+
 class DownstreamMetric(evaluate.Metric):
     """The metrics above as an `evaluate.Metric`; `config_name` is the problem type.
 
@@ -233,13 +387,16 @@ def load_downstream_metric(problem_type: str) -> DownstreamMetric:
     return DownstreamMetric(config_name=problem_type, keep_in_memory=True)
 
 
-def build_compute_metrics(problem_type: str, batch_size: int | None = None) -> Callable:
+def build_compute_metrics(
+    problem_type: str, batch_size: int | None = None, task_metrics: Callable | None = None
+) -> Callable:
     """A `compute_metrics` for `transformers.Trainer`: takes an `EvalPrediction`, returns {name: float}.
 
     Trainer prefixes the keys with `eval_`, so `--metric-for-best-model roc_auc` selects on `eval_roc_auc`.
     Logits come from the model (the first element when it returns a tuple); labels are as in the dataset.
     With `batch_size` (videos per evaluation batch, one process: Trainer's evaluation is in order), classification
-    also gets `roc_auc_batch_mean` (`batch_mean_auroc`).
+    also gets `roc_auc_batch_mean` (`batch_mean_auroc`). `task_metrics(logits, labels) -> dict` (a task's metrics,
+    `tasks.Task.metrics_for`) adds its keys, given the logits and labels as the problem type's metrics take them.
     """
     metric = load_downstream_metric(problem_type)
 
@@ -257,6 +414,8 @@ def build_compute_metrics(problem_type: str, batch_size: int | None = None) -> C
         metrics = metric.compute(predictions=logits, references=labels)
         if batch_size and problem_type != "regression":
             metrics["roc_auc_batch_mean"] = batch_mean_auroc(logits, labels, problem_type, batch_size)
+        if task_metrics is not None:
+            metrics.update(task_metrics(logits, labels))
         return metrics
 
     return compute_metrics

@@ -16,6 +16,21 @@ live on those dataclasses and nowhere else. `marlin` is what the MARLIN paper co
 - the linear probe trains on the raw features (no standardization) from PyTorch's default `nn.Linear` init.
 
 Every value stays overridable by its own flag; `docs/fidelity.md` gives the reason for each difference.
+
+Per task (`--task`, `evaluation.tasks`), what the paper code has:
+
+- CelebV-HQ appearance and action: the configs above (`config/celebv_hq/{appearance,action}/*_{ft,lp}.yaml`: lr 1e-4,
+  temporal mean, `marlin_vit_base_ytf`).
+- `ravdess`: no config in the released code. An unmerged pull request (ControlNet/MARLIN#24, "enable MARLIN for
+  emotion recognition on the ravdess and celebvhq dataset", closed 2025) trained RAVDESS through the CelebV-HQ code
+  with `config/celebv_hq/appearance/ravdess_marlin_emotion_ft.yaml`: the same values (lr 1e-4, fine-tuning, temporal
+  mean), the 8 emotions as one-hot multi-label targets with BCE and the flattened AUC as the validation metric;
+  `config/celebv_hq/emotion/celebvhq_marlin_emotion_ft.yaml` (CelebV-HQ emotion) holds the same values.
+  So `--recipe marlin` gives the CelebV-HQ values; we keep RAVDESS single-label (softmax, cross-entropy).
+- `ffpp`, `mosei-sentiment`, `mosei-emotions`: no config, data module or script in the released code (deepfake
+  fine-tuning code was asked for in ControlNet/MARLIN#3 and #26, unanswered): `--recipe marlin` gives the CelebV-HQ
+  values. Its `metric_for_best_model` (`roc_auc_batch_mean`) exists for classification only: for a regression
+  (`mosei-sentiment`) the task's metric (`mae`) stays (`Recipe.finetuning_for`).
 """
 
 from __future__ import annotations
@@ -45,6 +60,21 @@ class Recipe:
     name: str
     finetuning: dict = field(default_factory=dict)
     linear_probe: dict = field(default_factory=dict)
+
+    def finetuning_for(self, problem_type: str) -> dict:
+        """`finetuning`, less a metric `problem_type` has no value for (an AUC of a regression)."""
+        return _applicable(self.finetuning, problem_type)
+
+    def linear_probe_for(self, problem_type: str) -> dict:
+        """`linear_probe`, less a metric `problem_type` has no value for (an AUC of a regression)."""
+        return _applicable(self.linear_probe, problem_type)
+
+
+def _applicable(values: dict, problem_type: str) -> dict:
+    metric = str(values.get("metric_for_best_model", ""))
+    if problem_type == "regression" and "auc" in metric:
+        return {name: value for name, value in values.items() if name != "metric_for_best_model"}
+    return dict(values)
 
 
 RECIPES = {

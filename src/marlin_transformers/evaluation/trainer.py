@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -19,25 +20,55 @@ from .clip_dataset import VideoClipDataset, collate_clips
 from .metrics import PROBLEM_TYPES, build_compute_metrics
 from .selection import default_metric_for_best_model, greater_is_better, is_better
 
+# How a video's windows are combined at evaluation (`FinetuningArguments.window_aggregation`, `video_logits`).
+WINDOW_AGGREGATIONS = ("logits", "probabilities")
 
-def video_logits(model: torch.nn.Module, videos: torch.Tensor, window_mask: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Mean logits over each video's windows.
+
+def video_logits(
+    model: torch.nn.Module,
+    videos: torch.Tensor,
+    window_mask: torch.Tensor,
+    chunk: int,
+    aggregation: str = "logits",
+    problem_type: str = "single_label_classification",
+) -> torch.Tensor:
+    """Each video's logits from its windows': their mean, or the logits of their mean probability.
 
     Args:
         videos: (batch, windows, frames, 3, H, W); padding windows are skipped.
         window_mask: (batch, windows) True on real windows.
         chunk: windows per forward pass.
+        aggregation: "logits" (the mean of the windows' logits) or "probabilities": the windows' softmax
+            (single-label) or sigmoid (multi-label) probabilities averaged, returned as logits of that mean (its log,
+            or its log-odds), so the softmax or sigmoid of the result is the mean probability and the loss is that of
+            the mean probability.
+        problem_type: which probabilities "probabilities" averages.
 
     Returns:
         (batch, num_labels) float32.
     """
+    if aggregation not in WINDOW_AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {', '.join(WINDOW_AGGREGATIONS)}, got {aggregation!r}")
     clips = videos[window_mask]  # (num_real_windows, frames, 3, H, W)
     owner = window_mask.nonzero()[:, 0]  # (num_real_windows,) video of each window
     logits = torch.cat(
         [model(pixel_values_videos=clips[i : i + chunk]).logits.float() for i in range(0, len(clips), chunk)]
     )
+    if aggregation == "probabilities":
+        if problem_type == "single_label_classification":
+            logits = logits.softmax(dim=-1)
+        elif problem_type == "multi_label_classification":
+            logits = logits.sigmoid()
+        else:
+            raise ValueError(f"window_aggregation 'probabilities' needs a classification task, not {problem_type}")
     sums = logits.new_zeros(len(videos), logits.shape[1]).index_add_(0, owner, logits)
-    return sums / window_mask.sum(dim=1, keepdim=True).to(sums.dtype)
+    mean = sums / window_mask.sum(dim=1, keepdim=True).to(sums.dtype)  # (batch, num_labels)
+    if aggregation == "logits":
+        return mean
+    tiny = torch.finfo(mean.dtype).tiny  # a probability that underflowed stays a finite logit
+    if problem_type == "single_label_classification":
+        return mean.clamp_min(tiny).log()
+    return torch.logit(mean.clamp(tiny, 1 - torch.finfo(mean.dtype).eps))
 
 
 def _usable_cores() -> int:
@@ -76,6 +107,8 @@ class FinetuningArguments(TrainingArguments):
     `plateau_monitor` (with `lr_scheduler_type="reduce_lr_on_plateau"`: `train_loss` steps the plateau once an epoch
     on the epoch's mean training loss, as the paper code; `metric_for_best_model` is Trainer's own stepping on the
     evaluation metric) and `stop_learning_rate` (stop after the first epoch that ends with every lr at most this).
+    Adds `window_aggregation` (`video_logits`: an evaluated video's logits are the mean of its windows', or the logits
+    of their mean probability, which the `ffpp` task sets, `evaluation.tasks`).
     """
 
     output_dir: str = field(metadata={"help": "where checkpoints, metrics and the final model folder are written"})
@@ -100,6 +133,13 @@ class FinetuningArguments(TrainingArguments):
     )
     stop_learning_rate: float = field(
         default=0.0, metadata={"help": "stop once every lr is at most this after an epoch (0: never)"}
+    )
+    window_aggregation: str = field(
+        default="logits",
+        metadata={
+            "help": "how an evaluated video's windows combine: the mean of their logits, or of their probabilities",
+            "choices": WINDOW_AGGREGATIONS,
+        },
     )
     eval_strategy: IntervalStrategy | str = _training_field("eval_strategy", "epoch")
     save_strategy: SaveStrategy | str = _training_field("save_strategy", "epoch")
@@ -153,6 +193,16 @@ class FinetuningArguments(TrainingArguments):
             raise ValueError(f"plateau_monitor must be one of {choices}, got {self.plateau_monitor}")
         if not (math.isfinite(self.stop_learning_rate) and self.stop_learning_rate >= 0):
             raise ValueError(f"stop_learning_rate must be >= 0 (0: never), got {self.stop_learning_rate}")
+        if self.window_aggregation not in WINDOW_AGGREGATIONS:
+            raise ValueError(
+                f"window_aggregation must be one of {', '.join(WINDOW_AGGREGATIONS)}, got {self.window_aggregation}"
+            )
+        if self.window_aggregation == "probabilities" and self.problem_type == "regression":
+            raise ArgumentValueError(
+                "window_aggregation 'probabilities' needs a classification problem_type; a regression has none",
+                "window_aggregation",
+                "problem_type",
+            )
 
 
 class TrainingLossPlateau(torch.optim.lr_scheduler.LRScheduler):
@@ -213,7 +263,8 @@ class StopAtLearningRateCallback(TrainerCallback):
 
 class VideoClipTrainer(Trainer):
     """`Trainer` whose evaluation batches carry several windows per video (`window_mask`): a video's logits are the
-    mean of its windows' logits, and the loss is computed on those. With `plateau_monitor="train_loss"` its
+    mean of its windows' logits (or, with `window_aggregation="probabilities"`, the logits of their mean
+    probability), and the loss is computed on those. With `plateau_monitor="train_loss"` its
     ReduceLROnPlateau is a `TrainingLossPlateau`."""
 
     window_chunk = 16
@@ -238,11 +289,19 @@ class VideoClipTrainer(Trainer):
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         inputs = self._prepare_inputs(inputs)
         labels = inputs.get("labels")
+        aggregation = getattr(self.args, "window_aggregation", "logits")
+        unwrapped = self.accelerator.unwrap_model(model)
         with torch.no_grad(), self.compute_loss_context_manager():
-            logits = video_logits(model, inputs["pixel_values_videos"], inputs["window_mask"], self.window_chunk)
+            logits = video_logits(
+                model,
+                inputs["pixel_values_videos"],
+                inputs["window_mask"],
+                self.window_chunk,
+                aggregation,
+                unwrapped.config.problem_type,
+            )
         loss = None
         if labels is not None:
-            unwrapped = self.accelerator.unwrap_model(model)
             loss = unwrapped.loss_function(labels, logits, unwrapped.config).detach()
         if prediction_loss_only:
             return loss, None, None
@@ -282,6 +341,7 @@ def build_trainer(
     problem_type: str,
     train_dataset: VideoClipDataset | None = None,
     eval_dataset: VideoClipDataset | None = None,
+    task_metrics: Callable | None = None,
 ) -> VideoClipTrainer:
     """A `VideoClipTrainer` with the clip collator, the metrics of `problem_type` (and `roc_auc_batch_mean` when
     `metric_for_best_model` asks for it), when training the epoch seeding of `train_dataset`'s window draws, the
@@ -290,6 +350,7 @@ def build_trainer(
     Args:
         args: `FinetuningArguments` (or `TrainingArguments` with `remove_unused_columns=False` and
             `label_names=["labels"]`).
+        task_metrics: a task's metrics, (logits, labels) -> dict (`tasks.Task.metrics_for`), added to the others.
     """
     callbacks = [EpochSeedCallback(train_dataset)] if train_dataset is not None else []
     callbacks += [PlateauCallback(), TieOnLossCallback()]
@@ -302,6 +363,8 @@ def build_trainer(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collate_clips,
-        compute_metrics=build_compute_metrics(problem_type, args.per_device_eval_batch_size if batch_mean else None),
+        compute_metrics=build_compute_metrics(
+            problem_type, args.per_device_eval_batch_size if batch_mean else None, task_metrics
+        ),
         callbacks=callbacks,
     )

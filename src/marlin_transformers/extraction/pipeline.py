@@ -216,34 +216,36 @@ def _iter_pipelined(
 
     windows = iter(loader)
     try:
-        for index, record, pixel_values, error, timings in windows:
-            video = videos[index]
-            video.started = video.started or time.perf_counter()
-            if record is None:
-                for stage, seconds in timings.items():  # the workers' seconds, spent beside the encoder
-                    extractor.timings[stage] = extractor.timings.get(stage, 0.0) + seconds
-                video.ended = True
-                video.error = MarlinError(error) if error is not None else video.error
-            else:
-                video.records.append(record)
-                video.features.append(None)
-                video.pending += 1
-                batch.append((index, len(video.features) - 1, pixel_values))
-                if len(batch) == extractor.batch_size:
-                    encode()
-            yield from finished()
-    except RuntimeError as error:
-        if "DataLoader worker" not in str(error):
+        try:
+            for index, record, pixel_values, error, timings in windows:
+                video = videos[index]
+                video.started = video.started or time.perf_counter()
+                if record is None:
+                    for stage, seconds in timings.items():  # the workers' seconds, spent beside the encoder
+                        extractor.timings[stage] = extractor.timings.get(stage, 0.0) + seconds
+                    video.ended = True
+                    video.error = MarlinError(error) if error is not None else video.error
+                else:
+                    video.records.append(record)
+                    video.features.append(None)
+                    video.pending += 1
+                    batch.append((index, len(video.features) - 1, pixel_values))
+                    if len(batch) == extractor.batch_size:
+                        encode()
+                yield from finished()
+        finally:
+            # Stop the workers now, not when the iterator is collected: until then torch's SIGCHLD handler still
+            # watches a worker that died, and raises from whatever the main process runs next. torch cleans up
+            # before the handler's error leaves this call; that error is the worker's death, said below.
+            windows._shutdown_workers()
+    except (RuntimeError, ConnectionError) as error:  # a killed worker: SIGCHLD's error, or its half-sent window's
+        if isinstance(error, RuntimeError) and "DataLoader worker" not in str(error):
             raise
         raise MarlinError(
             f"0 to decode in the main process, or run again to resume: a decoding worker died "
             f"({' '.join(str(error).split())[:160]})",
             parameter="num_workers",
         ) from None
-    finally:
-        # Stop the workers now, not when the iterator is collected: until then torch's SIGCHLD handler still watches
-        # a worker that died, and raises from whatever the main process runs next (the same call as its __del__).
-        windows._shutdown_workers()
     if batch:
         encode()
     yield from finished()
