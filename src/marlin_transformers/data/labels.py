@@ -63,7 +63,9 @@ def write_labels_csv(
         rows = np.asarray(labels, dtype=np.int64).reshape(len(video_paths), len(label_names)).tolist()
     elif problem_type == "regression":
         header = list(label_names)
-        rows = [[repr(float(v)) for v in row] for row in np.asarray(labels, dtype=np.float64).reshape(len(video_paths), -1)]
+        rows = [
+            [repr(float(v)) for v in row] for row in np.asarray(labels, dtype=np.float64).reshape(len(video_paths), -1)
+        ]
     else:
         raise DatasetError(f"unknown problem type {problem_type!r} for {path}; use one of {', '.join(PROBLEM_TYPES)}")
     partial = path.with_name(f".{path.name}.partial")
