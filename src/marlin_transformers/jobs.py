@@ -1,13 +1,14 @@
 """The one resumable job: items in, one output set and one manifest line each, safe to kill, resume and share.
 
-`marlin extract` (`extraction.job`), `marlin prepare-faces` / `prepare-ytf` (`pretraining.preparation`) and
-`prepare_celebvhq` (`data.celebv_hq`) are each a `run_job` over their items with a work function of their own. The
-runner owns the rest (over `records`): the folder and its lock (one run at a time); the repair of what a killed run
-left (a torn manifest tail, records stranded in per-process shards, temporary files); the settings fingerprint that
-binds every record to what made it (a folder made with other settings is refused in one line naming what changed);
-the skip of items done before from the same input (`input_identity`) whose outputs are still there; under
-`torchrun` / `accelerate launch` the items spread over the processes by rank (process `r` of `n` takes every n-th,
-appends to `manifest.rank<r>.jsonl`, merged at the end); the progress bar, the error lines and the counts.
+`marlin extract` (`extraction.job`), `marlin prepare-faces` / `prepare-ytf` (`pretraining.preparation`) and the
+downstream tasks' face clips (`data.task_preparation`, which `prepare_celebvhq` uses too) are each a `run_job` over
+their items with a work function of their own. The runner owns the rest (over `records`): the folder and its lock
+(one run at a time); the repair of what a killed run left (a torn manifest tail, records stranded in per-process
+shards, temporary files); the settings fingerprint that binds every record to what made it (a folder made with other
+settings is refused in one line naming what changed); the skip of items done before from the same input
+(`input_identity`) whose outputs are still there; under `torchrun` / `accelerate launch` the items spread over the
+processes by rank (process `r` of `n` takes every n-th, appends to `manifest.rank<r>.jsonl`, merged at the end); the
+progress bar, the error lines and the counts.
 
 A record is one JSON line: the item's own fields (`Item.fields`, the key among them), `status` ("ok" or "error"),
 `error`, what the work said of the outputs (`Outcome.fields`), `identity`, `fingerprint`, `settings`, what the work

@@ -146,6 +146,26 @@ def save_arrays_atomic(path: Path, array: np.ndarray | dict[str, np.ndarray], co
         raise
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to a hidden temporary file beside `path`, synced, renamed onto it when whole: a reader
+    sees the old file or the new one, never part of it. A full disk or a file-size limit is an `OutputWriteError`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = hashlib.sha1(path.name.encode()).hexdigest()[:8]
+    partial = path.with_name(f".{tag}.{os.getpid()}{PARTIAL_SUFFIX}")
+    try:
+        with open(partial, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException as error:
+        partial.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _write_error(path, error) from None
+        raise
+
+
 def remove_stale_partials(out_dir: Path, nested: bool = False) -> int:
     """Remove the temporary files a killed run left in `out_dir`, and with `nested` in its subfolders too (called
     while holding the folder's lock, so no live run of ours is writing them); returns how many."""

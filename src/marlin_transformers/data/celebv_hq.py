@@ -39,32 +39,31 @@ around the detection, zero-padded, resized to 224. Here the crop is a choice (`c
 - `"resize"`: the centred square of each frame resized to 224. For clips the CelebV-HQ script already cropped
   (they are square); refusing `"bbox"` on square videos guards against cropping twice.
 - `"face"`: with a face detector, our way: `video.face_tracking.FaceTracker` (MTCNN) follows the face through
-  each clip, smoothed; square of side max(w, h) around it, zero-padded, resized to 224 (`face_tracker_cropper`).
-- `"reference"`: as the paper code did (`reference_cropper`): a detector box per frame on its own (MTCNN standing in
-  for RetinaFace), no tracking or smoothing, square of side 2 * int(max(w, h) / 2) centred on it, zero-padded,
-  resized to 224; a frame without a face keeps the last box (the paper code cut a 2x2 corner). The paper's numbers
-  came from crops made this way.
+  each clip, smoothed; square of side max(w, h) around it, zero-padded, resized to 224
+  (`data.task_preparation.face_tracker_cropper`, the face-clip job every task preparer shares).
+- `"reference"`: as the paper code did (`task_preparation.reference_cropper`): a detector box per frame on its own
+  (MTCNN standing in for RetinaFace), no tracking or smoothing, square of side 2 * int(max(w, h) / 2) centred on
+  it, zero-padded, resized to 224; a frame without a face keeps the last box (the paper code cut a 2x2 corner). The
+  paper's numbers came from crops made this way.
 - a callable `(frames, clip) -> frames` (see `FrameCropper`), e.g. `face_tracker_cropper(FaceTracker(...))`.
 - `None`: no new videos; the CSVs point at `downloaded/` (crop on the fly in the fine-tuning script instead).
 """
 
-import functools
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..constants import MARLIN_CROP_SIZE
-from ..exceptions import DatasetError, VideoError
-from ..jobs import Item, JobKind, each_item, is_keyed_record, run_job
-from ..records import read_records
+from ..exceptions import DatasetError
+from ..records import write_text_atomic
 from ..video.decoding import resize_frames
-from ..video.face_tracking import FaceTracker
 from .labels import labels_dataset, write_labels_csv
+from .task_preparation import FrameCropper, clip_job_kind, crop_clips, face_tracker_cropper, reference_cropper
 
 TASKS = ("appearance", "action")
 SPLITS = ("train", "val", "test")
@@ -72,10 +71,6 @@ DEFAULT_SPLIT_SEED = 0
 DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 # The CelebV-HQ release script grows each box by this fraction of the frame on every side before squaring it.
 BBOX_EXPAND = 0.02
-
-FrameCropper = Callable[[Iterator[np.ndarray], "CelebvHqClip"], Iterable[np.ndarray]]
-"""Takes the clip's frames, each (height, width, 3) uint8 RGB, in order, and the clip's annotation; yields one
-(size, size, 3) uint8 RGB face crop per frame."""
 
 
 @dataclass(frozen=True)
@@ -276,111 +271,6 @@ def resize_cropper(size: int = MARLIN_CROP_SIZE) -> FrameCropper:
     return crop
 
 
-def face_tracker_cropper(tracker=None, size: int = MARLIN_CROP_SIZE, chunk_frames: int = 32) -> FrameCropper:
-    """A `FrameCropper` cropping as the paper did: a face detector on every frame, a square around the face.
-
-    Uses `video.face_tracking.FaceTracker` (MTCNN; one subject followed through the clip, square of side max(w, h),
-    zero-padded, resized to `size`), fed `chunk_frames` frames at a time and reset for every clip. Frames before
-    the first detection get the tracker's centre crop.
-
-    Args:
-        tracker: anything with `reset()` and `track(frames (T, H, W, 3) uint8, frame_indices) -> .crops
-            (T, size, size, 3)`; by default a `FaceTracker(crop_size=size)` (MTCNN loads on the first clip).
-    """
-    if tracker is None:
-        tracker = FaceTracker(crop_size=size)
-
-    def crop(frames: Iterator[np.ndarray], clip: CelebvHqClip) -> Iterator[np.ndarray]:
-        tracker.reset()
-        chunk: list[np.ndarray] = []
-        start = 0
-        for frame in frames:
-            chunk.append(frame)
-            if len(chunk) == chunk_frames:
-                yield from tracker.track(np.stack(chunk), list(range(start, start + len(chunk)))).crops
-                start, chunk = start + len(chunk), []
-        if chunk:
-            yield from tracker.track(np.stack(chunk), list(range(start, start + len(chunk)))).crops
-
-    return crop
-
-
-def crop_video(
-    source: str | os.PathLike,
-    target: str | os.PathLike,
-    cropper: FrameCropper,
-    clip: CelebvHqClip,
-    size: int = MARLIN_CROP_SIZE,
-) -> int:
-    """Decode `source` with PyAV, crop every frame with `cropper`, encode `target` (H.264, source frame rate).
-
-    Frames are decoded upright (rotation metadata applied, as everywhere else) and streamed: memory holds what the
-    cropper buffers, not the video. The target appears only once complete (`video.writing.write_video`);
-    timestamps are re-made at the stream's frame rate.
-
-    Returns:
-        The number of frames written.
-    """
-    from ..video.decoding import frame_rate, frame_to_rgb, iter_frames
-    from ..video.writing import write_video
-
-    def faces() -> Iterator[np.ndarray]:
-        frames = (frame_to_rgb(frame) for _, _, _, frame in iter_frames(source))
-        for face in cropper(frames, clip):
-            if face.shape != (size, size, 3):
-                raise DatasetError(f"{clip.clip_id}: the cropper returned a {face.shape} frame, not {size}x{size}x3")
-            yield face
-
-    num_frames = write_video(target, faces(), frame_rate(source), crf=18)
-    if num_frames == 0:
-        raise VideoError(f"{source}: no frame could be decoded; re-download it or leave it out")
-    return num_frames
-
-
-def reference_cropper(detector=None, size: int = MARLIN_CROP_SIZE, chunk_frames: int = 32) -> FrameCropper:
-    """A `FrameCropper` cropping as the paper code did: a face detector on every frame on its own, the square
-    `video.cropping.reference_square` around its most confident face (zero-padded outside the frame), resized.
-
-    The paper code used FaceX-Zoo's RetinaFace, which is not available here: this uses MTCNN
-    (`video.face_detection.MtcnnDetector`), so boxes differ by a few pixels. No tracking, no smoothing: each frame
-    has its own box, as in the paper code. Where it found no face it cropped a 2x2 corner (a defect); here such a
-    frame keeps the last box found, and frames before any detection get the centred square of the frame.
-
-    Args:
-        detector: anything with `detect(frames (T, H, W, 3) uint8) -> [per frame: (boxes (n, 4) x1 y1 x2 y2,
-            probabilities (n,), landmarks)]`; by default an `MtcnnDetector()` (loads on the first clip).
-    """
-    from ..video.cropping import centre_boxes, crop_with_padding, reference_square
-
-    if detector is None:
-        from ..video.face_detection import MtcnnDetector
-
-        detector = MtcnnDetector()
-
-    def crop(frames: Iterator[np.ndarray], clip: CelebvHqClip) -> Iterator[np.ndarray]:
-        region = None
-
-        def cut(chunk: list[np.ndarray]) -> Iterator[np.ndarray]:
-            nonlocal region
-            for frame, (boxes, probabilities, _) in zip(chunk, detector.detect(np.stack(chunk))):  # (H, W, 3) each
-                if len(boxes):
-                    region = reference_square(boxes[int(np.argmax(probabilities))])
-                elif region is None:
-                    region = tuple(int(v) for v in centre_boxes(1, *frame.shape[:2])[0])
-                yield resize_frames(crop_with_padding(frame, region)[None], size)[0]
-
-        chunk: list[np.ndarray] = []
-        for frame in frames:
-            chunk.append(frame)
-            if len(chunk) == chunk_frames:
-                yield from cut(chunk)
-                chunk = []
-        if chunk:
-            yield from cut(chunk)
-
-    return crop
-
-
 def celebvhq_cropper(crop: str | FrameCropper | None, size: int = MARLIN_CROP_SIZE) -> FrameCropper | None:
     """The `FrameCropper` `crop` names: "bbox", "resize", "face", "reference", a function, or None (no crops)."""
     named = dict(bbox=bbox_cropper, resize=resize_cropper, face=face_tracker_cropper, reference=reference_cropper)
@@ -393,15 +283,8 @@ def celebvhq_cropper(crop: str | FrameCropper | None, size: int = MARLIN_CROP_SI
     )
 
 
-# The crops' job: one record per clip, `cropped/<clip id>.mp4`.
-CROPPED = JobKind(
-    "marlin prepare-celebvhq",
-    "clip_id",
-    functools.partial(is_keyed_record, "clip_id"),
-    outputs=lambda record: [f"cropped/{record['clip_id']}.mp4"],
-    made="clips cropped",
-    nested=True,
-)
+# The crops' job (`data.task_preparation`): one record per clip, `cropped/<clip id>.mp4`.
+CROPPED = clip_job_kind("marlin prepare-celebvhq", key="clip_id", folder="cropped")
 
 
 def prepare_celebvhq(
@@ -448,27 +331,27 @@ def prepare_celebvhq(
     failed: dict[str, str] = {}
     is_main_process = True
     if cropper is not None:
-
-        def crop_clip(item: Item) -> dict:
-            clip_id = item.fields["clip_id"]
-            (output,) = CROPPED.outputs(item.fields)
-            num_frames = crop_video(item.source, out_dir / output, cropper, info.clips[clip_id], size)
-            return {"output": output, "num_frames": num_frames}
-
-        items = [Item({"input": str(videos[c]), "clip_id": c}, videos[c]) for c in ordered]
-        work = each_item(crop_clip, failures=(VideoError,), num_threads=num_workers)
-        summary = run_job(items, out_dir, {"crop": crop_name, "size": size}, work, CROPPED, progress)
-        is_main_process = summary.is_main_process
-        done = read_records(out_dir, CROPPED.key, CROPPED.is_record)
-        failed = {c: done[c]["error"] for c in ordered if done.get(c, {}).get("status") == "error"}
-        videos = {c: out_dir / CROPPED.outputs(done[c])[0] for c in ordered if done.get(c, {}).get("status") == "ok"}
+        sources = {clip_id: videos[clip_id] for clip_id in ordered}
+        made = crop_clips(
+            sources,
+            out_dir,
+            lambda: cropper,
+            {"crop": crop_name, "size": size},
+            CROPPED,
+            annotations=info.clips,
+            size=size,
+            num_workers=num_workers,
+            progress=progress,
+        )
+        is_main_process = made.summary.is_main_process
+        failed, videos = made.failed, made.clips
 
     kept = {name: [c for c in split[name] if c in videos] for name in SPLITS}
     if is_main_process:
         write_celebvhq_csvs(out_dir, info, kept, videos)
         record = {"seed": seed, "fractions": list(fractions), "crop": crop_name, "size": size, **kept}
-        with open(out_dir / "split.json", "w", encoding="utf-8") as f:
-            json.dump({**record, "missing_video": missing, "failed": failed}, f, indent=1)
+        split_record = json.dumps({**record, "missing_video": missing, "failed": failed}, indent=1)
+        write_text_atomic(out_dir / "split.json", split_record)
     return kept
 
 
