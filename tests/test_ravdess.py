@@ -1,21 +1,33 @@
 """RAVDESS: file names decoded, protocols actor-disjoint, and the preparation on a fake tree in the release layout
 (Actor_XX/MM-VV-EE-II-SS-RR-AA.mp4) of faces the test renders, with real MTCNN."""
 
+import json
 import re
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
+from marlin_transformers.cli import main
+from marlin_transformers.data.labels import read_labels_csv
 from marlin_transformers.data.ravdess import (
     EMOTIONS,
     NUM_ACTORS,
     PROTOCOLS,
+    SPLITS,
     list_ravdess,
+    load_ravdess,
     parse_ravdess_name,
+    prepare_ravdess,
     ravdess_protocol,
     split_ravdess,
 )
+from marlin_transformers.data.task_preparation import read_videos_csv
 from marlin_transformers.exceptions import DatasetError
+from video_factory import encode_video, moving_face_frames, write_audio_only
+
+SINGLE = "single_label_classification"
 
 
 def ravdess_name(modality=2, channel=1, emotion=6, intensity=1, statement=2, repetition=1, actor=12) -> str:
@@ -150,3 +162,131 @@ def test_split_follows_the_actor(tmp_path):
     assert {actor_of[i] for i in split["val"]} == {5, 6, 7, 8}
     assert {actor_of[i] for i in split["train"]} == set(range(9, 25))
     assert sum(map(len, split.values())) == len(files)
+
+
+# --- the preparation, on a fake tree of rendered faces, with real MTCNN -------------------------------------------
+
+ACTORS = (1, 5, 9, 10)  # chumachenko5 fold 0: 1 test; 5 val; 9, 10 train
+TREE_EMOTIONS = (3, 5)  # happy, angry
+CORRUPT = "02-01-05-01-01-01-09"
+
+
+def actor_face_frames(actor: int, num_frames: int = 6) -> np.ndarray:
+    """The astronaut moving over the frame, tinted and shifted per actor: (num_frames, 120, 160, 3) uint8."""
+    frames, _ = moving_face_frames(num_frames, height=120, width=160, scale=0.35)
+    tint = np.array([1.0 - 0.03 * (actor % 5), 0.9 + 0.02 * (actor % 4), 0.85 + 0.03 * (actor % 3)])
+    return np.roll(np.clip(frames * tint, 0, 255).astype(np.uint8), 2 * actor, axis=1)
+
+
+def render_tree(root: Path) -> None:
+    """The release layout: per actor and emotion a video-only and a full-AV speech file (the same frames), a song
+    file and an audio-only .wav; one video-only file is corrupt."""
+    for actor in ACTORS:
+        folder = root / f"Actor_{actor:02d}"
+        folder.mkdir(parents=True)
+        frames = actor_face_frames(actor)
+        for emotion in TREE_EMOTIONS:
+            for modality in (1, 2):
+                name = ravdess_name(modality, 1, emotion, 1, 1, 1, actor)
+                encode_video(folder / f"{name}.mp4", frames, fps=10, with_audio=modality == 1)
+            encode_video(folder / f"{ravdess_name(2, 2, emotion, 1, 1, 1, actor)}.mp4", frames[:2], fps=10)
+            write_audio_only(folder / f"{ravdess_name(3, 1, emotion, 1, 1, 1, actor)}.wav", 0.2)
+    (root / "Actor_09" / f"{CORRUPT}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("RAVDESS")
+    render_tree(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(tree, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared")
+    result = prepare_ravdess(tree, out, progress=False)
+    assert list(result.failed) == [CORRUPT] and result.summary.done == 7
+    return out
+
+
+def test_prepare_writes_actor_disjoint_tables_of_face_clips(prepared):
+    splits = {name: read_labels_csv(prepared / "ravdess" / f"{name}.csv", SINGLE) for name in SPLITS}
+    actors = {name: {int(Path(p).stem[-2:]) for p in table.paths} for name, table in splits.items()}
+    assert actors == {"train": {9, 10}, "val": {5}, "test": {1}}  # 02-01-05-..-09 failed, 02-01-03-..-09 kept
+    assert len(splits["train"].paths) == 3 and len(splits["test"].paths) == 2
+    assert splits["test"].label_names == ["angry", "happy"]
+    for path, label in zip(splits["test"].paths, splits["test"].labels):
+        name = Path(path).stem
+        assert Path(path).parent == prepared / "clips" and name.startswith("02-01-")  # video-only speech only
+        assert splits["test"].label_names[label] == EMOTIONS[int(name[6:8]) - 1]
+    with av.open(splits["val"].paths[0]) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 6 and frames[0].shape == (224, 224, 3)
+    assert frames[0].std() > 20  # a face, not the zero padding of a missed detection
+
+
+def test_videos_csv_and_preparation_json_say_everything(prepared, tree):
+    rows = {row["id"]: row for row in read_videos_csv(prepared / "videos.csv")}
+    assert len(rows) == len(ACTORS) * len(TREE_EMOTIONS)
+    row = rows["02-01-03-01-01-01-10"]
+    assert {k: row[k] for k in ("split", "label", "modality", "vocal_channel", "emotion", "intensity")} == {
+        "split": "train",
+        "label": "happy",
+        "modality": "video-only",
+        "vocal_channel": "speech",
+        "emotion": "happy",
+        "intensity": "normal",
+    }
+    assert (row["statement"], row["repetition"], row["actor"], row["sex"]) == ("1", "1", "10", "female")
+    assert row["source"] == str(tree / "Actor_10" / "02-01-03-01-01-01-10.mp4") and row["clip"].startswith("clips/")
+    assert rows[CORRUPT]["clip"] == "" and CORRUPT in rows[CORRUPT]["error"]
+    record = json.loads((prepared / "preparation.json").read_text())
+    protocol = record["protocol"]
+    assert (protocol["name"], protocol["fold"], protocol["num_folds"]) == ("chumachenko5", 0, 5)
+    assert "Chumachenko" in protocol["source"] and protocol["actors"]["test"] == [1, 2, 3, 4]
+    assert protocol["skipped"]["by_reason"] == {
+        "full-av (preparing video-only)": 8,
+        "song (preparing speech)": 8,
+        "audio-only: no face to crop": 8,
+    }
+    assert record["splits"] == {"train": 3, "val": 2, "test": 2}
+    assert record["class_balance"]["ravdess"]["train"] == {
+        **dict.fromkeys(sorted(EMOTIONS), 0),
+        "angry": 1,
+        "happy": 2,
+    }
+    assert list(record["failed"]) == [CORRUPT]
+    dataset = load_ravdess(prepared)
+    assert list(dataset) == ["train", "val", "test"] and dataset["test"].num_rows == 2
+
+
+def test_resume_after_a_kill_and_the_cli(tree, tmp_path, monkeypatch, capsys):
+    from marlin_transformers.data import task_preparation
+
+    real_crop_video, calls = task_preparation.crop_video, []
+
+    def killed_on_the_third(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a Ctrl-C or a kill between two videos
+        return real_crop_video(*args, **kwargs)
+
+    monkeypatch.setattr(task_preparation, "crop_video", killed_on_the_third)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        prepare_ravdess(tree, out, progress=False)
+    assert not (out / "videos.csv").exists() and len(list((out / "clips").glob("*.mp4"))) == 2
+    monkeypatch.setattr(task_preparation, "crop_video", real_crop_video)
+    argv = ["prepare-ravdess", str(tree), str(out), "--quiet"]
+    assert main(argv) == 1  # the corrupt video
+    err = capsys.readouterr().err
+    assert "5 done, 2 already done, 1 failed" in err and err.count(CORRUPT) == 1  # its one line
+    assert len(read_labels_csv(out / "ravdess" / "test.csv", SINGLE).paths) == 2
+    assert main([*argv, "--protocol", "six-fold", "--fold", "1"]) == 1  # another split, the same clips
+    assert "0 done, 7 already done, 1 failed" in capsys.readouterr().err
+    tables = {name: read_labels_csv(out / "ravdess" / f"{name}.csv", SINGLE).paths for name in SPLITS}
+    assert {name: {Path(p).stem[-2:] for p in paths} for name, paths in tables.items()} == {
+        "train": {"01"},
+        "val": {"09", "10"},
+        "test": {"05"},
+    }

@@ -24,6 +24,8 @@ _ORDER = (
     "reconstruct",
     "app",
     "prepare-celebvhq",
+    "prepare-ravdess",
+    "prepare-mosei",
     "prepare-ytf",
     "prepare-faces",
     "push-dataset",

@@ -47,13 +47,14 @@ from __future__ import annotations
 import ast
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import DatasetError
+from ..constants import MARLIN_CROP_SIZE
+from ..exceptions import DatasetError, VideoError
 
 SPLITS = ("train", "val", "test")
 EMOTIONS = ("happy", "sad", "anger", "surprise", "disgust", "fear")
@@ -269,3 +270,165 @@ def find_videos(root: str | os.PathLike, names: set[str]) -> dict[str, Path]:
                 raise DatasetError(f"{path}: {path.stem} is also at {found[path.stem]}; keep one copy")
             found[path.stem] = path
     return found
+
+
+def mosei_tasks() -> list:
+    """The two `data.task_preparation.LabelTask`s: mosei-sentiment (regression), mosei-emotions (multi-label)."""
+    from .task_preparation import LabelTask
+
+    return [
+        LabelTask("mosei-sentiment", TASKS["mosei-sentiment"], ("sentiment",)),
+        LabelTask("mosei-emotions", TASKS["mosei-emotions"], EMOTIONS),
+    ]
+
+
+def segment_cropper(cropper: Callable, rate: Callable[[Path], float] | None = None) -> Callable:
+    """A `FrameCropper` handing `cropper` only the frames of the segment `[start, end)` seconds of the full video
+    (`clip.fields["start"]`, `["end"]` of the `TaskVideo` it is given), frame k at k / frame rate. Decoding stops at
+    the segment's end; the face detector sees the segment's frames only.
+
+    Raises:
+        VideoError: the segment holds no frame (the video is shorter than its labels say).
+    """
+    if rate is None:
+        from ..video.decoding import frame_rate
+
+        def rate(path: Path) -> float:
+            return float(frame_rate(path))
+
+    def crop(frames: Iterator[np.ndarray], clip) -> Iterator[np.ndarray]:
+        start, end = float(clip.fields["start"]), float(clip.fields["end"])
+        fps = rate(clip.path)
+
+        def inside() -> Iterator[np.ndarray]:
+            for index, frame in enumerate(frames):
+                time = index / fps
+                if time >= end:
+                    return
+                if time >= start:
+                    yield frame
+
+        made = 0
+        for face in cropper(inside(), clip):
+            made += 1
+            yield face
+        if not made:
+            raise VideoError(
+                f"{clip.path}: no frame in {start:.2f}-{end:.2f} s (segment {clip.video_id}); the video is shorter "
+                "than its labels say, download it again"
+            )
+
+    return crop
+
+
+def segment_cropper_factory(crop: str, size: int, num_workers: int) -> Callable:
+    """What makes one worker's cropper of segments: the face cropper `crop` ("face", "reference") behind
+    `segment_cropper`."""
+    from .task_preparation import face_cropper_factory
+
+    make_face_cropper = face_cropper_factory(crop, size, num_workers)
+
+    def make() -> Callable:
+        return segment_cropper(make_face_cropper())
+
+    make.__name__ = f"{crop}, cut by the labels' intervals"
+    return make
+
+
+def mosei_videos(segments: Mapping[str, MoseiSegment], split: Mapping[str, list[str]], sources: Mapping[str, Path]):
+    """The segments with a video as `data.task_preparation.TaskVideo`s: both tasks' labels, every field."""
+    from .task_preparation import TaskVideo
+
+    videos = []
+    for name in SPLITS:
+        for segment_id in split[name]:
+            segment = segments[segment_id]
+            path = sources.get(segment_id, sources.get(segment.video))
+            if path is not None:
+                labels = {task: segment.labels(task) for task in TASKS}
+                videos.append(TaskVideo(segment_id, path, name, labels, segment.fields()))
+    return videos
+
+
+def prepare_mosei(
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    labels: str | os.PathLike | None = None,
+    folds: str | os.PathLike | None = None,
+    source: str = DEFAULT_SOURCE,
+    crop: str = "face",
+    size: int = MARLIN_CROP_SIZE,
+    num_workers: int = 1,
+    progress: bool = True,
+):
+    """Read the labels and folds, find the videos under `root` and prepare face clips and the `mosei-sentiment` and
+    `mosei-emotions` tables (the shared format of `data.task_preparation`, see the module docstring).
+
+    Args:
+        root: the CMU-MOSEI folder (videos at any depth: `Videos/Full/Combined/`, `Videos/Segmented/Combined/`).
+        out_dir: the prepared folder (re-running it resumes).
+        labels: `CMU_MOSEI_Labels.csd` (default: the one under `root`).
+        folds: a folds file (JSON or the SDK's `cmu_mosei_std_folds.py`); default the SDK's standard folds.
+        source: "full" (cut by the labels' intervals) or "segmented" (`<video>_<index>.mp4` clips as they are).
+        crop: "face" (MTCNN tracking) or "reference" (a detector box per frame, as the paper code).
+        num_workers: videos cropped at once, in threads, each with its own detector.
+
+    Returns:
+        `data.task_preparation.TaskPreparation`.
+    """
+    from .task_preparation import prepare_task
+
+    if source not in SOURCES:
+        raise DatasetError(f"source {source!r}: use one of {', '.join(SOURCES)}", parameter="source")
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder; pass the CMU-MOSEI folder", parameter="root")
+    labels_path = Path(labels) if labels is not None else find_labels_file(root)
+    segments = read_mosei_labels(labels_path)
+    fold_ids = read_folds_file(folds) if folds is not None else standard_folds()
+    split, unassigned = split_mosei(segments, fold_ids)
+    wanted = {s.video for s in segments.values()} if source == "full" else set(segments)
+    sources = find_videos(root, wanted)
+    videos = mosei_videos(segments, split, sources)
+    if not videos:
+        expected = "<video id>.mp4" if source == "full" else "<video id>_<index>.mp4"
+        raise DatasetError(
+            f"{root}: none of the {len(segments)} labelled segments has a video ({expected}, source {source!r}); "
+            "check the folder and --source",
+            parameter="root",
+        )
+    assigned = [segment_id for ids in split.values() for segment_id in ids]
+    found = {v.video_id for v in videos}
+    missing = [segment_id for segment_id in assigned if segment_id not in found]
+    record = {
+        "name": "standard folds" if folds is None else "folds file",
+        "source": FOLDS_SOURCE if folds is None else str(Path(folds).resolve()),
+        "labels": str(labels_path.resolve()),
+        "video_source": source,
+        "segments_labelled": len(segments),
+        "segments_in_no_fold": len(unassigned),
+        "segments_without_video": len(missing),
+        "binary_and_7_class_readings": "derived from the sentiment column by evaluation.metrics (see data.mosei)",
+    }
+    crop_factory = segment_cropper_factory(crop, size, num_workers) if source == "full" else crop
+    return prepare_task(
+        videos,
+        out_dir,
+        mosei_tasks(),
+        record,
+        "marlin prepare-mosei",
+        crop=crop_factory,
+        size=size,
+        num_workers=num_workers,
+        progress=progress,
+    )
+
+
+def load_mosei(prepared_dir: str | os.PathLike, task: str = "mosei-sentiment"):
+    """A prepared MOSEI task as a `datasets.DatasetDict` (train, val, test): `path` (absolute clip path), `labels`
+    ([sentiment] for `mosei-sentiment`, six float32 0/1 for `mosei-emotions`)."""
+    from .task_preparation import load_task
+
+    if task not in TASKS:
+        raise DatasetError(f"unknown CMU-MOSEI task {task!r}: use one of {', '.join(TASKS)}", parameter="task")
+    return load_task(prepared_dir, task, TASKS[task])

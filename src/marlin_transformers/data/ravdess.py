@@ -56,6 +56,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..constants import MARLIN_CROP_SIZE
 from ..exceptions import DatasetError
 
 TASK = "ravdess"
@@ -329,3 +330,106 @@ def split_ravdess(
     for file in files:
         split[split_of[file.actor]].append(file.id)
     return {name: sorted(ids) for name, ids in split.items()}
+
+
+def ravdess_task():
+    """The `data.task_preparation.LabelTask` of `ravdess`: single-label, the 8 emotions by name."""
+    from .task_preparation import LabelTask
+
+    return LabelTask(TASK, "single_label_classification", EMOTIONS)
+
+
+def ravdess_videos(listing: RavdessListing, split: dict[str, list[str]]) -> list:
+    """The listed files as `data.task_preparation.TaskVideo`s: label the emotion, fields every decoded one."""
+    from .task_preparation import TaskVideo
+
+    split_of = {video_id: name for name, ids in split.items() for video_id in ids}
+    return [
+        TaskVideo(
+            file.id,
+            listing.paths[file.id],
+            split_of[file.id],
+            {TASK: file.emotion},
+            {"label": file.emotion, **file.fields(), "recording": file.recording},
+        )
+        for file in listing.files
+    ]
+
+
+def skipped_summary(skipped: dict[str, str]) -> dict:
+    """What `preparation.json` says of the files left out: a count per reason; stray names listed."""
+    by_reason: dict[str, int] = {}
+    stray = []
+    for relative, reason in skipped.items():
+        if reason.startswith(relative.split("/")[-1]):  # the name did not parse
+            stray.append(relative)
+            reason = "a name RAVDESS does not use"
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    return {"count": len(skipped), "by_reason": by_reason, "stray_names": stray}
+
+
+def prepare_ravdess(
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    protocol: str = DEFAULT_PROTOCOL,
+    fold: int = 0,
+    modalities: Sequence[str] = DEFAULT_MODALITIES,
+    channel: str = DEFAULT_CHANNEL,
+    crop: str = "face",
+    size: int = MARLIN_CROP_SIZE,
+    num_workers: int = 1,
+    progress: bool = True,
+):
+    """List a RAVDESS tree, split it by actor and prepare face clips and the `ravdess` tables (the shared format of
+    `data.task_preparation`, see the module docstring).
+
+    Args:
+        root: the folder holding Actor_01 ... Actor_24.
+        out_dir: the prepared folder (re-running it resumes; a folder made with other crop settings is refused).
+        protocol, fold: which actor-disjoint split (`PROTOCOLS`); fold 0 of `chumachenko5` is the default split.
+        modalities: "video-only" (default), "full-av" or both.
+        channel: "speech" (default), "song" or "both".
+        crop: "face" (MTCNN tracking) or "reference" (a detector box per frame, as the paper code).
+        num_workers: videos cropped at once, in threads, each with its own detector.
+
+    Returns:
+        `data.task_preparation.TaskPreparation`: {split: ids}, failed videos, class balance, the job's counts.
+    """
+    from .task_preparation import prepare_task
+
+    chosen = ravdess_protocol(protocol)
+    actors = chosen.split(fold)
+    listing = list_ravdess(root, modalities, channel)
+    split = split_ravdess(listing.files, protocol, fold)
+    record = {
+        "name": protocol,
+        "fold": fold,
+        "num_folds": len(chosen.folds),
+        "source": chosen.source,
+        "note": chosen.note,
+        "actors": {name: list(group) for name, group in actors.items()},
+        "modalities": list(modalities),
+        "vocal_channel": channel,
+        "skipped": skipped_summary(listing.skipped),
+    }
+    return prepare_task(
+        ravdess_videos(listing, split),
+        out_dir,
+        [ravdess_task()],
+        record,
+        "marlin prepare-ravdess",
+        crop=crop,
+        size=size,
+        num_workers=num_workers,
+        progress=progress,
+    )
+
+
+def load_ravdess(prepared_dir: str | os.PathLike, task: str = TASK):
+    """The prepared `ravdess` task as a `datasets.DatasetDict` (train, val, test): `path` (absolute clip path),
+    `labels` (a `ClassLabel` over the emotions of that split's table)."""
+    from .task_preparation import load_task
+
+    if task != TASK:
+        raise DatasetError(f"unknown RAVDESS task {task!r}: use {TASK!r}", parameter="task")
+    return load_task(prepared_dir, task, "single_label_classification")
