@@ -64,7 +64,7 @@ LABELS_FILE = "CMU_MOSEI_Labels.csd"
 LABELS_GROUP = "All Labels"
 SOURCES = ("full", "segmented")
 DEFAULT_SOURCE = "full"
-STANDARD_FOLDS = "standard"
+TIME_TOLERANCE = 1e-4  # seconds: a frame at time t belongs to [start, end) when start <= t + this < end
 FOLDS_SOURCE = (
     "CMU Multimodal SDK, mmsdk/mmdatasdk/dataset/standard_datasets/CMU_MOSEI/cmu_mosei_std_folds.py "
     "(standard_train_fold, standard_valid_fold, standard_test_fold)"
@@ -284,8 +284,8 @@ def mosei_tasks() -> list:
 
 def segment_cropper(cropper: Callable, rate: Callable[[Path], float] | None = None) -> Callable:
     """A `FrameCropper` handing `cropper` only the frames of the segment `[start, end)` seconds of the full video
-    (`clip.fields["start"]`, `["end"]` of the `TaskVideo` it is given), frame k at k / frame rate. Decoding stops at
-    the segment's end; the face detector sees the segment's frames only.
+    (`clip.fields["start"]`, `["end"]` of the `TaskVideo` it is given), frame k at k / frame rate (to within
+    `TIME_TOLERANCE`). Decoding stops at the segment's end; the face detector sees the segment's frames only.
 
     Raises:
         VideoError: the segment holds no frame (the video is shorter than its labels say).
@@ -302,7 +302,7 @@ def segment_cropper(cropper: Callable, rate: Callable[[Path], float] | None = No
 
         def inside() -> Iterator[np.ndarray]:
             for index, frame in enumerate(frames):
-                time = index / fps
+                time = index / fps + TIME_TOLERANCE  # intervals stored as float32 miss a frame's time by ~1e-7 s
                 if time >= end:
                     return
                 if time >= start:
