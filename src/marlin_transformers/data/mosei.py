@@ -335,15 +335,21 @@ def segment_cropper_factory(crop: str, size: int, num_workers: int) -> Callable:
     return make
 
 
-def mosei_videos(segments: Mapping[str, MoseiSegment], split: Mapping[str, list[str]], sources: Mapping[str, Path]):
-    """The segments with a video as `data.task_preparation.TaskVideo`s: both tasks' labels, every field."""
+def mosei_videos(
+    segments: Mapping[str, MoseiSegment], split: Mapping[str, list[str]], sources: Mapping[str, Path], source: str
+):
+    """The segments with a video as `data.task_preparation.TaskVideo`s: both tasks' labels, every field.
+
+    Args:
+        sources: {video id: full video} for `source` "full", {segment id: clip} for "segmented".
+    """
     from .task_preparation import TaskVideo
 
     videos = []
     for name in SPLITS:
         for segment_id in split[name]:
             segment = segments[segment_id]
-            path = sources.get(segment_id, sources.get(segment.video))
+            path = sources.get(segment.video if source == "full" else segment_id)
             if path is not None:
                 labels = {task: segment.labels(task) for task in TASKS}
                 videos.append(TaskVideo(segment_id, path, name, labels, segment.fields()))
@@ -389,7 +395,7 @@ def prepare_mosei(
     split, unassigned = split_mosei(segments, fold_ids)
     wanted = {s.video for s in segments.values()} if source == "full" else set(segments)
     sources = find_videos(root, wanted)
-    videos = mosei_videos(segments, split, sources)
+    videos = mosei_videos(segments, split, sources, source)
     if not videos:
         expected = "<video id>.mp4" if source == "full" else "<video id>_<index>.mp4"
         raise DatasetError(
