@@ -231,10 +231,10 @@ def test_videos_csv_and_preparation_json(prepared, tree):
     assert len(rows) == 8  # every segment with a video and a fold; not_in_folds_0 is counted, not listed
     row = rows[f"{TEST_VIDEO}_1"]
     features = tree_labels()[TEST_VIDEO][0][1]
-    assert (row["split"], row["video"], row["index"]) == ("test", TEST_VIDEO, "1")
+    assert (row["split"], row["video_id"], row["index"]) == ("test", TEST_VIDEO, "1")
     assert (float(row["start"]), float(row["end"])) == pytest.approx((1.2, 1.9), abs=1e-5)
     assert [float(row[name]) for name in ("sentiment", *EMOTIONS)] == pytest.approx(features, abs=1e-5)
-    assert row["source"] == str(tree / "Videos" / "Full" / "Combined" / f"{TEST_VIDEO}.mp4")
+    assert row["video"] == str(tree / "Videos" / "Full" / "Combined" / f"{TEST_VIDEO}.mp4")
     assert "no frame in 5.00-6.00 s" in rows["81406_1"]["error"] and rows["81406_1"]["clip"] == ""
     record = json.loads((prepared / "preparation.json").read_text())
     protocol = record["protocol"]

@@ -238,7 +238,7 @@ def test_videos_csv_and_preparation_json_say_everything(prepared, tree):
         "intensity": "normal",
     }
     assert (row["statement"], row["repetition"], row["actor"], row["sex"]) == ("1", "1", "10", "female")
-    assert row["source"] == str(tree / "Actor_10" / "02-01-03-01-01-01-10.mp4") and row["clip"].startswith("clips/")
+    assert row["video"] == str(tree / "Actor_10" / "02-01-03-01-01-01-10.mp4") and row["clip"].startswith("clips/")
     assert rows[CORRUPT]["clip"] == "" and CORRUPT in rows[CORRUPT]["error"]
     record = json.loads((prepared / "preparation.json").read_text())
     protocol = record["protocol"]

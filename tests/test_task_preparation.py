@@ -91,6 +91,8 @@ def test_prepare_task_refuses_duplicate_ids_and_unknown_crops(tmp_path):
     video = TaskVideo("a", tmp_path / "a.mp4", "train", {"mood": "sad"})
     with pytest.raises(DatasetError, match="share the id 'a'"):
         prepare_task([video, video], tmp_path / "out", TASKS, {}, "marlin toy")
+    with pytest.raises(DatasetError, match="may not be called 'clip'"):
+        prepare_task([TaskVideo("a", video.path, "train", {}, {"clip": 1})], tmp_path / "out", TASKS, {}, "marlin toy")
     with pytest.raises(DatasetError, match="unknown crop 'bbox'"):
         prepare_task([video], tmp_path / "out", TASKS, {}, "marlin toy", crop="bbox")
 

@@ -24,6 +24,7 @@ _ORDER = (
     "reconstruct",
     "app",
     "prepare-celebvhq",
+    "prepare-ffpp",
     "prepare-ravdess",
     "prepare-mosei",
     "prepare-ytf",

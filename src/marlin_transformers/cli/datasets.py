@@ -1,5 +1,5 @@
-"""Data set commands: `marlin prepare-celebvhq`, `prepare-ravdess`, `prepare-mosei`, `prepare-ytf`, `prepare-faces`
-and `push-dataset`."""
+"""Data set commands: `marlin prepare-celebvhq`, `prepare-ffpp`, `prepare-ravdess`, `prepare-mosei`, `prepare-ytf`,
+`prepare-faces` and `push-dataset`."""
 
 from __future__ import annotations
 
@@ -53,6 +53,68 @@ def _prepare_celebvhq(args: argparse.Namespace) -> int:
     return 0
 
 
+@command(COMMANDS, "prepare-ffpp", defaults=("data.ffpp:prepare_ffpp",))
+def _ffpp_options(ffpp: argparse.ArgumentParser, defaults: dict) -> None:
+    """FaceForensics++ (official layout and split files) -> face clips and the ffpp labels tables
+
+    Tracks and crops the face of every original and manipulated video with MTCNN, writes OUT/clips/,
+    OUT/ffpp/{train,val,test}.csv (fake/real; DeepFakeDetection and actors, when present, as a held-out dfd.csv),
+    OUT/videos.csv and OUT/preparation.json (protocol, class balance); re-running resumes. See docs/tasks.md.
+    """
+    from ..data.ffpp import COMPRESSIONS, METHODS
+
+    ffpp.add_argument("root", help="the FaceForensics++ folder (original_sequences/, manipulated_sequences/)")
+    ffpp.add_argument("out", help="the prepared folder to write (re-running it resumes)")
+    add_option(ffpp, "--compression", defaults, "which release to read (default {default})", choices=COMPRESSIONS)
+    ffpp.add_argument(
+        "--methods",
+        type=lambda text: [m.strip() for m in text.split(",") if m.strip()],
+        help=f"manipulation methods taken as fakes, comma-separated, of {','.join(METHODS)} "
+        "(default: every one present)",
+    )
+    ffpp.add_argument(
+        "--split-files",
+        metavar="DIR",
+        help="the folder holding the official train.json, val.json, test.json (default: ROOT/splits, "
+        "ROOT/dataset/splits or ROOT)",
+    )
+    add_option(
+        ffpp,
+        "--crop",
+        defaults,
+        "face: MTCNN tracking, smoothed, square of side max(w, h) (default); reference: the paper code's square of "
+        "side 2*int(max(w,h)/2) per detector box (MTCNN for its RetinaFace), no smoothing",
+        choices=["face", "reference"],
+    )
+    add_option(
+        ffpp, "--num-workers", defaults, "videos cropped at once, in threads (default {default})", type=POSITIVE_INT
+    )
+    ffpp.add_argument("--device", default=None, help="torch device MTCNN runs on, e.g. cuda (default: cpu)")
+    ffpp.add_argument("--quiet", action="store_true", help="no progress bar")
+    ffpp.set_defaults(handler=_prepare_ffpp)
+
+
+def _prepare_ffpp(args: argparse.Namespace) -> int:
+    from ..data.ffpp import describe_balance, prepare_ffpp
+
+    result = prepare_ffpp(
+        args.root,
+        args.out,
+        compression=args.compression,
+        methods=args.methods,
+        split_files=args.split_files,
+        crop=args.crop,
+        num_workers=args.num_workers,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    if result.summary.is_main_process:
+        print(f"prepared FaceForensics++ in {args.out} (task ffpp); videos per split, class balance:")
+        for line in describe_balance(result.balance["ffpp"]):
+            print(f"  {line}")
+    return job_exit_status(result.summary, "marlin prepare-ffpp", args.out)
+
+
 # --modality choices -> the library's modalities.
 RAVDESS_MODALITIES = {"video-only": ("video-only",), "full-av": ("full-av",), "both": ("full-av", "video-only")}
 
@@ -77,6 +139,7 @@ def _task_options(parser: argparse.ArgumentParser, defaults: dict) -> None:
         "videos cropped at once, in threads, each with its own MTCNN (default {default})",
         type=POSITIVE_INT,
     )
+    parser.add_argument("--device", default=None, help="torch device MTCNN runs on, e.g. cuda (default: cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -124,6 +187,7 @@ def _prepare_ravdess(args: argparse.Namespace) -> int:
         crop=args.crop,
         size=args.image_size,
         num_workers=args.num_workers,
+        device=args.device,
         progress=not args.quiet,
     )
     return _task_prepared("prepare-ravdess", "RAVDESS", args.out, result)
@@ -177,6 +241,7 @@ def _prepare_mosei(args: argparse.Namespace) -> int:
         crop=args.crop,
         size=args.image_size,
         num_workers=args.num_workers,
+        device=args.device,
         progress=not args.quiet,
     )
     return _task_prepared("prepare-mosei", "CMU-MOSEI", args.out, result)

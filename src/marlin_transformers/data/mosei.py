@@ -39,7 +39,8 @@ data, never run).
 
 Prepared layout (`prepare_mosei`): the shared format of `data.task_preparation`: `OUT/clips/<segment id>.mp4`,
 `OUT/mosei-sentiment/{train,val,test}.csv`, `OUT/mosei-emotions/{train,val,test}.csv`, `OUT/videos.csv` (one row
-per segment: video, index, start, end, split, sentiment and the six raw intensities), `OUT/preparation.json`.
+per segment: video_id, index, start, end, split, sentiment and the six raw intensities; `video` is the file it was
+cut from), `OUT/preparation.json`.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class MoseiSegment:
     def fields(self) -> dict:
         """Every field but the id, as `videos.csv` holds them."""
         return {
-            "video": self.video,
+            "video_id": self.video,
             "index": self.index,
             "start": self.start,
             "end": self.end,
@@ -321,12 +322,12 @@ def segment_cropper(cropper: Callable, rate: Callable[[Path], float] | None = No
     return crop
 
 
-def segment_cropper_factory(crop: str, size: int, num_workers: int) -> Callable:
+def segment_cropper_factory(crop: str, size: int, num_workers: int, device: str | None = None) -> Callable:
     """What makes one worker's cropper of segments: the face cropper `crop` ("face", "reference") behind
     `segment_cropper`."""
     from .task_preparation import face_cropper_factory
 
-    make_face_cropper = face_cropper_factory(crop, size, num_workers)
+    make_face_cropper = face_cropper_factory(crop, size, num_workers, device)
 
     def make() -> Callable:
         return segment_cropper(make_face_cropper())
@@ -365,6 +366,7 @@ def prepare_mosei(
     crop: str = "face",
     size: int = MARLIN_CROP_SIZE,
     num_workers: int = 1,
+    device: str | None = None,
     progress: bool = True,
 ):
     """Read the labels and folds, find the videos under `root` and prepare face clips and the `mosei-sentiment` and
@@ -378,6 +380,7 @@ def prepare_mosei(
         source: "full" (cut by the labels' intervals) or "segmented" (`<video>_<index>.mp4` clips as they are).
         crop: "face" (MTCNN tracking) or "reference" (a detector box per frame, as the paper code).
         num_workers: videos cropped at once, in threads, each with its own detector.
+        device: where MTCNN runs ("cuda"); default the CPU.
 
     Returns:
         `data.task_preparation.TaskPreparation`.
@@ -416,7 +419,7 @@ def prepare_mosei(
         "segments_without_video": len(missing),
         "binary_and_7_class_readings": "derived from the sentiment column by evaluation.metrics (see data.mosei)",
     }
-    crop_factory = segment_cropper_factory(crop, size, num_workers) if source == "full" else crop
+    crop_factory = segment_cropper_factory(crop, size, num_workers, device) if source == "full" else crop
     return prepare_task(
         videos,
         out_dir,
@@ -426,6 +429,7 @@ def prepare_mosei(
         crop=crop_factory,
         size=size,
         num_workers=num_workers,
+        device=device,
         progress=progress,
     )
 

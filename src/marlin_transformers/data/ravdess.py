@@ -378,6 +378,7 @@ def prepare_ravdess(
     crop: str = "face",
     size: int = MARLIN_CROP_SIZE,
     num_workers: int = 1,
+    device: str | None = None,
     progress: bool = True,
 ):
     """List a RAVDESS tree, split it by actor and prepare face clips and the `ravdess` tables (the shared format of
@@ -391,6 +392,7 @@ def prepare_ravdess(
         channel: "speech" (default), "song" or "both".
         crop: "face" (MTCNN tracking) or "reference" (a detector box per frame, as the paper code).
         num_workers: videos cropped at once, in threads, each with its own detector.
+        device: where MTCNN runs ("cuda"); default the CPU.
 
     Returns:
         `data.task_preparation.TaskPreparation`: {split: ids}, failed videos, class balance, the job's counts.
@@ -421,6 +423,7 @@ def prepare_ravdess(
         crop=crop,
         size=size,
         num_workers=num_workers,
+        device=device,
         progress=progress,
     )
 

@@ -6,7 +6,8 @@ Every task preparer (CelebV-HQ, FaceForensics++, RAVDESS, CMU-MOSEI) reads its r
     OUT/clips/<id>.mp4                 face clips: MTCNN `FaceTracker` (one subject, smoothed), square of side
                                        max(w, h) around the face, zero-padded, resized to 224 (`face_tracker_cropper`)
     OUT/<task>/<split>.csv             `data.labels` tables, one per split (train, val, test, then any other split)
-    OUT/videos.csv                     one row per source video: id, split, its decoded fields, source, clip
+    OUT/videos.csv                     one row per source video: id, split, its decoded fields, video (the source's
+                                       path), clip, error
     OUT/preparation.json               the protocol and its source, split sizes, class balance per split, failed ids
     OUT/manifest.jsonl                 the job's records (`jobs.run_job`)
 
@@ -26,6 +27,7 @@ import io
 import json
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +40,12 @@ from ..jobs import Item, JobKind, JobSummary, each_item, is_keyed_record, run_jo
 from ..records import read_records, write_text_atomic
 from ..video.decoding import resize_frames
 from ..video.face_tracking import FaceTracker
-from .labels import labels_dataset, write_labels_csv
+from .labels import labels_dataset, read_labels_csv, write_labels_csv
 
 CLIPS_FOLDER = "clips"
 SPLIT_ORDER = ("train", "val", "test")
+# videos.csv: id and split first, then the release's decoded fields, then these three.
+VIDEOS_CSV_COLUMNS = ("id", "split", "video", "clip", "error")
 
 FrameCropper = Callable[[Iterator[np.ndarray], object], Iterable[np.ndarray]]
 """Takes a video's frames, each (height, width, 3) uint8 RGB, in order, and its annotation `clip` (what the preparer
@@ -125,11 +129,15 @@ FACE_CROPS = ("face", "reference")
 
 
 def face_cropper_factory(
-    crop: str | Callable[[], FrameCropper], size: int = MARLIN_CROP_SIZE, num_workers: int = 1
+    crop: str | Callable[[], FrameCropper],
+    size: int = MARLIN_CROP_SIZE,
+    num_workers: int = 1,
+    device: str | None = None,
 ) -> Callable[[], FrameCropper]:
     """What makes one worker's `FrameCropper`: "face" (`face_tracker_cropper`, the default), "reference"
-    (`reference_cropper`, as the paper code), or your own factory. Each worker gets its own detector, using
-    `cpu_count // num_workers` torch threads, so workers never share a tracker's per-video state."""
+    (`reference_cropper`, as the paper code), or your own factory. Each worker gets its own MTCNN (on `device`, by
+    default the CPU) using `cpu_count // num_workers` torch threads, so workers never share a tracker's per-video
+    state."""
     if callable(crop):
         return crop
     if crop not in FACE_CROPS:
@@ -141,7 +149,7 @@ def face_cropper_factory(
     def make() -> FrameCropper:
         from ..video.face_detection import MtcnnDetector
 
-        detector = MtcnnDetector(num_threads=threads)
+        detector = MtcnnDetector(num_threads=threads, device=device or "cpu")
         if crop == "reference":
             return reference_cropper(detector, size=size)
         return face_tracker_cropper(FaceTracker(detector, crop_size=size), size=size)
@@ -340,6 +348,8 @@ def prepare_task(
     crop: str | Callable[[], FrameCropper] = "face",
     size: int = MARLIN_CROP_SIZE,
     num_workers: int = 1,
+    device: str | None = None,
+    balance_by: Sequence[str] = (),
     progress: bool = True,
 ) -> TaskPreparation:
     """Crop the faces of `videos` and write the prepared layout of the module docstring.
@@ -352,6 +362,8 @@ def prepare_task(
         crop: "face" (default), "reference", or a factory of `FrameCropper`s (see `face_cropper_factory`).
         size: side of the clips, pixels.
         num_workers: videos cropped at once, in threads, each with its own detector.
+        device: where MTCNN runs ("cuda"); default the CPU. Not part of the settings: clips made on either are kept.
+        balance_by: fields of `TaskVideo.fields` whose values are counted per split too (`balance["by <field>"]`).
 
     Returns:
         `TaskPreparation`.
@@ -363,13 +375,16 @@ def prepare_task(
     if len(set(ids)) != len(ids):
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise DatasetError(f"{command}: two videos share the id {duplicate!r}")
+    reserved = sorted({name for v in videos for name in v.fields} & set(VIDEOS_CSV_COLUMNS))
+    if reserved:
+        raise DatasetError(f"{command}: a decoded field may not be called {reserved[0]!r} (a column of videos.csv)")
     crop_name = crop if isinstance(crop, str) else getattr(crop, "__name__", "custom")
     settings = {"crop": crop_name, "size": size}
     kind = clip_job_kind(command)
     made = crop_clips(
         {v.video_id: Path(v.path) for v in videos},
         out_dir,
-        face_cropper_factory(crop, size, num_workers),
+        face_cropper_factory(crop, size, num_workers, device),
         settings,
         kind,
         annotations={v.video_id: v for v in videos},
@@ -380,6 +395,11 @@ def prepare_task(
     kept = [v for v in videos if v.video_id in made.clips]
     splits = {s: [v.video_id for v in kept if v.split == s] for s in ordered_splits(v.split for v in kept)}
     balance = {task.name: class_balance(kept, task) for task in tasks}
+    for name in balance_by:
+        balance[f"by {name}"] = {
+            split: dict(sorted(Counter(str(v.fields.get(name, "")) for v in kept if v.split == split).items()))
+            for split in splits
+        }
     if made.summary.is_main_process:
         for task in tasks:
             write_task_tables(out_dir, task, kept, made.clips)
@@ -409,14 +429,14 @@ def write_task_tables(out_dir: Path, task: LabelTask, videos: Sequence[TaskVideo
 
 
 def write_videos_csv(path: Path, videos: Sequence[TaskVideo], clips: dict[str, Path], failed: dict[str, str]) -> None:
-    """One row per source video: id, split, every decoded field, the source path, the clip (relative to `path`'s
-    folder; empty where none was made) and the error of a video that failed."""
+    """One row per source video: id, split, every decoded field, `video` (the source's absolute path), the clip
+    (relative to `path`'s folder; empty where none was made) and the error of a video that failed."""
     columns: list[str] = []
     for video in videos:
         columns.extend(name for name in video.fields if name not in columns)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["id", "split", *columns, "source", "clip", "error"])
+    writer.writerow([*VIDEOS_CSV_COLUMNS[:2], *columns, *VIDEOS_CSV_COLUMNS[2:]])
     for video in videos:
         clip = clips.get(video.video_id)
         writer.writerow(
@@ -441,13 +461,32 @@ def read_videos_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         raise DatasetError(f"{path}: no videos.csv here; prepare the folder first") from None
 
 
-def load_task(prepared_dir: str | os.PathLike, task: str, problem_type: str):
+def load_task(prepared_dir: str | os.PathLike, task: str, problem_type: str, label_names: Sequence[str] = ()):
     """A prepared folder's `task` as a `datasets.DatasetDict`, one split per `<task>/<split>.csv` (train, val, test
-    first). Rows: `path` (absolute clip path), `labels` (as `data.labels.labels_dataset` reads them)."""
+    first). Rows: `path` (absolute clip path), `labels` (as `data.labels.labels_dataset` reads them).
+
+    Args:
+        label_names: single-label: every class of the task, in index order. A table names only the classes it holds,
+            so without them a split of one class would index it 0 whatever it is; with them every split shares one
+            `ClassLabel`.
+    """
     import datasets
 
     folder = Path(prepared_dir) / task
     tables = {p.stem: p for p in folder.glob("*.csv")} if folder.is_dir() else {}
     if not tables:
         raise DatasetError(f"{prepared_dir}: no {task}/ tables; prepare the folder first", parameter="prepared_dir")
-    return datasets.DatasetDict({s: labels_dataset(tables[s], problem_type) for s in ordered_splits(tables)})
+    if problem_type != "single_label_classification" or not label_names:
+        return datasets.DatasetDict({s: labels_dataset(tables[s], problem_type) for s in ordered_splits(tables)})
+    features = datasets.Features(
+        {"path": datasets.Value("string"), "labels": datasets.ClassLabel(names=list(label_names))}
+    )
+    splits = {}
+    for split in ordered_splits(tables):
+        table = read_labels_csv(tables[split], problem_type)
+        unknown = sorted(set(table.label_names) - set(label_names))
+        if unknown:
+            raise DatasetError(f"{tables[split]}: class {unknown[0]!r} is not one of {', '.join(label_names)}")
+        labels = [list(label_names).index(table.label_names[i]) for i in table.labels]
+        splits[split] = datasets.Dataset.from_dict({"path": table.paths, "labels": labels}, features=features)
+    return datasets.DatasetDict(splits)
