@@ -70,7 +70,7 @@ def with_flags(message: str, flags: dict[str, str]) -> str:
 
 # The import names each extra of pyproject.toml brings: what to install when one is missing.
 EXTRA_MODULES = {
-    "train": ("datasets", "evaluate", "sklearn", "tensorboard", "matplotlib"),
+    "train": ("datasets", "evaluate", "sklearn", "tensorboard", "matplotlib", "h5py"),
     "demo": ("skimage",),
     "app": ("gradio",),
     "onnx": ("onnx", "onnxscript", "onnxruntime"),

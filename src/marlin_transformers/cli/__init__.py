@@ -25,6 +25,8 @@ _ORDER = (
     "app",
     "prepare-celebvhq",
     "prepare-ffpp",
+    "prepare-ravdess",
+    "prepare-mosei",
     "prepare-ytf",
     "prepare-faces",
     "push-dataset",

@@ -1,4 +1,5 @@
-"""Data set commands: `marlin prepare-celebvhq`, `prepare-ffpp`, `prepare-ytf`, `prepare-faces` and `push-dataset`."""
+"""Data set commands: `marlin prepare-celebvhq`, `prepare-ffpp`, `prepare-ravdess`, `prepare-mosei`, `prepare-ytf`,
+`prepare-faces` and `push-dataset`."""
 
 from __future__ import annotations
 
@@ -112,6 +113,138 @@ def _prepare_ffpp(args: argparse.Namespace) -> int:
         for line in describe_balance(result.balance["ffpp"]):
             print(f"  {line}")
     return job_exit_status(result.summary, "marlin prepare-ffpp", args.out)
+
+
+# --modality choices -> the library's modalities.
+RAVDESS_MODALITIES = {"video-only": ("video-only",), "full-av": ("full-av",), "both": ("full-av", "video-only")}
+
+
+def _task_options(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    """The face-clip options prepare-ravdess and prepare-mosei share (`data.task_preparation`)."""
+    add_option(
+        parser,
+        "--crop",
+        defaults,
+        "face: MTCNN tracking, square of side max(w, h) around the smoothed face (default {default}); reference: as "
+        "the paper code, a detector box per frame, no smoothing",
+        choices=["face", "reference"],
+    )
+    add_option(
+        parser, "--image-size", defaults, "side of the square clips (default {default})", "size", type=POSITIVE_INT
+    )
+    add_option(
+        parser,
+        "--num-workers",
+        defaults,
+        "videos cropped at once, in threads, each with its own MTCNN (default {default})",
+        type=POSITIVE_INT,
+    )
+    parser.add_argument("--device", default=None, help="torch device MTCNN runs on, e.g. cuda (default: cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command(COMMANDS, "prepare-ravdess", defaults=("data.ravdess:prepare_ravdess",), size="image_size")
+def _ravdess_options(ravdess: argparse.ArgumentParser, defaults: dict) -> None:
+    """RAVDESS Actor_XX/*.mp4 -> face clips and the 8-emotion tables of an actor-disjoint split
+
+    Decodes every official file name (modality, channel, emotion, intensity, statement, repetition, actor, sex into
+    OUT/videos.csv); audio-only files are skipped. Re-running resumes. See docs/tasks.md.
+    """
+    from ..data.ravdess import CHANNEL_CHOICES, PROTOCOLS
+
+    ravdess.add_argument("root", help="the RAVDESS folder holding Actor_01 ... Actor_24")
+    ravdess.add_argument("out", help="the prepared folder to write (re-running it resumes)")
+    add_option(
+        ravdess,
+        "--protocol",
+        defaults,
+        "actor-disjoint folds: chumachenko5 (Chumachenko et al. ICPR 2022, 4 test / 4 val actors a fold; default "
+        "{default}), luna5 (Luna-Jimenez et al. 2022), six-fold (HiCMAE); sources in preparation.json",
+        choices=list(PROTOCOLS),
+    )
+    add_option(ravdess, "--fold", defaults, "the fold, from 0 (default {default}: test actors 1-4)", type=int)
+    ravdess.add_argument(
+        "--modality",
+        choices=list(RAVDESS_MODALITIES),
+        default="video-only",
+        help="video-only (default), full-av or both: the two hold the same frames, full-AV with its sound",
+    )
+    add_option(ravdess, "--channel", defaults, "speech, song or both (default {default})", choices=CHANNEL_CHOICES)
+    _task_options(ravdess, defaults)
+    ravdess.set_defaults(handler=_prepare_ravdess)
+
+
+def _prepare_ravdess(args: argparse.Namespace) -> int:
+    from ..data.ravdess import prepare_ravdess
+
+    result = prepare_ravdess(
+        args.root,
+        args.out,
+        protocol=args.protocol,
+        fold=args.fold,
+        modalities=RAVDESS_MODALITIES[args.modality],
+        channel=args.channel,
+        crop=args.crop,
+        size=args.image_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    return _task_prepared("prepare-ravdess", "RAVDESS", args.out, result)
+
+
+def _task_prepared(command: str, name: str, out: str, result) -> int:
+    if result.summary.is_main_process:
+        counts = ", ".join(f"{split} {len(ids)}" for split, ids in result.splits.items())
+        print(f"prepared {name} in {out}: {counts} clips; tables per task and split, see preparation.json")
+    return job_exit_status(result.summary, f"marlin {command}", out)
+
+
+@command(COMMANDS, "prepare-mosei", defaults=("data.mosei:prepare_mosei",), size="image_size")
+def _mosei_options(mosei: argparse.ArgumentParser, defaults: dict) -> None:
+    """CMU-MOSEI videos and CMU_MOSEI_Labels.csd -> face clips, sentiment and emotion tables of the standard folds
+
+    Reads the labels .csd with h5py (no SDK needed); one clip per labelled segment (<video>_<index>). Re-running
+    resumes. See docs/tasks.md.
+    """
+    from ..data.mosei import SOURCES
+
+    mosei.add_argument("root", help="the CMU-MOSEI folder (videos at any depth, e.g. Videos/Full/Combined/)")
+    mosei.add_argument("out", help="the prepared folder to write (re-running it resumes)")
+    mosei.add_argument("--labels", metavar="FILE.csd", help="CMU_MOSEI_Labels.csd (default: the one found under ROOT)")
+    mosei.add_argument(
+        "--folds",
+        metavar="FILE",
+        help="train/valid/test video ids: JSON or the SDK's cmu_mosei_std_folds.py (default: its standard folds)",
+    )
+    add_option(
+        mosei,
+        "--source",
+        defaults,
+        "full: full videos cut by the labels' intervals (default {default}); segmented: <video>_<index>.mp4 clips "
+        "used as they are",
+        choices=SOURCES,
+    )
+    _task_options(mosei, defaults)
+    mosei.set_defaults(handler=_prepare_mosei)
+
+
+def _prepare_mosei(args: argparse.Namespace) -> int:
+    from ..data.mosei import prepare_mosei
+
+    result = prepare_mosei(
+        args.root,
+        args.out,
+        labels=args.labels,
+        folds=args.folds,
+        source=args.source,
+        crop=args.crop,
+        size=args.image_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    return _task_prepared("prepare-mosei", "CMU-MOSEI", args.out, result)
 
 
 def _split(args: argparse.Namespace, videos) -> tuple[dict, dict]:
