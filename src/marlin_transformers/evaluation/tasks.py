@@ -18,6 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.ffpp import TASK as FFPP_TABLE
+from ..data.mosei import mosei_tasks
+from ..data.ravdess import ravdess_task
+from ..data.task_preparation import LabelTask
 from ..exceptions import DatasetError
 from .metrics import ffpp_metrics, mosei_emotion_metrics, mosei_sentiment_metrics, ravdess_metrics
 
@@ -34,10 +38,9 @@ class Task:
     """One downstream task.
 
     Attributes:
-        name: what `--task` takes, and the task's folder in a prepared output.
-        problem_type: as transformers names it.
-        label_names: the class names (single-label), label columns (multi-label) or target (regression) its tables
-            hold; a training table must hold exactly these.
+        table: the labels table its preparer writes (`data.task_preparation.LabelTask`: its name, the task's folder
+            in a prepared output and what `--task` takes; its problem type; its label names, which a training table
+            must hold exactly). Written in one place, the preparer's module.
         metric_for_best_model: the key of the metrics the best checkpoint (fine-tuning) or epoch (linear probe with
             a validation split) is chosen by.
         window_aggregation: how fine-tuning's evaluation combines a video's windows (`trainer.video_logits`): "logits"
@@ -45,12 +48,22 @@ class Task:
         metrics: (predictions, references, label_names) -> {name: value}, the task's own metrics.
     """
 
-    name: str
-    problem_type: str
-    label_names: tuple[str, ...]
+    table: LabelTask
     metric_for_best_model: str
     window_aggregation: str
     metrics: Callable[[np.ndarray, np.ndarray, Sequence[str]], dict]
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+    @property
+    def problem_type(self) -> str:
+        return self.table.problem_type
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.table.label_names
 
     def finetuning_defaults(self) -> dict:
         """The `FinetuningArguments` fields this task sets."""
@@ -77,34 +90,14 @@ class Task:
         return functools.partial(self.metrics, label_names=list(label_names))
 
 
+_MOSEI_SENTIMENT, _MOSEI_EMOTIONS = mosei_tasks()
 TASKS = {
     task.name: task
     for task in (
-        Task(
-            "ffpp",
-            "single_label_classification",
-            ("fake", "real"),
-            "video_auc",
-            "probabilities",
-            ffpp_metrics,
-        ),
-        Task(
-            "ravdess",
-            "single_label_classification",
-            ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"),
-            "accuracy",
-            "logits",
-            ravdess_metrics,
-        ),
-        Task("mosei-sentiment", "regression", ("sentiment",), "mae", "logits", _sentiment_metrics),
-        Task(
-            "mosei-emotions",
-            "multi_label_classification",
-            ("happy", "sad", "anger", "surprise", "disgust", "fear"),
-            "weighted_accuracy",
-            "logits",
-            mosei_emotion_metrics,
-        ),
+        Task(FFPP_TABLE, "video_auc", "probabilities", ffpp_metrics),
+        Task(ravdess_task(), "accuracy", "logits", ravdess_metrics),
+        Task(_MOSEI_SENTIMENT, "mae", "logits", _sentiment_metrics),
+        Task(_MOSEI_EMOTIONS, "weighted_accuracy", "logits", mosei_emotion_metrics),
     )
 }
 
