@@ -86,6 +86,14 @@ def test_prepare_task_writes_the_shared_layout_and_isolates_a_bad_video(tmp_path
     with open(out / "mood" / "train.csv", newline="") as f:
         assert next(csv.reader(f)) == ["path", "label"]
 
+    # another protocol into the same folder: the clips are kept, a split it no longer has loses its tables
+    moved = [
+        TaskVideo(v.video_id, v.path, "test" if v.split == "extra" else v.split, v.labels, v.fields) for v in videos
+    ]
+    assert prepare_task(moved, out, TASKS, progress=False, **kwargs).splits["test"] == ["v4", "v5"]
+    assert sorted(p.name for p in (out / "mood").iterdir()) == ["test.csv", "train.csv", "val.csv"]
+    assert not (out / "score" / "extra.csv").exists()
+
 
 def test_prepare_task_refuses_duplicate_ids_and_unknown_crops(tmp_path):
     video = TaskVideo("a", tmp_path / "a.mp4", "train", {"mood": "sad"})

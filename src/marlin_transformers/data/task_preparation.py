@@ -418,9 +418,15 @@ def prepare_task(
 
 
 def write_task_tables(out_dir: Path, task: LabelTask, videos: Sequence[TaskVideo], clips: dict[str, Path]) -> None:
-    """`out_dir/<task>/<split>.csv` for every split of `videos` (those with a clip and a label of `task`)."""
+    """`out_dir/<task>/<split>.csv` for every split of `videos` (those with a clip and a label of `task`); a table
+    of a split this run has not (an earlier run's, with another protocol or fold) is removed, never left to be read
+    as this run's."""
     labelled = [v for v in videos if task.name in v.labels and v.video_id in clips]
-    for split in ordered_splits(v.split for v in labelled):
+    splits = ordered_splits(v.split for v in labelled)
+    for stale in (out_dir / task.name).glob("*.csv"):
+        if stale.stem not in splits:
+            stale.unlink()
+    for split in splits:
         rows = [v for v in labelled if v.split == split]
         labels = [v.labels[task.name] for v in rows]
         names = sorted(task.label_names) if task.problem_type == "single_label_classification" else task.label_names
