@@ -122,3 +122,21 @@ def library_logging_as_found():
     (transformers_logging.enable_progress_bar if bars else transformers_logging.disable_progress_bar)()
     (enable_progress_bars if hub_bars else disable_progress_bars)()
     logging.getLogger("accelerate").setLevel(accelerate_level)
+
+
+def interrupt_crops_on(monkeypatch, call: int) -> list:
+    """Make the task preparers' face-clip job (`data.task_preparation.crop_video`) stop the run on its `call`-th
+    video as a Ctrl-C or a kill between two videos would (KeyboardInterrupt); returns the videos it was called with.
+    `monkeypatch.undo()` puts the real one back."""
+    from marlin_transformers.data import task_preparation
+
+    real_crop_video, calls = task_preparation.crop_video, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real_crop_video(*args, **kwargs)
+
+    monkeypatch.setattr(task_preparation, "crop_video", interrupted)
+    return calls

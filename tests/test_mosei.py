@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import interrupt_crops_on
 from marlin_transformers.cli import main
 from marlin_transformers.data.labels import read_labels_csv
 from marlin_transformers.data.mosei import (
@@ -262,22 +263,12 @@ def test_segmented_clips_used_as_they_are(tmp_path):
 
 
 def test_resume_after_a_kill_and_the_cli(tree, tmp_path, monkeypatch, capsys):
-    from marlin_transformers.data import task_preparation
-
-    real_crop_video, calls = task_preparation.crop_video, []
-
-    def killed_on_the_third(*args, **kwargs):
-        calls.append(args[0])
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # as a Ctrl-C or a kill between two segments
-        return real_crop_video(*args, **kwargs)
-
-    monkeypatch.setattr(task_preparation, "crop_video", killed_on_the_third)
+    interrupt_crops_on(monkeypatch, 3)  # a Ctrl-C or a kill between two segments
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         prepare_mosei(tree, out, progress=False)
     assert not (out / "videos.csv").exists()
-    monkeypatch.setattr(task_preparation, "crop_video", real_crop_video)
+    monkeypatch.undo()
     labels = tree / "Labels" / "CMU_MOSEI_Labels.csd"
     assert main(["prepare-mosei", str(tree), str(out), "--labels", str(labels), "--quiet"]) == 1  # two failed
     err = capsys.readouterr().err

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 
+from conftest import interrupt_crops_on
 from marlin_transformers.cli import main
 from marlin_transformers.data.labels import read_labels_csv
 from marlin_transformers.data.ravdess import (
@@ -261,22 +262,12 @@ def test_videos_csv_and_preparation_json_say_everything(prepared, tree):
 
 
 def test_resume_after_a_kill_and_the_cli(tree, tmp_path, monkeypatch, capsys):
-    from marlin_transformers.data import task_preparation
-
-    real_crop_video, calls = task_preparation.crop_video, []
-
-    def killed_on_the_third(*args, **kwargs):
-        calls.append(args[0])
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # as a Ctrl-C or a kill between two videos
-        return real_crop_video(*args, **kwargs)
-
-    monkeypatch.setattr(task_preparation, "crop_video", killed_on_the_third)
+    interrupt_crops_on(monkeypatch, 3)  # a Ctrl-C or a kill between two videos
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         prepare_ravdess(tree, out, progress=False)
     assert not (out / "videos.csv").exists() and len(list((out / "clips").glob("*.mp4"))) == 2
-    monkeypatch.setattr(task_preparation, "crop_video", real_crop_video)
+    monkeypatch.undo()
     argv = ["prepare-ravdess", str(tree), str(out), "--quiet"]
     assert main(argv) == 1  # the corrupt video
     err = capsys.readouterr().err

@@ -120,50 +120,43 @@ def append_lines(path: Path, lines: list[str]) -> None:
 PARTIAL_SUFFIX = ".partial"
 
 
-def save_arrays_atomic(path: Path, array: np.ndarray | dict[str, np.ndarray], compressed: bool = False) -> None:
-    """`np.save` (a dict of arrays: `np.savez`, or `np.savez_compressed` with `compressed`) to a hidden temporary file
-    beside `path`, renamed onto it when whole.
-    On any failure the temporary file is removed; a disk-full or file-size error is an `OutputWriteError` line. The
-    temporary name is short (`.<8 hex>.<pid>.partial`), so the longest output name still has one."""
+def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Write `data` to a hidden temporary file beside `path`, synced, renamed onto it when whole: a reader sees the
+    old file or the new one, never part of it. On any failure the temporary file is removed; a disk-full or file-size
+    error is an `OutputWriteError` line. The temporary name is short (`.<8 hex>.<pid>.partial`), so the longest output
+    name still has one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tag = hashlib.sha1(path.name.encode()).hexdigest()[:8]
     partial = path.with_name(f".{tag}.{os.getpid()}{PARTIAL_SUFFIX}")
+    try:
+        with open(partial, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException as error:
+        partial.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _write_error(path, error) from None
+        raise
+
+
+def save_arrays_atomic(path: Path, array: np.ndarray | dict[str, np.ndarray], compressed: bool = False) -> None:
+    """`np.save` (a dict of arrays: `np.savez`, or `np.savez_compressed` with `compressed`), written whole by
+    `write_bytes_atomic`."""
     buffer = io.BytesIO()
     # In memory: numpy's own file writes lose the errno that tells a full disk.
     if isinstance(array, dict):
         (np.savez_compressed if compressed else np.savez)(buffer, **array)
     else:
         np.save(buffer, array)
-    try:
-        with open(partial, "wb") as file:
-            file.write(buffer.getbuffer())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    except BaseException as error:
-        partial.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise _write_error(path, error) from None
-        raise
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` (UTF-8) to a hidden temporary file beside `path`, synced, renamed onto it when whole: a reader
-    sees the old file or the new one, never part of it. A full disk or a file-size limit is an `OutputWriteError`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tag = hashlib.sha1(path.name.encode()).hexdigest()[:8]
-    partial = path.with_name(f".{tag}.{os.getpid()}{PARTIAL_SUFFIX}")
-    try:
-        with open(partial, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    except BaseException as error:
-        partial.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise _write_error(path, error) from None
-        raise
+    """`text` as UTF-8, written whole by `write_bytes_atomic`."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def remove_stale_partials(out_dir: Path, nested: bool = False) -> int:

@@ -53,7 +53,7 @@ def _prepare_celebvhq(args: argparse.Namespace) -> int:
     return 0
 
 
-@command(COMMANDS, "prepare-ffpp", defaults=("data.ffpp:prepare_ffpp",))
+@command(COMMANDS, "prepare-ffpp", defaults=("data.ffpp:prepare_ffpp",), size="image_size")
 def _ffpp_options(ffpp: argparse.ArgumentParser, defaults: dict) -> None:
     """FaceForensics++ (official layout and split files) -> face clips and the ffpp labels tables
 
@@ -78,19 +78,7 @@ def _ffpp_options(ffpp: argparse.ArgumentParser, defaults: dict) -> None:
         help="the folder holding the official train.json, val.json, test.json (default: ROOT/splits, "
         "ROOT/dataset/splits or ROOT)",
     )
-    add_option(
-        ffpp,
-        "--crop",
-        defaults,
-        "face: MTCNN tracking, smoothed, square of side max(w, h) (default); reference: the paper code's square of "
-        "side 2*int(max(w,h)/2) per detector box (MTCNN for its RetinaFace), no smoothing",
-        choices=["face", "reference"],
-    )
-    add_option(
-        ffpp, "--num-workers", defaults, "videos cropped at once, in threads (default {default})", type=POSITIVE_INT
-    )
-    ffpp.add_argument("--device", default=None, help="torch device MTCNN runs on, e.g. cuda (default: cpu)")
-    ffpp.add_argument("--quiet", action="store_true", help="no progress bar")
+    _task_options(ffpp, defaults)
     ffpp.set_defaults(handler=_prepare_ffpp)
 
 
@@ -104,6 +92,7 @@ def _prepare_ffpp(args: argparse.Namespace) -> int:
         methods=args.methods,
         split_files=args.split_files,
         crop=args.crop,
+        size=args.image_size,
         num_workers=args.num_workers,
         device=args.device,
         progress=not args.quiet,
@@ -120,7 +109,7 @@ RAVDESS_MODALITIES = {"video-only": ("video-only",), "full-av": ("full-av",), "b
 
 
 def _task_options(parser: argparse.ArgumentParser, defaults: dict) -> None:
-    """The face-clip options prepare-ravdess and prepare-mosei share (`data.task_preparation`)."""
+    """The face-clip options the task preparers share (`data.task_preparation`)."""
     add_option(
         parser,
         "--crop",

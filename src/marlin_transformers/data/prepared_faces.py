@@ -56,20 +56,6 @@ def annotations_path(out_dir: str | os.PathLike, video_id: str) -> Path:
     return Path(out_dir) / ANNOTATIONS / f"{video_id}.npz"
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to a hidden file beside `path`, synced, then rename it onto `path` (never half a file)."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(partial, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def is_prepared_record(record) -> bool:
     """A manifest line as the preparation writes it: a dict with a `video_id` and a `status`."""
     return isinstance(record, dict) and isinstance(record.get("video_id"), str) and "status" in record

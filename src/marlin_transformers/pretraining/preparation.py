@@ -48,12 +48,11 @@ from ..data.prepared_faces import (
     clip_path,
     is_prepared_record,
     read_prepared_records,
-    write_text_atomic,
 )
 from ..data.youtube_faces import precomputed_label_maps
 from ..exceptions import DatasetError
 from ..jobs import Item, JobKind, JobSummary, Outcome, Shard, Work, each_item, error_text, model_identity, run_job
-from ..records import OutputWriteError, save_arrays_atomic
+from ..records import OutputWriteError, save_arrays_atomic, write_text_atomic
 from ..video.cropping import FaceCrops, FaceTrack, crop_track, reference_crop_boxes
 from ..video.decoding import FRAME_ORDERS, count_frames, frame_files, frame_rate, resize_frames
 from ..video.face_tracking import FaceTracker, iter_face_windows
