@@ -140,3 +140,18 @@ def interrupt_crops_on(monkeypatch, call: int) -> list:
 
     monkeypatch.setattr(task_preparation, "crop_video", interrupted)
     return calls
+
+
+# One epoch of `examples/finetune.py` on a tiny model, small batches, no workers (test_tasks.py, the preparers' tests).
+ONE_EPOCH = ["--sample-rate", "1", "--dataloader-num-workers", "0", "--per-device-train-batch-size", "4"]
+ONE_EPOCH += ["--num-train-epochs", "1", "--logging-steps", "1", "--learning-rate", "1e-3", "--save-total-limit", "1"]
+
+
+def finetuned_test_metrics(finetune, tiny_model, prepared, task: str, out) -> dict:
+    """One epoch of `examples/finetune.py --task TASK --data PREPARED` on a tiny model (`finetune`, `tiny_model`: the
+    fixtures of tests/test_finetune.py), the prepared folder fed as a preparer wrote it; the test split's metrics."""
+    import json
+
+    argv = ["--model", str(tiny_model), "--task", task, "--data", str(prepared), "--output-dir", str(out)]
+    assert finetune.main([*argv, *ONE_EPOCH]) == 0
+    return json.loads((out / "test_results.json").read_text())

@@ -17,11 +17,13 @@ import av
 import numpy as np
 import pytest
 
+from conftest import finetuned_test_metrics
 from marlin_transformers.cli import main
 from marlin_transformers.data.ffpp import FFPP_PROTOCOL, ffpp_videos, load_ffpp, read_split_files
 from marlin_transformers.data.labels import read_labels_csv
 from marlin_transformers.data.task_preparation import read_videos_csv
 from marlin_transformers.exceptions import DatasetError
+from test_finetune import finetune, tiny_model  # noqa: F401  (fixtures)
 from video_factory import _paste, astronaut_patch, background, encode_video
 
 SPLITS = {"train": [["000", "001"], ["002", "003"]], "val": [["004", "005"]], "test": [["006", "007"]]}
@@ -160,7 +162,7 @@ KILL_IN_FOURTH_CLIP = textwrap.dedent(
 )
 
 
-def test_prepare_ffpp_resumes_after_a_kill_and_isolates_a_corrupt_video(tmp_path, capsys):
+def test_prepare_ffpp_resumes_after_a_kill_and_isolates_a_corrupt_video(finetune, tiny_model, tmp_path, capsys):  # noqa: F811
     root, out = tmp_path / "FaceForensics", tmp_path / "prepared"
     make_tree(root)
     corrupt = root / "manipulated_sequences" / "Deepfakes" / "c23" / "videos" / "002_003.mp4"
@@ -198,6 +200,10 @@ def test_prepare_ffpp_resumes_after_a_kill_and_isolates_a_corrupt_video(tmp_path
     assert rows["Deepfakes_002_003"]["clip"] == "" and rows["original_000"]["clip"] == "clips/original_000.mp4"
     assert rows["FaceSwap_001_000"]["pair"] == "000_001" and rows["FaceSwap_001_000"]["method"] == "FaceSwap"
     assert rows["FaceSwap_001_000"]["source"] == "000" and rows["FaceSwap_001_000"]["video"].endswith("001_000.mp4")
+
+    # the prepared folder feeds fine-tuning as written: the video-level AUC of the test split
+    metrics = finetuned_test_metrics(finetune, tiny_model, out, "ffpp", tmp_path / "run")
+    assert 0.0 <= metrics["test_video_auc"] <= 1.0 and 0.0 <= metrics["test_video_accuracy"] <= 1.0
 
     clip = decode(out / "clips" / "original_000.mp4")
     assert clip.shape == (FRAMES, 224, 224, 3)

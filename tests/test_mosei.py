@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import interrupt_crops_on
+from conftest import finetuned_test_metrics, interrupt_crops_on
 from marlin_transformers.cli import main
 from marlin_transformers.data.labels import read_labels_csv
 from marlin_transformers.data.mosei import (
@@ -25,6 +25,7 @@ from marlin_transformers.data.mosei import (
 )
 from marlin_transformers.data.task_preparation import read_videos_csv
 from marlin_transformers.exceptions import DatasetError
+from test_finetune import finetune, tiny_model  # noqa: F401  (fixtures)
 from video_factory import encode_video, moving_face_frames
 
 # Real video ids of the SDK's standard folds: two train, one valid, one test.
@@ -274,3 +275,11 @@ def test_resume_after_a_kill_and_the_cli(tree, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "5 done, 1 already done, 2 failed" in err  # 81406_0 done before the kill; failures are retried
     assert len(read_labels_csv(out / "mosei-sentiment" / "train.csv", "regression").paths) == 3
+
+
+def test_one_epoch_finetune_on_the_prepared_folder(finetune, tiny_model, prepared, tmp_path):  # noqa: F811
+    sentiment = finetuned_test_metrics(finetune, tiny_model, prepared, "mosei-sentiment", tmp_path / "sentiment")
+    assert 0.0 <= sentiment["test_mae"] <= 6.0 and 0.0 <= sentiment["test_acc7"] <= 1.0
+    assert 0.0 <= sentiment["test_acc2_has0"] <= 1.0
+    emotions = finetuned_test_metrics(finetune, tiny_model, prepared, "mosei-emotions", tmp_path / "emotions")
+    assert {f"test_weighted_accuracy_{emotion}" for emotion in EMOTIONS} <= set(emotions)

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import interrupt_crops_on
+from conftest import finetuned_test_metrics, interrupt_crops_on
 from marlin_transformers.cli import main
 from marlin_transformers.data.labels import read_labels_csv
 from marlin_transformers.data.ravdess import (
@@ -26,6 +26,7 @@ from marlin_transformers.data.ravdess import (
 )
 from marlin_transformers.data.task_preparation import read_videos_csv
 from marlin_transformers.exceptions import DatasetError
+from test_finetune import finetune, tiny_model  # noqa: F401  (fixtures)
 from video_factory import encode_video, moving_face_frames, write_audio_only
 
 SINGLE = "single_label_classification"
@@ -281,3 +282,11 @@ def test_resume_after_a_kill_and_the_cli(tree, tmp_path, monkeypatch, capsys):
         "val": {"09", "10"},
         "test": {"05"},
     }
+
+
+def test_one_epoch_finetune_on_the_prepared_folder(finetune, tiny_model, prepared, tmp_path):  # noqa: F811
+    metrics = finetuned_test_metrics(finetune, tiny_model, prepared, "ravdess", tmp_path / "run")
+    for key in ("accuracy", "unweighted_accuracy", "weighted_f1", "unweighted_f1"):
+        assert 0.0 <= metrics[f"test_{key}"] <= 1.0, key
+    # the tree holds two emotions: the model learns those, and is scored per class on them
+    assert {f"test_recall_{EMOTIONS[e - 1]}" for e in TREE_EMOTIONS} <= set(metrics)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ONE_EPOCH
 from marlin_transformers.data.labels import write_labels_csv
 from marlin_transformers.evaluation import trainer
 from marlin_transformers.evaluation.recipes import RECIPES
@@ -18,8 +19,6 @@ from marlin_transformers.exceptions import DatasetError
 from test_finetune import coloured_video, finetune, tiny_model  # noqa: F401  (fixtures)
 from test_linear_probe import linear_probe  # noqa: F401  (fixture)
 
-ONE_EPOCH = ["--sample-rate", "1", "--dataloader-num-workers", "0", "--per-device-train-batch-size", "4"]
-ONE_EPOCH += ["--num-train-epochs", "1", "--logging-steps", "1", "--learning-rate", "1e-3", "--save-total-limit", "1"]
 RAVDESS = TASKS["ravdess"].label_names
 EMOTIONS = TASKS["mosei-emotions"].label_names
 # Twelve clips: 0-7 train, 8-11 are both the validation and the test split (a smoke test, not a protocol).
@@ -106,8 +105,13 @@ def test_task_table_and_prepared_tables(prepared, tmp_path):
         prepared_labels(tmp_path, "ffpp", "train")
     with pytest.raises(DatasetError, match="no val labels"):
         labels_tables(None, None, "a.csv")
-    with pytest.raises(DatasetError, match="the ffpp task needs fake, real"):
+    with pytest.raises(DatasetError, match="the ffpp task needs two or more of fake, real"):
         get_task("ffpp").check_label_names(["original", "manipulated"], "x.csv")
+    with pytest.raises(DatasetError, match="x.csv: labels real; the ffpp task needs two or more of"):
+        get_task("ffpp").check_label_names(["real"], "x.csv")
+    get_task("ravdess").check_label_names(["angry", "calm", "happy"], "songs.csv")  # RAVDESS songs: six emotions
+    with pytest.raises(DatasetError, match="the mosei-emotions task needs the columns happy, sad"):
+        get_task("mosei-emotions").check_label_names(["happy", "sad"], "x.csv")
     # the paper recipe's selection is an AUC: a regression task keeps its own metric
     assert "metric_for_best_model" not in RECIPES["marlin"].finetuning_for("regression")
     assert RECIPES["marlin"].finetuning_for("multi_label_classification") == RECIPES["marlin"].finetuning

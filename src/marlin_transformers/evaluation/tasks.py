@@ -40,7 +40,7 @@ class Task:
     Attributes:
         table: the labels table its preparer writes (`data.task_preparation.LabelTask`: its name, the task's folder
             in a prepared output and what `--task` takes; its problem type; its label names, which a training table
-            must hold exactly). Written in one place, the preparer's module.
+            must fit: `check_label_names`). Written in one place, the preparer's module.
         metric_for_best_model: the key of the metrics the best checkpoint (fine-tuning) or epoch (linear probe with
             a validation split) is chosen by.
         window_aggregation: how fine-tuning's evaluation combines a video's windows (`trainer.video_logits`): "logits"
@@ -78,10 +78,17 @@ class Task:
         return {"problem_type": self.problem_type, "metric_for_best_model": self.metric_for_best_model}
 
     def check_label_names(self, label_names: Sequence[str], source: str | os.PathLike) -> None:
-        """Raise a `DatasetError` naming `source` unless its label names are this task's (in any order)."""
-        if sorted(label_names) != sorted(self.label_names):
+        """Raise a `DatasetError` naming `source` unless a training table's label names fit this task: multi-label
+        and regression, its columns (in any order); single-label, two or more of its classes (a table names the
+        classes it holds: RAVDESS songs have no disgust or surprise)."""
+        if self.problem_type == "single_label_classification":
+            fits = len(set(label_names)) >= 2 and set(label_names) <= set(self.label_names)
+        else:
+            fits = sorted(label_names) == sorted(self.label_names)
+        if not fits:
+            needs = "two or more of" if self.problem_type == "single_label_classification" else "the columns"
             raise DatasetError(
-                f"{source}: labels {', '.join(label_names)}; the {self.name} task needs "
+                f"{source}: labels {', '.join(label_names)}; the {self.name} task needs {needs} "
                 f"{', '.join(self.label_names)} (a table `marlin prepare-{self.name.split('-')[0]}` writes)"
             )
 
