@@ -162,6 +162,30 @@ def test_load_celebvhq_as_dataset_dict(tmp_path):
         load_celebvhq(root, "emotion")
 
 
+def test_face_crop_runs_in_several_workers_each_with_its_own_tracker(tmp_path, monkeypatch):
+    import threading
+
+    from marlin_transformers.data import celebv_hq
+
+    made_in = []  # the thread each face cropper (and its tracker) is made in
+
+    def counted(*args, **kwargs):
+        made_in.append(threading.get_ident())
+        return face_tracker_cropper(*args, **kwargs)
+
+    monkeypatch.setattr(celebv_hq, "face_tracker_cropper", counted)
+    root, out = tmp_path / "CelebV-HQ", tmp_path / "prepared"
+    make_tree(root, num_clips=4, missing=())
+    kept = prepare_celebvhq(root, out, crop="face", size=32, num_workers=2, progress=False)
+    in_workers = [ident for ident in made_in if ident != threading.get_ident()]  # the first checks the name
+    assert in_workers and len(in_workers) == len(set(in_workers)) <= 2  # one a worker thread, never shared
+    clips = sorted((out / "cropped").glob("*.mp4"))
+    assert len(clips) == sum(map(len, kept.values())) == 4
+    assert all(decode_video(clip).shape == (4, 32, 32, 3) for clip in clips)
+    with pytest.raises(DatasetError, match="2: your crop function may keep per-clip state"):
+        prepare_celebvhq(root, tmp_path / "other", crop=lambda frames, clip: frames, num_workers=2, progress=False)
+
+
 def test_injected_cropper_and_failed_video(tmp_path):
     root = tmp_path / "CelebV-HQ"
     clip_ids = make_tree(root, num_clips=6, missing=())

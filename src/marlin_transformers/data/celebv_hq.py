@@ -308,8 +308,8 @@ def prepare_celebvhq(
         out_dir: where the prepared layout goes (may be `root`).
         crop: `"bbox"`, `"resize"`, `"face"`, a `FrameCropper`, or None (see the module docstring).
         size: side of the crops, pixels.
-        num_workers: clips cropped at once, in threads (PyAV and PIL release the GIL). "bbox" and "resize" allow
-            any number; "face" and your own croppers hold per-clip state and run with 1.
+        num_workers: clips cropped at once, in threads (PyAV, PIL and torch release the GIL), each with its own
+            cropper (its own MTCNN for "face" and "reference"); a cropper function of yours runs with 1.
 
     Returns:
         {split: clip ids written to that split's CSVs}.
@@ -320,9 +320,10 @@ def prepare_celebvhq(
     if not any(split.values()):
         raise DatasetError(f"{root / 'downloaded'}: none of the {len(info.clips)} clips of the info file has a video")
     cropper = celebvhq_cropper(crop, size)
-    if num_workers > 1 and crop not in ("bbox", "resize", None):
+    if num_workers > 1 and callable(crop):  # a named crop is made anew in each worker thread, a function is shared
         raise DatasetError(
-            f"{num_workers}: crop {crop!r} keeps per-clip state, so it runs in one worker; give 1",
+            f"{num_workers}: your crop function may keep per-clip state and would be shared by the workers, so it "
+            "runs in one worker; give 1, or a named crop",
             parameter="num_workers",
         )
     crop_name = crop if isinstance(crop, str) or crop is None else getattr(crop, "__name__", "custom")
@@ -335,7 +336,7 @@ def prepare_celebvhq(
         made = crop_clips(
             sources,
             out_dir,
-            lambda: cropper,
+            (lambda: celebvhq_cropper(crop, size)) if isinstance(crop, str) else (lambda: cropper),
             {"crop": crop_name, "size": size},
             CROPPED,
             annotations=info.clips,
