@@ -19,7 +19,7 @@ import pytest
 
 from conftest import finetuned_test_metrics
 from marlin_transformers.cli import main
-from marlin_transformers.data.ffpp import FFPP_PROTOCOL, ffpp_videos, load_ffpp, read_split_files
+from marlin_transformers.data.ffpp import FFPP_PROTOCOL, ffpp_videos, load_ffpp, prepare_ffpp, read_split_files
 from marlin_transformers.data.labels import read_labels_csv
 from marlin_transformers.data.task_preparation import read_videos_csv
 from marlin_transformers.exceptions import DatasetError
@@ -111,6 +111,8 @@ def test_videos_are_split_by_pairs_and_labels_decoded(tree):
 
 
 def test_split_files_are_checked(tmp_path):
+    with pytest.raises(DatasetError, match="no original_sequences/ folder; give the FaceForensics\\+\\+ folder"):
+        prepare_ffpp(tmp_path / "not-there", tmp_path / "out")
     (tmp_path / "train.json").write_text('[["000", "001"]]')
     (tmp_path / "val.json").write_text('[["001", "002"]]')
     (tmp_path / "test.json").write_text('[["003", "004"]]')

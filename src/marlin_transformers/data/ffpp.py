@@ -260,6 +260,12 @@ def prepare_ffpp(
         `TaskPreparation`; its `balance["ffpp"]` is {split: {"fake": n, "real": n}}.
     """
     root = Path(root)
+    if not (root / "original_sequences").is_dir():
+        raise DatasetError(
+            f"{root}: no original_sequences/ folder; give the FaceForensics++ folder its download script filled "
+            "(original_sequences/, manipulated_sequences/)",
+            parameter="root",
+        )
     pairs = read_split_files(find_split_files(root, split_files))
     videos, found = ffpp_videos(root, pairs, compression, methods, dfd)
     if not videos:
