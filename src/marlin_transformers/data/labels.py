@@ -31,6 +31,7 @@ import numpy as np
 
 from ..constants import PROBLEM_TYPES
 from ..exceptions import DatasetError
+from ..records import write_text_atomic
 from ..video.decoding import VIDEO_EXTENSIONS, videos_in_folder
 
 SAVED_DATASET_FILES = ("dataset_dict.json", "dataset_info.json", "state.json")
@@ -54,7 +55,6 @@ def write_labels_csv(
         label_names: multi-label and regression: the column names; single-label: the class names.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if problem_type == "single_label_classification":
         header = ["label"]
         rows = [[label_names[label] if isinstance(label, int | np.integer) else str(label)] for label in labels]
@@ -68,13 +68,12 @@ def write_labels_csv(
         ]
     else:
         raise DatasetError(f"unknown problem type {problem_type!r} for {path}; use one of {', '.join(PROBLEM_TYPES)}")
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", *header])
-        for video, row in zip(video_paths, rows, strict=True):
-            writer.writerow([os.path.relpath(Path(video).absolute(), path.parent.absolute()), *row])
-    os.replace(partial, path)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", *header])
+    for video, row in zip(video_paths, rows, strict=True):
+        writer.writerow([os.path.relpath(Path(video).absolute(), path.parent.absolute()), *row])
+    write_text_atomic(path, buffer.getvalue())
 
 
 @dataclass(frozen=True)
