@@ -111,7 +111,9 @@ def test_videos_are_split_by_pairs_and_labels_decoded(tree):
 
 
 def test_split_files_are_checked(tmp_path):
-    with pytest.raises(DatasetError, match="no original_sequences/ folder; give the FaceForensics\\+\\+ folder"):
+    with pytest.raises(
+        DatasetError, match="not-there/original_sequences/youtube/c23/videos: no such folder; pass the"
+    ):
         prepare_ffpp(tmp_path / "not-there", tmp_path / "out")
     (tmp_path / "train.json").write_text('[["000", "001"]]')
     (tmp_path / "val.json").write_text('[["001", "002"]]')

@@ -49,7 +49,7 @@ SPLIT_FILES = ("train.json", "val.json", "test.json")
 DFD_METHOD, DFD_ORIGINALS = "DeepFakeDetection", "actors"
 DFD_SPLIT = "dfd"
 TASK = LabelTask("ffpp", "single_label_classification", ("fake", "real"))
-CLASS_NAMES = ("fake", "real")  # sorted: the index order of every ffpp table and of `load_ffpp`
+CLASS_NAMES = tuple(sorted(TASK.label_names))  # the index order of every ffpp table and of `load_ffpp`
 
 FFPP_PROTOCOL = {
     "name": "FaceForensics++ video-level AUC, fine-tuned",
@@ -134,6 +134,20 @@ def _videos_in(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.mp4")) if folder.is_dir() else []
 
 
+def originals_folder(root: Path, compression: str) -> Path:
+    """`root`'s folder of original videos at `compression`; a `DatasetError` naming it when it is not there."""
+    if compression not in COMPRESSIONS:
+        raise DatasetError(f"unknown compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
+    originals = root / "original_sequences" / "youtube" / compression / "videos"
+    if not originals.is_dir():
+        raise DatasetError(
+            f"{originals}: no such folder; pass the FaceForensics++ root (holding original_sequences/ and "
+            f"manipulated_sequences/) downloaded with -c {compression} -t videos",
+            parameter="root",
+        )
+    return originals
+
+
 def ffpp_videos(
     root: str | os.PathLike,
     split_pairs: dict[str, list[tuple[str, str]]],
@@ -154,15 +168,7 @@ def ffpp_videos(
         name (`unsplit`, left out) and videos the split files imply that are not on disk (`missing`)).
     """
     root = Path(root)
-    if compression not in COMPRESSIONS:
-        raise DatasetError(f"unknown compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
-    originals = root / "original_sequences" / "youtube" / compression / "videos"
-    if not originals.is_dir():
-        raise DatasetError(
-            f"{originals}: no such folder; pass the FaceForensics++ root (holding original_sequences/ and "
-            f"manipulated_sequences/) downloaded with -c {compression} -t videos",
-            parameter="root",
-        )
+    originals = originals_folder(root, compression)
     manipulated = root / "manipulated_sequences"
     if methods is None:
         methods = [m for m in METHODS if (manipulated / m / compression / "videos").is_dir()]
@@ -260,12 +266,7 @@ def prepare_ffpp(
         `TaskPreparation`; its `balance["ffpp"]` is {split: {"fake": n, "real": n}}.
     """
     root = Path(root)
-    if not (root / "original_sequences").is_dir():
-        raise DatasetError(
-            f"{root}: no original_sequences/ folder; give the FaceForensics++ folder its download script filled "
-            "(original_sequences/, manipulated_sequences/)",
-            parameter="root",
-        )
+    originals_folder(root, compression)  # the layout first: a wrong ROOT is said as such, not as missing split files
     pairs = read_split_files(find_split_files(root, split_files))
     videos, found = ffpp_videos(root, pairs, compression, methods, dfd)
     if not videos:
@@ -278,7 +279,7 @@ def prepare_ffpp(
         "unsplit": found["unsplit"],
         "missing": found["missing"],
     }
-    result = prepare_task(
+    return prepare_task(
         videos,
         out_dir,
         [TASK],
@@ -291,7 +292,6 @@ def prepare_ffpp(
         balance_by=("method",),
         progress=progress,
     )
-    return result
 
 
 def describe_balance(balance: dict) -> list[str]:
