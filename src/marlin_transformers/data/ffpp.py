@@ -148,6 +148,15 @@ def originals_folder(root: Path, compression: str) -> Path:
     return originals
 
 
+def expected_ids(split_pairs: dict[str, list[tuple[str, str]]], methods: Sequence[str]) -> list[str]:
+    """The ids of the videos the split files imply: both originals of every pair and, per method, its two fakes."""
+    pairs = [pair for split in split_pairs.values() for pair in split]
+    expected = [f"original_{i}" for pair in pairs for i in pair]
+    for method in methods:
+        expected += [f"{method}_{a}_{b}" for a, b in pairs] + [f"{method}_{b}_{a}" for a, b in pairs]
+    return expected
+
+
 def ffpp_videos(
     root: str | os.PathLike,
     split_pairs: dict[str, list[tuple[str, str]]],
@@ -221,12 +230,7 @@ def ffpp_videos(
             target, source = match.groups()[:2] if match else ("", "")
             add(f"{DFD_METHOD}_{path.stem}", path, DFD_SPLIT if match else None, "fake", DFD_METHOD, target, source)
 
-    present = {v.video_id for v in videos}
-    expected = [f"original_{i}" for i in split_of]
-    for method in methods:
-        expected += [f"{method}_{a}_{b}" for pairs in split_pairs.values() for a, b in pairs]
-        expected += [f"{method}_{b}_{a}" for pairs in split_pairs.values() for a, b in pairs]
-    missing = sorted(set(expected) - present)
+    missing = sorted(set(expected_ids(split_pairs, methods)) - {v.video_id for v in videos})
     order = {split: i for i, split in enumerate(ordered_splits(v.split for v in videos))}
     videos.sort(key=lambda v: (order[v.split], v.video_id))
     return videos, {"methods": list(methods), "unsplit": unsplit, "missing": missing}
