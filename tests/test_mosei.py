@@ -14,7 +14,6 @@ from marlin_transformers.cli import main
 from marlin_transformers.data.labels import read_labels_csv
 from marlin_transformers.data.mosei import (
     EMOTIONS,
-    SPLITS,
     find_labels_file,
     load_mosei,
     prepare_mosei,
@@ -23,7 +22,7 @@ from marlin_transformers.data.mosei import (
     split_mosei,
     standard_folds,
 )
-from marlin_transformers.data.task_preparation import read_videos_csv
+from marlin_transformers.data.task_preparation import SPLIT_ORDER, read_videos_csv
 from marlin_transformers.exceptions import DatasetError
 from test_finetune import finetune, tiny_model  # noqa: F401  (fixtures)
 from video_factory import encode_video, moving_face_frames
@@ -208,14 +207,16 @@ def count_frames(path) -> int:
 
 def test_prepare_cuts_segments_and_writes_both_tasks(prepared, tree):
     labels = tree_labels()
-    sentiment = {name: read_labels_csv(prepared / "mosei-sentiment" / f"{name}.csv", "regression") for name in SPLITS}
+    sentiment = {
+        name: read_labels_csv(prepared / "mosei-sentiment" / f"{name}.csv", "regression") for name in SPLIT_ORDER
+    }
     ids = {name: [Path(p).stem for p in table.paths] for name, table in sentiment.items()}
     assert ids == {
         "train": ["81406_0", "hh04W3xXa5s_0", "hh04W3xXa5s_1"],
         "val": [f"{VALID_VIDEO}_0"],
         "test": [f"{TEST_VIDEO}_0", f"{TEST_VIDEO}_1"],
     }
-    for name in SPLITS:
+    for name in SPLIT_ORDER:
         emotions = read_labels_csv(prepared / "mosei-emotions" / f"{name}.csv", "multi_label_classification")
         assert emotions.label_names == list(EMOTIONS) and emotions.paths == sentiment[name].paths
         for path, value, present in zip(sentiment[name].paths, sentiment[name].labels, emotions.labels):

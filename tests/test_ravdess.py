@@ -16,7 +16,6 @@ from marlin_transformers.data.ravdess import (
     EMOTIONS,
     NUM_ACTORS,
     PROTOCOLS,
-    SPLITS,
     list_ravdess,
     load_ravdess,
     parse_ravdess_name,
@@ -24,7 +23,7 @@ from marlin_transformers.data.ravdess import (
     ravdess_protocol,
     split_ravdess,
 )
-from marlin_transformers.data.task_preparation import read_videos_csv
+from marlin_transformers.data.task_preparation import SPLIT_ORDER, read_videos_csv
 from marlin_transformers.exceptions import DatasetError
 from test_finetune import finetune, tiny_model  # noqa: F401  (fixtures)
 from video_factory import encode_video, moving_face_frames, write_audio_only
@@ -212,7 +211,7 @@ def prepared(tree, tmp_path_factory) -> Path:
 
 
 def test_prepare_writes_actor_disjoint_tables_of_face_clips(prepared):
-    splits = {name: read_labels_csv(prepared / "ravdess" / f"{name}.csv", SINGLE) for name in SPLITS}
+    splits = {name: read_labels_csv(prepared / "ravdess" / f"{name}.csv", SINGLE) for name in SPLIT_ORDER}
     actors = {name: {int(Path(p).stem[-2:]) for p in table.paths} for name, table in splits.items()}
     assert actors == {"train": {9, 10}, "val": {5}, "test": {1}}  # 02-01-05-..-09 failed, 02-01-03-..-09 kept
     assert len(splits["train"].paths) == 3 and len(splits["test"].paths) == 2
@@ -276,7 +275,7 @@ def test_resume_after_a_kill_and_the_cli(tree, tmp_path, monkeypatch, capsys):
     assert len(read_labels_csv(out / "ravdess" / "test.csv", SINGLE).paths) == 2
     assert main([*argv, "--protocol", "six-fold", "--fold", "1"]) == 1  # another split, the same clips
     assert "0 done, 7 already done, 1 failed" in capsys.readouterr().err
-    tables = {name: read_labels_csv(out / "ravdess" / f"{name}.csv", SINGLE).paths for name in SPLITS}
+    tables = {name: read_labels_csv(out / "ravdess" / f"{name}.csv", SINGLE).paths for name in SPLIT_ORDER}
     assert {name: {Path(p).stem[-2:] for p in paths} for name, paths in tables.items()} == {
         "train": {"01"},
         "val": {"09", "10"},

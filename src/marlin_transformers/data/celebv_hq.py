@@ -63,10 +63,16 @@ from ..exceptions import DatasetError
 from ..records import write_text_atomic
 from ..video.decoding import resize_frames
 from .labels import labels_dataset, write_labels_csv
-from .task_preparation import FrameCropper, clip_job_kind, crop_clips, face_tracker_cropper, reference_cropper
+from .task_preparation import (
+    SPLIT_ORDER,
+    FrameCropper,
+    clip_job_kind,
+    crop_clips,
+    face_tracker_cropper,
+    reference_cropper,
+)
 
 TASKS = ("appearance", "action")
-SPLITS = ("train", "val", "test")
 DEFAULT_SPLIT_SEED = 0
 DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 # The CelebV-HQ release script grows each box by this fraction of the frame on every side before squaring it.
@@ -179,7 +185,7 @@ def split_clip_ids(
     num_train = int(fractions[0] * len(ordered))
     num_val = int(fractions[1] * len(ordered))
     parts = (shuffled[:num_train], shuffled[num_train : num_train + num_val], shuffled[num_train + num_val :])
-    return {split: sorted(part) for split, part in zip(SPLITS, parts)}
+    return {split: sorted(part) for split, part in zip(SPLIT_ORDER, parts)}
 
 
 def celebvhq_split(
@@ -327,7 +333,7 @@ def prepare_celebvhq(
             parameter="num_workers",
         )
     crop_name = crop if isinstance(crop, str) or crop is None else getattr(crop, "__name__", "custom")
-    ordered = [clip_id for name in SPLITS for clip_id in split[name]]
+    ordered = [clip_id for name in SPLIT_ORDER for clip_id in split[name]]
     videos = {clip_id: root / "downloaded" / f"{clip_id}.mp4" for clip_id in ordered}
     failed: dict[str, str] = {}
     is_main_process = True
@@ -347,7 +353,7 @@ def prepare_celebvhq(
         is_main_process = made.summary.is_main_process
         failed, videos = made.failed, made.clips
 
-    kept = {name: [c for c in split[name] if c in videos] for name in SPLITS}
+    kept = {name: [c for c in split[name] if c in videos] for name in SPLIT_ORDER}
     if is_main_process:
         write_celebvhq_csvs(out_dir, info, kept, videos)
         record = {"seed": seed, "fractions": list(fractions), "crop": crop_name, "size": size, **kept}
@@ -359,7 +365,7 @@ def prepare_celebvhq(
 def write_celebvhq_csvs(out_dir: Path, info: CelebvHqInfo, split: dict[str, list[str]], videos: dict[str, Path]):
     """`out_dir/<task>/<split>.csv` for both tasks: the clips of each split (their `videos`) and their labels."""
     for task in TASKS:
-        for name in SPLITS:
+        for name in SPLIT_ORDER:
             labels = np.array([info.clips[c].labels(task) for c in split[name]], dtype=np.int64)
             paths = [videos[c] for c in split[name]]
             write_labels_csv(out_dir / task / f"{name}.csv", paths, labels, info.label_names(task))
@@ -380,5 +386,8 @@ def load_celebvhq(prepared_dir: str | os.PathLike, task: str):
             f"{prepared_dir}: no {task}/ folder; run prepare_celebvhq (or the preparation command) first"
         )
     return datasets.DatasetDict(
-        {name: labels_dataset(prepared_dir / task / f"{name}.csv", "multi_label_classification") for name in SPLITS}
+        {
+            name: labels_dataset(prepared_dir / task / f"{name}.csv", "multi_label_classification")
+            for name in SPLIT_ORDER
+        }
     )

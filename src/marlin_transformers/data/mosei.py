@@ -56,8 +56,8 @@ import numpy as np
 
 from ..constants import MARLIN_CROP_SIZE
 from ..exceptions import DatasetError, VideoError
+from .task_preparation import SPLIT_ORDER, LabelTask, TaskVideo, face_cropper_factory, load_task, prepare_task
 
-SPLITS = ("train", "val", "test")
 EMOTIONS = ("happy", "sad", "anger", "surprise", "disgust", "fear")
 LABEL_COLUMNS = ("sentiment", *EMOTIONS)  # the order of a row of `features` in CMU_MOSEI_Labels.csd
 TASKS = {"mosei-sentiment": "regression", "mosei-emotions": "multi_label_classification"}
@@ -215,13 +215,13 @@ def read_folds_file(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
             raise DatasetError(f"{path}: not valid JSON ({error})", parameter="folds") from None
     if isinstance(raw, dict) and "valid" in raw and "val" not in raw:
         raw["val"] = raw.pop("valid")
-    if not isinstance(raw, dict) or any(not isinstance(raw.get(s), list | tuple) for s in SPLITS):
+    if not isinstance(raw, dict) or any(not isinstance(raw.get(s), list | tuple) for s in SPLIT_ORDER):
         raise DatasetError(
             f"{path}: expected lists 'train', 'valid' (or 'val') and 'test' of video ids "
             "(JSON, or the SDK's standard_train_fold / standard_valid_fold / standard_test_fold)",
             parameter="folds",
         )
-    folds = {split: tuple(str(v) for v in raw[split]) for split in SPLITS}
+    folds = {split: tuple(str(v) for v in raw[split]) for split in SPLIT_ORDER}
     check_folds(folds, str(path))
     return folds
 
@@ -229,7 +229,7 @@ def read_folds_file(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
 def check_folds(folds: Mapping[str, tuple[str, ...]], source: str) -> None:
     """Refuse folds that share a video (a video in two splits leaks its speaker into the test)."""
     seen: dict[str, str] = {}
-    for split in SPLITS:
+    for split in SPLIT_ORDER:
         for video in folds[split]:
             if video in seen and seen[video] != split:
                 raise DatasetError(
@@ -246,8 +246,8 @@ def split_mosei(
     Returns:
         ({split: segment ids in label order}, the ids of segments whose video is in no fold).
     """
-    split_of = {video: split for split in SPLITS for video in folds[split]}
-    split: dict[str, list[str]] = {name: [] for name in SPLITS}
+    split_of = {video: split for split in SPLIT_ORDER for video in folds[split]}
+    split: dict[str, list[str]] = {name: [] for name in SPLIT_ORDER}
     unassigned = []
     for segment_id, segment in segments.items():
         name = split_of.get(segment.video)
@@ -275,8 +275,6 @@ def find_videos(root: str | os.PathLike, names: set[str]) -> dict[str, Path]:
 
 def mosei_tasks() -> list:
     """The two `data.task_preparation.LabelTask`s: mosei-sentiment (regression), mosei-emotions (multi-label)."""
-    from .task_preparation import LabelTask
-
     return [
         LabelTask("mosei-sentiment", TASKS["mosei-sentiment"], ("sentiment",)),
         LabelTask("mosei-emotions", TASKS["mosei-emotions"], EMOTIONS),
@@ -325,8 +323,6 @@ def segment_cropper(cropper: Callable, rate: Callable[[Path], float] | None = No
 def segment_cropper_factory(crop: str, size: int, num_workers: int, device: str | None = None) -> Callable:
     """What makes one worker's cropper of segments: the face cropper `crop` ("face", "reference") behind
     `segment_cropper`."""
-    from .task_preparation import face_cropper_factory
-
     make_face_cropper = face_cropper_factory(crop, size, num_workers, device)
 
     def make() -> Callable:
@@ -344,10 +340,8 @@ def mosei_videos(
     Args:
         sources: {video id: full video} for `source` "full", {segment id: clip} for "segmented".
     """
-    from .task_preparation import TaskVideo
-
     videos = []
-    for name in SPLITS:
+    for name in SPLIT_ORDER:
         for segment_id in split[name]:
             segment = segments[segment_id]
             path = sources.get(segment.video if source == "full" else segment_id)
@@ -385,8 +379,6 @@ def prepare_mosei(
     Returns:
         `data.task_preparation.TaskPreparation`.
     """
-    from .task_preparation import prepare_task
-
     if source not in SOURCES:
         raise DatasetError(f"source {source!r}: use one of {', '.join(SOURCES)}", parameter="source")
     root = Path(root)
@@ -437,8 +429,6 @@ def prepare_mosei(
 def load_mosei(prepared_dir: str | os.PathLike, task: str = "mosei-sentiment"):
     """A prepared MOSEI task as a `datasets.DatasetDict` (train, val, test): `path` (absolute clip path), `labels`
     ([sentiment] for `mosei-sentiment`, six float32 0/1 for `mosei-emotions`)."""
-    from .task_preparation import load_task
-
     if task not in TASKS:
         raise DatasetError(f"unknown CMU-MOSEI task {task!r}: use one of {', '.join(TASKS)}", parameter="task")
     return load_task(prepared_dir, task, TASKS[task])

@@ -58,9 +58,9 @@ from pathlib import Path
 
 from ..constants import MARLIN_CROP_SIZE
 from ..exceptions import DatasetError
+from .task_preparation import SPLIT_ORDER, LabelTask, TaskVideo, load_task, prepare_task
 
 TASK = "ravdess"
-SPLITS = ("train", "val", "test")
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 MODALITIES = {1: "full-av", 2: "video-only", 3: "audio-only"}
 VOCAL_CHANNELS = {1: "speech", 2: "song"}
@@ -326,7 +326,7 @@ def split_ravdess(
     """{split: file ids, sorted} of `protocol`'s `fold`: each file goes where its actor goes."""
     actors = ravdess_protocol(protocol).split(fold)
     split_of = {actor: name for name, group in actors.items() for actor in group}
-    split = {name: [] for name in SPLITS}
+    split = {name: [] for name in SPLIT_ORDER}
     for file in files:
         split[split_of[file.actor]].append(file.id)
     return {name: sorted(ids) for name, ids in split.items()}
@@ -334,15 +334,11 @@ def split_ravdess(
 
 def ravdess_task():
     """The `data.task_preparation.LabelTask` of `ravdess`: single-label, the 8 emotions by name."""
-    from .task_preparation import LabelTask
-
     return LabelTask(TASK, "single_label_classification", EMOTIONS)
 
 
 def ravdess_videos(listing: RavdessListing, split: dict[str, list[str]]) -> list:
     """The listed files as `data.task_preparation.TaskVideo`s: label the emotion, fields every decoded one."""
-    from .task_preparation import TaskVideo
-
     split_of = {video_id: name for name, ids in split.items() for video_id in ids}
     return [
         TaskVideo(
@@ -397,8 +393,6 @@ def prepare_ravdess(
     Returns:
         `data.task_preparation.TaskPreparation`: {split: ids}, failed videos, class balance, the job's counts.
     """
-    from .task_preparation import prepare_task
-
     chosen = ravdess_protocol(protocol)
     actors = chosen.split(fold)
     listing = list_ravdess(root, modalities, channel)
@@ -431,8 +425,6 @@ def prepare_ravdess(
 def load_ravdess(prepared_dir: str | os.PathLike, task: str = TASK):
     """The prepared `ravdess` task as a `datasets.DatasetDict` (train, val, test): `path` (absolute clip path),
     `labels` (a `ClassLabel` over the emotions of that split's table)."""
-    from .task_preparation import load_task
-
     if task != TASK:
         raise DatasetError(f"unknown RAVDESS task {task!r}: use {TASK!r}", parameter="task")
     return load_task(prepared_dir, task, "single_label_classification")

@@ -25,9 +25,6 @@ from ..data.task_preparation import LabelTask
 from ..exceptions import DatasetError
 from .metrics import ffpp_metrics, mosei_emotion_metrics, mosei_sentiment_metrics, ravdess_metrics
 
-# The splits a preparer writes, in a task's folder of the prepared output.
-SPLITS = ("train", "val", "test")
-
 
 def _sentiment_metrics(predictions: np.ndarray, references: np.ndarray, label_names: Sequence[str]) -> dict:
     return mosei_sentiment_metrics(predictions, references)  # one target: nothing to look up by name
@@ -121,7 +118,7 @@ def prepared_labels(folder: str | os.PathLike, task: str, split: str) -> Path:
 
     Args:
         folder: the preparer's output folder (OUT of `marlin prepare-ffpp FFPP_ROOT OUT`).
-        split: one of `SPLITS`.
+        split: one of `SPLIT_ORDER`.
     """
     path = Path(folder) / task / f"{split}.csv"
     if not path.is_file():
