@@ -259,6 +259,11 @@ def test_videos_csv_and_preparation_json_say_everything(prepared, tree):
     assert list(record["failed"]) == [CORRUPT]
     dataset = load_ravdess(prepared)
     assert list(dataset) == ["train", "val", "test"] and dataset["test"].num_rows == 2
+    emotion_of = {str(prepared / row["clip"]): row["emotion"] for row in read_videos_csv(prepared / "videos.csv")}
+    for split in dataset.values():  # one class index per emotion in every split, whatever emotions a split holds
+        classes = split.features["labels"]
+        assert classes.names == sorted(EMOTIONS)
+        assert [classes.int2str(label) for label in split["labels"]] == [emotion_of[p] for p in split["path"]]
 
 
 def test_resume_after_a_kill_and_the_cli(tree, tmp_path, monkeypatch, capsys):

@@ -424,7 +424,8 @@ def prepare_ravdess(
 
 def load_ravdess(prepared_dir: str | os.PathLike, task: str = TASK):
     """The prepared `ravdess` task as a `datasets.DatasetDict` (train, val, test): `path` (absolute clip path),
-    `labels` (a `ClassLabel` over the emotions of that split's table)."""
+    `labels` (one `ClassLabel` over the 8 emotions, sorted as the tables index them, in every split: a split
+    holding fewer emotions indexes them as the others do)."""
     if task != TASK:
         raise DatasetError(f"unknown RAVDESS task {task!r}: use {TASK!r}", parameter="task")
-    return load_task(prepared_dir, task, "single_label_classification")
+    return load_task(prepared_dir, task, "single_label_classification", sorted(EMOTIONS))
