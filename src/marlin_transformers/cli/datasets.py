@@ -104,10 +104,6 @@ def _prepare_ffpp(args: argparse.Namespace) -> int:
     return job_exit_status(result.summary, "marlin prepare-ffpp", args.out)
 
 
-# --modality choices -> the library's modalities.
-RAVDESS_MODALITIES = {"video-only": ("video-only",), "full-av": ("full-av",), "both": ("full-av", "video-only")}
-
-
 def _task_options(parser: argparse.ArgumentParser, defaults: dict) -> None:
     """The face-clip options the task preparers share (`data.task_preparation`)."""
     add_option(
@@ -132,6 +128,10 @@ def _task_options(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+# --modality choices -> the library's modalities.
+RAVDESS_MODALITIES = {"video-only": ("video-only",), "full-av": ("full-av",), "both": ("full-av", "video-only")}
+
+
 @command(COMMANDS, "prepare-ravdess", defaults=("data.ravdess:prepare_ravdess",), size="image_size")
 def _ravdess_options(ravdess: argparse.ArgumentParser, defaults: dict) -> None:
     """RAVDESS Actor_XX/*.mp4 -> face clips and the 8-emotion tables of an actor-disjoint split
@@ -139,7 +139,7 @@ def _ravdess_options(ravdess: argparse.ArgumentParser, defaults: dict) -> None:
     Decodes every official file name (modality, channel, emotion, intensity, statement, repetition, actor, sex into
     OUT/videos.csv); audio-only files are skipped. Re-running resumes. See docs/tasks.md.
     """
-    from ..data.ravdess import CHANNEL_CHOICES, PROTOCOLS
+    from ..data.ravdess import CHANNEL_CHOICES, DEFAULT_MODALITIES, PROTOCOLS
 
     ravdess.add_argument("root", help="the RAVDESS folder holding Actor_01 ... Actor_24")
     ravdess.add_argument("out", help="the prepared folder to write (re-running it resumes)")
@@ -155,8 +155,8 @@ def _ravdess_options(ravdess: argparse.ArgumentParser, defaults: dict) -> None:
     ravdess.add_argument(
         "--modality",
         choices=list(RAVDESS_MODALITIES),
-        default="video-only",
-        help="video-only (default), full-av or both: the two hold the same frames, full-AV with its sound",
+        default=next(name for name, chosen in RAVDESS_MODALITIES.items() if chosen == tuple(DEFAULT_MODALITIES)),
+        help="video-only, full-av or both (default %(default)s): the two hold the same frames, full-AV with its sound",
     )
     add_option(ravdess, "--channel", defaults, "speech, song or both (default {default})", choices=CHANNEL_CHOICES)
     _task_options(ravdess, defaults)

@@ -163,6 +163,28 @@ def close_files(descriptors: tuple[int, ...], worker_id: int) -> None:
             os.close(descriptor)
 
 
+@contextlib.contextmanager
+def running_workers(loader: torch.utils.data.DataLoader) -> Iterator:
+    """The loader's iterator, its workers stopped when the block ends, not when the iterator is collected (until
+    then torch's SIGCHLD handler still watches a worker that died, and raises from whatever the main process runs
+    next). A worker killed meanwhile, whether seen by that handler (torch cleans up before its error leaves the
+    shutdown) or as its half-sent window's broken connection, is one `MarlinError` line."""
+    windows = iter(loader)
+    try:
+        try:
+            yield windows
+        finally:
+            windows._shutdown_workers()
+    except (RuntimeError, ConnectionError) as error:
+        if isinstance(error, RuntimeError) and "DataLoader worker" not in str(error):
+            raise
+        raise MarlinError(
+            f"0 to decode in the main process, or run again to resume: a decoding worker died "
+            f"({' '.join(str(error).split())[:160]})",
+            parameter="num_workers",
+        ) from None
+
+
 def _iter_pipelined(
     extractor: MarlinFeatureExtractor, paths: list[Path], num_workers: int, progress, private_files: tuple[int, ...]
 ):
@@ -214,38 +236,23 @@ def _iter_pipelined(
             video.handed_back, video.records, video.features = True, [], []  # frees its features
             next_out += 1
 
-    windows = iter(loader)
-    try:
-        try:
-            for index, record, pixel_values, error, timings in windows:
-                video = videos[index]
-                video.started = video.started or time.perf_counter()
-                if record is None:
-                    for stage, seconds in timings.items():  # the workers' seconds, spent beside the encoder
-                        extractor.timings[stage] = extractor.timings.get(stage, 0.0) + seconds
-                    video.ended = True
-                    video.error = MarlinError(error) if error is not None else video.error
-                else:
-                    video.records.append(record)
-                    video.features.append(None)
-                    video.pending += 1
-                    batch.append((index, len(video.features) - 1, pixel_values))
-                    if len(batch) == extractor.batch_size:
-                        encode()
-                yield from finished()
-        finally:
-            # Stop the workers now, not when the iterator is collected: until then torch's SIGCHLD handler still
-            # watches a worker that died, and raises from whatever the main process runs next. torch cleans up
-            # before the handler's error leaves this call; that error is the worker's death, said below.
-            windows._shutdown_workers()
-    except (RuntimeError, ConnectionError) as error:  # a killed worker: SIGCHLD's error, or its half-sent window's
-        if isinstance(error, RuntimeError) and "DataLoader worker" not in str(error):
-            raise
-        raise MarlinError(
-            f"0 to decode in the main process, or run again to resume: a decoding worker died "
-            f"({' '.join(str(error).split())[:160]})",
-            parameter="num_workers",
-        ) from None
+    with running_workers(loader) as windows:
+        for index, record, pixel_values, error, timings in windows:
+            video = videos[index]
+            video.started = video.started or time.perf_counter()
+            if record is None:
+                for stage, seconds in timings.items():  # the workers' seconds, spent beside the encoder
+                    extractor.timings[stage] = extractor.timings.get(stage, 0.0) + seconds
+                video.ended = True
+                video.error = MarlinError(error) if error is not None else video.error
+            else:
+                video.records.append(record)
+                video.features.append(None)
+                video.pending += 1
+                batch.append((index, len(video.features) - 1, pixel_values))
+                if len(batch) == extractor.batch_size:
+                    encode()
+            yield from finished()
     if batch:
         encode()
     yield from finished()
