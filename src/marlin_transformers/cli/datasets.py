@@ -91,11 +91,7 @@ def _prepare_ffpp(args: argparse.Namespace) -> int:
         compression=args.compression,
         methods=args.methods,
         split_files=args.split_files,
-        crop=args.crop,
-        size=args.image_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        progress=not args.quiet,
+        **_task_settings(args),
     )
     if result.summary.is_main_process:
         print(f"prepared FaceForensics++ in {args.out} (task ffpp); videos per split, class balance:")
@@ -126,6 +122,17 @@ def _task_options(parser: argparse.ArgumentParser, defaults: dict) -> None:
     )
     parser.add_argument("--device", default=None, help="torch device MTCNN runs on, e.g. cuda (default: cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _task_settings(args: argparse.Namespace) -> dict:
+    """The library's arguments for the options of `_task_options`."""
+    return dict(
+        crop=args.crop,
+        size=args.image_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        progress=not args.quiet,
+    )
 
 
 # --modality choices -> the library's modalities.
@@ -173,11 +180,7 @@ def _prepare_ravdess(args: argparse.Namespace) -> int:
         fold=args.fold,
         modalities=RAVDESS_MODALITIES[args.modality],
         channel=args.channel,
-        crop=args.crop,
-        size=args.image_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        progress=not args.quiet,
+        **_task_settings(args),
     )
     return _task_prepared("prepare-ravdess", "RAVDESS", args.out, result)
 
@@ -227,11 +230,7 @@ def _prepare_mosei(args: argparse.Namespace) -> int:
         labels=args.labels,
         folds=args.folds,
         source=args.source,
-        crop=args.crop,
-        size=args.image_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        progress=not args.quiet,
+        **_task_settings(args),
     )
     return _task_prepared("prepare-mosei", "CMU-MOSEI", args.out, result)
 
