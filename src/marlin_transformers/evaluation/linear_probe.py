@@ -247,19 +247,12 @@ def train_linear_probe(
         validation_tensors = _tensors(*validation, problem_type, num_labels)
     epochs_trained = 0
     for epoch in range(1, config.epochs + 1):
-        probe.train()
-        order = torch.randperm(len(x), generator=generator)
-        losses = []
-        for start in range(0, len(x), batch_size):
-            batch = order[start : start + batch_size]
-            loss = _loss(problem_type, probe(x[batch]), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        mean_loss = _train_epoch(
+            probe, x, y, torch.randperm(len(x), generator=generator), batch_size, optimizer, problem_type
+        )
         epochs_trained = epoch
         if plateau is not None:  # the paper code's: once an epoch, on the epoch's mean training loss
-            plateau.step(sum(losses) / len(losses))
+            plateau.step(mean_loss)
         # The paper code's EarlyStoppingLR stops as the next epoch starts; the same epochs train.
         floor = config.stop_learning_rate
         last = epoch == config.epochs or (floor > 0 and all(g["lr"] <= floor for g in optimizer.param_groups))
@@ -281,6 +274,28 @@ def train_linear_probe(
         best["best_epoch"] = epochs_trained
     best["epochs_trained"] = epochs_trained
     return probe.eval(), best
+
+
+def _train_epoch(
+    probe: ProbeHead,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    order: torch.Tensor,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    problem_type: str,
+) -> float:
+    """One pass over the training videos in `order`, `batch_size` at a time; the mean of the batches' losses."""
+    probe.train()
+    losses = []
+    for start in range(0, len(x), batch_size):
+        batch = order[start : start + batch_size]
+        loss = _loss(problem_type, probe(x[batch]), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return sum(losses) / len(losses)
 
 
 def evaluate_probe(
