@@ -410,6 +410,51 @@ def test_a_decoding_worker_that_dies_is_one_line_and_the_rerun_resumes(
     assert sum(r["status"] == "ok" for r in records) == 4
 
 
+class _Windows:
+    """A data loader iterator whose next window fails as `error` does; records that its workers were stopped."""
+
+    def __init__(self, error):
+        self.error, self.stopped = error, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        raise self.error
+
+    def _shutdown_workers(self):
+        self.stopped = True
+
+
+@pytest.mark.parametrize(
+    "error",
+    [  # how a killed worker shows, depending on when it dies: torch's SIGCHLD error, or its half-sent window's socket
+        RuntimeError("DataLoader worker (pid 123) is killed by signal: Killed."),
+        ConnectionResetError(104, "Connection reset by peer"),
+        EOFError(),
+    ],
+)
+def test_a_dead_worker_is_one_line_however_it_shows(error):
+    from marlin_transformers.exceptions import MarlinError
+    from marlin_transformers.extraction.pipeline import running_workers
+
+    windows = _Windows(error)
+    with pytest.raises(MarlinError, match=r"^0 to decode in the main process, .*: a decoding worker died \(\S+"):
+        with running_workers(windows) as running:  # the loader and its iterator in one
+            next(running)
+    assert windows.stopped
+
+
+def test_other_errors_leave_the_workers_stopped_and_pass_through():
+    from marlin_transformers.extraction.pipeline import running_workers
+
+    windows = _Windows(RuntimeError("CUDA out of memory"))
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        with running_workers(windows) as running:
+            next(running)
+    assert windows.stopped
+
+
 def test_frames_far_from_square_without_crop_face_are_said_once_a_video(tiny_model_dir, tmp_path, capsys):
     wide, near = tmp_path / "wide.mp4", tmp_path / "near.mp4"
     encode_video(wide, indexed_frames(40, 48, 96))  # 96x48: width / height 2.0, two windows

@@ -168,19 +168,20 @@ def running_workers(loader: torch.utils.data.DataLoader) -> Iterator:
     """The loader's iterator, its workers stopped when the block ends, not when the iterator is collected (until
     then torch's SIGCHLD handler still watches a worker that died, and raises from whatever the main process runs
     next). A worker killed meanwhile, whether seen by that handler (torch cleans up before its error leaves the
-    shutdown) or as its half-sent window's broken connection, is one `MarlinError` line."""
+    shutdown) or as its half-sent window's broken connection (reset, or closed before a byte came: EOFError), is one
+    `MarlinError` line."""
     windows = iter(loader)
     try:
         try:
             yield windows
         finally:
             windows._shutdown_workers()
-    except (RuntimeError, ConnectionError) as error:
+    except (RuntimeError, ConnectionError, EOFError) as error:
         if isinstance(error, RuntimeError) and "DataLoader worker" not in str(error):
             raise
+        reason = " ".join(str(error).split())[:160] or type(error).__name__
         raise MarlinError(
-            f"0 to decode in the main process, or run again to resume: a decoding worker died "
-            f"({' '.join(str(error).split())[:160]})",
+            f"0 to decode in the main process, or run again to resume: a decoding worker died ({reason})",
             parameter="num_workers",
         ) from None
 
