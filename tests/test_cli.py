@@ -1,12 +1,14 @@
 """The `marlin` command line as a newcomer meets it: --version, help on a bare `marlin`, help for every option."""
 
 import argparse
+import gc
+import sys
 
 import pytest
 
 from marlin_transformers import __version__
 from marlin_transformers.cli import build_parser, main
-from marlin_transformers.cli.options import DeprecatedFlag
+from marlin_transformers.cli.options import DeprecatedFlag, start_up_outside_gc
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -22,6 +24,34 @@ def test_version_and_bare_marlin(capsys):
     assert main([]) == 0
     shown = capsys.readouterr().out
     assert shown.startswith("usage: marlin") and all(name in shown for name in subcommands(build_parser()))
+
+
+@pytest.fixture
+def unfrozen():
+    """Objects a test froze go back to the collector after it."""
+    yield
+    gc.unfreeze()
+
+
+def test_the_marlin_process_starts_up_outside_the_cycle_collector(monkeypatch, capsys, unfrozen):
+    frozen = gc.get_freeze_count()
+    with start_up_outside_gc():
+        assert not gc.isenabled()
+        imported = [object() for _ in range(1000)]
+        gc.collect()  # what start-up holds is kept, not walked: frozen below
+    assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(imported)
+
+    with pytest.raises(SystemExit), start_up_outside_gc():  # an argparse error on the way still turns it back on
+        raise SystemExit(2)
+    assert gc.isenabled()
+
+    gc.unfreeze()
+    assert main([]) == 0  # a caller in its own process: its collector is left alone
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    monkeypatch.setattr(sys, "argv", ["marlin"])
+    assert main() == 0  # the process is the command: its start-up frozen
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+    assert capsys.readouterr().out.count("usage: marlin") == 2
 
 
 def test_every_option_of_every_subcommand_has_help_with_its_default():

@@ -8,11 +8,12 @@ the one of the command being run: `marlin --help` and `marlin --version` start i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from ..exceptions import MarlinError
 from . import apps, datasets, extraction, models, pretraining
-from .options import quiet_libraries, warnings_as_lines
+from .options import quiet_libraries, start_up_outside_gc, warnings_as_lines
 
 # In the order `marlin --help` lists them.
 _ORDER = (
@@ -63,13 +64,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the `marlin` command line `argv` (None: this process's own, `sys.argv`); returns the exit status.
+
+    With `argv` None the process is the command: its start-up imports (building the parser imports the library
+    module of the command, and with it torch and transformers) run outside the cycle collector
+    (`options.start_up_outside_gc`)."""
+    own_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(only=next((a for a in argv[:1] if a in COMMANDS), ""))
-    args = parser.parse_args(argv)
-    if args.handler is None:  # a bare `marlin`
-        parser.print_help()
-        return 0
-    quiet_libraries(args.verbose)
+    with start_up_outside_gc() if own_process else contextlib.nullcontext():
+        parser = build_parser(only=next((a for a in argv[:1] if a in COMMANDS), ""))
+        args = parser.parse_args(argv)
+        if args.handler is None:  # a bare `marlin`
+            parser.print_help()
+            return 0
+        quiet_libraries(args.verbose)
     try:
         with warnings_as_lines():
             return args.handler(args)
