@@ -188,6 +188,7 @@ def feed_mode(args, paths: list[Path]) -> None:
         crop_face=True,
         on_no_face="error",
         processor=MarlinVideoProcessor(),
+        settings={"image_size": MARLIN_CROP_SIZE},
     )
     print(
         f"{len(paths)} videos, decode + detect + track + crop + process, {cores} usable cores, "
