@@ -177,11 +177,24 @@ def count_windows(out: Path) -> int:
 
 def feed_mode(args, paths: list[Path]) -> None:
     """Windows/s of decoding, tracking, cropping and the processor alone in 1, 2 and N data loader workers."""
+    cores = len(os.sched_getaffinity(0))
+    print(
+        f"{len(paths)} videos, decode + detect + track + crop + process, {cores} usable cores, "
+        f"torch {torch.__version__}"
+    )
+    print(f"{'workers':>8}{'windows':>9}{'seconds':>9}{'windows/s':>11}{'per worker':>12}")
+    for workers, windows, seconds in feed_rates(paths, sorted({1, 2, cores})):
+        rate = windows / seconds
+        print(f"{workers:>8}{windows:>9}{seconds:>9.1f}{rate:>11.2f}{rate / workers:>12.2f}   ({load()})")
+
+
+def feed_rates(paths: list[Path], worker_counts: list[int]) -> list[tuple[int, int, float]]:
+    """(workers, windows, seconds) of the pipelined path's feed alone (`extraction.pipeline.VideoWindows`: decode,
+    track and crop on the CPU, the processor; worker start-up included) over `paths`, per number of workers."""
     from marlin_transformers.constants import SAMPLE_RATE, STRIDE
     from marlin_transformers.video.face_tracking import FaceTracker
     from marlin_transformers.video_processing_marlin import MarlinVideoProcessor
 
-    cores = len(os.sched_getaffinity(0))
     source = SimpleNamespace(  # what VideoWindows takes of an extractor: no model
         window_options=dict(num_frames=16, sample_rate=SAMPLE_RATE, stride=STRIDE, stride_seconds=None),
         tracker=FaceTracker(crop_size=MARLIN_CROP_SIZE, num_threads=1),
@@ -190,21 +203,16 @@ def feed_mode(args, paths: list[Path]) -> None:
         processor=MarlinVideoProcessor(),
         settings={"image_size": MARLIN_CROP_SIZE},
     )
-    print(
-        f"{len(paths)} videos, decode + detect + track + crop + process, {cores} usable cores, "
-        f"torch {torch.__version__}"
-    )
-    print(f"{'workers':>8}{'windows':>9}{'seconds':>9}{'windows/s':>11}{'per worker':>12}")
-    for workers in sorted({1, 2, cores}):
+    rates = []
+    for workers in worker_counts:
         loader = torch.utils.data.DataLoader(
             VideoWindows(paths, source), batch_size=None, num_workers=workers, prefetch_factor=4
         )
         start, windows = time.perf_counter(), 0
         for _, record, _, _, _ in loader:
             windows += record is not None
-        seconds = time.perf_counter() - start
-        rate = windows / seconds
-        print(f"{workers:>8}{windows:>9}{seconds:>9.1f}{rate:>11.2f}{rate / workers:>12.2f}   ({load()})")
+        rates.append((workers, windows, time.perf_counter() - start))
+    return rates
 
 
 def main() -> None:
