@@ -239,3 +239,44 @@ def test_frame_folders_are_read_in_time_order(tmp_path):
     (folder,) = youtube_faces_clips(tmp_path, "train")
     frames = decode_frames(folder, range(4))
     assert [read_frame_index(frame) for frame in frames] == [0, 1, 2, 3]  # 0.99, 0.100, 0.555, 0.1000
+
+
+def test_frames_convert_to_rgb_as_pyav_does_with_one_converter_per_thread(tmp_path):
+    import threading
+
+    import av
+
+    from marlin_transformers.video import decoding
+
+    videos = [
+        encode_video(tmp_path / "a.mp4", indexed_frames(6)),  # yuv420p, 64 x 48
+        encode_video(tmp_path / "b.mkv", indexed_frames(6, 49, 67), pix_fmt="yuv444p"),
+        encode_video(tmp_path / "c.mp4", indexed_frames(6, 120, 160), lossless=False),
+    ]
+    frames = []
+    for path in videos:
+        with av.open(str(path)) as container:
+            frames += [frame for frame in container.decode(video=0)]
+    mixed = frames[::2] + frames[1::2]  # sizes and pixel formats alternate: the converter follows each frame
+    expected = [frame.to_ndarray(format="rgb24") for frame in mixed]  # PyAV's own, a new converter per frame
+
+    converted = [decoding.frame_to_rgb(frame) for frame in mixed]
+    assert all(np.array_equal(a, b) for a, b in zip(converted, expected))
+    assert [c.shape for c in converted] == [e.shape for e in expected]
+    mine = decoding._CONVERTERS.rgb
+    decoding.frame_to_rgb(mixed[0])
+    assert decoding._CONVERTERS.rgb is mine  # reused, frame after frame
+
+    found = {}
+
+    def convert(name):
+        found[name] = ([decoding.frame_to_rgb(frame) for frame in mixed], decoding._CONVERTERS.rgb)
+
+    threads = [threading.Thread(target=convert, args=(name,)) for name in "xy"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for arrays, _ in found.values():
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, expected))
+    assert len({id(converter) for _, converter in found.values()} | {id(mine)}) == 3  # one per thread
