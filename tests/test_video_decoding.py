@@ -241,12 +241,18 @@ def test_frame_folders_are_read_in_time_order(tmp_path):
     assert [read_frame_index(frame) for frame in frames] == [0, 1, 2, 3]  # 0.99, 0.100, 0.555, 0.1000
 
 
-def test_frames_convert_to_rgb_as_pyav_does_with_one_converter_per_thread(tmp_path):
-    import threading
+def _rgb_in_forked_child(frames, queue) -> None:
+    from marlin_transformers.video.decoding import frame_to_rgb
+
+    queue.put([frame_to_rgb(frame) for frame in frames])
+
+
+def test_frames_convert_to_rgb_as_pyav_does_on_one_thread_and_in_forked_children(tmp_path):
+    import multiprocessing
 
     import av
 
-    from marlin_transformers.video import decoding
+    from marlin_transformers.video.decoding import frame_to_rgb
 
     videos = [
         encode_video(tmp_path / "a.mp4", indexed_frames(6)),  # yuv420p, 64 x 48
@@ -256,27 +262,22 @@ def test_frames_convert_to_rgb_as_pyav_does_with_one_converter_per_thread(tmp_pa
     frames = []
     for path in videos:
         with av.open(str(path)) as container:
-            frames += [frame for frame in container.decode(video=0)]
-    mixed = frames[::2] + frames[1::2]  # sizes and pixel formats alternate: the converter follows each frame
-    expected = [frame.to_ndarray(format="rgb24") for frame in mixed]  # PyAV's own, a new converter per frame
-
-    converted = [decoding.frame_to_rgb(frame) for frame in mixed]
+            frames += list(container.decode(video=0))
+    mixed = frames[::2] + frames[1::2]  # sizes and pixel formats alternate
+    expected = [frame.to_ndarray(format="rgb24") for frame in mixed]  # PyAV's own, its threads
+    converted = [frame_to_rgb(frame) for frame in mixed]
     assert all(np.array_equal(a, b) for a, b in zip(converted, expected))
-    assert [c.shape for c in converted] == [e.shape for e in expected]
-    mine = decoding._CONVERTERS.rgb
-    decoding.frame_to_rgb(mixed[0])
-    assert decoding._CONVERTERS.rgb is mine  # reused, frame after frame
 
-    found = {}
-
-    def convert(name):
-        found[name] = ([decoding.frame_to_rgb(frame) for frame in mixed], decoding._CONVERTERS.rgb)
-
-    threads = [threading.Thread(target=convert, args=(name,)) for name in "xy"]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for arrays, _ in found.values():
-        assert all(np.array_equal(a, b) for a, b in zip(arrays, expected))
-    assert len({id(converter) for _, converter in found.values()} | {id(mine)}) == 3  # one per thread
+    # A data loader worker is forked from a process that has converted frames already: it must convert too (a
+    # converter kept with its thread pool once hung such a worker).
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_rgb_in_forked_child, args=(mixed[:6], queue))
+    child.start()
+    try:
+        from_child = queue.get(timeout=60)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    assert all(np.array_equal(a, b) for a, b in zip(from_child, expected[:6]))

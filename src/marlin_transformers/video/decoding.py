@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -72,23 +71,15 @@ def frame_size(path: str | os.PathLike) -> tuple[int, int]:
         return stream.codec_context.width, stream.codec_context.height
 
 
-# One swscale converter per thread, reused frame after frame (see `frame_to_rgb`).
-_CONVERTERS = threading.local()
-
-
 def frame_to_rgb(frame) -> np.ndarray:
     """(height, width, 3) uint8 RGB of an av.VideoFrame, turned upright according to its display matrix.
 
-    The conversion goes through one `VideoReformatter` per thread: a frame converting itself
-    (`frame.to_ndarray(format="rgb24")`) makes a new swscale context every time. Decoding the six sample videos (1,198
-    frames, 224 x 224 to 1280 x 720) to RGB took 1.17-1.38 s that way and 0.72-0.92 s reused, three fresh processes
-    each on an AMD EPYC core; the pixels are the same to the bit (tests/test_video_decoding.py)."""
-    converter = getattr(_CONVERTERS, "rgb", None)
-    if converter is None:
-        from av.video.reformatter import VideoReformatter
-
-        converter = _CONVERTERS.rgb = VideoReformatter()
-    rgb = converter.reformat(frame, format="rgb24").to_ndarray()
+    Converted on the calling thread alone (swscale `threads=1`): PyAV's default (0, automatic) starts a pool of
+    threads for every frame it converts. Decoding the six sample videos (1,198 frames, 224 x 224 to 1280 x 720) to RGB
+    took 1.02-1.07 s that way and 0.50-0.61 s on one thread, three fresh processes each on an AMD EPYC core; the pixels
+    are the same to the bit (tests/test_video_decoding.py). No converter is kept between frames: one kept with its
+    threads hung a forked data loader worker that inherited it."""
+    rgb = frame.reformat(format="rgb24", threads=1).to_ndarray()
     # `rotation` is the counter-clockwise angle the display matrix applies; np.rot90 also turns counter-clockwise.
     quarter_turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
     if quarter_turns:
