@@ -281,3 +281,19 @@ def test_frames_convert_to_rgb_as_pyav_does_on_one_thread_and_in_forked_children
         if child.is_alive():
             child.kill()
     assert all(np.array_equal(a, b) for a, b in zip(from_child, expected[:6]))
+
+
+def test_one_thread_conversion_asks_for_threads_only_where_pyav_has_them(monkeypatch):
+    import av
+
+    from marlin_transformers.video.decoding import one_thread_reformat
+
+    try:
+        for version, options in (("18.1.0", {"threads": 1}), ("17.0.0", {"threads": 1}), ("16.1.0", {})):
+            monkeypatch.setattr(av, "__version__", version)
+            one_thread_reformat.cache_clear()
+            assert one_thread_reformat() == options
+    finally:
+        monkeypatch.undo()
+        one_thread_reformat.cache_clear()
+    assert one_thread_reformat() == ({"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {})

@@ -7,6 +7,7 @@ whichever stage decodes: extraction, pretraining, CelebV-HQ preparation or the e
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -71,15 +72,25 @@ def frame_size(path: str | os.PathLike) -> tuple[int, int]:
         return stream.codec_context.width, stream.codec_context.height
 
 
+@functools.cache
+def one_thread_reformat() -> dict:
+    """`VideoFrame.reformat`'s options for a conversion on the calling thread alone: PyAV 17 and later convert on a
+    pool of swscale threads by default (`threads=0`, automatic), started anew for every frame; earlier releases had
+    neither the pool nor the argument."""
+    import av
+
+    return {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
+
+
 def frame_to_rgb(frame) -> np.ndarray:
     """(height, width, 3) uint8 RGB of an av.VideoFrame, turned upright according to its display matrix.
 
-    Converted on the calling thread alone (swscale `threads=1`): PyAV's default (0, automatic) starts a pool of
-    threads for every frame it converts. Decoding the six sample videos (1,198 frames, 224 x 224 to 1280 x 720) to RGB
-    took 1.02-1.07 s that way and 0.50-0.61 s on one thread, three fresh processes each on an AMD EPYC core; the pixels
-    are the same to the bit (tests/test_video_decoding.py). No converter is kept between frames: one kept with its
-    threads hung a forked data loader worker that inherited it."""
-    rgb = frame.reformat(format="rgb24", threads=1).to_ndarray()
+    Converted on the calling thread alone (`one_thread_reformat`): with PyAV's own default, decoding the six sample
+    videos (1,198 frames, 224 x 224 to 1280 x 720) to RGB took 1.02-1.07 s, and 0.50-0.61 s on one thread, three fresh
+    processes each on an AMD EPYC core (PyAV 18.1); the pixels are the same to the bit (tests/test_video_decoding.py).
+    No converter is kept between frames: one kept with its threads hung a forked data loader worker that inherited
+    it."""
+    rgb = frame.reformat(format="rgb24", **one_thread_reformat()).to_ndarray()
     # `rotation` is the counter-clockwise angle the display matrix applies; np.rot90 also turns counter-clockwise.
     quarter_turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
     if quarter_turns:
