@@ -53,7 +53,7 @@ def say_timings(timings: dict[str, float], job_seconds: float) -> None:
     """`--timings`: one line of seconds by stage (`JobSummary.timings`) and of the whole job (model load included,
     start-up not: a caller timing the command gets start-up as its wall time less `job`)."""
     stages = ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in timings.items())
-    print(f"marlin extract: seconds: {stages}, job {job_seconds:.2f}", file=sys.stderr)
+    print(f"marlin extract: seconds: {stages}, job {job_seconds:.3f}", file=sys.stderr)
 
 
 def _encoding_options(extract: argparse.ArgumentParser, defaults: dict) -> None:
