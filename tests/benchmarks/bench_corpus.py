@@ -40,12 +40,11 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_extract import patch_ffprobe_if_missing  # noqa: E402
+from bench_extract import DEFAULT_VIDEOS, patch_ffprobe_if_missing  # noqa: E402
 
 from marlin_transformers.constants import MARLIN_CROP_SIZE  # noqa: E402
 from marlin_transformers.extraction.pipeline import VideoWindows  # noqa: E402
 
-DEFAULT_VIDEOS = Path(__file__).resolve().parents[3] / "shared" / "videos"
 STAGES = ("model load", "decode", "detection", "tracking", "crop", "process", "encode", "write")
 
 

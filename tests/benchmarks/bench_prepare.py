@@ -10,18 +10,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_extract import DEFAULT_VIDEOS
 
 from marlin_transformers.data.face_videos import list_face_videos, person_disjoint_split
 from marlin_transformers.pretraining.preparation import PreparationSettings, prepare_corpus
 from marlin_transformers.video.decoding import read_video
 from marlin_transformers.video.face_detection import MtcnnDetector
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "videos"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("videos", nargs="*", default=sorted(map(str, SHARED.glob("*.mp4"))))
+    parser.add_argument("videos", nargs="*", default=sorted(map(str, DEFAULT_VIDEOS.glob("*.mp4"))))
     args = parser.parse_args()
     detector = MtcnnDetector()
     print("| video | frames | seconds of video | decode fps | MTCNN fps (batch 32) | prepare fps | MB per minute |")

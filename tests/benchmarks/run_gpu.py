@@ -1,6 +1,7 @@
-"""Every GPU figure in one run and one table, within about 5 minutes on one GPU: for a lent machine.
+"""Every GPU figure in one run and two tables, for a lent machine.
 
     python tests/benchmarks/run_gpu.py [--variant base] [--batch-sizes 1 32] [--repeats 5] [--device cuda]
+        [--videos DIR] [--corpus-copies 8] [--corpus-batch-size 32] [--pretrain-steps 50]
 
 Rows (bf16 unless said; best of `--repeats` after a warm-up; clips/s and peak memory from
 `torch.cuda.max_memory_allocated`, reset before each row):
@@ -21,8 +22,8 @@ Then a second table, whole runs (`--corpus-copies 0` / `--pretrain-steps 0` skip
   included, with the losses of the first and last step from its `train_log.csv`.
 
 On a lent machine, from the repository's root with the sample videos copied into an ignored folder (the device tool
-carries only the checkout): `python tests/benchmarks/run_gpu.py --videos .gpu/videos` (about 8 minutes on one GPU,
-wheels for what its image lacks in docs/benchmarks.md#gpu).
+carries only the checkout): `python tests/benchmarks/run_gpu.py --videos .gpu/videos` (not yet timed
+on a GPU; wheels for what its image lacks in docs/benchmarks.md#gpu).
 
 `--device cpu --variant small --batch-sizes 1 --repeats 1 --pretrain-batch-size 1 --pretrain-steps 2` (and a folder
 of short face videos) runs the same code on a CPU in about a minute (the test suite does, so the script cannot rot
@@ -45,6 +46,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from bench_encoder import best_time, build_models  # noqa: E402
+from bench_extract import DEFAULT_VIDEOS  # noqa: E402
 
 
 def measure(fn, repeats: int, device: torch.device) -> tuple[float, float | None]:
@@ -147,7 +149,7 @@ def main() -> None:
     parser.add_argument("--pretrain-batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--videos", type=Path, default=HERE.parents[2] / "shared" / "videos", help="face videos")
+    parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="face videos")
     parser.add_argument("--corpus-copies", type=int, default=8, help="times each video is in the corpus (0: skip)")
     parser.add_argument("--corpus-batch-size", type=int, default=32)
     parser.add_argument("--pretrain-steps", type=int, default=50, help="under accelerate launch (0: skip)")
