@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -383,6 +384,31 @@ def test_pipelined_extraction_equals_the_serial_path_to_the_bit(tiny_model_dir, 
     # A re-run resumes: nothing left to do.
     args = ["extract", str(face_videos), "--model", str(tiny_model_dir), "--out", str(tmp_path / "workers2")]
     assert main(args + ["--quiet", "--num-workers", "2"] + (["--crop-face"] if crop_face else [])) == 1
+
+
+def test_workers_detecting_through_one_shared_detector_give_the_serial_features(
+    tiny_model_dir, face_videos, monkeypatch
+):
+    from marlin_transformers.extraction.pipeline import iter_outcomes
+    from marlin_transformers.video import MtcnnDetector
+
+    paths = [Path(line) for line in face_videos.read_text().splitlines()]
+    extractor = MarlinFeatureExtractor(tiny_model_dir, crop_face=True, batch_size=3)
+    serial = list(iter_outcomes(extractor, paths))
+
+    def no_mtcnn_here(self):
+        raise AssertionError("a worker loaded its own MTCNN")
+
+    monkeypatch.setattr(MtcnnDetector, "load", no_mtcnn_here)  # in the forked workers; the server is spawned
+    shared = list(iter_outcomes(extractor, paths, num_workers=2, shared_detection=True))
+    assert [o.path for o in shared] == paths
+    assert [o.error is None for o in shared] == [o.error is None for o in serial] == [True, True, False, True, True]
+    for ours, theirs in zip(shared, serial):
+        if theirs.error is None:
+            assert ours.result.windows == theirs.result.windows
+            # Detections batched with the other worker's frames move by float rounding only (1e-5 pixels,
+            # tests/test_shared_detection.py); here the crops, and so the features, came out the same to the bit.
+            np.testing.assert_array_equal(ours.result.features, theirs.result.features)
 
 
 def test_a_decoding_worker_that_dies_is_one_line_and_the_rerun_resumes(

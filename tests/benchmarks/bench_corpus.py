@@ -21,7 +21,8 @@ model load and the encoder are serial, so the ratio can reach at best (start-up 
 `--no-encoder` runs decoding, face tracking, cropping and the processor only, in 1, 2 and N (usable cores) data
 loader workers of the pipelined path (`extraction.pipeline.VideoWindows`, one torch thread each), and prints
 windows/s and windows/s per worker: what a machine whose encoder waits on nothing (a GPU) gets from its cores
-(`pipeline.default_num_workers` is derived from it, docs/benchmarks.md).
+(`pipeline.default_num_workers` is derived from it, docs/benchmarks.md); each with face detection in every worker,
+and in one shared process (`video.shared_detection`, what `marlin extract` does on a GPU), here on the CPU.
 
 Every figure line carries the load average: the machine is shared, so compare within a run. Nothing is asserted.
 `--quick` (one repeat, one reference video) took 52 s on the 2-core AMX Xeon at load 1.5; `--no-encoder` 15 s.
@@ -43,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_extract import DEFAULT_VIDEOS, patch_ffprobe_if_missing  # noqa: E402
 
 from marlin_transformers.constants import MARLIN_CROP_SIZE  # noqa: E402
-from marlin_transformers.extraction.pipeline import VideoWindows  # noqa: E402
 
 STAGES = ("model load", "decode", "detection", "tracking", "crop", "process", "encode", "write")
 
@@ -181,35 +181,50 @@ def feed_mode(args, paths: list[Path]) -> None:
         f"{len(paths)} videos, decode + detect + track + crop + process, {cores} usable cores, "
         f"torch {torch.__version__}"
     )
-    print(f"{'workers':>8}{'windows':>9}{'seconds':>9}{'windows/s':>11}{'per worker':>12}")
-    for workers, windows, seconds in feed_rates(paths, sorted({1, 2, cores})):
-        rate = windows / seconds
-        print(f"{workers:>8}{windows:>9}{seconds:>9.1f}{rate:>11.2f}{rate / workers:>12.2f}   ({load()})")
+    print(f"{'detection':>24}{'workers':>8}{'windows':>9}{'seconds':>9}{'windows/s':>11}{'per worker':>12}")
+    for shared, detection in ((False, "in each worker"), (True, "one shared process")):
+        for workers, windows, seconds in feed_rates(paths, sorted({1, 2, cores}), shared=shared):
+            rate = windows / seconds
+            print(
+                f"{detection:>24}{workers:>8}{windows:>9}{seconds:>9.1f}{rate:>11.2f}{rate / workers:>12.2f}"
+                f"   ({load()})"
+            )
 
 
-def feed_rates(paths: list[Path], worker_counts: list[int]) -> list[tuple[int, int, float]]:
+def feed_rates(
+    paths: list[Path], worker_counts: list[int], device: str = "cpu", shared: bool = False
+) -> list[tuple[int, int, float]]:
     """(workers, windows, seconds) of the pipelined path's feed alone (`extraction.pipeline.VideoWindows`: decode,
-    track and crop on the CPU, the processor; worker start-up included) over `paths`, per number of workers."""
+    track and crop, the processor; worker start-up included) over `paths`, per number of workers. Face detection on
+    `device`: in each worker, or with `shared` in one `DetectionServer` process batching every worker's frames."""
+    import contextlib
+
     from marlin_transformers.constants import SAMPLE_RATE, STRIDE
+    from marlin_transformers.extraction.pipeline import window_loader
     from marlin_transformers.video.face_tracking import FaceTracker
+    from marlin_transformers.video.shared_detection import DetectionServer
     from marlin_transformers.video_processing_marlin import MarlinVideoProcessor
 
     source = SimpleNamespace(  # what VideoWindows takes of an extractor: no model
         window_options=dict(num_frames=16, sample_rate=SAMPLE_RATE, stride=STRIDE, stride_seconds=None),
-        tracker=FaceTracker(crop_size=MARLIN_CROP_SIZE, num_threads=1),
+        tracker=FaceTracker(crop_size=MARLIN_CROP_SIZE, num_threads=1, device=device),
         crop_face=True,
         on_no_face="error",
         processor=MarlinVideoProcessor(),
         settings={"image_size": MARLIN_CROP_SIZE},
+        device=torch.device(device),
     )
     rates = []
     for workers in worker_counts:
-        loader = torch.utils.data.DataLoader(
-            VideoWindows(paths, source), batch_size=None, num_workers=workers, prefetch_factor=4
-        )
         start, windows = time.perf_counter(), 0
-        for _, record, _, _, _ in loader:
-            windows += record is not None
+        with DetectionServer(source.tracker.detector, workers) if shared else contextlib.nullcontext() as server:
+            loader = iter(window_loader(source, paths, workers, batch_size=8, server=server))
+            if server is not None:
+                server.release_clients()
+            for _, record, _, error, _ in loader:
+                if error is not None:
+                    raise SystemExit(f"the feed failed: {error}")
+                windows += record is not None
         rates.append((workers, windows, time.perf_counter() - start))
     return rates
 

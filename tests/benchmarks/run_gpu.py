@@ -16,7 +16,9 @@ Then a second table, whole runs (`--corpus-copies 0` / `--pretrain-steps 0` skip
   --dtype bfloat16` on `--device` with the workers `pipeline.default_num_workers` gives it there (start-up, model load
   of a `marlin init` folder, decoding, face tracking, encoding, writing), windows/s and its own encode seconds
   (`--timings`); and the feed alone (`bench_corpus.feed_rates`: decode, track and crop on the CPU) in 1 and N - 1
-  workers (N usable cores), which says whether the feed or the encoder sets the pace;
+  workers (N usable cores), which says whether the feed or the encoder sets the pace, with face detection three ways:
+  on the CPU in each worker, on `--device` in each worker, and in one process on `--device` batching every
+  worker's frames (`video.shared_detection`, what `marlin extract` does on a GPU);
 - pretraining under `accelerate launch` (one process, bf16 on a GPU): `examples/pretrain.py` on the same videos for
   `--pretrain-steps` optimizer steps, random masking (Fasking's face parser is a download), start-up and data
   included, with the losses of the first and last step from its `train_log.csv`.
@@ -114,9 +116,14 @@ def corpus_rows(args, root: Path) -> list[tuple[str, int, float]]:
     rows = [(f"marlin extract, whole run, {workers} workers, batch {args.corpus_batch_size}", windows, seconds)]
     rows.append(("  its encode seconds (the encoder's share of the run)", windows, timings["encode"]))
     rows.append(("  its start-up and exit (wall less job)", windows, seconds - timings["job"]))
-    cores = len(os.sched_getaffinity(0))
-    for count, fed, feed_seconds in feed_rates(paths, sorted({1, max(1, cores - 1)})):
-        rows.append((f"the feed alone (CPU detection), {count} workers", fed, feed_seconds))
+    counts = sorted({1, max(1, len(os.sched_getaffinity(0)) - 1)})
+    feeds = [("cpu", False, "MTCNN on cpu in each worker")]
+    if args.device != "cpu":
+        feeds.append((args.device, False, f"MTCNN on {args.device} in each worker"))
+    feeds.append((args.device, True, f"one shared MTCNN process on {args.device}"))  # marlin extract's on a GPU
+    for device, shared, detection in feeds:
+        for count, fed, feed_seconds in feed_rates(paths, counts, device, shared):
+            rows.append((f"the feed alone ({detection}), {count} workers", fed, feed_seconds))
     return rows
 
 

@@ -5,7 +5,8 @@ windows on its own. Pipelined (`num_workers=N`): N `DataLoader` worker processes
 (video i goes to worker i mod N) and run the processor, yielding one window at a time (at most `prefetch_factor`
 windows waiting per worker, about two batches in all, so memory stays bounded); the main process packs the windows of
 consecutive videos into full batches for the model, and hands each video back, in input order, once all its windows
-are encoded.
+are encoded. Beside a GPU encoder the workers' face detection runs in one more process, on the GPU, which searches
+the frames of every worker's videos together (`video.shared_detection`); on a CPU each worker detects its own.
 
 On the CPU each window's features are those of the serial path to the last bit: the processor works on one clip at
 a time, and the encoder's rows do not depend on which other windows share their batch (tests/test_extraction.py
@@ -28,6 +29,7 @@ import torch
 
 from ..exceptions import MarlinError
 from ..jobs import error_text, timed
+from ..video.shared_detection import DetectionClient, DetectionServer
 from .extractor import MarlinFeatureExtractor, VideoFeatures, iter_clips, non_finite_features
 
 # Windows a second one data loader worker (one core) decodes, tracks, crops and processes: 2-core AMX Xeon, the six
@@ -42,7 +44,10 @@ def default_num_workers(device: str | torch.device | None = None) -> int:
 
     With a GPU encoder the cores do nothing else: enough workers to feed it, `GPU_WINDOWS_PER_SECOND` /
     `FEED_WINDOWS_PER_WORKER` (17), at most every usable core but the main process's. On a 16-core machine that is 15
-    workers, about 90 windows a second: the feed then keeps up with a ViT-B bf16 encoder on a GPU within 10%.
+    workers, about 90 windows a second: the feed then keeps up with a ViT-B bf16 encoder on a GPU within 10%. Those
+    figures are for workers detecting faces on a CPU core each; beside a GPU they detect through one process on it
+    (`video.shared_detection`), which no GPU has measured yet (tests/benchmarks/run_gpu.py prints the feed with
+    detection on the CPU, on the GPU in each worker, and shared).
 
     On the CPU the encoder and the workers share the cores: min(4, usable cores - 1), none on one or two cores. On two
     cores the encoder's threads already fill the machine, and workers beside it slow its synchronizing threads down
@@ -85,7 +90,12 @@ class VideoOutcome:
 
 
 def iter_outcomes(
-    extractor, paths: list[Path], num_workers: int = 0, progress=None, private_files: tuple[int, ...] = ()
+    extractor,
+    paths: list[Path],
+    num_workers: int = 0,
+    progress=None,
+    private_files: tuple[int, ...] = (),
+    shared_detection: bool | None = None,
 ) -> Iterator[VideoOutcome]:
     """A `VideoOutcome` per path, in order. `progress` (a tqdm bar) counts encoded windows.
 
@@ -93,12 +103,17 @@ def iter_outcomes(
     (`ulimit -f`); otherwise serial.
     `private_files`: descriptors a forked worker must not keep open (the folder's lock: a worker outliving a killed
     run would otherwise hold it).
+    `shared_detection`: pipelined with `crop_face`, the workers' face detection runs in one process on the
+    extractor's device, batched across their videos (`video.shared_detection`), rather than in each worker; None
+    (the default) does so where that device is not the CPU.
     """
     pipelined = num_workers > 0 and isinstance(extractor, MarlinFeatureExtractor) and not extractor.all_faces
     if pipelined and file_size_limited():  # workers hand windows over in /dev/shm files, which the limit cuts
         pipelined = False
     if pipelined:
-        yield from _iter_pipelined(extractor, paths, num_workers, progress, private_files)
+        if shared_detection is None:
+            shared_detection = extractor.device.type != "cpu"
+        yield from _iter_pipelined(extractor, paths, num_workers, progress, private_files, shared_detection)
         return
     for path in paths:
         started = time.perf_counter()
@@ -111,10 +126,15 @@ def iter_outcomes(
 
 class VideoWindows(torch.utils.data.IterableDataset):
     """(video index, window record, pixel_values (frames, 3, H, W) float32, None, None) per window of the worker's
-    videos, then (video index, None, None, error line or None, the video's seconds by stage) when it ends or fails."""
+    videos, then (video index, None, None, error line or None, the video's seconds by stage) when it ends or fails.
 
-    def __init__(self, paths: list[Path], extractor: MarlinFeatureExtractor):
+    `detector_ends`: one pipe end per worker to a `video.shared_detection.DetectionServer`, which then detects the
+    faces of every worker's videos; None: each worker detects its own.
+    """
+
+    def __init__(self, paths: list[Path], extractor: MarlinFeatureExtractor, detector_ends: list | None = None):
         self.paths = paths
+        self.detector_ends = detector_ends
         # Only what makes the clips travels to the workers, not the model.
         self.window_options = extractor.window_options
         self.tracker = extractor.tracker if extractor.crop_face else None
@@ -126,6 +146,9 @@ class VideoWindows(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None and self.tracker is not None:
+            if self.detector_ends is not None:
+                options = self.tracker.detector.options
+                self.tracker.detector = DetectionClient(self.detector_ends[worker], **options)
             self.tracker.detector.num_threads = 1  # the worker's own copy: the encoder fills the cores beside it
         for index in range(worker, len(self.paths), num_workers):
             timings = {}  # this video's seconds by stage, handed back with its end
@@ -187,17 +210,51 @@ def running_workers(loader: torch.utils.data.DataLoader) -> Iterator:
 
 
 def _iter_pipelined(
-    extractor: MarlinFeatureExtractor, paths: list[Path], num_workers: int, progress, private_files: tuple[int, ...]
+    extractor: MarlinFeatureExtractor,
+    paths: list[Path],
+    num_workers: int,
+    progress,
+    private_files: tuple[int, ...],
+    shared_detection: bool,
 ):
-    forked = extractor.device.type == "cpu"  # a forked worker cannot use CUDA (the face detector runs there too)
-    loader = torch.utils.data.DataLoader(
-        VideoWindows(paths, extractor),
+    with contextlib.ExitStack() as stack:
+        server = None
+        if shared_detection and extractor.crop_face:
+            server = stack.enter_context(DetectionServer(extractor.tracker.detector, num_workers))
+        yield from _encode_windows(extractor, paths, num_workers, progress, private_files, server)
+
+
+def window_loader(
+    source: MarlinFeatureExtractor,
+    paths: list[Path],
+    num_workers: int,
+    batch_size: int,
+    private_files: tuple[int, ...] = (),
+    server: DetectionServer | None = None,
+) -> torch.utils.data.DataLoader:
+    """The data loader of `VideoWindows` over `paths` in `num_workers` processes, for batches of `batch_size`: forked
+    on a CPU, spawned where `source.device` is not (a forked worker cannot use CUDA, where its face detector would
+    run without a `server`)."""
+    forked = source.device.type == "cpu"
+    return torch.utils.data.DataLoader(
+        VideoWindows(paths, source, server.client_ends if server is not None else None),
         batch_size=None,
         num_workers=num_workers,
-        prefetch_factor=prefetch_factor(num_workers, extractor.batch_size),
+        prefetch_factor=prefetch_factor(num_workers, batch_size),
         multiprocessing_context=None if forked else "spawn",
         worker_init_fn=functools.partial(close_files, tuple(private_files)) if forked else None,
     )
+
+
+def _encode_windows(
+    extractor: MarlinFeatureExtractor,
+    paths: list[Path],
+    num_workers: int,
+    progress,
+    private_files: tuple[int, ...],
+    server: DetectionServer | None,
+):
+    loader = window_loader(extractor, paths, num_workers, extractor.batch_size, private_files, server)
     videos = [_Video() for _ in paths]
     batch: list[tuple[int, int, torch.Tensor]] = []  # (video index, window position, pixel_values)
     next_out = 0
@@ -238,6 +295,8 @@ def _iter_pipelined(
             next_out += 1
 
     with running_workers(loader) as windows:
+        if server is not None:
+            server.release_clients()  # the workers hold their ends: the server ends once they have all gone
         for index, record, pixel_values, error, timings in windows:
             video = videos[index]
             video.started = video.started or time.perf_counter()

@@ -234,7 +234,8 @@ class MtcnnDetector:
         self.num_threads = num_threads
         self._mtcnn = None
 
-    def _load(self):
+    def load(self):
+        """facenet-pytorch's MTCNN on `device`, loaded on the first call (`detect` calls it)."""
         if self._mtcnn is None:
             import torch
             from facenet_pytorch import MTCNN
@@ -263,9 +264,7 @@ class MtcnnDetector:
             per frame: boxes (n, 4) float32 (x1, y1, x2, y2), probabilities (n,) float32 and landmarks (n, 5, 2)
             float32, all in frame pixels, keeping only detections with probability >= min_confidence.
         """
-        import torch
-
-        mtcnn = self._load()
+        self.load()
         num_frames = len(frames)
         if regions is not None:
             regions = np.asarray(regions, dtype=np.int64).reshape(num_frames, 4)
@@ -276,22 +275,10 @@ class MtcnnDetector:
             # (a face that shrank that much is searched again in the whole frame).
             min_face_size = max(min_face_size, 0.6 * self.region_size / region_scale)
 
-        def cascade(start: int) -> list[Detections]:
-            batch = range(start, min(start + self.batch_size, num_frames))
-            small = np.stack([_searched_image(frames[index], regions, index, size) for index in batch])
-            # (n, 3, h, w), stored channels-last: the (n, h, w, 3) array as it is
-            images = torch.from_numpy(small).to(self.device).permute(0, 3, 1, 2).float()
-            with torch.inference_mode():  # thread-local: entered in each thread
-                return _mtcnn_cascade(
-                    mtcnn,
-                    images,
-                    min_face_size,
-                    self.thresholds,
-                    self.pyramid_factor,
-                    4 if regions is not None else None,
-                )
+        def searched(batch: range) -> np.ndarray:  # (n, h, w, 3) uint8: the frames (or regions) as searched
+            return np.stack([_searched_image(frames[index], regions, index, size) for index in batch])
 
-        found = self._run_batches(cascade, num_frames)
+        found = self._search(searched, num_frames, min_face_size, 4 if regions is not None else None)
         results = []
         for (boxes, probs, landmarks), factor, offset in zip(found, factors, offsets):
             keep = probs >= self.min_confidence
@@ -323,9 +310,37 @@ class MtcnnDetector:
             return size, factors, offsets
         return None, np.ones((num_frames, 1, 2), dtype=np.float32), offsets
 
-    def _run_batches(self, cascade, num_frames: int) -> list[Detections]:
-        """`cascade(start)` on the batches of `batch_size` frames, side by side on `num_threads` threads on a CPU."""
+    @property
+    def options(self) -> dict:
+        """The constructor's arguments this detector was made with (another process builds the same one from them)."""
+        names = ("min_confidence", "detect_size", "min_face_size", "region_size", "thresholds", "pyramid_factor")
+        names += ("device", "num_threads", "batch_size")
+        return {name: getattr(self, name) for name in names}
+
+    def cascade(self, images: np.ndarray, min_face_size: float, max_per_image: int | None) -> list[Detections]:
+        """MTCNN's cascade (all three stages) on searched images (n, h, w, 3) uint8 RGB, in one pass.
+
+        Returns:
+            per image: boxes (n, 4), probabilities (n,) and landmarks (n, 5, 2) float32 in the image's pixels, all
+            that pass the cascade's thresholds (`min_confidence` is applied later, by `detect`).
+        """
         import torch
+
+        # (n, 3, h, w), stored channels-last: the (n, h, w, 3) array as it is
+        data = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float()
+        with torch.inference_mode():  # thread-local: entered in each thread
+            return _mtcnn_cascade(
+                self.load(), data, min_face_size, self.thresholds, self.pyramid_factor, max_per_image
+            )
+
+    def _search(self, searched, num_frames: int, min_face_size: float, max_per_image: int | None):
+        """The cascade on `searched(batch)` for the batches of `batch_size` frames, side by side on `num_threads`
+        threads on a CPU: per frame, its `Detections` in searched pixels."""
+        import torch
+
+        def cascade(start: int) -> list[Detections]:
+            batch = range(start, min(start + self.batch_size, num_frames))
+            return self.cascade(searched(batch), min_face_size, max_per_image)
 
         starts = range(0, num_frames, self.batch_size)
         threads = min(self.num_threads or torch.get_num_threads(), len(starts))
