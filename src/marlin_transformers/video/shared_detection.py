@@ -56,7 +56,8 @@ class DetectionClient(MtcnnDetector):
             reply = self.connection.recv()
         except (EOFError, OSError):
             raise MarlinError(
-                "face detection stopped: its process ended (its error is printed above it); run again to resume."
+                "face detection stopped: the process detecting for the workers ended; run again to resume, or with "
+                "--num-workers 0 to detect in the main process."
             ) from None
         if isinstance(reply, str):  # the cascade failed on the server: its error line
             raise MarlinError(f"face detection failed: {reply}")
