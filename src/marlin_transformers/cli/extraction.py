@@ -82,8 +82,8 @@ def _encoding_options(extract: argparse.ArgumentParser, defaults: dict) -> None:
         default=None,
         help="processes decoding and cropping videos while the model encodes full batches packed from several "
         "videos; 0 does one video at a time (default: on a CPU min(4, cores - 1), 0 on one or two cores; with a "
-        "GPU enough to feed it, at most cores - 1; not with "
-        "--all-faces or under ulimit -f)",
+        "GPU enough to feed it, at most cores - 1, their faces detected together in one more process on the GPU; "
+        "not with --all-faces or under ulimit -f)",
     )
     add_option(
         extract,
