@@ -217,10 +217,8 @@ def _iter_pipelined(
     private_files: tuple[int, ...],
     shared_detection: bool,
 ):
-    with contextlib.ExitStack() as stack:
-        server = None
-        if shared_detection and extractor.crop_face:
-            server = stack.enter_context(DetectionServer(extractor.tracker.detector, num_workers))
+    shared = shared_detection and extractor.crop_face
+    with DetectionServer(extractor.tracker.detector, num_workers) if shared else contextlib.nullcontext() as server:
         yield from _encode_windows(extractor, paths, num_workers, progress, private_files, server)
 
 
