@@ -81,3 +81,18 @@ def test_frames_go_through_the_cascade_a_few_at_a_time_with_the_same_detections(
         np.testing.assert_allclose(landmarks, landmarks_1, atol=1e-3)
     with pytest.raises(ValueError, match="batch_size"):
         MtcnnDetector(batch_size=0)
+
+
+def test_candidates_are_ranked_within_their_image_in_the_order_given():
+    from marlin_transformers.video.face_detection import rank_within_images
+
+    generator = torch.Generator().manual_seed(0)
+    for size in (1, 7, 300):
+        image_indices = torch.randint(0, 9, (size,), generator=generator)
+        seen = {}
+        expected = []
+        for image in image_indices.tolist():  # the plain loop: how many of its image came before
+            expected.append(seen.get(image, 0))
+            seen[image] = expected[-1] + 1
+        assert rank_within_images(image_indices).tolist() == expected
+    assert rank_within_images(torch.tensor([3, 3, 0, 3, 0])).tolist() == [0, 1, 0, 2, 1]
