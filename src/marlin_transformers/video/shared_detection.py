@@ -9,7 +9,8 @@ server waits on all the pipes at once, takes every request that is ready, and ru
 
 What stays in the clients: choosing the regions, resizing each frame or region to the size searched (the CPU work,
 spread over the workers), and mapping the boxes back to frame pixels. A frame's detections do not depend on the frames
-beside it in a batch but for float rounding (boxes within 1e-4 pixels on a CPU: tests/test_shared_detection.py).
+beside it in a batch but for float rounding (boxes within 3.1e-5 pixels between batches of 1 and 4 on a CPU;
+tests/test_shared_detection.py allows 1e-3).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def serve_detections(
 def _server_process(connections: list[Connection], options: dict, max_batch: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle; it closes the pipes
     detector = MtcnnDetector(**options)
-    detector.load()  # while the clients start: 3.8 s from the start to the first answer on 2 EPYC cores, lazily
+    detector.load()  # while the clients start, not on their first request (3.5 s from spawn to loaded, 2 EPYC cores)
     serve_detections(connections, detector, max_batch)
 
 
