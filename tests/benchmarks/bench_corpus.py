@@ -197,12 +197,9 @@ def feed_rates(
     """(workers, windows, seconds) of the pipelined path's feed alone (`extraction.pipeline.VideoWindows`: decode,
     track and crop, the processor; worker start-up included) over `paths`, per number of workers. Face detection on
     `device`: in each worker, or with `shared` in one `DetectionServer` process batching every worker's frames."""
-    import contextlib
-
     from marlin_transformers.constants import SAMPLE_RATE, STRIDE
-    from marlin_transformers.extraction.pipeline import window_loader
+    from marlin_transformers.extraction.pipeline import window_feed
     from marlin_transformers.video.face_tracking import FaceTracker
-    from marlin_transformers.video.shared_detection import DetectionServer
     from marlin_transformers.video_processing_marlin import MarlinVideoProcessor
 
     source = SimpleNamespace(  # what VideoWindows takes of an extractor: no model
@@ -217,11 +214,8 @@ def feed_rates(
     rates = []
     for workers in worker_counts:
         start, windows = time.perf_counter(), 0
-        with DetectionServer(source.tracker.detector, workers) if shared else contextlib.nullcontext() as server:
-            loader = iter(window_loader(source, paths, workers, batch_size=8, server=server))
-            if server is not None:
-                server.release_clients()
-            for _, record, _, error, _ in loader:
+        with window_feed(source, paths, workers, batch_size=8, shared_detection=shared) as items:
+            for _, record, _, error, _ in items:
                 if error is not None:
                     raise SystemExit(f"the feed failed: {error}")
                 windows += record is not None

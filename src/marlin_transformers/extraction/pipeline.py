@@ -209,19 +209,6 @@ def running_workers(loader: torch.utils.data.DataLoader) -> Iterator:
         ) from None
 
 
-def _iter_pipelined(
-    extractor: MarlinFeatureExtractor,
-    paths: list[Path],
-    num_workers: int,
-    progress,
-    private_files: tuple[int, ...],
-    shared_detection: bool,
-):
-    shared = shared_detection and extractor.crop_face
-    with DetectionServer(extractor.tracker.detector, num_workers) if shared else contextlib.nullcontext() as server:
-        yield from _encode_windows(extractor, paths, num_workers, progress, private_files, server)
-
-
 def window_loader(
     source: MarlinFeatureExtractor,
     paths: list[Path],
@@ -244,15 +231,35 @@ def window_loader(
     )
 
 
-def _encode_windows(
+@contextlib.contextmanager
+def window_feed(
+    source: MarlinFeatureExtractor,
+    paths: list[Path],
+    num_workers: int,
+    batch_size: int,
+    private_files: tuple[int, ...] = (),
+    shared_detection: bool = False,
+) -> Iterator:
+    """`VideoWindows`' items over `paths` from `num_workers` running workers (`window_loader`, `running_workers`);
+    with `shared_detection` and `source.crop_face`, their faces detected by one `DetectionServer` on `source`'s
+    tracker's device. Workers and server are stopped when the block ends."""
+    shared = shared_detection and source.crop_face
+    with DetectionServer(source.tracker.detector, num_workers) if shared else contextlib.nullcontext() as server:
+        loader = window_loader(source, paths, num_workers, batch_size, private_files, server)
+        with running_workers(loader) as windows:
+            if server is not None:
+                server.release_clients()  # the workers hold their ends: the server ends once they have all gone
+            yield windows
+
+
+def _iter_pipelined(
     extractor: MarlinFeatureExtractor,
     paths: list[Path],
     num_workers: int,
     progress,
     private_files: tuple[int, ...],
-    server: DetectionServer | None,
+    shared_detection: bool,
 ):
-    loader = window_loader(extractor, paths, num_workers, extractor.batch_size, private_files, server)
     videos = [_Video() for _ in paths]
     batch: list[tuple[int, int, torch.Tensor]] = []  # (video index, window position, pixel_values)
     next_out = 0
@@ -292,9 +299,8 @@ def _encode_windows(
             video.handed_back, video.records, video.features = True, [], []  # frees its features
             next_out += 1
 
-    with running_workers(loader) as windows:
-        if server is not None:
-            server.release_clients()  # the workers hold their ends: the server ends once they have all gone
+    feed = window_feed(extractor, paths, num_workers, extractor.batch_size, private_files, shared_detection)
+    with feed as windows:
         for index, record, pixel_values, error, timings in windows:
             video = videos[index]
             video.started = video.started or time.perf_counter()

@@ -12,6 +12,7 @@ The detector has no memory of earlier frames: following one face through a video
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -276,7 +277,7 @@ class MtcnnDetector:
             per frame: boxes (n, 4) float32 (x1, y1, x2, y2), probabilities (n,) float32 and landmarks (n, 5, 2)
             float32, all in frame pixels, keeping only detections with probability >= min_confidence.
         """
-        self.load()
+        self.load()  # here, not in each thread `_search` may start: one MTCNN
         num_frames = len(frames)
         if regions is not None:
             regions = np.asarray(regions, dtype=np.int64).reshape(num_frames, 4)
@@ -325,8 +326,7 @@ class MtcnnDetector:
     @property
     def options(self) -> dict:
         """The constructor's arguments this detector was made with (another process builds the same one from them)."""
-        names = ("min_confidence", "detect_size", "min_face_size", "region_size", "thresholds", "pyramid_factor")
-        names += ("device", "num_threads", "batch_size")
+        names = list(inspect.signature(MtcnnDetector.__init__).parameters)[1:]  # after self; each kept as an attribute
         return {name: getattr(self, name) for name in names}
 
     def cascade(self, images: np.ndarray, min_face_size: float, max_per_image: int | None) -> list[Detections]:
